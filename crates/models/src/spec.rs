@@ -1,0 +1,412 @@
+//! The family-independent description of a decoder-only transformer.
+//!
+//! Each family file (`llama.rs`, `gpt_neox.rs`, `bloom.rs`, `mpt.rs`) turns its Hugging Face
+//! `config.json` into an [`ArchSpec`] and says where each weight lives in the checkpoint; the
+//! shared decoder in `transformer.rs` runs any [`ArchSpec`].
+
+use std::path::Path;
+
+use serde::Serialize;
+
+use crate::error::{ModelError, Result};
+use crate::site::SiteKind;
+use crate::{bloom, gpt_neox, llama, mpt};
+
+/// The model families secateur implements.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Family {
+    /// LLaMA and Mistral-style configs (`model_type: llama | mistral`).
+    Llama,
+    /// GPT-NeoX and Pythia (`model_type: gpt_neox`).
+    GptNeox,
+    /// BLOOM (`model_type: bloom`).
+    Bloom,
+    /// MPT (`model_type: mpt`).
+    Mpt,
+}
+
+/// Normalisation layer kind.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub enum NormKind {
+    /// `x / rms(x) * w`.
+    Rms,
+    /// `(x - mean) / std * w (+ b)`.
+    Layer { bias: bool },
+}
+
+/// Activation of the MLP.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub enum Activation {
+    Silu,
+    /// Exact (erf) GELU.
+    Gelu,
+    /// tanh-approximated GELU.
+    GeluTanh,
+    Relu,
+}
+
+impl Activation {
+    pub(crate) fn parse(path: &Path, field: &str, name: &str) -> Result<Self> {
+        match name {
+            "silu" | "swish" => Ok(Self::Silu),
+            "gelu" => Ok(Self::Gelu),
+            "gelu_new" | "gelu_pytorch_tanh" | "gelu_fast" => Ok(Self::GeluTanh),
+            "relu" => Ok(Self::Relu),
+            other => Err(ModelError::config(
+                path,
+                field,
+                format!("unsupported activation {other:?}"),
+            )),
+        }
+    }
+}
+
+/// RoPE frequency scaling (`rope_scaling` in the config).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub enum RopeScaling {
+    /// Positions divided by `factor`.
+    Linear { factor: f64 },
+    /// LLaMA 3.x wavelength-dependent scaling.
+    Llama3 {
+        factor: f64,
+        low_freq_factor: f64,
+        high_freq_factor: f64,
+        original_max_position_embeddings: f64,
+    },
+}
+
+/// How positions enter attention.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub enum PositionKind {
+    /// Rotate-half rotary embedding on the first `rotary_dim` channels of each head.
+    Rope {
+        theta: f64,
+        rotary_dim: usize,
+        scaling: Option<RopeScaling>,
+    },
+    /// ALiBi: an additive bias `slope_h * (key - query)` per head.
+    Alibi { slopes: Vec<f64> },
+}
+
+/// Layout of the attention input projections.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub enum QkvLayout {
+    /// Separate q, k, v projections.
+    Separate,
+    /// One fused projection whose output is `[heads, 3, head_dim]` (GPT-NeoX, BLOOM).
+    FusedPerHead,
+    /// One fused projection whose output is `[3, heads, head_dim]` (MPT).
+    FusedBlocks,
+}
+
+/// How a block combines attention, MLP and the residual stream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub enum Residual {
+    /// `h = x + attn(n1(x)); y = h + mlp(n2(h))`.
+    Sequential,
+    /// `y = x + attn(n1(x)) + mlp(n2(x))` (GPT-NeoX `use_parallel_residual`).
+    Parallel,
+    /// BLOOM's `apply_residual_connection_post_layernorm`: the residual is the norm's output.
+    SequentialPostNorm,
+}
+
+/// Everything the shared decoder needs to know about an architecture.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ArchSpec {
+    pub family: Family,
+    /// The config's `model_type` as written.
+    pub model_type: String,
+    pub vocab_size: usize,
+    pub hidden_size: usize,
+    pub num_layers: usize,
+    pub num_heads: usize,
+    pub num_kv_heads: usize,
+    pub head_dim: usize,
+    pub intermediate_size: usize,
+    pub norm: NormKind,
+    pub norm_eps: f64,
+    pub position: PositionKind,
+    pub activation: Activation,
+    /// Gated (SwiGLU-style `down(act(gate(x)) * up(x))`) or plain (`down(act(up(x)))`) MLP.
+    pub gated_mlp: bool,
+    pub qkv: QkvLayout,
+    pub residual: Residual,
+    /// Whether attention projections carry a bias.
+    pub attention_bias: bool,
+    /// Whether MLP projections carry a bias.
+    pub mlp_bias: bool,
+    /// A LayerNorm right after the token embedding (BLOOM).
+    pub embed_norm: bool,
+    pub tie_word_embeddings: bool,
+    /// Multiplier of `q·kᵀ`.
+    pub attn_scale: f64,
+    /// Clamp of the fused qkv output (MPT `clip_qkv`).
+    pub clip_qkv: Option<f64>,
+    /// Keys further back than this many positions are not attended (Mistral).
+    pub sliding_window: Option<usize>,
+    pub bos_token_id: Option<u32>,
+    pub eos_token_ids: Vec<u32>,
+    pub max_position_embeddings: Option<usize>,
+}
+
+impl ArchSpec {
+    /// Reads `config.json` and dispatches on `model_type`.
+    pub fn from_config_file(path: &Path) -> Result<Self> {
+        let text = std::fs::read_to_string(path).map_err(|e| ModelError::io(path, e))?;
+        let value: serde_json::Value =
+            serde_json::from_str(&text).map_err(|source| ModelError::Json {
+                path: path.to_path_buf(),
+                source,
+            })?;
+        Self::from_config_value(path, value)
+    }
+
+    /// Builds a spec from an already parsed `config.json` (`path` is used in errors).
+    pub fn from_config_value(path: &Path, value: serde_json::Value) -> Result<Self> {
+        let model_type = value
+            .get("model_type")
+            .and_then(|v| v.as_str())
+            .ok_or_else(|| ModelError::config(path, "model_type", "missing or not a string"))?
+            .to_string();
+        let parse_err = |source| ModelError::Json {
+            path: path.to_path_buf(),
+            source,
+        };
+        let spec = match model_type.as_str() {
+            "llama" | "mistral" => serde_json::from_value::<llama::LlamaConfig>(value)
+                .map_err(parse_err)?
+                .spec(path, &model_type)?,
+            "gpt_neox" => serde_json::from_value::<gpt_neox::GptNeoxConfig>(value)
+                .map_err(parse_err)?
+                .spec(path)?,
+            "bloom" => serde_json::from_value::<bloom::BloomConfig>(value)
+                .map_err(parse_err)?
+                .spec(path)?,
+            "mpt" => serde_json::from_value::<mpt::MptConfig>(value)
+                .map_err(parse_err)?
+                .spec(path)?,
+            _ => {
+                return Err(ModelError::UnsupportedModelType {
+                    path: path.to_path_buf(),
+                    model_type,
+                });
+            }
+        };
+        spec.validate(path)?;
+        Ok(spec)
+    }
+
+    /// Checks the invariants the decoder relies on.
+    pub fn validate(&self, path: &Path) -> Result<()> {
+        let positive = [
+            ("vocab_size", self.vocab_size),
+            ("hidden_size", self.hidden_size),
+            ("num_hidden_layers", self.num_layers),
+            ("num_attention_heads", self.num_heads),
+            ("num_key_value_heads", self.num_kv_heads),
+            ("head_dim", self.head_dim),
+            ("intermediate_size", self.intermediate_size),
+        ];
+        for (field, v) in positive {
+            if v == 0 {
+                return Err(ModelError::config(path, field, "must be positive"));
+            }
+        }
+        if self.num_heads % self.num_kv_heads != 0 {
+            return Err(ModelError::config(
+                path,
+                "num_key_value_heads",
+                format!(
+                    "{} attention heads are not divisible into {} key/value groups",
+                    self.num_heads, self.num_kv_heads
+                ),
+            ));
+        }
+        if self.qkv != QkvLayout::Separate && self.num_heads * self.head_dim != self.hidden_size {
+            return Err(ModelError::config(
+                path,
+                "num_attention_heads",
+                format!(
+                    "hidden size {} is not divisible by {} heads",
+                    self.hidden_size, self.num_heads
+                ),
+            ));
+        }
+        if !(self.norm_eps > 0.0 && self.norm_eps.is_finite()) {
+            return Err(ModelError::config(path, "norm eps", "must be positive"));
+        }
+        if let PositionKind::Rope {
+            theta, rotary_dim, ..
+        } = &self.position
+        {
+            if !(*theta > 0.0) {
+                return Err(ModelError::config(path, "rope_theta", "must be positive"));
+            }
+            if *rotary_dim == 0 || rotary_dim % 2 != 0 || *rotary_dim > self.head_dim {
+                return Err(ModelError::config(
+                    path,
+                    "rotary_pct",
+                    format!(
+                        "rotary dimension {rotary_dim} must be even and in 2..={}",
+                        self.head_dim
+                    ),
+                ));
+            }
+        }
+        if self.sliding_window == Some(0) {
+            return Err(ModelError::config(path, "sliding_window", "must be positive"));
+        }
+        Ok(())
+    }
+
+    /// Output width of the attention input projection(s) for one site kind.
+    pub fn site_shape(&self, kind: SiteKind) -> [usize; 2] {
+        let q = self.num_heads * self.head_dim;
+        let kv = self.num_kv_heads * self.head_dim;
+        match kind {
+            SiteKind::Q => [q, self.hidden_size],
+            SiteKind::K | SiteKind::V => [kv, self.hidden_size],
+            SiteKind::Qkv => [q + 2 * kv, self.hidden_size],
+            SiteKind::O => [self.hidden_size, q],
+            SiteKind::Gate | SiteKind::Up => [self.intermediate_size, self.hidden_size],
+            SiteKind::Down => [self.hidden_size, self.intermediate_size],
+        }
+    }
+
+    /// The projection sites of one block, in forward order.
+    pub fn block_site_kinds(&self) -> Vec<SiteKind> {
+        let mut kinds = match self.qkv {
+            QkvLayout::Separate => vec![SiteKind::Q, SiteKind::K, SiteKind::V],
+            _ => vec![SiteKind::Qkv],
+        };
+        kinds.push(SiteKind::O);
+        if self.gated_mlp {
+            kinds.push(SiteKind::Gate);
+        }
+        kinds.push(SiteKind::Up);
+        kinds.push(SiteKind::Down);
+        kinds
+    }
+
+    /// Whether the projection at `kind` carries a bias.
+    pub fn site_has_bias(&self, kind: SiteKind) -> bool {
+        match kind {
+            SiteKind::Q | SiteKind::K | SiteKind::V | SiteKind::Qkv | SiteKind::O => {
+                self.attention_bias
+            }
+            SiteKind::Gate | SiteKind::Up | SiteKind::Down => self.mlp_bias,
+        }
+    }
+
+    /// The Hugging Face module path of a projection (what PEFT's `target_modules` match).
+    pub fn hf_module(&self, layer: usize, kind: SiteKind) -> String {
+        match self.family {
+            Family::Llama => llama::hf_module(layer, kind),
+            Family::GptNeox => gpt_neox::hf_module(layer, kind),
+            Family::Bloom => bloom::hf_module(layer, kind),
+            Family::Mpt => mpt::hf_module(layer, kind),
+        }
+    }
+
+    /// Checkpoint names of the non-projection weights.
+    pub fn weight_names(&self) -> WeightNames {
+        match self.family {
+            Family::Llama => llama::weight_names(self),
+            Family::GptNeox => gpt_neox::weight_names(self),
+            Family::Bloom => bloom::weight_names(self),
+            Family::Mpt => mpt::weight_names(self),
+        }
+    }
+}
+
+/// Where the non-projection weights live in a checkpoint (projections use
+/// [`ArchSpec::hf_module`] + `.weight` / `.bias`).
+#[derive(Debug, Clone)]
+pub struct WeightNames {
+    pub embed: String,
+    pub embed_norm: Option<String>,
+    /// Per layer: the norm before attention and the norm before the MLP (module paths).
+    pub block_norms: Vec<(String, String)>,
+    pub final_norm: String,
+    /// `None` when tied to the embedding.
+    pub lm_head: Option<String>,
+}
+
+/// Hugging Face writes token ids either as one integer or as a list.
+#[derive(Debug, Clone, serde::Deserialize)]
+#[serde(untagged)]
+pub enum OneOrMany {
+    One(u32),
+    Many(Vec<u32>),
+}
+
+impl OneOrMany {
+    pub(crate) fn into_vec(v: Option<Self>) -> Vec<u32> {
+        match v {
+            None => Vec::new(),
+            Some(Self::One(x)) => vec![x],
+            Some(Self::Many(xs)) => xs,
+        }
+    }
+}
+
+/// Parses an HF `rope_scaling` object (keys `rope_type` or legacy `type`).
+pub(crate) fn parse_rope_scaling(
+    path: &Path,
+    value: Option<&serde_json::Value>,
+) -> Result<Option<RopeScaling>> {
+    let Some(v) = value else { return Ok(None) };
+    if v.is_null() {
+        return Ok(None);
+    }
+    let field = "rope_scaling";
+    let kind = v
+        .get("rope_type")
+        .or_else(|| v.get("type"))
+        .and_then(|t| t.as_str())
+        .ok_or_else(|| ModelError::config(path, field, "missing `rope_type`"))?;
+    let num = |key: &str| -> Result<f64> {
+        v.get(key)
+            .and_then(|x| x.as_f64())
+            .ok_or_else(|| ModelError::config(path, &format!("rope_scaling.{key}"), "missing or not a number"))
+    };
+    match kind {
+        "default" => Ok(None),
+        "linear" => {
+            let factor = num("factor")?;
+            if !(factor > 0.0) {
+                return Err(ModelError::config(path, "rope_scaling.factor", "must be positive"));
+            }
+            Ok(Some(RopeScaling::Linear { factor }))
+        }
+        "llama3" => {
+            let s = RopeScaling::Llama3 {
+                factor: num("factor")?,
+                low_freq_factor: num("low_freq_factor")?,
+                high_freq_factor: num("high_freq_factor")?,
+                original_max_position_embeddings: num("original_max_position_embeddings")?,
+            };
+            if let RopeScaling::Llama3 {
+                factor,
+                low_freq_factor,
+                high_freq_factor,
+                ..
+            } = s
+                && (factor <= 0.0 || high_freq_factor <= low_freq_factor)
+            {
+                return Err(ModelError::config(
+                    path,
+                    field,
+                    "llama3 scaling needs factor > 0 and high_freq_factor > low_freq_factor",
+                ));
+            }
+            Ok(Some(s))
+        }
+        other => Err(ModelError::config(
+            path,
+            "rope_scaling.rope_type",
+            format!("unsupported rope scaling {other:?} (supported: linear, llama3)"),
+        )),
+    }
+}

@@ -1,0 +1,514 @@
+//! The shared decoder: embedding, blocks, final norm and LM head, with a KV cache, generic
+//! over the backend `B` and the projection type `P`.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use burn::module::{Module, Param};
+use burn::prelude::*;
+use burn::tensor::activation::softmax;
+
+use crate::error::{ModelError, Result};
+use crate::nn::{activate, apply_rope, attention_bias, rope_inv_freq, rope_tables, Dense, Norm, Projection};
+use crate::site::{Site, SiteKind};
+use crate::spec::{ArchSpec, NormKind, PositionKind, QkvLayout, Residual};
+use crate::weights::Checkpoint;
+
+/// One decoder block. Projections are stored in the order of [`ArchSpec::block_site_kinds`].
+#[derive(Module, Debug)]
+pub struct Block<B: Backend, P: Module<B>> {
+    pub attn_norm: Norm<B>,
+    pub mlp_norm: Norm<B>,
+    /// `[q, k, v]`, or `[qkv]` for fused layouts.
+    pub attn_in: Vec<P>,
+    pub attn_out: P,
+    pub mlp_gate: Option<P>,
+    pub mlp_up: P,
+    pub mlp_down: P,
+}
+
+/// A causal language model of any supported family.
+#[derive(Module, Debug)]
+pub struct CausalLm<B: Backend, P: Module<B>> {
+    /// Token embedding `[vocab, hidden]`.
+    pub embed: Param<Tensor<B, 2>>,
+    pub embed_norm: Option<Norm<B>>,
+    pub blocks: Vec<Block<B, P>>,
+    pub final_norm: Norm<B>,
+    /// LM head `[vocab, hidden]`; `None` when tied to the embedding.
+    pub lm_head: Option<Param<Tensor<B, 2>>>,
+    #[module(skip)]
+    pub spec: Arc<ArchSpec>,
+}
+
+/// A model with the dense projections it was loaded with.
+pub type DenseLm<B> = CausalLm<B, Dense<B>>;
+
+/// Keys and values of past tokens, per layer, plus the padding mask and positions they had.
+#[derive(Debug, Clone)]
+pub struct KvCache<B: Backend> {
+    layers: Vec<Option<(Tensor<B, 4>, Tensor<B, 4>)>>,
+    key_mask: Vec<Vec<bool>>,
+    next_pos: Vec<usize>,
+}
+
+impl<B: Backend> KvCache<B> {
+    /// An empty cache for `batch` rows of a model with `layers` blocks.
+    pub fn new(layers: usize, batch: usize) -> Self {
+        Self {
+            layers: vec![None; layers],
+            key_mask: vec![Vec::new(); batch],
+            next_pos: vec![0; batch],
+        }
+    }
+
+    /// Number of cached key slots.
+    pub fn len(&self) -> usize {
+        self.key_mask.first().map_or(0, |m| m.len())
+    }
+
+    /// Whether nothing is cached yet.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// Per-forward attention inputs shared by all blocks.
+pub struct AttnContext<'a, B: Backend> {
+    pub spec: &'a ArchSpec,
+    pub rope: Option<(Tensor<B, 4>, Tensor<B, 4>)>,
+    pub bias: Tensor<B, 4>,
+}
+
+impl<B: Backend, P: Projection<B>> Block<B, P> {
+    /// Runs the block on `x: [batch, seq, hidden]`, appending keys and values to `kv`.
+    pub fn forward(
+        &self,
+        x: Tensor<B, 3>,
+        ctx: &AttnContext<'_, B>,
+        kv: Option<&mut Option<(Tensor<B, 4>, Tensor<B, 4>)>>,
+    ) -> Tensor<B, 3> {
+        match ctx.spec.residual {
+            Residual::Sequential => {
+                let h = x.clone() + self.attention(self.attn_norm.forward(x), ctx, kv);
+                h.clone() + self.mlp(self.mlp_norm.forward(h), ctx.spec)
+            }
+            Residual::Parallel => {
+                let a = self.attention(self.attn_norm.forward(x.clone()), ctx, kv);
+                let m = self.mlp(self.mlp_norm.forward(x.clone()), ctx.spec);
+                x + a + m
+            }
+            Residual::SequentialPostNorm => {
+                let n = self.attn_norm.forward(x);
+                let h = n.clone() + self.attention(n, ctx, kv);
+                let n = self.mlp_norm.forward(h);
+                n.clone() + self.mlp(n, ctx.spec)
+            }
+        }
+    }
+
+    /// Self-attention of normalised input `x: [batch, seq, hidden]`.
+    pub fn attention(
+        &self,
+        x: Tensor<B, 3>,
+        ctx: &AttnContext<'_, B>,
+        kv: Option<&mut Option<(Tensor<B, 4>, Tensor<B, 4>)>>,
+    ) -> Tensor<B, 3> {
+        let spec = ctx.spec;
+        let [b, s, _] = x.dims();
+        let (h, kvh, d) = (spec.num_heads, spec.num_kv_heads, spec.head_dim);
+        let heads = |t: Tensor<B, 3>, n: usize| t.reshape([b, s, n, d]).swap_dims(1, 2);
+        let clip = |t: Tensor<B, 3>| match spec.clip_qkv {
+            Some(c) => t.clamp(-c, c),
+            None => t,
+        };
+        let (q, k, v) = match spec.qkv {
+            QkvLayout::Separate => (
+                heads(clip(self.attn_in[0].forward(x.clone())), h),
+                heads(clip(self.attn_in[1].forward(x.clone())), kvh),
+                heads(clip(self.attn_in[2].forward(x)), kvh),
+            ),
+            QkvLayout::FusedPerHead => {
+                let y = clip(self.attn_in[0].forward(x)).reshape([b, s, h, 3 * d]);
+                let part = |i: usize| y.clone().narrow(3, i * d, d).swap_dims(1, 2);
+                (part(0), part(1), part(2))
+            }
+            QkvLayout::FusedBlocks => {
+                let y = clip(self.attn_in[0].forward(x));
+                (
+                    heads(y.clone().narrow(2, 0, h * d), h),
+                    heads(y.clone().narrow(2, h * d, kvh * d), kvh),
+                    heads(y.narrow(2, (h + kvh) * d, kvh * d), kvh),
+                )
+            }
+        };
+        let (q, k) = match &ctx.rope {
+            Some((cos, sin)) => (apply_rope(q, cos, sin), apply_rope(k, cos, sin)),
+            None => (q, k),
+        };
+        let (k, v) = match kv {
+            Some(slot) => {
+                let (k, v) = match slot.take() {
+                    Some((pk, pv)) => (Tensor::cat(vec![pk, k], 2), Tensor::cat(vec![pv, v], 2)),
+                    None => (k, v),
+                };
+                *slot = Some((k.clone(), v.clone()));
+                (k, v)
+            }
+            None => (k, v),
+        };
+        let t = k.dims()[2];
+        let rep = h / kvh;
+        // Grouped-query attention without copying keys: query heads g*rep..g*rep+rep share
+        // key/value head g, so [b, h, s, d] is viewed as [b, kvh, rep*s, d].
+        let scores = q
+            .reshape([b, kvh, rep * s, d])
+            .matmul(k.swap_dims(2, 3))
+            .mul_scalar(spec.attn_scale)
+            .reshape([b, h, s, t]);
+        let probs = softmax(scores + ctx.bias.clone(), 3);
+        probs
+            .reshape([b, kvh, rep * s, t])
+            .matmul(v)
+            .reshape([b, h, s, d])
+            .swap_dims(1, 2)
+            .reshape([b, s, h * d])
+            .apply(|a| self.attn_out.forward(a))
+    }
+
+    /// The MLP of normalised input `x`.
+    pub fn mlp(&self, x: Tensor<B, 3>, spec: &ArchSpec) -> Tensor<B, 3> {
+        let hidden = match &self.mlp_gate {
+            Some(gate) => activate(gate.forward(x.clone()), spec.activation) * self.mlp_up.forward(x),
+            None => activate(self.mlp_up.forward(x), spec.activation),
+        };
+        self.mlp_down.forward(hidden)
+    }
+
+    /// The block's projections with their kinds, in forward order.
+    pub fn projections(&self) -> Vec<(SiteKind, &P)> {
+        let in_kinds: &[SiteKind] = if self.attn_in.len() == 3 {
+            &[SiteKind::Q, SiteKind::K, SiteKind::V]
+        } else {
+            &[SiteKind::Qkv]
+        };
+        let mut out: Vec<(SiteKind, &P)> = in_kinds.iter().copied().zip(self.attn_in.iter()).collect();
+        out.push((SiteKind::O, &self.attn_out));
+        if let Some(g) = &self.mlp_gate {
+            out.push((SiteKind::Gate, g));
+        }
+        out.push((SiteKind::Up, &self.mlp_up));
+        out.push((SiteKind::Down, &self.mlp_down));
+        out
+    }
+}
+
+/// Small helper so a tensor expression can end in a call.
+trait Apply: Sized {
+    fn apply<T>(self, f: impl FnOnce(Self) -> T) -> T {
+        f(self)
+    }
+}
+impl<B: Backend, const D: usize> Apply for Tensor<B, D> {}
+
+impl<B: Backend, P: Module<B>> Block<B, P> {
+    /// Replaces every projection through `f`, keeping norms.
+    pub fn map_projections<Q: Module<B>, E>(
+        self,
+        layer: usize,
+        f: &mut impl FnMut(Site, P) -> std::result::Result<Q, E>,
+    ) -> std::result::Result<Block<B, Q>, E> {
+        let in_kinds: Vec<SiteKind> = if self.attn_in.len() == 3 {
+            vec![SiteKind::Q, SiteKind::K, SiteKind::V]
+        } else {
+            vec![SiteKind::Qkv]
+        };
+        let mut attn_in = Vec::with_capacity(in_kinds.len());
+        for (kind, p) in in_kinds.into_iter().zip(self.attn_in) {
+            attn_in.push(f(Site::new(layer, kind), p)?);
+        }
+        let attn_out = f(Site::new(layer, SiteKind::O), self.attn_out)?;
+        let mlp_gate = match self.mlp_gate {
+            Some(g) => Some(f(Site::new(layer, SiteKind::Gate), g)?),
+            None => None,
+        };
+        Ok(Block {
+            attn_norm: self.attn_norm,
+            mlp_norm: self.mlp_norm,
+            attn_in,
+            attn_out,
+            mlp_gate,
+            mlp_up: f(Site::new(layer, SiteKind::Up), self.mlp_up)?,
+            mlp_down: f(Site::new(layer, SiteKind::Down), self.mlp_down)?,
+        })
+    }
+}
+
+impl<B: Backend, P: Module<B>> CausalLm<B, P> {
+    /// The architecture.
+    pub fn spec(&self) -> &ArchSpec {
+        &self.spec
+    }
+
+    /// Every projection with its site, in forward order.
+    pub fn projections(&self) -> Vec<(Site, &P)>
+    where
+        P: Projection<B>,
+    {
+        self.blocks
+            .iter()
+            .enumerate()
+            .flat_map(|(l, b)| b.projections().into_iter().map(move |(k, p)| (Site::new(l, k), p)))
+            .collect()
+    }
+
+    /// Every projection site with its `[out, in]` shape, in forward order.
+    pub fn sites(&self) -> Vec<(Site, [usize; 2])> {
+        let kinds = self.spec.block_site_kinds();
+        (0..self.spec.num_layers)
+            .flat_map(|l| kinds.iter().map(move |&k| (Site::new(l, k), self.spec.site_shape(k))))
+            .collect()
+    }
+
+    /// Replaces every projection through `f` (called in forward order with its site).
+    /// This is how downstream crates put masked, quantized or adapter projections in the model.
+    pub fn map_projections<Q: Module<B>, E>(
+        self,
+        mut f: impl FnMut(Site, P) -> std::result::Result<Q, E>,
+    ) -> std::result::Result<CausalLm<B, Q>, E> {
+        let mut blocks = Vec::with_capacity(self.blocks.len());
+        for (l, b) in self.blocks.into_iter().enumerate() {
+            blocks.push(b.map_projections(l, &mut f)?);
+        }
+        Ok(CausalLm {
+            embed: self.embed,
+            embed_norm: self.embed_norm,
+            blocks,
+            final_norm: self.final_norm,
+            lm_head: self.lm_head,
+            spec: self.spec,
+        })
+    }
+
+    /// Number of parameters (embedding, head if untied, norms and projections as dense).
+    pub fn num_params(&self) -> usize {
+        let s = &self.spec;
+        let norm = match s.norm {
+            NormKind::Rms | NormKind::Layer { bias: false } => s.hidden_size,
+            NormKind::Layer { bias: true } => 2 * s.hidden_size,
+        };
+        let embed = s.vocab_size * s.hidden_size;
+        let head = if s.tie_word_embeddings { 0 } else { embed };
+        let per_block: usize = s
+            .block_site_kinds()
+            .into_iter()
+            .map(|k| {
+                let [o, i] = s.site_shape(k);
+                o * i + if s.site_has_bias(k) { o } else { 0 }
+            })
+            .sum::<usize>()
+            + 2 * norm;
+        embed + head + norm * (1 + usize::from(s.embed_norm)) + per_block * s.num_layers
+    }
+}
+
+impl<B: Backend, P: Projection<B>> CausalLm<B, P> {
+    /// Embeds token ids `[batch, seq]` (with BLOOM's embedding norm).
+    pub fn embed_tokens(&self, ids: Tensor<B, 2, Int>) -> Tensor<B, 3> {
+        let h = burn::tensor::module::embedding(self.embed.val(), ids);
+        match &self.embed_norm {
+            Some(n) => n.forward(h),
+            None => h,
+        }
+    }
+
+    /// Final norm and LM head: `[batch, seq, hidden] -> [batch, seq, vocab]`.
+    pub fn logits(&self, h: Tensor<B, 3>) -> Tensor<B, 3> {
+        let h = self.final_norm.forward(h);
+        let head = match &self.lm_head {
+            Some(w) => w.val(),
+            None => self.embed.val(),
+        };
+        crate::nn::linear(h, head, None)
+    }
+
+    /// Builds the attention context of `seq` new tokens given the mask of every key slot
+    /// and the positions of the new tokens.
+    pub fn context(
+        &self,
+        key_mask: &[Vec<bool>],
+        positions: &[Vec<usize>],
+        device: &B::Device,
+    ) -> AttnContext<'_, B> {
+        let seq = positions.first().map_or(0, |p| p.len());
+        let rope = match &self.spec.position {
+            PositionKind::Rope {
+                theta,
+                rotary_dim,
+                scaling,
+            } => {
+                let inv = rope_inv_freq(*theta, *rotary_dim, scaling.as_ref());
+                Some(rope_tables(&inv, positions, device))
+            }
+            PositionKind::Alibi { .. } => None,
+        };
+        AttnContext {
+            spec: &self.spec,
+            rope,
+            bias: attention_bias(&self.spec, key_mask, seq, device),
+        }
+    }
+
+    /// Logits `[batch, seq, vocab]` of a padded batch. `mask[b][t]` is false at padding;
+    /// padding may be on either side (positions count real tokens only).
+    pub fn forward(&self, ids: Tensor<B, 2, Int>, mask: &[Vec<bool>]) -> Result<Tensor<B, 3>> {
+        let mut cache = KvCache::new(0, mask.len());
+        self.forward_impl(ids, mask, &mut cache, false)
+    }
+
+    /// Like [`Self::forward`], but attends to and extends `cache`.
+    pub fn forward_cached(
+        &self,
+        ids: Tensor<B, 2, Int>,
+        mask: &[Vec<bool>],
+        cache: &mut KvCache<B>,
+    ) -> Result<Tensor<B, 3>> {
+        if cache.layers.len() != self.blocks.len() {
+            if cache.is_empty() {
+                cache.layers = vec![None; self.blocks.len()];
+            } else {
+                return Err(ModelError::InvalidInput(format!(
+                    "KV cache has {} layers, the model {}",
+                    cache.layers.len(),
+                    self.blocks.len()
+                )));
+            }
+        }
+        self.forward_impl(ids, mask, cache, true)
+    }
+
+    fn forward_impl(
+        &self,
+        ids: Tensor<B, 2, Int>,
+        mask: &[Vec<bool>],
+        cache: &mut KvCache<B>,
+        use_cache: bool,
+    ) -> Result<Tensor<B, 3>> {
+        let [b, s] = ids.dims();
+        if mask.len() != b || mask.iter().any(|m| m.len() != s) {
+            return Err(ModelError::InvalidInput(format!(
+                "attention mask must be [{b}][{s}] like the input ids"
+            )));
+        }
+        if cache.key_mask.len() != b {
+            return Err(ModelError::InvalidInput(format!(
+                "KV cache holds {} rows, the batch has {b}",
+                cache.key_mask.len()
+            )));
+        }
+        let positions: Vec<Vec<usize>> = mask
+            .iter()
+            .zip(cache.next_pos.iter_mut())
+            .map(|(row, next)| {
+                row.iter()
+                    .map(|&real| {
+                        if real {
+                            *next += 1;
+                            *next - 1
+                        } else {
+                            next.saturating_sub(1)
+                        }
+                    })
+                    .collect()
+            })
+            .collect();
+        for (keys, row) in cache.key_mask.iter_mut().zip(mask) {
+            keys.extend_from_slice(row);
+        }
+        let device = ids.device();
+        let ctx = self.context(&cache.key_mask, &positions, &device);
+        let mut h = self.embed_tokens(ids);
+        for (l, block) in self.blocks.iter().enumerate() {
+            let kv = if use_cache { Some(&mut cache.layers[l]) } else { None };
+            h = block.forward(h, &ctx, kv);
+        }
+        Ok(self.logits(h))
+    }
+}
+
+impl<B: Backend> CausalLm<B, Dense<B>> {
+    /// Loads a Hugging Face checkpoint directory (`config.json` plus safetensors weights).
+    pub fn load(dir: &Path, device: &B::Device) -> Result<Self> {
+        let spec = ArchSpec::from_config_file(&dir.join("config.json"))?;
+        let ckpt = Checkpoint::open(dir)?;
+        Self::from_checkpoint(spec, &ckpt, device)
+    }
+
+    /// Builds the model of `spec` from the tensors of `ckpt`.
+    pub fn from_checkpoint(spec: ArchSpec, ckpt: &Checkpoint, device: &B::Device) -> Result<Self> {
+        let names = spec.weight_names();
+        let (v, hdim) = (spec.vocab_size, spec.hidden_size);
+        let t2 = |name: &str, shape: [usize; 2]| -> Result<Tensor<B, 2>> {
+            let data = ckpt.read_f32(name, &shape)?;
+            Ok(Tensor::from_data(TensorData::new(data, shape), device))
+        };
+        let t1 = |name: &str, n: usize| -> Result<Tensor<B, 1>> {
+            let data = ckpt.read_f32(name, &[n])?;
+            Ok(Tensor::from_data(TensorData::new(data, [n]), device))
+        };
+        let norm = |module: &str| -> Result<Norm<B>> {
+            let bias = match spec.norm {
+                NormKind::Layer { bias: true } => Some(Param::from_tensor(t1(&format!("{module}.bias"), hdim)?)),
+                _ => None,
+            };
+            Ok(Norm {
+                weight: Param::from_tensor(t1(&format!("{module}.weight"), hdim)?),
+                bias,
+                eps: spec.norm_eps,
+                rms: spec.norm == NormKind::Rms,
+            })
+        };
+        let dense = |layer: usize, kind: SiteKind| -> Result<Dense<B>> {
+            let module = spec.hf_module(layer, kind);
+            let shape = spec.site_shape(kind);
+            let w = t2(&format!("{module}.weight"), shape)?;
+            let b = if spec.site_has_bias(kind) {
+                Some(t1(&format!("{module}.bias"), shape[0])?)
+            } else {
+                None
+            };
+            Ok(Dense::new(w, b))
+        };
+        let mut blocks = Vec::with_capacity(spec.num_layers);
+        for (l, (n1, n2)) in names.block_norms.iter().enumerate() {
+            let attn_in = match spec.qkv {
+                QkvLayout::Separate => vec![
+                    dense(l, SiteKind::Q)?,
+                    dense(l, SiteKind::K)?,
+                    dense(l, SiteKind::V)?,
+                ],
+                _ => vec![dense(l, SiteKind::Qkv)?],
+            };
+            blocks.push(Block {
+                attn_norm: norm(n1)?,
+                mlp_norm: norm(n2)?,
+                attn_in,
+                attn_out: dense(l, SiteKind::O)?,
+                mlp_gate: if spec.gated_mlp { Some(dense(l, SiteKind::Gate)?) } else { None },
+                mlp_up: dense(l, SiteKind::Up)?,
+                mlp_down: dense(l, SiteKind::Down)?,
+            });
+        }
+        Ok(Self {
+            embed: Param::from_tensor(t2(&names.embed, [v, hdim])?),
+            embed_norm: names.embed_norm.as_deref().map(norm).transpose()?,
+            blocks,
+            final_norm: norm(&names.final_norm)?,
+            lm_head: match &names.lm_head {
+                Some(n) => Some(Param::from_tensor(t2(n, [v, hdim])?)),
+                None => None,
+            },
+            spec: Arc::new(spec),
+        })
+    }
+}

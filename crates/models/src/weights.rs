@@ -1,0 +1,201 @@
+//! Reading Hugging Face safetensors checkpoints (single file or sharded with an index),
+//! with f32, f16, bf16 and f64 weights converted to f32.
+
+use std::collections::HashMap;
+use std::fs::File;
+use std::path::{Path, PathBuf};
+
+use memmap2::Mmap;
+use safetensors::tensor::{Dtype, SafeTensors, TensorInfo};
+
+use crate::error::{ModelError, Result};
+
+/// File name of a single-file checkpoint.
+pub const WEIGHTS_FILE: &str = "model.safetensors";
+/// File name of a sharded checkpoint's index.
+pub const INDEX_FILE: &str = "model.safetensors.index.json";
+
+struct Shard {
+    path: PathBuf,
+    map: Mmap,
+    data_start: usize,
+    infos: HashMap<String, TensorInfo>,
+}
+
+/// A memory-mapped checkpoint: every tensor of every shard, by name.
+pub struct Checkpoint {
+    shards: Vec<Shard>,
+    by_name: HashMap<String, usize>,
+}
+
+impl Checkpoint {
+    /// Opens `dir/model.safetensors`, or every shard listed in `dir/model.safetensors.index.json`.
+    pub fn open(dir: &Path) -> Result<Self> {
+        let single = dir.join(WEIGHTS_FILE);
+        let index = dir.join(INDEX_FILE);
+        let files = if single.is_file() {
+            vec![single]
+        } else if index.is_file() {
+            read_index(&index)?
+                .into_iter()
+                .map(|f| dir.join(f))
+                .collect()
+        } else {
+            return Err(ModelError::NoWeights {
+                dir: dir.to_path_buf(),
+            });
+        };
+        Self::from_files(&files)
+    }
+
+    /// Opens a list of safetensors files as one checkpoint.
+    pub fn from_files(files: &[PathBuf]) -> Result<Self> {
+        let mut shards = Vec::with_capacity(files.len());
+        let mut by_name = HashMap::new();
+        for (i, path) in files.iter().enumerate() {
+            let shard = open_shard(path)?;
+            for name in shard.infos.keys() {
+                by_name.insert(name.clone(), i);
+            }
+            shards.push(shard);
+        }
+        Ok(Self { shards, by_name })
+    }
+
+    /// Whether a tensor is present.
+    pub fn contains(&self, name: &str) -> bool {
+        self.by_name.contains_key(name)
+    }
+
+    /// Names of all tensors, sorted.
+    pub fn names(&self) -> Vec<String> {
+        let mut v: Vec<String> = self.by_name.keys().cloned().collect();
+        v.sort();
+        v
+    }
+
+    /// The stored shape of a tensor.
+    pub fn shape(&self, name: &str) -> Option<&[usize]> {
+        let shard = &self.shards[*self.by_name.get(name)?];
+        Some(&shard.infos[name].shape)
+    }
+
+    /// The file holding a tensor, or the first file when it is absent (for error messages).
+    pub fn path_of(&self, name: &str) -> &Path {
+        let i = self.by_name.get(name).copied().unwrap_or(0);
+        &self.shards[i].path
+    }
+
+    /// Reads a tensor as f32, checking that its shape is `expected`.
+    pub fn read_f32(&self, name: &str, expected: &[usize]) -> Result<Vec<f32>> {
+        let Some(&i) = self.by_name.get(name) else {
+            return Err(ModelError::MissingTensor {
+                path: self.path_of(name).to_path_buf(),
+                name: name.to_string(),
+            });
+        };
+        let shard = &self.shards[i];
+        let info = &shard.infos[name];
+        if info.shape != expected {
+            return Err(ModelError::ShapeMismatch {
+                path: shard.path.clone(),
+                name: name.to_string(),
+                expected: expected.to_vec(),
+                found: info.shape.clone(),
+            });
+        }
+        let (a, b) = info.data_offsets;
+        let bytes = &shard.map[shard.data_start + a..shard.data_start + b];
+        decode_f32(bytes, info.dtype).ok_or_else(|| ModelError::UnsupportedDtype {
+            path: shard.path.clone(),
+            name: name.to_string(),
+            dtype: format!("{:?}", info.dtype),
+        })
+    }
+}
+
+fn read_index(index: &Path) -> Result<Vec<String>> {
+    let text = std::fs::read_to_string(index).map_err(|e| ModelError::io(index, e))?;
+    let value: serde_json::Value = serde_json::from_str(&text).map_err(|source| ModelError::Json {
+        path: index.to_path_buf(),
+        source,
+    })?;
+    let map = value
+        .get("weight_map")
+        .and_then(|m| m.as_object())
+        .ok_or_else(|| ModelError::config(index, "weight_map", "missing or not an object"))?;
+    let mut files: Vec<String> = Vec::new();
+    for (tensor, file) in map {
+        let file = file.as_str().ok_or_else(|| {
+            ModelError::config(index, &format!("weight_map.{tensor}"), "not a file name")
+        })?;
+        if file.contains('/') || file.contains("..") {
+            return Err(ModelError::config(
+                index,
+                &format!("weight_map.{tensor}"),
+                format!("shard {file:?} is not a file in the checkpoint directory"),
+            ));
+        }
+        if !files.iter().any(|f| f == file) {
+            files.push(file.to_string());
+        }
+    }
+    files.sort();
+    Ok(files)
+}
+
+fn open_shard(path: &Path) -> Result<Shard> {
+    let file = File::open(path).map_err(|e| ModelError::io(path, e))?;
+    // SAFETY: the checkpoint is read-only for the life of the map; secateur never writes to a
+    // file it has mapped (outputs go to a temporary file that is then renamed).
+    let map = unsafe { Mmap::map(&file) }.map_err(|e| ModelError::io(path, e))?;
+    let (header, metadata) =
+        SafeTensors::read_metadata(&map).map_err(|e| ModelError::Safetensors {
+            path: path.to_path_buf(),
+            reason: e.to_string(),
+        })?;
+    let data_start = 8 + header;
+    if data_start + metadata.data_len() > map.len() {
+        return Err(ModelError::Safetensors {
+            path: path.to_path_buf(),
+            reason: format!(
+                "file is truncated: {} bytes of tensor data announced, {} present",
+                metadata.data_len(),
+                map.len().saturating_sub(data_start)
+            ),
+        });
+    }
+    let infos = metadata
+        .tensors()
+        .into_iter()
+        .map(|(k, v)| (k, v.clone()))
+        .collect();
+    Ok(Shard {
+        path: path.to_path_buf(),
+        map,
+        data_start,
+        infos,
+    })
+}
+
+fn decode_f32(bytes: &[u8], dtype: Dtype) -> Option<Vec<f32>> {
+    Some(match dtype {
+        Dtype::F32 => bytes
+            .chunks_exact(4)
+            .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+            .collect(),
+        Dtype::F16 => bytes
+            .chunks_exact(2)
+            .map(|c| half::f16::from_le_bytes([c[0], c[1]]).to_f32())
+            .collect(),
+        Dtype::BF16 => bytes
+            .chunks_exact(2)
+            .map(|c| half::bf16::from_le_bytes([c[0], c[1]]).to_f32())
+            .collect(),
+        Dtype::F64 => bytes
+            .chunks_exact(8)
+            .map(|c| f64::from_le_bytes(c.try_into().expect("8 bytes")) as f32)
+            .collect(),
+        _ => return None,
+    })
+}
