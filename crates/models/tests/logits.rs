@@ -61,3 +61,47 @@ fn greedy_generation_matches_transformers_with_and_without_cache() {
         }
     }
 }
+
+#[test]
+fn batched_generation_with_left_padding_equals_one_by_one() {
+    let device = Default::default();
+    let prompts = vec![vec![5, 40, 12, 77, 3, 9], vec![7, 21], vec![30, 31, 32]];
+    for variant in ["llama_gqa", "neox_parallel", "bloom_6heads_postln", "mpt_6heads_clip", "mistral_window"] {
+        let model = DenseLm::<B>::load(&fixtures().join(variant), &device).unwrap();
+        let opts = GenerateOptions {
+            max_new_tokens: 6,
+            ..Default::default()
+        };
+        let batched = generate(&model, &prompts, &opts, &device).unwrap();
+        for (p, out) in prompts.iter().zip(&batched) {
+            let single = generate(&model, &[p.clone()], &opts, &device).unwrap();
+            assert_eq!(&single[0], out, "{variant}, prompt {p:?}");
+        }
+    }
+}
+
+#[test]
+fn sampling_is_reproducible_for_a_seed_and_stops_at_eos() {
+    let device = Default::default();
+    let model = DenseLm::<B>::load(&fixtures().join("llama_gqa"), &device).unwrap();
+    let opts = |seed| GenerateOptions {
+        max_new_tokens: 12,
+        temperature: 1.0,
+        top_p: 0.9,
+        seed,
+        ..Default::default()
+    };
+    let prompts = vec![vec![5, 40, 12], vec![8, 9]];
+    let a = generate(&model, &prompts, &opts(3), &device).unwrap();
+    let b = generate(&model, &prompts, &opts(3), &device).unwrap();
+    assert_eq!(a, b);
+    let runs: Vec<_> = (0..4).map(|s| generate(&model, &prompts, &opts(s), &device).unwrap()).collect();
+    assert!(runs.iter().any(|r| r != &a), "different seeds should give different samples");
+    // Stop on EOS: declare the first greedy token an EOS, and generation stops right there.
+    let greedy = generate(&model, &prompts[..1], &GenerateOptions::default(), &device).unwrap();
+    let eos = GenerateOptions {
+        eos_token_ids: vec![greedy[0][0]],
+        ..Default::default()
+    };
+    assert_eq!(generate(&model, &prompts[..1], &eos, &device).unwrap()[0], vec![greedy[0][0]]);
+}
