@@ -1,0 +1,109 @@
+//! End-to-end tests of the `secateur` binary on the models crate's fixtures.
+
+use std::path::PathBuf;
+use std::process::Command;
+
+use safetensors::tensor::SafeTensors;
+
+fn fixture(variant: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../models/tests/fixtures").join(variant)
+}
+
+fn secateur(args: &[&str]) -> (bool, String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_secateur")).args(args).output().unwrap();
+    (
+        out.status.success(),
+        String::from_utf8(out.stdout).unwrap(),
+        String::from_utf8(out.stderr).unwrap(),
+    )
+}
+
+#[test]
+fn info_summarises_the_checkpoint() {
+    let dir = fixture("llama_gqa");
+    let (ok, stdout, stderr) = secateur(&["info", "--model", dir.to_str().unwrap()]);
+    assert!(ok, "{stderr}");
+    let v: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    assert_eq!(v["family"], "llama");
+    assert_eq!(v["layers"], 2);
+    assert_eq!(v["heads"], 4);
+    assert_eq!(v["kv_heads"], 2);
+    assert_eq!(v["hidden_size"], 32);
+    let sites = v["sites"].as_array().unwrap();
+    assert_eq!(sites.len(), 14);
+    assert_eq!(sites[1]["site"], "layers.0.self_attn.k");
+    assert_eq!(sites[1]["module"], "model.layers.0.self_attn.k_proj");
+    assert_eq!(sites[1]["shape"], serde_json::json!([16, 32]));
+}
+
+#[test]
+fn logits_of_unequal_lengths_match_transformers() {
+    let variant = "bloom_6heads_postln";
+    let bytes = std::fs::read(fixture(variant).join("reference.safetensors")).unwrap();
+    let st = SafeTensors::deserialize(&bytes).unwrap();
+    let ids: Vec<i64> = st.tensor("input_ids").unwrap().data().chunks_exact(8).map(|c| i64::from_le_bytes(c.try_into().unwrap())).collect();
+    let mask: Vec<i64> = st.tensor("attention_mask").unwrap().data().chunks_exact(8).map(|c| i64::from_le_bytes(c.try_into().unwrap())).collect();
+    let lt = st.tensor("logits").unwrap();
+    let [_, s, v] = [lt.shape()[0], lt.shape()[1], lt.shape()[2]];
+    let reference: Vec<f32> = lt.data().chunks_exact(4).map(|c| f32::from_le_bytes(c.try_into().unwrap())).collect();
+    let seqs: Vec<Vec<i64>> = ids
+        .chunks(s)
+        .zip(mask.chunks(s))
+        .map(|(i, m)| i.iter().zip(m).filter(|(_, m)| **m == 1).map(|(i, _)| *i).collect())
+        .collect();
+    let tmp = tempfile::tempdir().unwrap();
+    let input = tmp.path().join("ids.json");
+    std::fs::write(&input, serde_json::to_string(&seqs).unwrap()).unwrap();
+    let dir = fixture(variant);
+    let (ok, stdout, stderr) = secateur(&["logits", "--model", dir.to_str().unwrap(), "--input-ids", input.to_str().unwrap()]);
+    assert!(ok, "{stderr}");
+    let out: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    let rows = out["logits"].as_array().unwrap();
+    assert_eq!(rows.len(), seqs.len());
+    for (b, seq) in seqs.iter().enumerate() {
+        let row = rows[b].as_array().unwrap();
+        assert_eq!(row.len(), seq.len(), "ragged output: one row per real token");
+        for (t, logits) in row.iter().enumerate() {
+            let logits = logits.as_array().unwrap();
+            assert_eq!(logits.len(), v);
+            for (i, x) in logits.iter().enumerate() {
+                let want = reference[(b * s + t) * v + i];
+                assert!((x.as_f64().unwrap() as f32 - want).abs() <= 1e-4);
+            }
+        }
+    }
+}
+
+#[test]
+fn generate_is_deterministic_and_greedy_by_default() {
+    let dir = fixture("llama_gqa");
+    let d = dir.to_str().unwrap();
+    let args = ["generate", "--model", d, "--prompt", "the cat sat", "--max-new-tokens", "6"];
+    let (ok, a, stderr) = secateur(&args);
+    assert!(ok, "{stderr}");
+    assert!(!a.trim().is_empty());
+    let (_, b, _) = secateur(&args);
+    assert_eq!(a, b);
+    let (_, c, _) = secateur(&[&args[..], &["--no-cache"]].concat());
+    assert_eq!(a, c, "cached and uncached greedy decoding agree");
+    let sample = ["--temperature", "1.0", "--top-p", "0.9", "--seed", "5"];
+    let (ok, s1, _) = secateur(&[&args[..], &sample].concat());
+    let (_, s2, _) = secateur(&[&args[..], &sample].concat());
+    assert!(ok);
+    assert_eq!(s1, s2);
+}
+
+#[test]
+fn bad_input_fails_with_a_message_naming_the_file() {
+    let tmp = tempfile::tempdir().unwrap();
+    let input = tmp.path().join("ids.json");
+    std::fs::write(&input, "[[1, 2, 999]]").unwrap();
+    let dir = fixture("llama_gqa");
+    let (ok, _, stderr) = secateur(&["logits", "--model", dir.to_str().unwrap(), "--input-ids", input.to_str().unwrap()]);
+    assert!(!ok);
+    assert!(stderr.contains("ids.json") && stderr.contains("999"), "{stderr}");
+    let (ok, _, stderr) = secateur(&["info", "--model", "/nonexistent/model"]);
+    assert!(!ok);
+    assert!(stderr.contains("/nonexistent/model/config.json"), "{stderr}");
+    assert!(!stderr.contains("panicked"));
+}
