@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use burn::module::{Module, Param};
 use burn::prelude::*;
-use burn::tensor::activation::softmax;
+use burn::tensor::ops::AttentionModuleOptions;
 
 use crate::error::{ModelError, Result};
 use crate::nn::{activate, apply_rope, attention_bias, rope_inv_freq, rope_tables, Dense, Norm, Projection};
@@ -77,6 +77,7 @@ impl<B: Backend> KvCache<B> {
 pub struct AttnContext<'a, B: Backend> {
     pub spec: &'a ArchSpec,
     pub rope: Option<(Tensor<B, 4>, Tensor<B, 4>)>,
+    /// Additive bias `[batch, kv_heads or 1, (heads / kv_heads) * seq, keys]`.
     pub bias: Tensor<B, 4>,
 }
 
@@ -157,23 +158,24 @@ impl<B: Backend, P: Projection<B>> Block<B, P> {
             }
             None => (k, v),
         };
-        let t = k.dims()[2];
         let rep = h / kvh;
         // Grouped-query attention without copying keys: query heads g*rep..g*rep+rep share
-        // key/value head g, so [b, h, s, d] is viewed as [b, kvh, rep*s, d].
-        let scores = q
-            .reshape([b, kvh, rep * s, d])
-            .matmul(k.swap_dims(2, 3))
-            .mul_scalar(spec.attn_scale)
-            .reshape([b, h, s, t]);
-        let probs = softmax(scores + ctx.bias.clone(), 3);
-        probs
-            .reshape([b, kvh, rep * s, t])
-            .matmul(v)
-            .reshape([b, h, s, d])
-            .swap_dims(1, 2)
-            .reshape([b, s, h * d])
-            .apply(|a| self.attn_out.forward(a))
+        // key/value head g, so [b, h, s, d] is viewed as [b, kvh, rep*s, d]; the context's
+        // bias is already laid out to match.
+        let options = AttentionModuleOptions {
+            scale: Some(spec.attn_scale),
+            ..Default::default()
+        };
+        let out = burn::tensor::module::attention(
+            q.reshape([b, kvh, rep * s, d]),
+            k,
+            v,
+            None,
+            Some(ctx.bias.clone()),
+            options,
+        );
+        let out = out.reshape([b, h, s, d]).swap_dims(1, 2).reshape([b, s, h * d]);
+        self.attn_out.forward(out)
     }
 
     /// The MLP of normalised input `x`.
@@ -202,14 +204,6 @@ impl<B: Backend, P: Projection<B>> Block<B, P> {
         out
     }
 }
-
-/// Small helper so a tensor expression can end in a call.
-trait Apply: Sized {
-    fn apply<T>(self, f: impl FnOnce(Self) -> T) -> T {
-        f(self)
-    }
-}
-impl<B: Backend, const D: usize> Apply for Tensor<B, D> {}
 
 impl<B: Backend, P: Module<B>> Block<B, P> {
     /// Replaces every projection through `f`, keeping norms.
@@ -352,10 +346,21 @@ impl<B: Backend, P: Projection<B>> CausalLm<B, P> {
             }
             PositionKind::Alibi { .. } => None,
         };
+        // Lay the bias out like the grouped queries: [b, kvh or 1, rep * seq, keys].
+        let bias = attention_bias::<B>(&self.spec, key_mask, seq, device);
+        let [b, hb, _, t] = bias.dims();
+        let rep = self.spec.num_heads / self.spec.num_kv_heads;
+        let bias = if rep == 1 {
+            bias
+        } else if hb == 1 {
+            bias.repeat_dim(2, rep)
+        } else {
+            bias.reshape([b, self.spec.num_kv_heads, rep * seq, t])
+        };
         AttnContext {
             spec: &self.spec,
             rope,
-            bias: attention_bias(&self.spec, key_mask, seq, device),
+            bias,
         }
     }
 
@@ -510,5 +515,49 @@ impl<B: Backend> CausalLm<B, Dense<B>> {
             },
             spec: Arc::new(spec),
         })
+    }
+}
+
+impl<B: Backend> CausalLm<B, Dense<B>> {
+    /// A model of `spec` with random weights: projections and embeddings drawn from
+    /// N(0, `std`²), norms at weight 1 and bias 0, projection biases 0. Seeded through
+    /// `B::seed`, for benchmarks, tests and pretraining from scratch.
+    pub fn init_random(spec: ArchSpec, std: f64, seed: u64, device: &B::Device) -> Self {
+        use burn::tensor::Distribution;
+        B::seed(device, seed);
+        let normal = |shape: [usize; 2]| Tensor::<B, 2>::random(shape, Distribution::Normal(0.0, std), device);
+        let h = spec.hidden_size;
+        let norm = || Norm {
+            weight: Param::from_tensor(Tensor::ones([h], device)),
+            bias: matches!(spec.norm, NormKind::Layer { bias: true }).then(|| Param::from_tensor(Tensor::zeros([h], device))),
+            eps: spec.norm_eps,
+            rms: spec.norm == NormKind::Rms,
+        };
+        let dense = |kind: SiteKind| {
+            let shape = spec.site_shape(kind);
+            Dense::new(normal(shape), spec.site_has_bias(kind).then(|| Tensor::zeros([shape[0]], device)))
+        };
+        let blocks = (0..spec.num_layers)
+            .map(|_| Block {
+                attn_norm: norm(),
+                mlp_norm: norm(),
+                attn_in: match spec.qkv {
+                    QkvLayout::Separate => vec![dense(SiteKind::Q), dense(SiteKind::K), dense(SiteKind::V)],
+                    _ => vec![dense(SiteKind::Qkv)],
+                },
+                attn_out: dense(SiteKind::O),
+                mlp_gate: spec.gated_mlp.then(|| dense(SiteKind::Gate)),
+                mlp_up: dense(SiteKind::Up),
+                mlp_down: dense(SiteKind::Down),
+            })
+            .collect();
+        Self {
+            embed: Param::from_tensor(normal([spec.vocab_size, h])),
+            embed_norm: spec.embed_norm.then(norm),
+            blocks,
+            final_norm: norm(),
+            lm_head: (!spec.tie_word_embeddings).then(|| Param::from_tensor(normal([spec.vocab_size, h]))),
+            spec: Arc::new(spec),
+        }
     }
 }

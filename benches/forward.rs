@@ -1,0 +1,56 @@
+//! Forward-pass and decoding speed of the benchmark LLaMA config (hidden 256, 4 layers,
+//! 8 heads, intermediate 688, vocab 4096) on the CPU backend.
+//!
+//! `cargo bench -p secateur-models --bench forward`; the PyTorch side of the same config is
+//! `python3 scripts/bench_torch.py`.
+
+use std::path::Path;
+use std::time::Duration;
+
+use criterion::{criterion_group, criterion_main, Criterion, Throughput};
+use secateur_models::generate::token_tensor;
+use secateur_models::{generate, ArchSpec, Cpu, DenseLm, GenerateOptions};
+
+const PREFILL_BATCH: usize = 8;
+const PREFILL_LEN: usize = 128;
+const DECODE_PROMPT: usize = 16;
+const DECODE_NEW: usize = 64;
+
+fn model() -> DenseLm<Cpu> {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../benches/llama_bench_config.json");
+    let spec = ArchSpec::from_config_file(&path).expect("bench config");
+    DenseLm::<Cpu>::init_random(spec, 0.02, 0, &Default::default())
+}
+
+fn bench(c: &mut Criterion) {
+    let device = Default::default();
+    let model = model();
+    let ids: Vec<Vec<u32>> = (0..PREFILL_BATCH)
+        .map(|b| (0..PREFILL_LEN).map(|t| ((b * 131 + t * 17) % 4096) as u32).collect())
+        .collect();
+    let mask = vec![vec![true; PREFILL_LEN]; PREFILL_BATCH];
+
+    let mut g = c.benchmark_group("llama-h256-l4");
+    g.sample_size(10).measurement_time(Duration::from_secs(8)).warm_up_time(Duration::from_secs(2));
+    g.throughput(Throughput::Elements((PREFILL_BATCH * PREFILL_LEN) as u64));
+    g.bench_function("prefill_b8_s128", |b| {
+        b.iter(|| {
+            let logits = model.forward(token_tensor::<Cpu>(&ids, &device), &mask).unwrap();
+            // Force the computation to finish.
+            logits.narrow(1, PREFILL_LEN - 1, 1).into_data()
+        })
+    });
+    let prompt: Vec<u32> = (0..DECODE_PROMPT as u32).map(|t| 3 + t * 7).collect();
+    let opts = GenerateOptions {
+        max_new_tokens: DECODE_NEW,
+        ..Default::default()
+    };
+    g.throughput(Throughput::Elements(DECODE_NEW as u64));
+    g.bench_function("greedy_decode_b1_64tok_kv_cache", |b| {
+        b.iter(|| generate(&model, &[prompt.clone()], &opts, &device).unwrap())
+    });
+    g.finish();
+}
+
+criterion_group!(benches, bench);
+criterion_main!(benches);
