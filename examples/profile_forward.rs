@@ -1,10 +1,12 @@
+//! Times the pieces of one forward pass of the benchmark LLaMA config (a quick profile).
+//! `cargo run --release -p secateur-models --example profile_forward`
+
 use std::time::Instant;
-use burn::prelude::*;
 use secateur_models::{ArchSpec, Cpu, DenseLm, Projection};
 use secateur_models::generate::token_tensor;
 type B = Cpu;
 fn main() {
-    let spec = ArchSpec::from_config_file(std::path::Path::new("benches/llama_bench_config.json")).unwrap();
+    let spec = ArchSpec::from_config_file(&std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../benches/llama_bench_config.json")).unwrap();
     let d = Default::default();
     let m = DenseLm::<B>::init_random(spec, 0.02, 0, &d);
     let ids: Vec<Vec<u32>> = (0..8).map(|b| (0..128).map(|t| ((b * 131 + t * 17) % 4096) as u32).collect()).collect();
