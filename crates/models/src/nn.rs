@@ -68,21 +68,25 @@ pub struct Norm<B: Backend> {
 }
 
 impl<B: Backend> Norm<B> {
+    /// Normalises `x: [batch, seq, hidden]` over its last dimension.
     pub fn forward(&self, x: Tensor<B, 3>) -> Tensor<B, 3> {
+        // Work on [rows, hidden]: burn's flex backend broadcasts much faster in 2D than in 3D.
+        let [b, s, h] = x.dims();
+        let x = x.reshape([b * s, h]);
         let x = if self.rms {
-            let var = x.clone().powi_scalar(2).mean_dim(2);
+            let var = x.clone().powi_scalar(2).mean_dim(1);
             x * (var + self.eps).sqrt().recip()
         } else {
-            let mean = x.clone().mean_dim(2);
-            let xc = x - mean;
-            let var = xc.clone().powi_scalar(2).mean_dim(2);
+            let xc = x.clone() - x.mean_dim(1);
+            let var = xc.clone().powi_scalar(2).mean_dim(1);
             xc * (var + self.eps).sqrt().recip()
         };
-        let y = x * self.weight.val().unsqueeze::<3>();
-        match &self.bias {
-            Some(b) => y + b.val().unsqueeze::<3>(),
+        let y = x * self.weight.val().unsqueeze::<2>();
+        let y = match &self.bias {
+            Some(bias) => y + bias.val().unsqueeze::<2>(),
             None => y,
-        }
+        };
+        y.reshape([b, s, h])
     }
 }
 
@@ -130,51 +134,70 @@ pub fn rope_inv_freq(theta: f64, rotary_dim: usize, scaling: Option<&RopeScaling
     }
 }
 
-/// Cosine and sine tables `[batch, 1, seq, rotary_dim]` for the given positions (`[batch][seq]`).
-pub fn rope_tables<B: Backend>(
-    inv_freq: &[f32],
-    positions: &[Vec<usize>],
-    device: &B::Device,
-) -> (Tensor<B, 4>, Tensor<B, 4>) {
-    let b = positions.len();
-    let s = positions.first().map_or(0, |p| p.len());
-    let half = inv_freq.len();
-    let mut cos = Vec::with_capacity(b * s * half * 2);
-    let mut sin = Vec::with_capacity(b * s * half * 2);
-    for row in positions {
-        for &p in row {
-            // transformers multiplies in f32, then takes cos/sin of the f32 angle.
-            let angles: Vec<f32> = inv_freq.iter().map(|f| f * p as f32).collect();
-            for _ in 0..2 {
-                cos.extend(angles.iter().map(|a| (*a as f64).cos() as f32));
-                sin.extend(angles.iter().map(|a| (*a as f64).sin() as f32));
-            }
-        }
-    }
-    let shape = [b, 1, s, half * 2];
-    (
-        Tensor::from_data(TensorData::new(cos, shape), device),
-        Tensor::from_data(TensorData::new(sin, shape), device),
-    )
+/// RoPE tables for one forward pass: `cos` and `sin` are `[batch * seq, head_dim]` (channels past
+/// the rotary dimension hold 1 and 0, so they pass through), and `rotate` is the `[head_dim,
+/// head_dim]` matrix with `x·rotate = rotate_half(x)` on the rotary channels and 0 elsewhere.
+/// Everything is a same-shape element-wise op or a matmul: on the CPU backend these are far
+/// faster than broadcasting or strided ones.
+#[derive(Debug, Clone)]
+pub struct RopeTables<B: Backend> {
+    pub cos: Tensor<B, 2>,
+    pub sin: Tensor<B, 2>,
+    pub rotate: Tensor<B, 2>,
 }
 
-/// Rotate-half RoPE on the first `cos.dims()[3]` channels of `x: [batch, heads, seq, head_dim]`.
-pub fn apply_rope<B: Backend>(x: Tensor<B, 4>, cos: &Tensor<B, 4>, sin: &Tensor<B, 4>) -> Tensor<B, 4> {
-    let d = x.dims()[3];
-    let rot = cos.dims()[3];
-    let (x_rot, x_pass) = if rot < d {
-        (x.clone().narrow(3, 0, rot), Some(x.narrow(3, rot, d - rot)))
-    } else {
-        (x, None)
-    };
-    let half = rot / 2;
-    let x1 = x_rot.clone().narrow(3, 0, half);
-    let x2 = x_rot.clone().narrow(3, half, half);
-    let rotated = Tensor::cat(vec![x2.neg(), x1], 3);
-    let out = x_rot * cos.clone() + rotated * sin.clone();
-    match x_pass {
-        Some(p) => Tensor::cat(vec![out, p], 3),
-        None => out,
+impl<B: Backend> RopeTables<B> {
+    /// Tables for the given positions (`[batch][seq]`) and head size.
+    pub fn new(inv_freq: &[f32], head_dim: usize, positions: &[Vec<usize>], device: &B::Device) -> Self {
+        let half = inv_freq.len();
+        let rows = positions.iter().map(Vec::len).sum::<usize>();
+        let mut cos = Vec::with_capacity(rows * head_dim);
+        let mut sin = Vec::with_capacity(rows * head_dim);
+        for &p in positions.iter().flatten() {
+            // transformers multiplies in f32, then takes cos/sin of the f32 angle.
+            let angles: Vec<f64> = inv_freq.iter().map(|f| (f * p as f32) as f64).collect();
+            for _ in 0..2 {
+                cos.extend(angles.iter().map(|a| a.cos() as f32));
+                sin.extend(angles.iter().map(|a| a.sin() as f32));
+            }
+            cos.extend(std::iter::repeat_n(1.0, head_dim - 2 * half));
+            sin.extend(std::iter::repeat_n(0.0, head_dim - 2 * half));
+        }
+        let mut rotate = vec![0f32; head_dim * head_dim];
+        for j in 0..half {
+            rotate[(j + half) * head_dim + j] = -1.0; // out[j] = -x[j + half]
+            rotate[j * head_dim + j + half] = 1.0; // out[j + half] = x[j]
+        }
+        Self {
+            cos: Tensor::from_data(TensorData::new(cos, [rows, head_dim]), device),
+            sin: Tensor::from_data(TensorData::new(sin, [rows, head_dim]), device),
+            rotate: Tensor::from_data(TensorData::new(rotate, [head_dim, head_dim]), device),
+        }
+    }
+
+    /// The tables repeated for `heads` heads: `[batch * seq * heads, head_dim]`.
+    pub fn per_head(&self, heads: usize) -> Self {
+        let [rows, d] = self.cos.dims();
+        let rep = |t: &Tensor<B, 2>| {
+            t.clone()
+                .unsqueeze_dim::<3>(1)
+                .repeat_dim(1, heads)
+                .reshape([rows * heads, d])
+        };
+        Self {
+            cos: rep(&self.cos),
+            sin: rep(&self.sin),
+            rotate: self.rotate.clone(),
+        }
+    }
+
+    /// Applies rotate-half RoPE to `x: [batch, seq, heads, head_dim]` (tables from
+    /// [`Self::per_head`] with the same number of heads).
+    pub fn apply(&self, x: Tensor<B, 4>) -> Tensor<B, 4> {
+        let [b, s, h, d] = x.dims();
+        let x = x.reshape([b * s * h, d]);
+        let rotated = x.clone().matmul(self.rotate.clone());
+        (x * self.cos.clone() + rotated * self.sin.clone()).reshape([b, s, h, d])
     }
 }
 

@@ -9,7 +9,7 @@ use burn::prelude::*;
 use burn::tensor::ops::AttentionModuleOptions;
 
 use crate::error::{ModelError, Result};
-use crate::nn::{activate, apply_rope, attention_bias, rope_inv_freq, rope_tables, Dense, Norm, Projection};
+use crate::nn::{activate, attention_bias, rope_inv_freq, Dense, Norm, Projection, RopeTables};
 use crate::site::{Site, SiteKind};
 use crate::spec::{ArchSpec, NormKind, PositionKind, QkvLayout, Residual};
 use crate::weights::Checkpoint;
@@ -76,7 +76,8 @@ impl<B: Backend> KvCache<B> {
 /// Per-forward attention inputs shared by all blocks.
 pub struct AttnContext<'a, B: Backend> {
     pub spec: &'a ArchSpec,
-    pub rope: Option<(Tensor<B, 4>, Tensor<B, 4>)>,
+    /// RoPE tables for the query heads and for the key/value heads.
+    pub rope: Option<[RopeTables<B>; 2]>,
     /// Additive bias `[batch, kv_heads or 1, (heads / kv_heads) * seq, keys]`.
     pub bias: Tensor<B, 4>,
 }
@@ -118,35 +119,37 @@ impl<B: Backend, P: Projection<B>> Block<B, P> {
         let spec = ctx.spec;
         let [b, s, _] = x.dims();
         let (h, kvh, d) = (spec.num_heads, spec.num_kv_heads, spec.head_dim);
-        let heads = |t: Tensor<B, 3>, n: usize| t.reshape([b, s, n, d]).swap_dims(1, 2);
+        let split = |t: Tensor<B, 3>, n: usize| t.reshape([b, s, n, d]);
         let clip = |t: Tensor<B, 3>| match spec.clip_qkv {
             Some(c) => t.clamp(-c, c),
             None => t,
         };
+        // q, k, v as [b, s, heads, d].
         let (q, k, v) = match spec.qkv {
             QkvLayout::Separate => (
-                heads(clip(self.attn_in[0].forward(x.clone())), h),
-                heads(clip(self.attn_in[1].forward(x.clone())), kvh),
-                heads(clip(self.attn_in[2].forward(x)), kvh),
+                split(clip(self.attn_in[0].forward(x.clone())), h),
+                split(clip(self.attn_in[1].forward(x.clone())), kvh),
+                split(clip(self.attn_in[2].forward(x)), kvh),
             ),
             QkvLayout::FusedPerHead => {
                 let y = clip(self.attn_in[0].forward(x)).reshape([b, s, h, 3 * d]);
-                let part = |i: usize| y.clone().narrow(3, i * d, d).swap_dims(1, 2);
+                let part = |i: usize| y.clone().narrow(3, i * d, d);
                 (part(0), part(1), part(2))
             }
             QkvLayout::FusedBlocks => {
                 let y = clip(self.attn_in[0].forward(x));
                 (
-                    heads(y.clone().narrow(2, 0, h * d), h),
-                    heads(y.clone().narrow(2, h * d, kvh * d), kvh),
-                    heads(y.narrow(2, (h + kvh) * d, kvh * d), kvh),
+                    split(y.clone().narrow(2, 0, h * d), h),
+                    split(y.clone().narrow(2, h * d, kvh * d), kvh),
+                    split(y.narrow(2, (h + kvh) * d, kvh * d), kvh),
                 )
             }
         };
         let (q, k) = match &ctx.rope {
-            Some((cos, sin)) => (apply_rope(q, cos, sin), apply_rope(k, cos, sin)),
+            Some([rq, rk]) => (rq.apply(q), rk.apply(k)),
             None => (q, k),
         };
+        let (q, k, v) = (q.swap_dims(1, 2), k.swap_dims(1, 2), v.swap_dims(1, 2));
         let (k, v) = match kv {
             Some(slot) => {
                 let (k, v) = match slot.take() {
@@ -342,7 +345,8 @@ impl<B: Backend, P: Projection<B>> CausalLm<B, P> {
                 scaling,
             } => {
                 let inv = rope_inv_freq(*theta, *rotary_dim, scaling.as_ref());
-                Some(rope_tables(&inv, positions, device))
+                let tables = RopeTables::<B>::new(&inv, self.spec.head_dim, positions, device);
+                Some([tables.per_head(self.spec.num_heads), tables.per_head(self.spec.num_kv_heads)])
             }
             PositionKind::Alibi { .. } => None,
         };
