@@ -25,7 +25,7 @@ pub use nn::{Dense, Norm, Projection};
 pub use site::{Site, SiteKind};
 pub use spec::{ArchSpec, Family};
 pub use tokenizer::TextTokenizer;
-pub use transformer::{Block, CausalLm, DenseLm, KvCache};
+pub use transformer::{positions_of, AttnContext, Block, CausalLm, DenseLm, KvCache};
 pub use weights::Checkpoint;
 
 /// The CPU backend secateur uses by default.

@@ -74,12 +74,66 @@ impl<B: Backend> KvCache<B> {
 }
 
 /// Per-forward attention inputs shared by all blocks.
-pub struct AttnContext<'a, B: Backend> {
-    pub spec: &'a ArchSpec,
+pub struct AttnContext<B: Backend> {
+    pub spec: Arc<ArchSpec>,
     /// RoPE tables for the query heads and for the key/value heads.
     pub rope: Option<[RopeTables<B>; 2]>,
     /// Additive bias `[batch, kv_heads or 1, (heads / kv_heads) * seq, keys]`.
     pub bias: Tensor<B, 4>,
+}
+
+impl<B: Backend> AttnContext<B> {
+    /// The context of `seq` new tokens given the mask of every key slot (cache and new) and
+    /// the positions of the new tokens.
+    pub fn new(spec: Arc<ArchSpec>, key_mask: &[Vec<bool>], positions: &[Vec<usize>], device: &B::Device) -> Self {
+        let seq = positions.first().map_or(0, |p| p.len());
+        let rope = match &spec.position {
+            PositionKind::Rope {
+                theta,
+                rotary_dim,
+                scaling,
+            } => {
+                let inv = rope_inv_freq(*theta, *rotary_dim, scaling.as_ref());
+                let tables = RopeTables::<B>::new(&inv, spec.head_dim, positions, device);
+                Some([tables.per_head(spec.num_heads), tables.per_head(spec.num_kv_heads)])
+            }
+            PositionKind::Alibi { .. } => None,
+        };
+        // Lay the bias out like the grouped queries: [b, kvh or 1, rep * seq, keys].
+        let bias = attention_bias::<B>(&spec, key_mask, seq, device);
+        let [b, hb, _, t] = bias.dims();
+        let rep = spec.num_heads / spec.num_kv_heads;
+        let bias = if rep == 1 {
+            bias
+        } else if hb == 1 {
+            bias.repeat_dim(2, rep)
+        } else {
+            bias.reshape([b, spec.num_kv_heads, rep * seq, t])
+        };
+        Self { spec, rope, bias }
+    }
+
+    /// Context of a right- or left-padded batch without a cache: positions count real tokens.
+    pub fn for_batch(spec: Arc<ArchSpec>, mask: &[Vec<bool>], device: &B::Device) -> Self {
+        let positions: Vec<Vec<usize>> = mask.iter().map(|row| positions_of(row, 0)).collect();
+        Self::new(spec, mask, &positions, device)
+    }
+}
+
+/// Positions of a row's tokens given `start` real tokens before it: `cumsum(mask) - 1`, and the
+/// previous position at padding.
+pub fn positions_of(row: &[bool], start: usize) -> Vec<usize> {
+    let mut next = start;
+    row.iter()
+        .map(|&real| {
+            if real {
+                next += 1;
+                next - 1
+            } else {
+                next.saturating_sub(1)
+            }
+        })
+        .collect()
 }
 
 impl<B: Backend, P: Projection<B>> Block<B, P> {
@@ -87,24 +141,24 @@ impl<B: Backend, P: Projection<B>> Block<B, P> {
     pub fn forward(
         &self,
         x: Tensor<B, 3>,
-        ctx: &AttnContext<'_, B>,
+        ctx: &AttnContext<B>,
         kv: Option<&mut Option<(Tensor<B, 4>, Tensor<B, 4>)>>,
     ) -> Tensor<B, 3> {
         match ctx.spec.residual {
             Residual::Sequential => {
                 let h = x.clone() + self.attention(self.attn_norm.forward(x), ctx, kv);
-                h.clone() + self.mlp(self.mlp_norm.forward(h), ctx.spec)
+                h.clone() + self.mlp(self.mlp_norm.forward(h), &ctx.spec)
             }
             Residual::Parallel => {
                 let a = self.attention(self.attn_norm.forward(x.clone()), ctx, kv);
-                let m = self.mlp(self.mlp_norm.forward(x.clone()), ctx.spec);
+                let m = self.mlp(self.mlp_norm.forward(x.clone()), &ctx.spec);
                 x + a + m
             }
             Residual::SequentialPostNorm => {
                 let n = self.attn_norm.forward(x);
                 let h = n.clone() + self.attention(n, ctx, kv);
                 let n = self.mlp_norm.forward(h);
-                n.clone() + self.mlp(n, ctx.spec)
+                n.clone() + self.mlp(n, &ctx.spec)
             }
         }
     }
@@ -113,10 +167,10 @@ impl<B: Backend, P: Projection<B>> Block<B, P> {
     pub fn attention(
         &self,
         x: Tensor<B, 3>,
-        ctx: &AttnContext<'_, B>,
+        ctx: &AttnContext<B>,
         kv: Option<&mut Option<(Tensor<B, 4>, Tensor<B, 4>)>>,
     ) -> Tensor<B, 3> {
-        let spec = ctx.spec;
+        let spec = &*ctx.spec;
         let [b, s, _] = x.dims();
         let (h, kvh, d) = (spec.num_heads, spec.num_kv_heads, spec.head_dim);
         let split = |t: Tensor<B, 3>, n: usize| t.reshape([b, s, n, d]);
@@ -331,41 +385,8 @@ impl<B: Backend, P: Projection<B>> CausalLm<B, P> {
 
     /// Builds the attention context of `seq` new tokens given the mask of every key slot
     /// and the positions of the new tokens.
-    pub fn context(
-        &self,
-        key_mask: &[Vec<bool>],
-        positions: &[Vec<usize>],
-        device: &B::Device,
-    ) -> AttnContext<'_, B> {
-        let seq = positions.first().map_or(0, |p| p.len());
-        let rope = match &self.spec.position {
-            PositionKind::Rope {
-                theta,
-                rotary_dim,
-                scaling,
-            } => {
-                let inv = rope_inv_freq(*theta, *rotary_dim, scaling.as_ref());
-                let tables = RopeTables::<B>::new(&inv, self.spec.head_dim, positions, device);
-                Some([tables.per_head(self.spec.num_heads), tables.per_head(self.spec.num_kv_heads)])
-            }
-            PositionKind::Alibi { .. } => None,
-        };
-        // Lay the bias out like the grouped queries: [b, kvh or 1, rep * seq, keys].
-        let bias = attention_bias::<B>(&self.spec, key_mask, seq, device);
-        let [b, hb, _, t] = bias.dims();
-        let rep = self.spec.num_heads / self.spec.num_kv_heads;
-        let bias = if rep == 1 {
-            bias
-        } else if hb == 1 {
-            bias.repeat_dim(2, rep)
-        } else {
-            bias.reshape([b, self.spec.num_kv_heads, rep * seq, t])
-        };
-        AttnContext {
-            spec: &self.spec,
-            rope,
-            bias,
-        }
+    pub fn context(&self, key_mask: &[Vec<bool>], positions: &[Vec<usize>], device: &B::Device) -> AttnContext<B> {
+        AttnContext::new(self.spec.clone(), key_mask, positions, device)
     }
 
     /// Logits `[batch, seq, vocab]` of a padded batch. `mask[b][t]` is false at padding;
@@ -419,16 +440,9 @@ impl<B: Backend, P: Projection<B>> CausalLm<B, P> {
             .iter()
             .zip(cache.next_pos.iter_mut())
             .map(|(row, next)| {
-                row.iter()
-                    .map(|&real| {
-                        if real {
-                            *next += 1;
-                            *next - 1
-                        } else {
-                            next.saturating_sub(1)
-                        }
-                    })
-                    .collect()
+                let p = positions_of(row, *next);
+                *next += row.iter().filter(|&&r| r).count();
+                p
             })
             .collect();
         for (keys, row) in cache.key_mask.iter_mut().zip(mask) {

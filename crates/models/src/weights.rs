@@ -6,7 +6,8 @@ use std::fs::File;
 use std::path::{Path, PathBuf};
 
 use memmap2::Mmap;
-use safetensors::tensor::{Dtype, SafeTensors, TensorInfo};
+pub use safetensors::tensor::Dtype;
+use safetensors::tensor::{SafeTensors, TensorInfo};
 
 use crate::error::{ModelError, Result};
 
@@ -112,6 +113,63 @@ impl Checkpoint {
             dtype: format!("{:?}", info.dtype),
         })
     }
+}
+
+impl Checkpoint {
+    /// The stored dtype, shape and bytes of a tensor.
+    pub fn raw(&self, name: &str) -> Option<(Dtype, &[usize], &[u8])> {
+        let shard = &self.shards[*self.by_name.get(name)?];
+        let info = &shard.infos[name];
+        let (a, b) = info.data_offsets;
+        Some((info.dtype, &info.shape, &shard.map[shard.data_start + a..shard.data_start + b]))
+    }
+}
+
+/// One tensor to write: name, dtype, shape and little-endian bytes.
+pub type RawTensor = (String, Dtype, Vec<usize>, Vec<u8>);
+
+/// Encodes f32 values in a stored dtype (f32, f16, bf16 or f64).
+pub fn encode_f32(values: &[f32], dtype: Dtype) -> Option<Vec<u8>> {
+    Some(match dtype {
+        Dtype::F32 => values.iter().flat_map(|v| v.to_le_bytes()).collect(),
+        Dtype::F16 => values.iter().flat_map(|v| half::f16::from_f32(*v).to_le_bytes()).collect(),
+        Dtype::BF16 => values.iter().flat_map(|v| half::bf16::from_f32(*v).to_le_bytes()).collect(),
+        Dtype::F64 => values.iter().flat_map(|v| (*v as f64).to_le_bytes()).collect(),
+        _ => return None,
+    })
+}
+
+/// Writes a safetensors file atomically: to a temporary file beside `path`, then renamed, so a
+/// failure never leaves a half-written file.
+pub fn write_safetensors(path: &Path, tensors: &[RawTensor], metadata: Option<HashMap<String, String>>) -> Result<()> {
+    let views = tensors
+        .iter()
+        .map(|(name, dtype, shape, bytes)| {
+            safetensors::tensor::TensorView::new(*dtype, shape.clone(), bytes)
+                .map(|v| (name.clone(), v))
+                .map_err(|e| ModelError::Safetensors {
+                    path: path.to_path_buf(),
+                    reason: format!("tensor `{name}`: {e}"),
+                })
+        })
+        .collect::<Result<Vec<_>>>()?;
+    let bytes = safetensors::tensor::serialize(views, metadata).map_err(|e| ModelError::Safetensors {
+        path: path.to_path_buf(),
+        reason: e.to_string(),
+    })?;
+    write_atomic(path, &bytes)
+}
+
+/// Writes bytes to `path` through a temporary file in the same directory and a rename.
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
+    let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("out");
+    let tmp = dir.join(format!(".{name}.tmp-{}", std::process::id()));
+    std::fs::write(&tmp, bytes).map_err(|e| ModelError::io(&tmp, e))?;
+    std::fs::rename(&tmp, path).map_err(|e| {
+        let _ = std::fs::remove_file(&tmp);
+        ModelError::io(path, e)
+    })
 }
 
 fn read_index(index: &Path) -> Result<Vec<String>> {
