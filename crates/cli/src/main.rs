@@ -66,10 +66,49 @@ enum Command {
         #[arg(long)]
         no_cache: bool,
     },
+    /// Prune every linear layer of the decoder blocks (Wanda or magnitude) and write the sparse
+    /// checkpoint, its masks (masks.safetensors) and a report (sparsity.json).
+    Prune {
+        #[command(flatten)]
+        model: ModelArgs,
+        #[arg(long, value_enum, default_value = "wanda")]
+        method: PruneMethod,
+        /// Unstructured sparsity ratio per output row, in [0, 1).
+        #[arg(long, conflicts_with = "nm", required_unless_present = "nm")]
+        sparsity: Option<f64>,
+        /// Semi-structured N:M sparsity: keep N of every M consecutive inputs (e.g. 2:4).
+        #[arg(long)]
+        nm: Option<String>,
+        /// JSON array of token-id arrays, or JSONL records with a `text` field.
+        #[arg(long)]
+        calibration: Option<PathBuf>,
+        #[arg(long, default_value_t = 128)]
+        calibration_samples: usize,
+        /// Tokens per calibration sample (default: the model's context length, at most 2048).
+        #[arg(long)]
+        seq_len: Option<usize>,
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+        /// Calibration sequences per forward batch.
+        #[arg(long, default_value_t = 8)]
+        batch_size: usize,
+        #[arg(long)]
+        out: PathBuf,
+    },
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum PruneMethod {
+    Wanda,
+    Magnitude,
 }
 
 #[derive(Debug, thiserror::Error)]
 enum CliError {
+    #[error(transparent)]
+    Sparsity(#[from] secateur_sparsity::SparsityError),
+    #[error("{0}")]
+    Usage(String),
     #[error(transparent)]
     Model(#[from] ModelError),
     #[error("{path}: {reason}")]
@@ -91,7 +130,10 @@ fn main() -> ExitCode {
 
 fn device_of(cmd: &Command) -> DeviceKind {
     match cmd {
-        Command::Info { model } | Command::Logits { model, .. } | Command::Generate { model, .. } => model.device,
+        Command::Info { model }
+        | Command::Logits { model, .. }
+        | Command::Generate { model, .. }
+        | Command::Prune { model, .. } => model.device,
     }
 }
 
@@ -155,6 +197,58 @@ fn run_on<B: Backend>(cmd: Command, device: B::Device) -> Result<(), CliError> {
             };
             let out = generate(&m, &[ids], &opts, &device)?;
             emit(&tok.decode(&out[0])?);
+        }
+        Command::Prune {
+            model,
+            method,
+            sparsity,
+            nm,
+            calibration,
+            calibration_samples,
+            seq_len,
+            seed,
+            batch_size,
+            out,
+        } => {
+            use secateur_sparsity::{prune, sample_calibration, CalibrationSource, Pattern, PruneConfig, ScoreMethod};
+            let pattern = match (sparsity, nm.as_deref()) {
+                (Some(ratio), None) => Pattern::Unstructured { ratio },
+                (None, Some(s)) => Pattern::parse_nm(s)
+                    .ok_or_else(|| CliError::Usage(format!("--nm {s:?}: expected N:M with 0 < N < M, e.g. 2:4")))?,
+                _ => return Err(CliError::Usage("give exactly one of --sparsity and --nm".into())),
+            };
+            let method = match method {
+                PruneMethod::Wanda => ScoreMethod::Wanda,
+                PruneMethod::Magnitude => ScoreMethod::Magnitude,
+            };
+            let m = DenseLm::<B>::load(&model.model, &device)?;
+            let samples = match &calibration {
+                Some(path) => {
+                    let tok_path = model.model.join("tokenizer.json");
+                    let tok = if tok_path.is_file() { Some(TextTokenizer::from_file(&tok_path)?) } else { None };
+                    let docs = CalibrationSource::from_file(path)?.into_token_ids(tok.as_ref(), path)?;
+                    let len = seq_len.unwrap_or_else(|| m.spec().max_position_embeddings.unwrap_or(2048).min(2048));
+                    sample_calibration(&docs, calibration_samples, len, seed)
+                }
+                None if method == ScoreMethod::Wanda => {
+                    return Err(CliError::Usage("--method wanda needs --calibration FILE".into()));
+                }
+                None => Vec::new(),
+            };
+            let cfg = PruneConfig {
+                method,
+                pattern,
+                batch_size,
+                progress: true,
+            };
+            let outcome = prune(m, &samples, &cfg)?;
+            let report = secateur_sparsity::checkpoint::write_pruned(&model.model, &out, &outcome.model, &outcome.masks, &cfg)?;
+            emit(&serde_json::to_string(&json!({
+                "out": out,
+                "total_sparsity": report["total_sparsity"],
+                "nonzero_parameters": report["nonzero_parameters"],
+                "calibration_samples": samples.len(),
+            })).expect("JSON"));
         }
     }
     Ok(())

@@ -107,3 +107,50 @@ fn bad_input_fails_with_a_message_naming_the_file() {
     assert!(stderr.contains("/nonexistent/model/config.json"), "{stderr}");
     assert!(!stderr.contains("panicked"));
 }
+
+#[test]
+fn prune_writes_a_sparse_checkpoint_with_masks() {
+    let tmp = tempfile::tempdir().unwrap();
+    let calib = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../sparsity/tests/fixtures/calibration.json");
+    let dir = fixture("llama_gqa");
+    for (flag, value, out_name) in [("--sparsity", "0.5", "half"), ("--nm", "2:4", "two_four")] {
+        let out = tmp.path().join(out_name);
+        let (ok, stdout, stderr) = secateur(&[
+            "prune", "--model", dir.to_str().unwrap(), "--method", "wanda", flag, value,
+            "--calibration", calib.to_str().unwrap(), "--calibration-samples", "8", "--seq-len", "8",
+            "--out", out.to_str().unwrap(),
+        ]);
+        assert!(ok, "{stderr}");
+        let summary: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+        assert_eq!(summary["total_sparsity"], 0.5);
+        let report: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(out.join("sparsity.json")).unwrap()).unwrap();
+        assert_eq!(report["sites"].as_object().unwrap().len(), 14);
+        // The zeros of the written weights are exactly the masks' pruned entries.
+        let weights = std::fs::read(out.join("model.safetensors")).unwrap();
+        let weights = SafeTensors::deserialize(&weights).unwrap();
+        let masks = std::fs::read(out.join("masks.safetensors")).unwrap();
+        let masks = SafeTensors::deserialize(&masks).unwrap();
+        let mask = masks.tensor("layers.1.mlp.down").unwrap();
+        let w: Vec<f32> = weights
+            .tensor("model.layers.1.mlp.down_proj.weight")
+            .unwrap()
+            .data()
+            .chunks_exact(4)
+            .map(|c| f32::from_le_bytes(c.try_into().unwrap()))
+            .collect();
+        assert_eq!(mask.shape(), &[32, 48]);
+        for (k, w) in mask.data().iter().zip(&w) {
+            assert_eq!(*k == 0, *w == 0.0);
+        }
+        // Untouched tensors are copied as they were.
+        assert!(weights.tensor("model.embed_tokens.weight").unwrap().data().iter().any(|b| *b != 0));
+        // The result is a checkpoint secateur loads and runs.
+        let (ok, _, stderr) = secateur(&["info", "--model", out.to_str().unwrap()]);
+        assert!(ok, "{stderr}");
+    }
+    let (ok, _, stderr) = secateur(&["prune", "--model", dir.to_str().unwrap(), "--nm", "4:4", "--out", "/tmp/x"]);
+    assert!(!ok && stderr.contains("4:4"), "{stderr}");
+    let (ok, _, stderr) = secateur(&["prune", "--model", dir.to_str().unwrap(), "--sparsity", "0.5", "--out", "/tmp/x"]);
+    assert!(!ok && stderr.contains("--calibration"), "{stderr}");
+}
