@@ -70,8 +70,9 @@ impl fmt::Display for SiteKind {
     }
 }
 
-/// One projection of one block.
+/// One projection of one block. Serialised as its canonical name.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(into = "String", try_from = "String")]
 pub struct Site {
     pub layer: usize,
     pub kind: SiteKind,
@@ -87,6 +88,19 @@ impl fmt::Display for Site {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let group = if self.kind.is_attention() { "self_attn" } else { "mlp" };
         write!(f, "layers.{}.{}.{}", self.layer, group, self.kind)
+    }
+}
+
+impl From<Site> for String {
+    fn from(s: Site) -> Self {
+        s.to_string()
+    }
+}
+
+impl TryFrom<String> for Site {
+    type Error = ParseSiteError;
+    fn try_from(s: String) -> Result<Self, Self::Error> {
+        s.parse()
     }
 }
 

@@ -257,3 +257,58 @@ fn decode_f32(bytes: &[u8], dtype: Dtype) -> Option<Vec<f32>> {
         _ => return None,
     })
 }
+
+/// Files copied unchanged from a source checkpoint by [`save_like`] when present.
+pub const COPIED_FILES: &[&str] = &[
+    "config.json",
+    "generation_config.json",
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+];
+
+/// Saves a dense model as a Hugging Face checkpoint in `out`, laid out like its source `src`:
+/// every tensor of `src` is kept (in its stored dtype), with the projection weights and biases
+/// replaced by the model's; config and tokenizer files are copied. Written atomically, as one
+/// `model.safetensors`.
+pub fn save_like<B: burn::prelude::Backend>(
+    model: &crate::DenseLm<B>,
+    src: &Path,
+    out: &Path,
+) -> Result<()> {
+    std::fs::create_dir_all(out).map_err(|e| ModelError::io(out, e))?;
+    let ckpt = Checkpoint::open(src)?;
+    let spec = model.spec();
+    let mut replaced: HashMap<String, Vec<f32>> = HashMap::new();
+    for (site, proj) in model.projections() {
+        let module = spec.hf_module(site.layer, site.kind);
+        let read = |t: burn::prelude::Tensor<B, 2>| -> Vec<f32> { t.into_data().convert::<f32>().to_vec().expect("f32") };
+        replaced.insert(format!("{module}.weight"), read(proj.weight.val()));
+        if let Some(b) = &proj.bias {
+            replaced.insert(format!("{module}.bias"), read(b.val().unsqueeze::<2>()));
+        }
+    }
+    let mut tensors: Vec<RawTensor> = Vec::new();
+    for name in ckpt.names() {
+        let (dtype, shape, bytes) = ckpt.raw(&name).expect("listed tensor");
+        let bytes = match replaced.get(&name) {
+            Some(values) => encode_f32(values, dtype).ok_or_else(|| ModelError::UnsupportedDtype {
+                path: ckpt.path_of(&name).to_path_buf(),
+                name: name.clone(),
+                dtype: format!("{dtype:?}"),
+            })?,
+            None => bytes.to_vec(),
+        };
+        tensors.push((name, dtype, shape.to_vec(), bytes));
+    }
+    let meta = Some([("format".to_string(), "pt".to_string())].into_iter().collect());
+    write_safetensors(&out.join(WEIGHTS_FILE), &tensors, meta)?;
+    for f in COPIED_FILES {
+        let from = src.join(f);
+        if from.is_file() {
+            let bytes = std::fs::read(&from).map_err(|e| ModelError::io(&from, e))?;
+            write_atomic(&out.join(f), &bytes)?;
+        }
+    }
+    Ok(())
+}

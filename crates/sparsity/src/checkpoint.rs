@@ -2,16 +2,14 @@
 
 use std::path::Path;
 
-use burn::prelude::*;
-use secateur_models::weights::{encode_f32, write_atomic, write_safetensors, Dtype, RawTensor};
-use secateur_models::{Checkpoint, DenseLm};
+use burn::prelude::Backend;
+
+use secateur_models::weights::{write_atomic, write_safetensors, Dtype, RawTensor};
+use secateur_models::DenseLm;
 use serde_json::json;
 
 use crate::prune::SiteMask;
 use crate::{PruneConfig, SparsityError};
-
-/// Files copied unchanged from the source checkpoint when present.
-const COPIED: &[&str] = &["config.json", "generation_config.json", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"];
 
 /// Writes `out/model.safetensors` (every tensor of `src`, the pruned projection weights in
 /// their stored dtype), `out/masks.safetensors` (one u8 tensor per site, 1 = kept),
@@ -28,27 +26,7 @@ pub fn write_pruned<B: Backend>(
         reason,
     };
     std::fs::create_dir_all(out).map_err(|e| write_err(out, e.to_string()))?;
-    let ckpt = Checkpoint::open(src)?;
-    let spec = model.spec();
-    let mut replaced = std::collections::HashMap::new();
-    for (site, proj) in model.projections() {
-        let name = format!("{}.weight", spec.hf_module(site.layer, site.kind));
-        let values: Vec<f32> = proj.weight.val().into_data().convert::<f32>().to_vec().expect("f32 weight");
-        replaced.insert(name, values);
-    }
-    let mut tensors: Vec<RawTensor> = Vec::new();
-    for name in ckpt.names() {
-        let (dtype, shape, bytes) = ckpt.raw(&name).expect("listed tensor");
-        let bytes = match replaced.get(&name) {
-            Some(values) => encode_f32(values, dtype).ok_or_else(|| {
-                write_err(ckpt.path_of(&name), format!("tensor `{name}` has unsupported dtype {dtype:?}"))
-            })?,
-            None => bytes.to_vec(),
-        };
-        tensors.push((name, dtype, shape.to_vec(), bytes));
-    }
-    let meta = Some([("format".to_string(), "pt".to_string())].into_iter().collect());
-    write_safetensors(&out.join("model.safetensors"), &tensors, meta)?;
+    secateur_models::weights::save_like(model, src, out)?;
 
     let mask_tensors: Vec<RawTensor> = masks
         .iter()
@@ -59,13 +37,6 @@ pub fn write_pruned<B: Backend>(
         .collect();
     write_safetensors(&out.join("masks.safetensors"), &mask_tensors, None)?;
 
-    for f in COPIED {
-        let from = src.join(f);
-        if from.is_file() {
-            let bytes = std::fs::read(&from).map_err(|source| SparsityError::Io { path: from.clone(), source })?;
-            write_atomic(&out.join(f), &bytes)?;
-        }
-    }
     let zeros: usize = masks.iter().map(|m| m.keep.iter().filter(|k| !**k).count()).sum();
     let total: usize = masks.iter().map(|m| m.keep.len()).sum();
     let report = json!({
