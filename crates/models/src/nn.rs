@@ -12,7 +12,7 @@ use crate::spec::{Activation, ArchSpec, PositionKind, RopeScaling};
 /// The model is generic over its projection type, so downstream crates swap in their own
 /// (masked, quantized, with an adapter) with [`crate::CausalLm::map_projections`] without forking
 /// the model code.
-pub trait Projection<B: Backend>: Module<B> {
+pub trait Projection<B: Backend>: Module<B> + burn::module::ModuleDisplay {
     /// Applies the projection to `[batch, seq, in]`, giving `[batch, seq, out]`.
     fn forward(&self, x: Tensor<B, 3>) -> Tensor<B, 3>;
 }

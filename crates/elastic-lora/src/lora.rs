@@ -1,0 +1,197 @@
+//! The elastic LoRA projection and its attachment to a model.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+
+use burn::module::{Module, Param};
+use burn::prelude::*;
+use burn::tensor::Distribution;
+use secateur_models::{CausalLm, Dense, Projection, Site};
+use serde::{Deserialize, Serialize};
+
+use crate::space::{SearchSpace, SubnetConfig};
+use crate::LoraError;
+
+/// How the adapter output is scaled.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum Scaling {
+    /// `alpha / r_max` for every active rank (the reference code's choice; PEFT computes it once).
+    #[default]
+    MaxRank,
+    /// `alpha / r` for the active rank `r`.
+    ActiveRank,
+}
+
+/// LoRA factors with a maximal rank; the active rank is shared with a [`RankControl`].
+#[derive(Module, Debug)]
+pub struct LoraAdapter<B: Backend> {
+    /// `[r_max, in]`.
+    pub a: Param<Tensor<B, 2>>,
+    /// `[out, r_max]`.
+    pub b: Param<Tensor<B, 2>>,
+    pub alpha: f64,
+    #[module(skip)]
+    pub scaling: Scaling,
+    #[module(skip)]
+    pub rank: Arc<AtomicUsize>,
+}
+
+impl<B: Backend> LoraAdapter<B> {
+    /// The maximal rank.
+    pub fn max_rank(&self) -> usize {
+        self.a.val().dims()[0]
+    }
+
+    /// The active rank.
+    pub fn active_rank(&self) -> usize {
+        self.rank.load(Ordering::Relaxed).min(self.max_rank())
+    }
+
+    /// The scale `s` of the adapter output at rank `r`.
+    pub fn scale_at(&self, r: usize) -> f64 {
+        match self.scaling {
+            Scaling::MaxRank => self.alpha / self.max_rank() as f64,
+            Scaling::ActiveRank => self.alpha / r.max(1) as f64,
+        }
+    }
+
+    /// `(A[:r], B[:, :r])` at the active rank.
+    pub fn active_factors(&self) -> (Tensor<B, 2>, Tensor<B, 2>) {
+        let r = self.active_rank();
+        (self.a.val().narrow(0, 0, r), self.b.val().narrow(1, 0, r))
+    }
+
+    /// `s·(x·A[:r]ᵀ)·B[:, :r]ᵀ` for `x: [batch, seq, in]`; never builds the dense `B·A`.
+    pub fn delta(&self, x: Tensor<B, 3>) -> Tensor<B, 3> {
+        let r = self.active_rank();
+        let (a, b) = self.active_factors();
+        let low = secateur_models::nn::linear(x, a, None);
+        secateur_models::nn::linear(low, b, None).mul_scalar(self.scale_at(r))
+    }
+
+    /// The dense update `s·B[:, :r]·A[:r]` `[out, in]` at the active rank (for merging).
+    pub fn delta_weight(&self) -> Tensor<B, 2> {
+        let (a, b) = self.active_factors();
+        b.matmul(a).mul_scalar(self.scale_at(self.active_rank()))
+    }
+}
+
+/// A frozen base projection plus an optional elastic LoRA adapter.
+#[derive(Module, Debug)]
+pub struct ElasticLoraLinear<B: Backend, P: Module<B>> {
+    pub base: P,
+    pub adapter: Option<LoraAdapter<B>>,
+}
+
+impl<B: Backend, P: Projection<B>> Projection<B> for ElasticLoraLinear<B, P> {
+    fn forward(&self, x: Tensor<B, 3>) -> Tensor<B, 3> {
+        match &self.adapter {
+            Some(ad) if ad.active_rank() > 0 => self.base.forward(x.clone()) + ad.delta(x),
+            _ => self.base.forward(x),
+        }
+    }
+}
+
+/// A model whose projections carry elastic adapters.
+pub type AdaptedLm<B, P = Dense<B>> = CausalLm<B, ElasticLoraLinear<B, P>>;
+
+/// Adapter hyper-parameters.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct LoraConfig {
+    pub alpha: f64,
+    pub scaling: Scaling,
+    pub seed: u64,
+}
+
+impl Default for LoraConfig {
+    fn default() -> Self {
+        Self {
+            alpha: 64.0,
+            scaling: Scaling::MaxRank,
+            seed: 0,
+        }
+    }
+}
+
+/// Sets the active ranks of an adapted model, group by group.
+#[derive(Debug, Clone)]
+pub struct RankControl {
+    pub space: SearchSpace,
+    cells: HashMap<Site, Arc<AtomicUsize>>,
+}
+
+impl RankControl {
+    /// Activates a sub-adapter: every site of group `g` gets rank `choices[config[g]]`.
+    pub fn apply(&self, config: &SubnetConfig) -> Result<(), LoraError> {
+        let ranks = self.space.ranks(config)?;
+        for (g, group) in self.space.groups.iter().enumerate() {
+            for site in &group.sites {
+                self.cells[site].store(ranks[g], Ordering::Relaxed);
+            }
+        }
+        Ok(())
+    }
+
+    /// The active rank of every adapted site.
+    pub fn ranks(&self) -> HashMap<Site, usize> {
+        self.cells.iter().map(|(s, c)| (*s, c.load(Ordering::Relaxed))).collect()
+    }
+}
+
+/// Wraps every projection of `model` in an [`ElasticLoraLinear`]; the sites of `space` get an
+/// adapter of rank `max(choices)` (A Kaiming-uniform with bound `1/sqrt(in)`, B zero, as PEFT),
+/// the others none. The base projections are frozen. The maximal sub-adapter is active.
+pub fn attach<B: Backend, P: Projection<B>>(
+    model: CausalLm<B, P>,
+    space: &SearchSpace,
+    cfg: &LoraConfig,
+    device: &B::Device,
+) -> Result<(AdaptedLm<B, P>, RankControl), LoraError> {
+    space.validate_for(&model.sites())?;
+    let mut max_rank: HashMap<Site, usize> = HashMap::new();
+    for g in &space.groups {
+        let r = g.choices.iter().copied().max().unwrap_or(0);
+        for s in &g.sites {
+            max_rank.insert(*s, r);
+        }
+    }
+    B::seed(device, cfg.seed);
+    let shapes: HashMap<Site, [usize; 2]> = model.sites().into_iter().collect();
+    let mut cells = HashMap::new();
+    let adapted = model.map_projections(|site, base: P| {
+        let adapter = max_rank.get(&site).map(|&r| {
+            let [out, inp] = shapes[&site];
+            let bound = 1.0 / (inp as f64).sqrt();
+            let cell = Arc::new(AtomicUsize::new(r));
+            cells.insert(site, cell.clone());
+            LoraAdapter {
+                a: Param::from_tensor(Tensor::random([r, inp], Distribution::Uniform(-bound, bound), device)),
+                b: Param::from_tensor(Tensor::zeros([out, r], device)),
+                alpha: cfg.alpha,
+                scaling: cfg.scaling,
+                rank: cell,
+            }
+        });
+        Ok::<_, LoraError>(ElasticLoraLinear {
+            base: base.no_grad(),
+            adapter,
+        })
+    })?;
+    Ok((
+        adapted,
+        RankControl {
+            space: space.clone(),
+            cells,
+        },
+    ))
+}
+
+/// Number of trainable adapter parameters at the given ranks (`r·(in + out)` per site).
+pub fn adapter_params(shapes: &[(Site, [usize; 2])], ranks: &HashMap<Site, usize>) -> usize {
+    shapes
+        .iter()
+        .filter_map(|(s, [o, i])| ranks.get(s).map(|r| r * (o + i)))
+        .sum()
+}
