@@ -113,8 +113,12 @@ enum CliError {
     Model(#[from] ModelError),
     #[error("{path}: {reason}")]
     Input { path: PathBuf, reason: String },
+    #[cfg_attr(feature = "cuda", allow(dead_code))]
     #[error("this secateur was built without CUDA support: rebuild with `--features cuda`")]
     NoCuda,
+    #[cfg_attr(not(feature = "cuda"), allow(dead_code))]
+    #[error("--device cuda: no NVIDIA driver found (libcuda.so.1 cannot be loaded)")]
+    NoCudaDriver,
 }
 
 fn main() -> ExitCode {
@@ -141,7 +145,15 @@ fn run(cli: Cli) -> Result<(), CliError> {
     match device_of(&cli.command) {
         DeviceKind::Cpu => run_on::<secateur_models::Cpu>(cli.command, Default::default()),
         #[cfg(feature = "cuda")]
-        DeviceKind::Cuda => run_on::<burn::backend::Cuda>(cli.command, Default::default()),
+        DeviceKind::Cuda => {
+            // burn panics in a worker thread when the driver is missing: check first.
+            // SAFETY: loading the system's CUDA driver library runs its initialisers only.
+            let driver = ["libcuda.so.1", "libcuda.so"].iter().any(|n| unsafe { libloading::Library::new(n) }.is_ok());
+            if !driver {
+                return Err(CliError::NoCudaDriver);
+            }
+            run_on::<burn::backend::Cuda>(cli.command, Default::default())
+        }
         #[cfg(not(feature = "cuda"))]
         DeviceKind::Cuda => Err(CliError::NoCuda),
     }
