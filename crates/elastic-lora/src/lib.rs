@@ -12,7 +12,7 @@ pub mod lora;
 pub mod peft;
 pub mod space;
 
-pub use lora::{attach, AdaptedLm, ElasticLoraLinear, LoraAdapter, LoraConfig, RankControl, Scaling};
+pub use lora::{adapter_params, attach, stable_param, AdaptedLm, ElasticLoraLinear, LoraAdapter, LoraConfig, RankControl, Scaling};
 pub use space::{SearchGroup, SearchSpace, SubnetConfig};
 
 /// Errors of adapters, search spaces and PEFT files.

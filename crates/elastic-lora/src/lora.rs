@@ -4,7 +4,7 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
-use burn::module::{Module, Param};
+use burn::module::{Module, Param, ParamId};
 use burn::prelude::*;
 use burn::tensor::Distribution;
 use secateur_models::{CausalLm, Dense, Projection, Site};
@@ -167,8 +167,8 @@ pub fn attach<B: Backend, P: Projection<B>>(
             let cell = Arc::new(AtomicUsize::new(r));
             cells.insert(site, cell.clone());
             LoraAdapter {
-                a: Param::from_tensor(Tensor::random([r, inp], Distribution::Uniform(-bound, bound), device)),
-                b: Param::from_tensor(Tensor::zeros([out, r], device)),
+                a: stable_param(site, "lora_A", Tensor::random([r, inp], Distribution::Uniform(-bound, bound), device)),
+                b: stable_param(site, "lora_B", Tensor::zeros([out, r], device)),
                 alpha: cfg.alpha,
                 scaling: cfg.scaling,
                 rank: cell,
@@ -186,6 +186,15 @@ pub fn attach<B: Backend, P: Projection<B>>(
             cells,
         },
     ))
+}
+
+/// A trainable parameter whose id depends only on its site and name, so that optimizer state
+/// saved in a checkpoint finds its parameters again after a restart.
+pub fn stable_param<B: Backend>(site: Site, name: &str, tensor: Tensor<B, 2>) -> Param<Tensor<B, 2>> {
+    // FNV-1a of the canonical name.
+    let key = format!("{site}.{name}");
+    let id = key.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| (h ^ b as u64).wrapping_mul(0x0100_0000_01b3));
+    Param::initialized(ParamId::from(id), tensor.require_grad())
 }
 
 /// Number of trainable adapter parameters at the given ranks (`r·(in + out)` per site).

@@ -1,3 +1,39 @@
-//! Super-adapter and super-network training (planned, see the Shears and NAS issues): NLS with
-//! one random sub-adapter per step, the sandwich rule, grid-params and calibrate-mag samplers,
-//! AdamW with warm-up and cosine decay, checkpoints and resume.
+//! Super-adapter training and evaluation.
+//!
+//! - [`data`]: LLM-Adapters / Alpaca records, the Alpaca prompt, tokenised and right-padded
+//!   batches with loss masks, and disjoint splits.
+//! - [`train`]: the training loop. Per optimizer step it activates one sub-adapter (`nls`: drawn
+//!   uniformly and independently per group; `fixed`: the maximal one; `sandwich`: maximal, k
+//!   random and minimal, gradients accumulated), runs forward and backward over the micro-batches
+//!   of the step, clips the global gradient norm and takes an AdamW step with PyTorch's defaults
+//!   set explicitly, under linear warm-up and cosine decay. Checkpoints every N steps; a resumed
+//!   run continues exactly where the killed one stopped.
+//! - [`eval`]: greedy generation with answer extraction (exact match) and perplexity.
+
+pub mod data;
+pub mod eval;
+pub mod train;
+
+pub use data::{alpaca_prompt, Example, Record};
+pub use train::{train, Strategy, TrainConfig, TrainReport};
+
+/// Errors of training and evaluation.
+#[derive(Debug, thiserror::Error)]
+pub enum TrainError {
+    #[error(transparent)]
+    Model(#[from] secateur_models::ModelError),
+    #[error(transparent)]
+    Lora(#[from] secateur_elastic_lora::LoraError),
+    #[error("cannot read {path}: {source}")]
+    Io {
+        path: std::path::PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{path}: {reason}")]
+    Data { path: std::path::PathBuf, reason: String },
+    #[error("invalid training setting: {0}")]
+    Config(String),
+    #[error("checkpoint {path}: {reason}")]
+    Checkpoint { path: std::path::PathBuf, reason: String },
+}
