@@ -312,3 +312,48 @@ pub fn save_like<B: burn::prelude::Backend>(
     }
     Ok(())
 }
+
+/// Saves a dense model as a new Hugging Face checkpoint: `config.json` (as given) and
+/// `model.safetensors` (f32, transformers' tensor names). Written atomically.
+pub fn save_new<B: burn::prelude::Backend>(model: &crate::DenseLm<B>, config: &serde_json::Value, out: &Path) -> Result<()> {
+    use burn::prelude::Tensor;
+    std::fs::create_dir_all(out).map_err(|e| ModelError::io(out, e))?;
+    let spec = model.spec();
+    let names = spec.weight_names();
+    let mut tensors: Vec<RawTensor> = Vec::new();
+    fn raw<B: burn::prelude::Backend, const D: usize>(name: String, t: Tensor<B, D>) -> RawTensor {
+        let shape = t.dims().to_vec();
+        let v: Vec<f32> = t.into_data().convert::<f32>().to_vec().expect("f32");
+        (name, Dtype::F32, shape, encode_f32(&v, Dtype::F32).expect("f32"))
+    }
+    let norm = |module: &str, n: &crate::Norm<B>, out: &mut Vec<RawTensor>| {
+        out.push(raw(format!("{module}.weight"), n.weight.val()));
+        if let Some(b) = &n.bias {
+            out.push(raw(format!("{module}.bias"), b.val()));
+        }
+    };
+    tensors.push(raw(names.embed.clone(), model.embed.val()));
+    if let (Some(m), Some(n)) = (&names.embed_norm, &model.embed_norm) {
+        norm(m, n, &mut tensors);
+    }
+    for (l, block) in model.blocks.iter().enumerate() {
+        let (n1, n2) = &names.block_norms[l];
+        norm(n1, &block.attn_norm, &mut tensors);
+        norm(n2, &block.mlp_norm, &mut tensors);
+        for (kind, p) in block.projections() {
+            let module = spec.hf_module(l, kind);
+            tensors.push(raw(format!("{module}.weight"), p.weight.val()));
+            if let Some(b) = &p.bias {
+                tensors.push(raw(format!("{module}.bias"), b.val()));
+            }
+        }
+    }
+    norm(&names.final_norm, &model.final_norm, &mut tensors);
+    if let (Some(n), Some(w)) = (&names.lm_head, &model.lm_head) {
+        tensors.push(raw(n.clone(), w.val()));
+    }
+    let meta = Some([("format".to_string(), "pt".to_string())].into_iter().collect());
+    write_safetensors(&out.join(WEIGHTS_FILE), &tensors, meta)?;
+    write_atomic(&out.join("config.json"), serde_json::to_string_pretty(config).expect("JSON").as_bytes())?;
+    Ok(())
+}

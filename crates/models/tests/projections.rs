@@ -98,3 +98,20 @@ fn swapping_projections_changes_the_model_exactly_where_asked() {
         .unwrap();
     assert!(base.iter().zip(&changed).any(|(a, b)| (a - b).abs() > 1e-3));
 }
+
+#[test]
+fn save_new_round_trips_every_family() {
+    let device = Default::default();
+    for variant in common::VARIANTS {
+        let dir = fixtures().join(variant);
+        let model = DenseLm::<B>::load(&dir, &device).unwrap();
+        let config: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(dir.join("config.json")).unwrap()).unwrap();
+        let tmp = tempfile::tempdir().unwrap();
+        secateur_models::weights::save_new(&model, &config, tmp.path()).unwrap();
+        let again = DenseLm::<B>::load(tmp.path(), &device).unwrap();
+        let r = reference(variant);
+        let a: Vec<f32> = model.forward(token_tensor::<B>(&r.ids, &device), &r.mask).unwrap().into_data().to_vec().unwrap();
+        let b: Vec<f32> = again.forward(token_tensor::<B>(&r.ids, &device), &r.mask).unwrap().into_data().to_vec().unwrap();
+        assert_eq!(a, b, "{variant}");
+    }
+}

@@ -12,6 +12,7 @@
 
 pub mod data;
 pub mod eval;
+pub mod toy;
 pub mod train;
 
 pub use data::{alpaca_prompt, Example, Record};

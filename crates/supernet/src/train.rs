@@ -378,3 +378,60 @@ pub fn load_adapters<B: Backend>(model: AdaptedLm<B>, path: &Path, device: &B::D
     })?;
     Ok(loaded)
 }
+
+/// Full-parameter causal-LM training of a dense model (for pretraining small models from
+/// scratch): `steps` AdamW steps over batches of `batch_size` sequences drawn in a seeded
+/// order, with `cfg`'s learning-rate schedule, betas, eps, weight decay and clipping.
+pub fn pretrain<B: AutodiffBackend>(
+    mut model: secateur_models::DenseLm<B>,
+    seqs: &[Vec<u32>],
+    steps: usize,
+    cfg: &TrainConfig,
+) -> Result<(secateur_models::DenseLm<B>, Vec<f64>), TrainError> {
+    if seqs.is_empty() || cfg.batch_size == 0 {
+        return Err(TrainError::Config("no sequences or zero batch size".into()));
+    }
+    let device = model.embed.val().device();
+    let mut optim = AdamWConfig::new()
+        .with_beta_1(cfg.beta1 as f32)
+        .with_beta_2(cfg.beta2 as f32)
+        .with_epsilon(cfg.eps as f32)
+        .with_weight_decay(cfg.weight_decay as f32)
+        .init::<B, secateur_models::DenseLm<B>>();
+    let bar = if cfg.progress {
+        ProgressBar::new(steps as u64).with_style(
+            ProgressStyle::with_template("pretraining {bar:30} {pos}/{len} steps [{elapsed_precise}<{eta_precise}] {msg}")
+                .expect("template"),
+        )
+    } else {
+        ProgressBar::hidden()
+    };
+    let examples: Vec<Example> = seqs
+        .iter()
+        .map(|s| Example { ids: s.clone(), target: vec![true; s.len()] })
+        .collect();
+    let mut order: Vec<usize> = (0..examples.len()).collect();
+    let mut losses = Vec::with_capacity(steps);
+    let per_epoch = examples.len().div_ceil(cfg.batch_size);
+    for step in 0..steps {
+        if step % per_epoch == 0 {
+            order.shuffle(&mut StdRng::seed_from_u64(cfg.seed.wrapping_add((step / per_epoch) as u64)));
+        }
+        let at = (step % per_epoch) * cfg.batch_size;
+        let chosen: Vec<&Example> = order[at..(at + cfg.batch_size).min(order.len())].iter().map(|&i| &examples[i]).collect();
+        let batch = Batch::new(&chosen, 0);
+        let logits = model.forward(token_tensor::<B>(&batch.ids, &device), &batch.mask)?;
+        let loss = lm_loss(logits, &batch, batch.target_tokens().max(1) as f64);
+        let value = loss.clone().into_scalar().elem::<f64>();
+        let mut grads = GradientsParams::from_grads(loss.backward(), &model);
+        if let Some(max) = cfg.max_grad_norm {
+            clip_global_norm(&model, &mut grads, max);
+        }
+        model = optim.step(lr_at(cfg, step, steps), model, grads);
+        losses.push(value);
+        bar.set_message(format!("loss {value:.3}"));
+        bar.inc(1);
+    }
+    bar.finish_and_clear();
+    Ok((model, losses))
+}
