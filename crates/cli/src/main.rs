@@ -1,5 +1,7 @@
 //! `secateur`: compress and fine-tune causal language models from the command line.
 
+mod shears;
+
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
@@ -95,6 +97,10 @@ enum Command {
         #[arg(long)]
         out: PathBuf,
     },
+    /// Shears end to end: Wanda sparsity, LoRA and NLS super-adapter training on the sparse
+    /// base, sub-adapter evaluation, and a report. With no arguments it runs on the embedded
+    /// tiny LLaMA and arithmetic word problems (CPU).
+    Shears(shears::ShearsArgs),
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -107,6 +113,8 @@ enum PruneMethod {
 enum CliError {
     #[error(transparent)]
     Sparsity(#[from] secateur_sparsity::SparsityError),
+    #[error(transparent)]
+    Lora(#[from] secateur_elastic_lora::LoraError),
     #[error("{0}")]
     Usage(String),
     #[error(transparent)]
@@ -138,10 +146,16 @@ fn device_of(cmd: &Command) -> DeviceKind {
         | Command::Logits { model, .. }
         | Command::Generate { model, .. }
         | Command::Prune { model, .. } => model.device,
+        Command::Shears(_) => DeviceKind::Cpu,
     }
 }
 
 fn run(cli: Cli) -> Result<(), CliError> {
+    if let Command::Shears(args) = cli.command {
+        let table = shears::run(args)?;
+        emit(&table);
+        return Ok(());
+    }
     match device_of(&cli.command) {
         DeviceKind::Cpu => run_on::<secateur_models::Cpu>(cli.command, Default::default()),
         #[cfg(feature = "cuda")]
@@ -210,6 +224,7 @@ fn run_on<B: Backend>(cmd: Command, device: B::Device) -> Result<(), CliError> {
             let out = generate(&m, &[ids], &opts, &device)?;
             emit(&tok.decode(&out[0])?);
         }
+        Command::Shears(_) => unreachable!("handled in run"),
         Command::Prune {
             model,
             method,

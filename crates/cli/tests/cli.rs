@@ -154,3 +154,53 @@ fn prune_writes_a_sparse_checkpoint_with_masks() {
     let (ok, _, stderr) = secateur(&["prune", "--model", dir.to_str().unwrap(), "--sparsity", "0.5", "--out", "/tmp/x"]);
     assert!(!ok && stderr.contains("--calibration"), "{stderr}");
 }
+
+#[test]
+fn shears_runs_end_to_end_on_a_user_model_and_resumes() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data.jsonl");
+    let mut lines = String::new();
+    for i in 0..40 {
+        let (a, b) = (i % 7 + 1, i % 5 + 2);
+        lines += &serde_json::json!({
+            "instruction": format!("the cat has {a} and {b}"),
+            "input": "",
+            "output": format!("two {}", a + b),
+            "answer": format!("{}", a + b),
+        })
+        .to_string();
+        lines.push('\n');
+    }
+    std::fs::write(&data, lines).unwrap();
+    let out = tmp.path().join("run");
+    let dir = fixture("llama_gqa");
+    let args = [
+        "shears", "--model", dir.to_str().unwrap(), "--dataset", data.to_str().unwrap(),
+        "--epochs", "1", "--batch-size", "8", "--micro-batch-size", "4", "--ranks", "4,2",
+        "--test-size", "6", "--val-size", "4", "--calibration-samples", "4",
+        "--max-new-tokens", "3", "--checkpoint-every", "2", "--out", out.to_str().unwrap(),
+    ];
+    let (ok, stdout, stderr) = secateur(&args);
+    assert!(ok, "{stderr}");
+    assert!(stdout.contains("| Wanda 50% + NLS (heuristic) |"), "{stdout}");
+    let report: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(out.join("report.json")).unwrap()).unwrap();
+    let rows = report["rows"].as_array().unwrap();
+    assert_eq!(rows.len(), 6);
+    assert_eq!(report["split"]["test"], 6);
+    assert_eq!(report["split"]["train"], 30);
+    for r in &rows[1..] {
+        assert!((r["sparsity"].as_f64().unwrap() - 0.5).abs() < 1e-9);
+    }
+    assert_eq!(rows[3]["adapter_ranks"][0], 4); // NLS maximal
+    assert_eq!(rows[4]["adapter_ranks"][0], 2); // heuristic: index floor(2/2) = 1 of [4, 2]
+    assert!(out.join("nls-heuristic-adapter/adapter_config.json").is_file());
+    assert!(out.join("wanda/masks.safetensors").is_file());
+    assert!(out.join("train-nls/state.json").is_file());
+    // A second run on the same directory needs --resume; resuming a finished run retrains nothing.
+    let (ok, _, stderr) = secateur(&args);
+    assert!(!ok && stderr.contains("--resume"), "{stderr}");
+    let (ok, _, stderr) = secateur(&[&args[..], &["--resume"]].concat());
+    assert!(ok, "{stderr}");
+    let again: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(out.join("report.json")).unwrap()).unwrap();
+    assert_eq!(again["rows"][5]["accuracy"], rows[5]["accuracy"]);
+}
