@@ -246,12 +246,7 @@ impl<B: Backend, P: Projection<B>> Block<B, P> {
 
     /// The block's projections with their kinds, in forward order.
     pub fn projections(&self) -> Vec<(SiteKind, &P)> {
-        let in_kinds: &[SiteKind] = if self.attn_in.len() == 3 {
-            &[SiteKind::Q, SiteKind::K, SiteKind::V]
-        } else {
-            &[SiteKind::Qkv]
-        };
-        let mut out: Vec<(SiteKind, &P)> = in_kinds.iter().copied().zip(self.attn_in.iter()).collect();
+        let mut out: Vec<(SiteKind, &P)> = attn_in_kinds(self.attn_in.len()).iter().copied().zip(self.attn_in.iter()).collect();
         out.push((SiteKind::O, &self.attn_out));
         if let Some(g) = &self.mlp_gate {
             out.push((SiteKind::Gate, g));
@@ -262,6 +257,11 @@ impl<B: Backend, P: Projection<B>> Block<B, P> {
     }
 }
 
+/// Site kinds of a block's attention inputs: `[q, k, v]`, or `[qkv]` when fused.
+fn attn_in_kinds(n: usize) -> &'static [SiteKind] {
+    if n == 3 { &[SiteKind::Q, SiteKind::K, SiteKind::V] } else { &[SiteKind::Qkv] }
+}
+
 impl<B: Backend, P: Module<B>> Block<B, P> {
     /// Replaces every projection through `f`, keeping norms.
     pub fn map_projections<Q: Module<B>, E>(
@@ -269,13 +269,9 @@ impl<B: Backend, P: Module<B>> Block<B, P> {
         layer: usize,
         f: &mut impl FnMut(Site, P) -> std::result::Result<Q, E>,
     ) -> std::result::Result<Block<B, Q>, E> {
-        let in_kinds: Vec<SiteKind> = if self.attn_in.len() == 3 {
-            vec![SiteKind::Q, SiteKind::K, SiteKind::V]
-        } else {
-            vec![SiteKind::Qkv]
-        };
+        let in_kinds = attn_in_kinds(self.attn_in.len());
         let mut attn_in = Vec::with_capacity(in_kinds.len());
-        for (kind, p) in in_kinds.into_iter().zip(self.attn_in) {
+        for (&kind, p) in in_kinds.iter().zip(self.attn_in) {
             attn_in.push(f(Site::new(layer, kind), p)?);
         }
         let attn_out = f(Site::new(layer, SiteKind::O), self.attn_out)?;

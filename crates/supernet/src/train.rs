@@ -136,6 +136,15 @@ pub fn lm_loss<B: Backend>(logits: Tensor<B, 3>, batch: &Batch, norm: f64) -> Te
     (logp.gather(1, targets) * weights).sum().neg().div_scalar(norm)
 }
 
+/// burn's AdamW with every value set from `cfg` (burn's own defaults differ from PyTorch's).
+fn adamw(cfg: &TrainConfig) -> AdamWConfig {
+    AdamWConfig::new()
+        .with_beta_1(cfg.beta1 as f32)
+        .with_beta_2(cfg.beta2 as f32)
+        .with_epsilon(cfg.eps as f32)
+        .with_weight_decay(cfg.weight_decay as f32)
+}
+
 /// Sum of squared gradients of the visited parameters.
 struct GradNorm<'a> {
     grads: &'a GradientsParams,
@@ -209,12 +218,7 @@ pub fn train<B: AutodiffBackend>(
     let device = model.embed.val().device();
     let steps_per_epoch = examples.len().div_ceil(cfg.batch_size);
     let total = steps_per_epoch * cfg.epochs;
-    let mut optim = AdamWConfig::new()
-        .with_beta_1(cfg.beta1 as f32)
-        .with_beta_2(cfg.beta2 as f32)
-        .with_epsilon(cfg.eps as f32)
-        .with_weight_decay(cfg.weight_decay as f32)
-        .init::<B, AdaptedLm<B>>();
+    let mut optim = adamw(cfg).init::<B, AdaptedLm<B>>();
     let mut report = TrainReport {
         total_steps: total,
         trainable_params: trainable_params(&model),
@@ -392,12 +396,7 @@ pub fn pretrain<B: AutodiffBackend>(
         return Err(TrainError::Config("no sequences or zero batch size".into()));
     }
     let device = model.embed.val().device();
-    let mut optim = AdamWConfig::new()
-        .with_beta_1(cfg.beta1 as f32)
-        .with_beta_2(cfg.beta2 as f32)
-        .with_epsilon(cfg.eps as f32)
-        .with_weight_decay(cfg.weight_decay as f32)
-        .init::<B, secateur_models::DenseLm<B>>();
+    let mut optim = adamw(cfg).init::<B, secateur_models::DenseLm<B>>();
     let bar = if cfg.progress {
         ProgressBar::new(steps as u64).with_style(
             ProgressStyle::with_template("pretraining {bar:30} {pos}/{len} steps [{elapsed_precise}<{eta_precise}] {msg}")

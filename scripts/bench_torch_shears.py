@@ -1,0 +1,116 @@
+#!/usr/bin/env python3
+"""PyTorch + PEFT baseline for benches/shears.rs on the same LLaMA config
+(benches/llama_bench_config.json, random f32 weights):
+
+- one LoRA training step: batch 8 x 128 tokens, rank 16 on q, k, v, o, gate, up, down, base
+  frozen, AdamW on the adapters (forward, backward, optimizer step);
+- Wanda 50% with 32 calibration sequences of 128 tokens, block by block as the Wanda reference
+  (prune_wanda) does it.
+
+Prints one JSON line, with the process's peak resident memory.
+Pinned: torch==2.9.0, transformers==4.57.1, peft==0.17.1.
+"""
+
+import json
+import os
+import resource
+import statistics
+import time
+
+import torch
+from peft import LoraConfig, get_peft_model
+from transformers import LlamaConfig, LlamaForCausalLM
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+
+
+def config():
+    with open(os.path.join(HERE, "..", "benches", "llama_bench_config.json")) as f:
+        cfg = json.load(f)
+    cfg.pop("model_type")
+    c = LlamaConfig(**cfg)
+    c._attn_implementation = "sdpa"
+    return c
+
+
+def timed(fn, repeats):
+    fn()
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def lora_step_seconds():
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(config())
+    model = get_peft_model(model, LoraConfig(
+        r=16, lora_alpha=32, lora_dropout=0.0, task_type="CAUSAL_LM",
+        target_modules=["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]))
+    model.train()
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4, weight_decay=0.0)
+    ids = torch.randint(0, 4096, (8, 128))
+
+    def step():
+        out = model(input_ids=ids, labels=ids)
+        out.loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        opt.zero_grad()
+
+    return timed(step, 10)
+
+
+def wanda_seconds():
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(config()).eval()
+    calib = torch.randint(0, 4096, (32, 128))
+
+    def run():
+        layers = model.model.layers
+        with torch.no_grad():
+            inps = model.model.embed_tokens(calib)
+            pos = torch.arange(128).unsqueeze(0).expand(32, -1)
+            pe = model.model.rotary_emb(inps, pos)
+            mask = torch.full((128, 128), float("-inf")).triu(1)[None, None]
+            for layer in layers:
+                lin = {n: m for n, m in layer.named_modules() if isinstance(m, torch.nn.Linear)}
+                sq = {n: torch.zeros(m.in_features) for n, m in lin.items()}
+                hooks = [m.register_forward_hook(
+                    (lambda n: lambda _m, i, _o: sq[n].add_((i[0].reshape(-1, i[0].shape[-1]).float() ** 2).sum(0)))(n))
+                    for n, m in lin.items()]
+                def fwd(j):
+                    return layer(inps[j:j + 8], attention_mask=mask,
+                                 position_embeddings=(pe[0][j:j + 8], pe[1][j:j + 8]))
+
+                for j in range(0, 32, 8):
+                    fwd(j)  # statistics from the dense block
+                for h in hooks:
+                    h.remove()
+                for n, m in lin.items():
+                    metric = m.weight.abs() * sq[n].sqrt().reshape(1, -1)
+                    idx = torch.sort(metric, dim=-1, stable=True)[1][:, : m.weight.shape[1] // 2]
+                    m.weight.scatter_(1, idx, 0.0)
+                inps = torch.cat([fwd(j) for j in range(0, 32, 8)])  # the pruned block's outputs
+
+    return timed(run, 3)
+
+
+def main():
+    step = lora_step_seconds()
+    wanda = wanda_seconds()
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    print(json.dumps({
+        "torch": torch.__version__,
+        "threads": torch.get_num_threads(),
+        "lora_step_s": round(step, 4),
+        "lora_tokens_per_s": round(8 * 128 / step, 1),
+        "wanda_50pct_32x128_s": round(wanda, 3),
+        "peak_rss_mib": round(peak, 1),
+    }))
+
+
+if __name__ == "__main__":
+    main()
