@@ -1,0 +1,275 @@
+//! NSGA-II (Deb, Pratap, Agarwal, Meyarivan 2002), and the generational loop that R-NSGA-II
+//! shares with it.
+//!
+//! Each generation: binary tournaments on (front rank, then the survival's secondary key),
+//! crossover and mutation ([`Variation`]), removal of duplicate children (of the population, of
+//! each other and of every configuration this run has already asked for, so no evaluation is
+//! spent twice), evaluation of the children in one batch, and elitist survival of the merged
+//! population: whole fronts, then the last front by crowding distance (NSGA-II) or by distance to
+//! reference points (R-NSGA-II).
+//!
+//! Choice variables default to uniform crossover with ±1-index mutation: on the discrete ZDT1
+//! benchmark (30 variables of 21 levels, 5,000 evaluations, population 40, 10 seeds) it reached
+//! a higher mean hypervolume than SBX/PM with rounding (see `discrete_operator_choice`).
+
+use std::collections::HashSet;
+
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use serde::{Deserialize, Serialize};
+
+use crate::evaluator::{Evaluated, Evaluator};
+use crate::operators::{random_solution, Variation};
+use crate::pareto::{crowding_distance, non_dominated_sort, pareto_front};
+use crate::problem::Problem;
+use crate::SearchError;
+
+/// Secondary ranking inside a front.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub enum Survival {
+    /// Crowding distance, larger is better (NSGA-II).
+    Crowding,
+    /// Preference distance to reference points with epsilon clearing (R-NSGA-II).
+    Reference {
+        points: Vec<Vec<f64>>,
+        epsilon: f64,
+        /// Objective weights of the distance (`None`: equal).
+        weights: Option<Vec<f64>>,
+    },
+}
+
+/// NSGA-II settings.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Nsga2 {
+    pub pop_size: usize,
+    pub variation: Variation,
+    pub seed: u64,
+    pub survival: Survival,
+}
+
+impl Nsga2 {
+    pub fn new(pop_size: usize, seed: u64) -> Self {
+        Self {
+            pop_size,
+            variation: Variation::default(),
+            seed,
+            survival: Survival::Crowding,
+        }
+    }
+}
+
+/// Outcome of a population-based search.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SearchResult {
+    /// The final population.
+    pub population: Vec<Evaluated>,
+    /// Non-dominated configurations among everything this run evaluated.
+    pub front: Vec<Evaluated>,
+    /// Distinct configurations this run asked for (served from the cache or evaluated).
+    pub evaluations: usize,
+    pub generations: usize,
+}
+
+struct Member {
+    e: Evaluated,
+    f: Vec<f64>,
+    rank: usize,
+    /// Secondary key, larger is better.
+    key: f64,
+}
+
+impl Nsga2 {
+    /// Runs until `budget` distinct configurations have been requested.
+    pub fn run<P: Problem>(&self, ev: &mut Evaluator<P>, budget: usize) -> Result<SearchResult, SearchError> {
+        if self.pop_size < 2 {
+            return Err(SearchError::Config("population size must be at least 2".into()));
+        }
+        let vars = ev.problem().variables().to_vec();
+        let k = ev.problem().n_objectives();
+        let mut rng = StdRng::seed_from_u64(self.seed);
+        let mut asked: HashSet<Vec<u64>> = HashSet::new();
+        let mut archive: Vec<Evaluated> = Vec::new();
+        let bits = |x: &[f64]| -> Vec<u64> { x.iter().map(|v| if *v == 0.0 { 0 } else { v.to_bits() }).collect() };
+
+        // Initial population: distinct random solutions.
+        let mut init = Vec::new();
+        let mut tries = 0;
+        while init.len() < self.pop_size.min(budget) && tries < 100 * self.pop_size {
+            tries += 1;
+            let x = random_solution(&vars, &mut rng);
+            if asked.insert(bits(&x)) {
+                init.push(x);
+            }
+        }
+        let evaluated = ev.evaluate(&init)?;
+        archive.extend(evaluated.iter().cloned());
+        let mut pop: Vec<Member> = evaluated.into_iter().map(|e| Member { f: e.objectives(k), e, rank: 0, key: 0.0 }).collect();
+        self.rank(&mut pop);
+        let mut generations = 0;
+        while asked.len() < budget {
+            let n_off = self.pop_size.min(budget - asked.len());
+            let mut children: Vec<Vec<f64>> = Vec::with_capacity(n_off);
+            let mut tries = 0;
+            while children.len() < n_off && tries < 100 * n_off {
+                tries += 1;
+                let a = self.tournament(&pop, &mut rng);
+                let b = self.tournament(&pop, &mut rng);
+                let (mut c1, mut c2) = self.variation.crossover(&vars, &pop[a].e.x, &pop[b].e.x, &mut rng);
+                self.variation.mutate(&vars, &mut c1, &mut rng);
+                self.variation.mutate(&vars, &mut c2, &mut rng);
+                for c in [c1, c2] {
+                    if children.len() < n_off && asked.insert(bits(&c)) {
+                        children.push(c);
+                    }
+                }
+            }
+            if children.is_empty() {
+                break; // the space is exhausted
+            }
+            let evaluated = ev.evaluate(&children)?;
+            archive.extend(evaluated.iter().cloned());
+            pop.extend(evaluated.into_iter().map(|e| Member { f: e.objectives(k), e, rank: 0, key: 0.0 }));
+            pop = self.survive(pop);
+            generations += 1;
+        }
+        let points: Vec<Vec<f64>> = archive.iter().map(|e| e.objectives(k)).collect();
+        let front = pareto_front(&points).into_iter().map(|i| archive[i].clone()).collect();
+        Ok(SearchResult {
+            population: pop.into_iter().map(|m| m.e).collect(),
+            front,
+            evaluations: asked.len(),
+            generations,
+        })
+    }
+
+    /// Binary tournament: lower front rank wins, then larger secondary key, then a coin flip.
+    fn tournament(&self, pop: &[Member], rng: &mut StdRng) -> usize {
+        let a = rng.random_range(0..pop.len());
+        let b = rng.random_range(0..pop.len());
+        let (ma, mb) = (&pop[a], &pop[b]);
+        if ma.rank != mb.rank {
+            return if ma.rank < mb.rank { a } else { b };
+        }
+        if ma.key != mb.key {
+            return if ma.key > mb.key { a } else { b };
+        }
+        if rng.random_bool(0.5) { a } else { b }
+    }
+
+    /// Sets ranks and secondary keys of a population.
+    fn rank(&self, pop: &mut [Member]) {
+        let points: Vec<Vec<f64>> = pop.iter().map(|m| m.f.clone()).collect();
+        let fronts = non_dominated_sort(&points);
+        let (ideal, nadir) = bounds(&points);
+        for (r, front) in fronts.iter().enumerate() {
+            let keys = self.keys(front, &points, &ideal, &nadir);
+            for (&i, key) in front.iter().zip(keys) {
+                pop[i].rank = r;
+                pop[i].key = key;
+            }
+        }
+    }
+
+    fn keys(&self, front: &[usize], points: &[Vec<f64>], ideal: &[f64], nadir: &[f64]) -> Vec<f64> {
+        match &self.survival {
+            Survival::Crowding => {
+                let refs: Vec<&[f64]> = front.iter().map(|&i| points[i].as_slice()).collect();
+                crowding_distance(&refs)
+            }
+            Survival::Reference { points: refs, epsilon, weights } => {
+                reference_keys(front, points, refs, *epsilon, weights.as_deref(), ideal, nadir)
+            }
+        }
+    }
+
+    /// Elitist survival of a merged population down to `pop_size`.
+    fn survive(&self, mut pop: Vec<Member>) -> Vec<Member> {
+        self.rank(&mut pop);
+        let mut order: Vec<usize> = (0..pop.len()).collect();
+        order.sort_by(|&a, &b| pop[a].rank.cmp(&pop[b].rank).then(pop[b].key.total_cmp(&pop[a].key)).then(a.cmp(&b)));
+        let keep: HashSet<usize> = order.into_iter().take(self.pop_size).collect();
+        let mut survivors: Vec<Member> = pop.into_iter().enumerate().filter(|(i, _)| keep.contains(i)).map(|(_, m)| m).collect();
+        // Keys are relative to the population: recompute them for the next tournaments.
+        self.rank(&mut survivors);
+        survivors
+    }
+}
+
+/// Per-objective minimum and maximum over finite points.
+fn bounds(points: &[Vec<f64>]) -> (Vec<f64>, Vec<f64>) {
+    let m = points.first().map_or(0, Vec::len);
+    let mut ideal = vec![f64::INFINITY; m];
+    let mut nadir = vec![f64::NEG_INFINITY; m];
+    for p in points.iter().filter(|p| p.iter().all(|v| v.is_finite())) {
+        for k in 0..m {
+            ideal[k] = ideal[k].min(p[k]);
+            nadir[k] = nadir[k].max(p[k]);
+        }
+    }
+    (ideal, nadir)
+}
+
+/// R-NSGA-II's secondary key (Deb and Sundar 2006, as in pymoo): for each reference point, rank
+/// the front by weighted normalised Euclidean distance to it; a solution's preference rank is its
+/// best rank over the reference points. Then epsilon clearing: walking solutions in preference
+/// order, any solution within `epsilon` (sum of normalised objective differences) of a kept one
+/// is pushed behind all others. The key is minus the resulting rank (larger is better).
+fn reference_keys(
+    front: &[usize],
+    points: &[Vec<f64>],
+    refs: &[Vec<f64>],
+    epsilon: f64,
+    weights: Option<&[f64]>,
+    ideal: &[f64],
+    nadir: &[f64],
+) -> Vec<f64> {
+    let m = ideal.len();
+    let span: Vec<f64> = (0..m).map(|k| (nadir[k] - ideal[k]).max(1e-12)).collect();
+    let w: Vec<f64> = weights.map_or_else(|| vec![1.0 / m as f64; m], <[f64]>::to_vec);
+    let norm = |p: &[f64], k: usize| (p[k] - ideal[k]) / span[k];
+    let n = front.len();
+    let mut pref = vec![usize::MAX; n];
+    for r in refs {
+        let d: Vec<f64> = front
+            .iter()
+            .map(|&i| {
+                let p = &points[i];
+                if p.iter().any(|v| !v.is_finite()) {
+                    return f64::INFINITY;
+                }
+                (0..m).map(|k| w[k] * ((p[k] - r[k]) / span[k]).powi(2)).sum::<f64>().sqrt()
+            })
+            .collect();
+        let mut order: Vec<usize> = (0..n).collect();
+        order.sort_by(|&a, &b| d[a].total_cmp(&d[b]).then(a.cmp(&b)));
+        for (rank, &j) in order.iter().enumerate() {
+            pref[j] = pref[j].min(rank);
+        }
+    }
+    let mut order: Vec<usize> = (0..n).collect();
+    order.sort_by(|&a, &b| pref[a].cmp(&pref[b]).then(a.cmp(&b)));
+    let mut cleared = vec![false; n];
+    let mut key = vec![0.0; n];
+    for (pos, &j) in order.iter().enumerate() {
+        if cleared[j] {
+            continue;
+        }
+        key[j] = -(pref[j] as f64);
+        for &o in &order[pos + 1..] {
+            if cleared[o] {
+                continue;
+            }
+            let (pj, po) = (&points[front[j]], &points[front[o]]);
+            let dist: f64 = (0..m).map(|k| (norm(pj, k) - norm(po, k)).abs()).sum();
+            if dist <= epsilon {
+                cleared[o] = true;
+            }
+        }
+    }
+    for j in 0..n {
+        if cleared[j] {
+            key[j] = -((n + pref[j]) as f64);
+        }
+    }
+    key
+}
