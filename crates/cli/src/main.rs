@@ -101,6 +101,28 @@ enum Command {
     /// base, sub-adapter evaluation, and a report. With no arguments it runs on the embedded
     /// tiny LLaMA and arithmetic word problems (CPU).
     Shears(shears::ShearsArgs),
+    /// Run a search algorithm on a benchmark problem and print one JSON line with the
+    /// hypervolume (reference point 1.1 per objective), evaluations and seconds.
+    MooBench {
+        /// zdt1, zdt2, zdt3, dtlz2 or zdt1-discrete.
+        #[arg(long)]
+        problem: String,
+        /// nsga2, rnsga2, random or hill-climb.
+        #[arg(long, default_value = "nsga2")]
+        algo: String,
+        #[arg(long, default_value_t = 10_000)]
+        evals: usize,
+        #[arg(long, default_value_t = 40)]
+        pop: usize,
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+        /// R-NSGA-II reference points: `f1,f2;f1,f2`.
+        #[arg(long)]
+        ref_points: Option<String>,
+        /// Write the evaluated points, the front (JSON, CSV) and its plot (SVG) here.
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -146,7 +168,7 @@ fn device_of(cmd: &Command) -> DeviceKind {
         | Command::Logits { model, .. }
         | Command::Generate { model, .. }
         | Command::Prune { model, .. } => model.device,
-        Command::Shears(_) => DeviceKind::Cpu,
+        Command::Shears(_) | Command::MooBench { .. } => DeviceKind::Cpu,
     }
 }
 
@@ -155,6 +177,9 @@ fn run(cli: Cli) -> Result<(), CliError> {
         let table = shears::run(args)?;
         emit(&table);
         return Ok(());
+    }
+    if let Command::MooBench { problem, algo, evals, pop, seed, ref_points, out } = cli.command {
+        return moo_bench(&problem, &algo, evals, pop, seed, ref_points.as_deref(), out.as_deref());
     }
     match device_of(&cli.command) {
         DeviceKind::Cpu => run_on::<secateur_models::Cpu>(cli.command, Default::default()),
@@ -224,7 +249,7 @@ fn run_on<B: Backend>(cmd: Command, device: B::Device) -> Result<(), CliError> {
             let out = generate(&m, &[ids], &opts, &device)?;
             emit(&tok.decode(&out[0])?);
         }
-        Command::Shears(_) => unreachable!("handled in run"),
+        Command::Shears(_) | Command::MooBench { .. } => unreachable!("handled in run"),
         Command::Prune {
             model,
             method,
@@ -278,6 +303,75 @@ fn run_on<B: Backend>(cmd: Command, device: B::Device) -> Result<(), CliError> {
             })).expect("JSON"));
         }
     }
+    Ok(())
+}
+
+/// Parses `a,b;c,d` into points.
+fn parse_points(s: &str) -> Result<Vec<Vec<f64>>, CliError> {
+    s.split(';')
+        .map(|p| {
+            p.split(',')
+                .map(|v| v.trim().parse::<f64>().map_err(|e| CliError::Usage(format!("--ref-points {s:?}: {e}"))))
+                .collect()
+        })
+        .collect()
+}
+
+fn moo_bench(
+    problem: &str,
+    algo: &str,
+    evals: usize,
+    pop: usize,
+    seed: u64,
+    ref_points: Option<&str>,
+    out: Option<&Path>,
+) -> Result<(), CliError> {
+    use secateur_search::benchmarks::Benchmark;
+    use secateur_search::hypervolume::hypervolume;
+    use secateur_search::{Evaluator, Problem};
+    let p = Benchmark::by_name(problem)
+        .ok_or_else(|| CliError::Usage(format!("unknown problem {problem:?} (zdt1, zdt2, zdt3, dtlz2, zdt1-discrete)")))?;
+    let m = p.n_objectives();
+    let clock = std::time::Instant::now();
+    let mut ev = Evaluator::new(&p);
+    let search = |e: secateur_search::SearchError| CliError::Usage(e.to_string());
+    let (population, front) = match algo {
+        "nsga2" => {
+            // Like pymoo's `res.opt`: the front of the final population.
+            let alg = secateur_search::nsga2::Nsga2 { archive_front: false, ..secateur_search::nsga2::Nsga2::new(pop, seed) };
+            let r = alg.run(&mut ev, evals).map_err(search)?;
+            (r.population, r.front)
+        }
+        "rnsga2" => {
+            let refs = parse_points(ref_points.ok_or_else(|| CliError::Usage("rnsga2 needs --ref-points".into()))?)?;
+            let r = secateur_search::rnsga2::RNsga2::new(pop, refs, seed).run(&mut ev, evals).map_err(search)?;
+            (r.population, r.front)
+        }
+        "random" => {
+            let r = secateur_search::local::RandomSearch { seed }.run(&mut ev, evals).map_err(search)?;
+            (r.front.clone(), r.front)
+        }
+        "hill-climb" => {
+            let r = secateur_search::local::HillClimb { start: None, weights: None }.run(&mut ev, evals).map_err(search)?;
+            (r.front.clone(), r.front)
+        }
+        other => return Err(CliError::Usage(format!("unknown algorithm {other:?} (nsga2, rnsga2, random, hill-climb)"))),
+    };
+    let seconds = clock.elapsed().as_secs_f64();
+    let pts: Vec<Vec<f64>> = population.iter().filter_map(|e| e.f.clone()).collect();
+    let hv = hypervolume(&pts, &vec![1.1; m]);
+    if let Some(dir) = out {
+        secateur_search::report::write_outputs(dir, &p.objective_names(), &ev.history, &front).map_err(search)?;
+    }
+    emit(&serde_json::to_string(&json!({
+        "problem": problem,
+        "algo": algo,
+        "hypervolume": hv,
+        "optimal_hypervolume": p.optimal_hypervolume(),
+        "evaluations": ev.evaluations(),
+        "seconds": seconds,
+        "seed": seed,
+    })).expect("JSON"));
     Ok(())
 }
 

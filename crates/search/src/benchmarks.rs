@@ -54,6 +54,10 @@ impl Problem for Benchmark {
     fn n_objectives(&self) -> usize {
         self.m
     }
+    /// A benchmark evaluation takes well under a microsecond: threads would cost more than it.
+    fn parallel(&self) -> bool {
+        false
+    }
     fn evaluate(&self, x: &[f64]) -> Result<Vec<f64>, String> {
         let owned: Vec<f64>;
         let x = match self.levels {

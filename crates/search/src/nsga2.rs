@@ -8,19 +8,21 @@
 //! population: whole fronts, then the last front by crowding distance (NSGA-II) or by distance to
 //! reference points (R-NSGA-II).
 //!
-//! Choice variables default to uniform crossover with ±1-index mutation: on the discrete ZDT1
-//! benchmark (30 variables of 21 levels, 5,000 evaluations, population 40, 10 seeds) it reached
-//! a higher mean hypervolume than SBX/PM with rounding (see `discrete_operator_choice`).
+//! Choice variables default to SBX and polynomial mutation with rounding (the reference code's
+//! operators): on the discrete ZDT1 benchmark (30 variables of 21 levels, 5,000 evaluations,
+//! population 40, 10 seeds) they reached a mean hypervolume of 0.8494 against 0.8412 for uniform
+//! crossover with ±1-index mutation (the `discrete_operator_choice` test measures it).
 
 use std::collections::HashSet;
 
 use rand::rngs::StdRng;
+use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
 use serde::{Deserialize, Serialize};
 
 use crate::evaluator::{Evaluated, Evaluator};
 use crate::operators::{random_solution, Variation};
-use crate::pareto::{crowding_distance, non_dominated_sort, pareto_front};
+use crate::pareto::{crowding_distance, dominates, non_dominated_sort, pareto_front};
 use crate::problem::Problem;
 use crate::SearchError;
 
@@ -45,6 +47,9 @@ pub struct Nsga2 {
     pub variation: Variation,
     pub seed: u64,
     pub survival: Survival,
+    /// Report the front of everything evaluated (true; what expensive searches want) or only of
+    /// the final population (false; what pymoo's `res.opt` is, and cheaper on long runs).
+    pub archive_front: bool,
 }
 
 impl Nsga2 {
@@ -54,6 +59,7 @@ impl Nsga2 {
             variation: Variation::default(),
             seed,
             survival: Survival::Crowding,
+            archive_front: true,
         }
     }
 }
@@ -63,7 +69,8 @@ impl Nsga2 {
 pub struct SearchResult {
     /// The final population.
     pub population: Vec<Evaluated>,
-    /// Non-dominated configurations among everything this run evaluated.
+    /// Non-dominated configurations among everything this run evaluated (or of the final
+    /// population, see [`Nsga2::archive_front`]).
     pub front: Vec<Evaluated>,
     /// Distinct configurations this run asked for (served from the cache or evaluated).
     pub evaluations: usize,
@@ -110,10 +117,11 @@ impl Nsga2 {
             let n_off = self.pop_size.min(budget - asked.len());
             let mut children: Vec<Vec<f64>> = Vec::with_capacity(n_off);
             let mut tries = 0;
+            let mut pool: Vec<usize> = Vec::new();
             while children.len() < n_off && tries < 100 * n_off {
                 tries += 1;
-                let a = self.tournament(&pop, &mut rng);
-                let b = self.tournament(&pop, &mut rng);
+                let a = self.tournament(&pop, &mut pool, &mut rng);
+                let b = self.tournament(&pop, &mut pool, &mut rng);
                 let (mut c1, mut c2) = self.variation.crossover(&vars, &pop[a].e.x, &pop[b].e.x, &mut rng);
                 self.variation.mutate(&vars, &mut c1, &mut rng);
                 self.variation.mutate(&vars, &mut c2, &mut rng);
@@ -132,8 +140,9 @@ impl Nsga2 {
             pop = self.survive(pop);
             generations += 1;
         }
-        let points: Vec<Vec<f64>> = archive.iter().map(|e| e.objectives(k)).collect();
-        let front = pareto_front(&points).into_iter().map(|i| archive[i].clone()).collect();
+        let source: Vec<Evaluated> = if self.archive_front { archive } else { pop.iter().map(|m| m.e.clone()).collect() };
+        let points: Vec<Vec<f64>> = source.iter().map(|e| e.objectives(k)).collect();
+        let front = pareto_front(&points).into_iter().map(|i| source[i].clone()).collect();
         Ok(SearchResult {
             population: pop.into_iter().map(|m| m.e).collect(),
             front,
@@ -142,13 +151,26 @@ impl Nsga2 {
         })
     }
 
-    /// Binary tournament: lower front rank wins, then larger secondary key, then a coin flip.
-    fn tournament(&self, pop: &[Member], rng: &mut StdRng) -> usize {
-        let a = rng.random_range(0..pop.len());
-        let b = rng.random_range(0..pop.len());
+    /// Binary tournament as pymoo's NSGA-II runs it: contestants are drawn from random
+    /// permutations of the population (everyone competes about equally often); a contestant that
+    /// dominates the other wins, else the larger secondary key (crowding distance, or R-NSGA-II's
+    /// preference), else a coin flip. Failed evaluations (`+inf`) lose to everything.
+    fn tournament(&self, pop: &[Member], pool: &mut Vec<usize>, rng: &mut StdRng) -> usize {
+        let mut draw = |rng: &mut StdRng| {
+            if pool.is_empty() {
+                pool.extend(0..pop.len());
+                pool.shuffle(rng);
+            }
+            pool.pop().expect("non-empty pool")
+        };
+        let a = draw(rng);
+        let b = draw(rng);
         let (ma, mb) = (&pop[a], &pop[b]);
-        if ma.rank != mb.rank {
-            return if ma.rank < mb.rank { a } else { b };
+        if dominates(&ma.f, &mb.f) {
+            return a;
+        }
+        if dominates(&mb.f, &ma.f) {
+            return b;
         }
         if ma.key != mb.key {
             return if ma.key > mb.key { a } else { b };

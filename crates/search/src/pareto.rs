@@ -96,19 +96,31 @@ pub fn crowding_distance(points: &[&[f64]]) -> Vec<f64> {
     d
 }
 
-/// Indices of the non-dominated points (duplicates kept once, the first).
+/// Indices of the non-dominated points, in input order (duplicates kept once, the first;
+/// points with a non-finite objective left out).
+///
+/// Points are visited in lexicographic order: a point can only be dominated by one before it,
+/// and if it is dominated at all, then by an already accepted one (dominance is transitive), so
+/// each point is compared with the accepted front only: O(n log n + n·|front|).
 pub fn pareto_front(points: &[Vec<f64>]) -> Vec<usize> {
+    let mut order: Vec<usize> = (0..points.len()).filter(|&i| points[i].iter().all(|v| v.is_finite())).collect();
+    order.sort_by(|&a, &b| {
+        points[a]
+            .iter()
+            .zip(&points[b])
+            .map(|(x, y)| x.total_cmp(y))
+            .find(|o| o.is_ne())
+            .unwrap_or(std::cmp::Ordering::Equal)
+            .then(a.cmp(&b))
+    });
     let mut front: Vec<usize> = Vec::new();
-    for (i, p) in points.iter().enumerate() {
-        if p.iter().any(|v| !v.is_finite()) {
-            continue;
-        }
-        let dominated = points.iter().any(|q| dominates(q, p));
-        let duplicate = front.iter().any(|&j| points[j] == *p);
-        if !dominated && !duplicate {
+    for i in order {
+        let p = &points[i];
+        if !front.iter().any(|&j| dominates(&points[j], p) || points[j] == *p) {
             front.push(i);
         }
     }
+    front.sort_unstable();
     front
 }
 
@@ -157,6 +169,18 @@ mod tests {
         let uneven = [[0.0, 1.0], [0.1, 0.9], [1.0, 0.0]];
         let refs: Vec<&[f64]> = uneven.iter().map(|p| &p[..]).collect();
         assert!((crowding_distance(&refs)[1] - 2.0).abs() < 1e-12);
+    }
+
+    proptest! {
+        #[test]
+        fn front_matches_brute_force(points in prop::collection::vec(prop::collection::vec(0u8..5, 2..4), 0..40)) {
+            let m = points.first().map_or(0, Vec::len);
+            let pts: Vec<Vec<f64>> = points.iter().filter(|p| p.len() == m).map(|p| p.iter().map(|&v| v as f64).collect()).collect();
+            let brute: Vec<usize> = (0..pts.len())
+                .filter(|&i| !pts.iter().any(|q| dominates(q, &pts[i])) && !pts[..i].contains(&pts[i]))
+                .collect();
+            prop_assert_eq!(pareto_front(&pts), brute);
+        }
     }
 
     #[test]

@@ -48,6 +48,7 @@ impl RNsga2 {
                 epsilon: self.epsilon,
                 weights: self.weights.clone(),
             },
+            archive_front: true,
         }
         .run(ev, budget)
     }
