@@ -1,5 +1,6 @@
 //! `secateur`: compress and fine-tune causal language models from the command line.
 
+mod search_cmd;
 mod shears;
 
 use std::path::{Path, PathBuf};
@@ -101,6 +102,9 @@ enum Command {
     /// base, sub-adapter evaluation, and a report. With no arguments it runs on the embedded
     /// tiny LLaMA and arithmetic word problems (CPU).
     Shears(shears::ShearsArgs),
+    /// Search the sub-adapters of a finished `secateur shears` run on its validation split, then
+    /// measure the chosen ones on the test split.
+    Search(search_cmd::SearchArgs),
     /// Run a search algorithm on a benchmark problem and print one JSON line with the
     /// hypervolume (reference point 1.1 per objective), evaluations and seconds.
     MooBench {
@@ -168,7 +172,7 @@ fn device_of(cmd: &Command) -> DeviceKind {
         | Command::Logits { model, .. }
         | Command::Generate { model, .. }
         | Command::Prune { model, .. } => model.device,
-        Command::Shears(_) | Command::MooBench { .. } => DeviceKind::Cpu,
+        Command::Shears(_) | Command::Search(_) | Command::MooBench { .. } => DeviceKind::Cpu,
     }
 }
 
@@ -176,6 +180,10 @@ fn run(cli: Cli) -> Result<(), CliError> {
     if let Command::Shears(args) = cli.command {
         let table = shears::run(args)?;
         emit(&table);
+        return Ok(());
+    }
+    if let Command::Search(args) = cli.command {
+        emit(&search_cmd::run(args)?);
         return Ok(());
     }
     if let Command::MooBench { problem, algo, evals, pop, seed, ref_points, out } = cli.command {
@@ -249,7 +257,7 @@ fn run_on<B: Backend>(cmd: Command, device: B::Device) -> Result<(), CliError> {
             let out = generate(&m, &[ids], &opts, &device)?;
             emit(&tok.decode(&out[0])?);
         }
-        Command::Shears(_) | Command::MooBench { .. } => unreachable!("handled in run"),
+        Command::Shears(_) | Command::Search(_) | Command::MooBench { .. } => unreachable!("handled in run"),
         Command::Prune {
             model,
             method,

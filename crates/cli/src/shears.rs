@@ -24,8 +24,8 @@ const TINY_CONFIG: &[u8] = include_bytes!("../../../assets/tiny-llama/config.jso
 const TINY_WEIGHTS: &[u8] = include_bytes!("../../../assets/tiny-llama/model.safetensors");
 const TINY_TOKENIZER: &[u8] = include_bytes!("../../../assets/tiny-llama/tokenizer.json");
 
-/// Options of a Shears run.
-#[derive(Debug, Clone, clap::Args)]
+/// Options of a Shears run (saved in the run directory's `run.json`).
+#[derive(Debug, Clone, clap::Args, Serialize, serde::Deserialize)]
 pub struct ShearsArgs {
     /// Base checkpoint directory (default: the embedded tiny LLaMA).
     #[arg(long, requires = "dataset")]
@@ -101,14 +101,16 @@ fn err(path: &Path, e: impl std::fmt::Display) -> CliError {
     }
 }
 
-struct Task {
-    train: Vec<Record>,
-    test: Vec<Record>,
-    val: Vec<Record>,
-    calibration_docs: Vec<String>,
+/// The splits of a run's task.
+pub struct Task {
+    pub train: Vec<Record>,
+    pub test: Vec<Record>,
+    pub val: Vec<Record>,
+    pub calibration_docs: Vec<String>,
 }
 
-fn load_task(args: &ShearsArgs) -> Result<Task, CliError> {
+/// The splits a run with `args` uses (regenerated or re-split identically from the seed).
+pub fn load_task(args: &ShearsArgs) -> Result<Task, CliError> {
     match &args.dataset {
         None => {
             let (train, val, test) = toy::arithmetic_task(2000, args.val_size, args.test_size, 0);
@@ -154,8 +156,7 @@ pub fn run(args: ShearsArgs) -> Result<String, CliError> {
     let ranks = args.ranks.clone().unwrap_or_else(|| if embedded { vec![16, 12, 8] } else { vec![32, 24, 16] });
     let alpha = args.alpha.unwrap_or(2.0 * *ranks.iter().max().unwrap_or(&16) as f64);
     write_atomic(&started, serde_json::to_string_pretty(&json!({
-        "base": base_dir, "dataset": args.dataset, "sparsity": args.sparsity, "ranks": ranks, "alpha": alpha,
-        "epochs": args.epochs, "lr": args.lr, "seed": args.seed,
+        "base": base_dir, "ranks": ranks, "alpha": alpha, "args": args,
     })).expect("JSON").as_bytes())?;
 
     let device = Default::default();
@@ -298,6 +299,38 @@ pub fn run(args: ShearsArgs) -> Result<String, CliError> {
     write_atomic(&out.join("report.json"), serde_json::to_string_pretty(&report).expect("JSON").as_bytes())?;
     write_atomic(&out.join("report.md"), table.as_bytes())?;
     Ok(table)
+}
+
+/// A finished Shears run, loaded for search: the NLS super-adapter on the sparse base.
+pub struct LoadedRun {
+    pub args: ShearsArgs,
+    pub tokenizer: TextTokenizer,
+    pub task: Task,
+    pub model: AdaptedLm<Cpu>,
+    pub ranks: RankControl,
+}
+
+/// Loads `dir/wanda`, `dir/search_space.json` and the NLS adapters of `dir/train-nls`.
+pub fn load_run(dir: &Path) -> Result<LoadedRun, CliError> {
+    let run_json = dir.join("run.json");
+    let text = std::fs::read_to_string(&run_json).map_err(|e| err(&run_json, e))?;
+    let v: serde_json::Value = serde_json::from_str(&text).map_err(|e| err(&run_json, e))?;
+    let args: ShearsArgs = serde_json::from_value(v["args"].clone()).map_err(|e| err(&run_json, format!("field `args`: {e}")))?;
+    let alpha = v["alpha"].as_f64().ok_or_else(|| err(&run_json, "field `alpha` missing"))?;
+    let base_dir = PathBuf::from(v["base"].as_str().ok_or_else(|| err(&run_json, "field `base` missing"))?);
+    let adapters = dir.join("train-nls/adapters.safetensors");
+    if !adapters.is_file() {
+        return Err(err(&adapters, "no trained NLS super-adapter: run `secateur shears` to the end first"));
+    }
+    let device = Default::default();
+    let tokenizer = TextTokenizer::from_file(&base_dir.join("tokenizer.json"))?;
+    let space = SearchSpace::from_file(&dir.join("search_space.json"))?;
+    let sparse = DenseLm::<Cpu>::load(&dir.join("wanda"), &device)?;
+    let lora_cfg = LoraConfig { alpha, scaling: Scaling::MaxRank, seed: args.seed };
+    let (model, ranks) = attach(sparse, &space, &lora_cfg, &device)?;
+    let model = secateur_supernet::train::load_adapters(model, &adapters, &device).map_err(|e| err(&adapters, e))?;
+    let task = load_task(&args)?;
+    Ok(LoadedRun { args, tokenizer, task, model, ranks })
 }
 
 fn markdown(rows: &[Row]) -> String {

@@ -203,4 +203,27 @@ fn shears_runs_end_to_end_on_a_user_model_and_resumes() {
     assert!(ok, "{stderr}");
     let again: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(out.join("report.json")).unwrap()).unwrap();
     assert_eq!(again["rows"][5]["accuracy"], rows[5]["accuracy"]);
+
+    // Search the trained super-adapter: every evaluation is cached, and a rerun evaluates nothing.
+    let run = out.to_str().unwrap();
+    for algo in ["nsga2", "hill-climb", "heuristic"] {
+        let (ok, stdout, stderr) = secateur(&["search", "--run", run, "--algo", algo, "--budget", "6", "--pop", "4"]);
+        assert!(ok, "{algo}: {stderr}");
+        assert!(stdout.contains("| maximal |") && stdout.contains("| front 1 |"), "{stdout}");
+        let dir = out.join("search").join(algo);
+        for f in ["evaluations.jsonl", "evaluations.json", "front.json", "points.csv", "front.svg", "report.json"] {
+            assert!(dir.join(f).is_file(), "{algo}: {f}");
+        }
+        let lines = std::fs::read_to_string(dir.join("evaluations.jsonl")).unwrap().lines().count();
+        assert!(lines <= 6, "{algo}: {lines} evaluations for a budget of 6");
+        let (ok, _, stderr) = secateur(&["search", "--run", run, "--algo", algo, "--budget", "6", "--pop", "4"]);
+        assert!(ok && stderr.contains("cached evaluations loaded"), "{stderr}");
+        assert_eq!(std::fs::read_to_string(dir.join("evaluations.jsonl")).unwrap().lines().count(), lines);
+        let svg = std::fs::read_to_string(dir.join("front.svg")).unwrap();
+        assert!(svg.contains("validation error") && svg.contains("MACs per token"));
+    }
+    let report: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(out.join("report.json")).unwrap()).unwrap();
+    assert!(report["search"]["nsga2"]["chosen"].as_array().unwrap().len() >= 4);
+    let (ok, _, stderr) = secateur(&["search", "--run", run, "--algo", "nsga2", "--objectives", "accuracy,speed"]);
+    assert!(!ok && stderr.contains("speed"), "{stderr}");
 }

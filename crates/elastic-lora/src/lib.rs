@@ -8,6 +8,7 @@
 //! - [`peft`]: export of a sub-adapter in Hugging Face PEFT format with its true ranks, import of
 //!   PEFT adapters, and merging into the base weights.
 
+pub mod cost;
 pub mod lora;
 pub mod peft;
 pub mod space;

@@ -1,0 +1,248 @@
+//! `secateur search`: pick sub-adapters of a trained NLS super-adapter. Configurations are
+//! evaluated on the validation split only; the chosen ones (the front) are then measured on the
+//! test split and added to the run's report.
+
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+
+use secateur_elastic_lora::cost::cost;
+use secateur_elastic_lora::{AdaptedLm, RankControl, SubnetConfig};
+use secateur_models::{ArchSpec, Cpu, TextTokenizer};
+use secateur_search::local::{HillClimb, RandomSearch};
+use secateur_search::nsga2::Nsga2;
+use secateur_search::problem::{heuristic, maximal, minimal};
+use secateur_search::rnsga2::RNsga2;
+use secateur_search::{Evaluated, Evaluator, Problem, Variable};
+use secateur_supernet::data::Record;
+use secateur_supernet::eval::{accuracy, AnswerKind};
+use serde::Serialize;
+use serde_json::json;
+
+use crate::CliError;
+
+/// Options of `secateur search`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct SearchArgs {
+    /// A finished `secateur shears` run directory.
+    #[arg(long)]
+    pub run: PathBuf,
+    /// heuristic, hill-climb, nsga2, rnsga2 or random.
+    #[arg(long, default_value = "nsga2")]
+    pub algo: String,
+    /// Distinct configurations to evaluate (cached ones included).
+    #[arg(long, default_value_t = 40)]
+    pub budget: usize,
+    /// Objectives, all minimised: `accuracy` (as 1 - accuracy), `macs` (per token), `params`
+    /// (active adapter parameters).
+    #[arg(long, value_delimiter = ',', default_value = "accuracy,macs")]
+    pub objectives: Vec<String>,
+    /// R-NSGA-II reference points in objective space: `e1,m1;e2,m2`.
+    #[arg(long)]
+    pub ref_points: Option<String>,
+    /// Population of NSGA-II / R-NSGA-II (the papers use 8 for LLMs).
+    #[arg(long, default_value_t = 8)]
+    pub pop: usize,
+    /// Keys a token attends to, for the attention term of MACs.
+    #[arg(long, default_value_t = 128)]
+    pub context: usize,
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+}
+
+struct SubAdapterProblem<'a> {
+    vars: Vec<Variable>,
+    objectives: Vec<String>,
+    model: &'a AdaptedLm<Cpu>,
+    ranks: &'a RankControl,
+    tok: &'a TextTokenizer,
+    val: &'a [Record],
+    spec: &'a ArchSpec,
+    context: usize,
+    max_new_tokens: usize,
+    /// The model's active ranks are shared state: one evaluation at a time.
+    lock: Mutex<()>,
+}
+
+impl SubAdapterProblem<'_> {
+    fn config(x: &[f64]) -> SubnetConfig {
+        SubnetConfig(x.iter().map(|v| *v as usize).collect())
+    }
+
+    fn costs(&self, config: &SubnetConfig) -> Result<secateur_elastic_lora::cost::Cost, String> {
+        let ranks = self.ranks.space.ranks(config).map_err(|e| e.to_string())?;
+        let per_site = self
+            .ranks
+            .space
+            .groups
+            .iter()
+            .zip(&ranks)
+            .flat_map(|(g, &r)| g.sites.iter().map(move |s| (*s, r)))
+            .collect();
+        Ok(cost(self.spec, &per_site, self.context))
+    }
+}
+
+impl Problem for SubAdapterProblem<'_> {
+    fn variables(&self) -> &[Variable] {
+        &self.vars
+    }
+    fn n_objectives(&self) -> usize {
+        self.objectives.len()
+    }
+    fn parallel(&self) -> bool {
+        false
+    }
+    fn objective_names(&self) -> Vec<String> {
+        self.objectives
+            .iter()
+            .map(|o| match o.as_str() {
+                "accuracy" => "validation error (1 - accuracy)".to_string(),
+                "macs" => format!("MACs per token (context {})", self.context),
+                other => other.to_string(),
+            })
+            .collect()
+    }
+    fn evaluate(&self, x: &[f64]) -> Result<Vec<f64>, String> {
+        let config = Self::config(x);
+        let c = self.costs(&config)?;
+        let mut f = Vec::with_capacity(self.objectives.len());
+        for o in &self.objectives {
+            f.push(match o.as_str() {
+                "accuracy" => {
+                    let _guard = self.lock.lock().map_err(|e| e.to_string())?;
+                    self.ranks.apply(&config).map_err(|e| e.to_string())?;
+                    let device = Default::default();
+                    let acc = accuracy(self.model, self.tok, self.val, AnswerKind::Math, self.max_new_tokens, 64, &device)
+                        .map_err(|e| e.to_string())?;
+                    1.0 - acc.accuracy
+                }
+                "macs" => c.macs() as f64,
+                "params" => c.adapter_params as f64,
+                other => return Err(format!("unknown objective {other}")),
+            });
+        }
+        Ok(f)
+    }
+}
+
+/// One chosen configuration with its test accuracy.
+#[derive(Debug, Clone, Serialize)]
+struct Chosen {
+    label: String,
+    ranks: Vec<usize>,
+    objectives: Option<Vec<f64>>,
+    macs_per_token: usize,
+    adapter_params: usize,
+    test_accuracy: f64,
+}
+
+fn parse_points(s: &str) -> Result<Vec<Vec<f64>>, CliError> {
+    s.split(';')
+        .map(|p| p.split(',').map(|v| v.trim().parse::<f64>().map_err(|e| CliError::Usage(format!("--ref-points {s:?}: {e}")))).collect())
+        .collect()
+}
+
+/// Runs the search and returns the markdown table of the chosen configurations.
+pub fn run(args: SearchArgs) -> Result<String, CliError> {
+    for o in &args.objectives {
+        if !matches!(o.as_str(), "accuracy" | "macs" | "params") {
+            return Err(CliError::Usage(format!("unknown objective {o:?} (accuracy, macs, params)")));
+        }
+    }
+    let loaded = crate::shears::load_run(&args.run)?;
+    let spec = loaded.model.spec().clone();
+    let problem = SubAdapterProblem {
+        vars: loaded.ranks.space.groups.iter().map(|g| Variable::Choice { n: g.choices.len() }).collect(),
+        objectives: args.objectives.clone(),
+        model: &loaded.model,
+        ranks: &loaded.ranks,
+        tok: &loaded.tokenizer,
+        val: &loaded.task.val,
+        spec: &spec,
+        context: args.context,
+        max_new_tokens: loaded.args.max_new_tokens,
+        lock: Mutex::new(()),
+    };
+    let out = args.run.join("search").join(&args.algo);
+    std::fs::create_dir_all(&out).map_err(|e| CliError::Input { path: out.clone(), reason: e.to_string() })?;
+    let search_err = |e: secateur_search::SearchError| CliError::Usage(e.to_string());
+    let mut ev = Evaluator::persistent(&problem, &out.join("evaluations.jsonl")).map_err(search_err)?;
+    if ev.loaded > 0 {
+        eprintln!("search: {} cached evaluations loaded", ev.loaded);
+    }
+    let vars = problem.vars.clone();
+    let front: Vec<Evaluated> = match args.algo.as_str() {
+        "heuristic" => ev.evaluate(&[heuristic(&vars), maximal(&vars), minimal(&vars)]).map_err(search_err)?,
+        "hill-climb" => HillClimb { start: None, weights: None }.run(&mut ev, args.budget).map_err(search_err)?.front,
+        "random" => RandomSearch { seed: args.seed }.run(&mut ev, args.budget).map_err(search_err)?.front,
+        "nsga2" => Nsga2::new(args.pop, args.seed).run(&mut ev, args.budget).map_err(search_err)?.front,
+        "rnsga2" => {
+            let refs = parse_points(args.ref_points.as_deref().ok_or_else(|| CliError::Usage("rnsga2 needs --ref-points".into()))?)?;
+            RNsga2::new(args.pop, refs, args.seed).run(&mut ev, args.budget).map_err(search_err)?.front
+        }
+        other => return Err(CliError::Usage(format!("unknown algorithm {other:?} (heuristic, hill-climb, nsga2, rnsga2, random)"))),
+    };
+    let history = ev.history.clone();
+    drop(ev);
+    secateur_search::report::write_outputs(&out, &problem.objective_names(), &history, &front).map_err(search_err)?;
+    eprintln!("search: {} configurations evaluated on the validation split, {} on the front", history.len(), front.len());
+
+    // Test accuracy of the chosen configurations (and of the three fixed ones, for reference).
+    let device = Default::default();
+    let mut chosen = Vec::new();
+    let mut measure = |label: String, x: &[f64], objectives: Option<Vec<f64>>| -> Result<(), CliError> {
+        let config = SubAdapterProblem::config(x);
+        loaded.ranks.apply(&config)?;
+        let c = problem.costs(&config).map_err(CliError::Usage)?;
+        let acc = accuracy(&loaded.model, &loaded.tokenizer, &loaded.task.test, AnswerKind::Math, loaded.args.max_new_tokens, 64, &device)
+            .map_err(|e| CliError::Input { path: args.run.clone(), reason: e.to_string() })?;
+        chosen.push(Chosen {
+            label,
+            ranks: loaded.ranks.space.ranks(&config)?,
+            objectives,
+            macs_per_token: c.macs(),
+            adapter_params: c.adapter_params,
+            test_accuracy: acc.accuracy,
+        });
+        Ok(())
+    };
+    for (i, e) in front.iter().enumerate() {
+        measure(format!("front {}", i + 1), &e.x, e.f.clone())?;
+    }
+    for (label, x) in [("maximal", maximal(&vars)), ("heuristic", heuristic(&vars)), ("minimal", minimal(&vars))] {
+        measure(label.to_string(), &x, None)?;
+    }
+    let mut table = format!(
+        "Search `{}` on the validation split ({} evaluations); test accuracy of the chosen sub-adapters:\n\n| Config | Ranks | Validation objectives | MACs/token | Adapter params | Test accuracy |\n|---|---|---|---|---|---|\n",
+        args.algo,
+        history.len()
+    );
+    for c in &chosen {
+        let ranks = {
+            let mut u: Vec<String> = c.ranks.iter().map(|r| r.to_string()).collect();
+            if u.windows(2).all(|w| w[0] == w[1]) {
+                u.truncate(1);
+            }
+            u.join("/")
+        };
+        let objs = c.objectives.as_ref().map_or("-".to_string(), |f| f.iter().map(|v| format!("{v:.4}")).collect::<Vec<_>>().join(", "));
+        table += &format!("| {} | {} | {} | {} | {} | {:.1}% |\n", c.label, ranks, objs, c.macs_per_token, c.adapter_params, c.test_accuracy * 100.0);
+    }
+    let report = json!({"algo": args.algo, "budget": args.budget, "objectives": problem.objective_names(), "evaluations": history.len(), "chosen": chosen});
+    secateur_models::weights::write_atomic(&out.join("report.json"), serde_json::to_string_pretty(&report).expect("JSON").as_bytes())?;
+    secateur_models::weights::write_atomic(&out.join("report.md"), table.as_bytes())?;
+    add_to_run_report(&args.run.join("report.json"), &args.algo, &report)?;
+    Ok(table)
+}
+
+/// Adds the search's chosen configurations to the run's `report.json` under `search.<algo>`.
+fn add_to_run_report(path: &Path, algo: &str, search: &serde_json::Value) -> Result<(), CliError> {
+    let Ok(text) = std::fs::read_to_string(path) else { return Ok(()) };
+    let mut report: serde_json::Value = serde_json::from_str(&text).map_err(|e| CliError::Input { path: path.to_path_buf(), reason: e.to_string() })?;
+    if let Some(obj) = report.as_object_mut() {
+        let entry = obj.entry("search").or_insert_with(|| json!({}));
+        entry[algo] = search.clone();
+    }
+    secateur_models::weights::write_atomic(path, serde_json::to_string_pretty(&report).expect("JSON").as_bytes())?;
+    Ok(())
+}
