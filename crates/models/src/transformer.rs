@@ -465,6 +465,32 @@ impl<B: Backend> CausalLm<B, Dense<B>> {
 
     /// Builds the model of `spec` from the tensors of `ckpt`.
     pub fn from_checkpoint(spec: ArchSpec, ckpt: &Checkpoint, device: &B::Device) -> Result<Self> {
+        CausalLm::from_checkpoint_with(spec, ckpt, device, |spec, ckpt, site, device| {
+            let module = spec.hf_module(site.layer, site.kind);
+            let shape = spec.site_shape(site.kind);
+            let data = ckpt.read_f32(&format!("{module}.weight"), &shape)?;
+            let w = Tensor::from_data(TensorData::new(data, shape), device);
+            let b = if spec.site_has_bias(site.kind) {
+                let data = ckpt.read_f32(&format!("{module}.bias"), &[shape[0]])?;
+                Some(Tensor::from_data(TensorData::new(data, [shape[0]]), device))
+            } else {
+                None
+            };
+            Ok(Dense::new(w, b))
+        })
+    }
+}
+
+impl<B: Backend, P: Module<B>> CausalLm<B, P> {
+    /// Builds the model of `spec` from `ckpt`, loading every projection with `projection`
+    /// (embedding, norms and head are read here). Quantized and other stored formats plug in
+    /// through this.
+    pub fn from_checkpoint_with(
+        spec: ArchSpec,
+        ckpt: &Checkpoint,
+        device: &B::Device,
+        mut projection: impl FnMut(&ArchSpec, &Checkpoint, Site, &B::Device) -> Result<P>,
+    ) -> Result<Self> {
         let names = spec.weight_names();
         let (v, hdim) = (spec.vocab_size, spec.hidden_size);
         let t2 = |name: &str, shape: [usize; 2]| -> Result<Tensor<B, 2>> {
@@ -487,35 +513,25 @@ impl<B: Backend> CausalLm<B, Dense<B>> {
                 rms: spec.norm == NormKind::Rms,
             })
         };
-        let dense = |layer: usize, kind: SiteKind| -> Result<Dense<B>> {
-            let module = spec.hf_module(layer, kind);
-            let shape = spec.site_shape(kind);
-            let w = t2(&format!("{module}.weight"), shape)?;
-            let b = if spec.site_has_bias(kind) {
-                Some(t1(&format!("{module}.bias"), shape[0])?)
-            } else {
-                None
-            };
-            Ok(Dense::new(w, b))
-        };
         let mut blocks = Vec::with_capacity(spec.num_layers);
         for (l, (n1, n2)) in names.block_norms.iter().enumerate() {
+            let mut load = |kind: SiteKind| projection(&spec, ckpt, Site::new(l, kind), device);
             let attn_in = match spec.qkv {
-                QkvLayout::Separate => vec![
-                    dense(l, SiteKind::Q)?,
-                    dense(l, SiteKind::K)?,
-                    dense(l, SiteKind::V)?,
-                ],
-                _ => vec![dense(l, SiteKind::Qkv)?],
+                QkvLayout::Separate => vec![load(SiteKind::Q)?, load(SiteKind::K)?, load(SiteKind::V)?],
+                _ => vec![load(SiteKind::Qkv)?],
             };
+            let attn_out = load(SiteKind::O)?;
+            let mlp_gate = if spec.gated_mlp { Some(load(SiteKind::Gate)?) } else { None };
+            let mlp_up = load(SiteKind::Up)?;
+            let mlp_down = load(SiteKind::Down)?;
             blocks.push(Block {
                 attn_norm: norm(n1)?,
                 mlp_norm: norm(n2)?,
                 attn_in,
-                attn_out: dense(l, SiteKind::O)?,
-                mlp_gate: if spec.gated_mlp { Some(dense(l, SiteKind::Gate)?) } else { None },
-                mlp_up: dense(l, SiteKind::Up)?,
-                mlp_down: dense(l, SiteKind::Down)?,
+                attn_out,
+                mlp_gate,
+                mlp_up,
+                mlp_down,
             });
         }
         Ok(Self {

@@ -1,3 +1,28 @@
-//! Low-bit quantization (planned, see the SQFT issue): asymmetric round-to-nearest INT2-8 with
-//! per-group scales and zero points, AutoGPTQ-packed storage, dequantizing and INT4 kernels,
-//! and quantized projections for `secateur_models::CausalLm`.
+//! Low-bit quantization for secateur models.
+//!
+//! - [`rtn`]: asymmetric round-to-nearest quantization of a weight matrix to 2-8 bits with
+//!   per-group scales and zero points along the input dimension.
+//! - [`pack`]: AutoGPTQ's storage (`qweight`, `qzeros`, `scales`, `g_idx`), so that the
+//!   checkpoints secateur writes are read by existing GPTQ tools.
+//! - [`linear`]: [`QuantLinear`], a projection that keeps the packed weight in memory and runs a
+//!   dequantizing matmul (prefill) or an INT4 matrix-vector kernel (decoding).
+//! - [`checkpoint`]: writing and loading quantized Hugging Face checkpoints.
+
+pub mod checkpoint;
+pub mod linear;
+pub mod pack;
+pub mod rtn;
+
+pub use linear::{QuantLinear, QuantLm};
+pub use rtn::{quantize, QuantConfig, Quantized};
+
+/// Errors of quantization.
+#[derive(Debug, thiserror::Error)]
+pub enum QuantError {
+    #[error(transparent)]
+    Model(#[from] secateur_models::ModelError),
+    #[error("invalid quantization setting: {0}")]
+    Config(String),
+    #[error("{path}: {reason}")]
+    Checkpoint { path: std::path::PathBuf, reason: String },
+}

@@ -1,0 +1,171 @@
+//! Quantized Hugging Face checkpoints in the GPTQ format: `{module}.qweight`, `.qzeros`,
+//! `.scales`, `.g_idx` per projection, and `quantization_config` in `config.json`
+//! (`quant_method: gptq`, `sym: false`, `desc_act: false`, `checkpoint_format: gptq`).
+
+use std::path::Path;
+
+use burn::prelude::*;
+use secateur_models::weights::{encode_f32, write_atomic, write_safetensors, Checkpoint, Dtype, RawTensor, COPIED_FILES, WEIGHTS_FILE};
+use secateur_models::{ArchSpec, Dense, DenseLm, ModelError, Site};
+use serde_json::json;
+
+use crate::linear::{QuantLinear, QuantLm};
+use crate::pack::Packed;
+use crate::rtn::{quantize, QuantConfig, Quantized};
+use crate::QuantError;
+
+/// Quantizes every projection of a dense model (embeddings, norms and the head stay f32).
+pub fn quantize_model<B: Backend>(model: DenseLm<B>, cfg: QuantConfig) -> Result<QuantLm<B>, QuantError> {
+    model.map_projections(|site, dense: Dense<B>| {
+        let [o, i] = dense.shape();
+        let w: Vec<f32> = dense.weight.val().into_data().convert::<f32>().to_vec().expect("f32 weight");
+        let q = quantize(&w, o, i, cfg).map_err(|e| QuantError::Config(format!("{site}: {e}")))?;
+        let packed = Packed::pack(&q).map_err(|e| QuantError::Config(format!("{site}: {e}")))?;
+        Ok(QuantLinear::new(packed, dense.bias.map(|b| b.val())))
+    })
+}
+
+/// Quantizes one dense projection's weight (for callers that need the unpacked values).
+pub fn quantize_dense<B: Backend>(dense: &Dense<B>, cfg: QuantConfig) -> Result<Quantized, QuantError> {
+    let [o, i] = dense.shape();
+    let w: Vec<f32> = dense.weight.val().into_data().convert::<f32>().to_vec().expect("f32 weight");
+    quantize(&w, o, i, cfg)
+}
+
+fn i32_bytes(v: impl Iterator<Item = i32>) -> Vec<u8> {
+    v.flat_map(|x| x.to_le_bytes()).collect()
+}
+
+/// Writes a quantized model in `out`, laid out like its dense source `src`: every tensor of
+/// `src` except the projection weights, plus the packed tensors; `config.json` gains the
+/// `quantization_config`. Returns the size in bytes of the written weights file.
+pub fn write_quantized<B: Backend>(src: &Path, out: &Path, model: &QuantLm<B>) -> Result<u64, QuantError> {
+    std::fs::create_dir_all(out).map_err(|e| ModelError::Io { path: out.to_path_buf(), source: e })?;
+    let ckpt = Checkpoint::open(src)?;
+    let spec = model.spec();
+    let mut tensors: Vec<RawTensor> = Vec::new();
+    let mut replaced = std::collections::HashSet::new();
+    let mut cfg = None;
+    for (site, p) in model.projections() {
+        let module = spec.hf_module(site.layer, site.kind);
+        replaced.insert(format!("{module}.weight"));
+        let pk = &*p.packed;
+        cfg = Some(pk.config);
+        let v = 32 / pk.config.bits as usize;
+        let groups = pk.scales.len() / pk.out_features;
+        tensors.push((format!("{module}.qweight"), Dtype::I32, vec![pk.in_features / v, pk.out_features], i32_bytes(pk.qweight.iter().map(|&w| w as i32))));
+        tensors.push((format!("{module}.qzeros"), Dtype::I32, vec![groups, pk.out_features / v], i32_bytes(pk.qzeros.iter().map(|&w| w as i32))));
+        tensors.push((format!("{module}.scales"), Dtype::F16, vec![groups, pk.out_features], pk.scales.iter().flat_map(|s| s.to_le_bytes()).collect()));
+        tensors.push((format!("{module}.g_idx"), Dtype::I32, vec![pk.in_features], i32_bytes(pk.g_idx.iter().copied())));
+        if let Some(b) = &p.bias {
+            let name = format!("{module}.bias");
+            let dtype = ckpt.raw(&name).map_or(Dtype::F32, |(d, _, _)| d);
+            let vals: Vec<f32> = b.val().into_data().convert::<f32>().to_vec().expect("f32");
+            tensors.push((name.clone(), dtype, vec![vals.len()], encode_f32(&vals, dtype).expect("float dtype")));
+            replaced.insert(name);
+        }
+    }
+    for name in ckpt.names() {
+        if !replaced.contains(&name) {
+            let (dtype, shape, bytes) = ckpt.raw(&name).expect("listed tensor");
+            tensors.push((name, dtype, shape.to_vec(), bytes.to_vec()));
+        }
+    }
+    let meta = Some([("format".to_string(), "pt".to_string())].into_iter().collect());
+    let weights = out.join(WEIGHTS_FILE);
+    write_safetensors(&weights, &tensors, meta)?;
+    let cfg = cfg.ok_or_else(|| QuantError::Config("the model has no projections".into()))?;
+    let config_path = src.join("config.json");
+    let text = std::fs::read_to_string(&config_path).map_err(|e| ModelError::Io { path: config_path.clone(), source: e })?;
+    let mut config: serde_json::Value = serde_json::from_str(&text).map_err(|e| ModelError::Json { path: config_path.clone(), source: e })?;
+    config["quantization_config"] = json!({
+        "quant_method": "gptq",
+        "bits": cfg.bits,
+        "group_size": cfg.group_size.map_or(-1, |g| g as i64),
+        "sym": false,
+        "desc_act": false,
+        "checkpoint_format": "gptq",
+        "true_sequential": true,
+    });
+    write_atomic(&out.join("config.json"), serde_json::to_string_pretty(&config).expect("JSON").as_bytes())?;
+    for f in COPIED_FILES.iter().filter(|f| **f != "config.json") {
+        let from = src.join(f);
+        if from.is_file() {
+            let bytes = std::fs::read(&from).map_err(|e| ModelError::Io { path: from.clone(), source: e })?;
+            write_atomic(&out.join(f), &bytes)?;
+        }
+    }
+    Ok(std::fs::metadata(&weights).map(|m| m.len()).unwrap_or(0))
+}
+
+/// The `quantization_config` of a checkpoint directory, if any.
+pub fn quant_config(dir: &Path) -> Result<Option<QuantConfig>, QuantError> {
+    let path = dir.join("config.json");
+    let text = std::fs::read_to_string(&path).map_err(|e| ModelError::Io { path: path.clone(), source: e })?;
+    let v: serde_json::Value = serde_json::from_str(&text).map_err(|e| ModelError::Json { path: path.clone(), source: e })?;
+    let Some(q) = v.get("quantization_config") else { return Ok(None) };
+    let bad = |field: &str, reason: &str| QuantError::Checkpoint { path: path.clone(), reason: format!("quantization_config.{field}: {reason}") };
+    if q.get("quant_method").and_then(|m| m.as_str()) != Some("gptq") {
+        return Err(bad("quant_method", "only gptq checkpoints are read"));
+    }
+    if q.get("desc_act").and_then(|m| m.as_bool()) == Some(true) {
+        return Err(bad("desc_act", "act-order checkpoints are not supported"));
+    }
+    if let Some(f) = q.get("checkpoint_format").and_then(|m| m.as_str())
+        && f != "gptq"
+    {
+        return Err(bad("checkpoint_format", "only the gptq (v1) format is read"));
+    }
+    let bits = q.get("bits").and_then(|b| b.as_u64()).ok_or_else(|| bad("bits", "missing"))? as u32;
+    let group = q.get("group_size").and_then(|g| g.as_i64()).unwrap_or(-1);
+    Ok(Some(QuantConfig { bits, group_size: (group > 0).then_some(group as usize) }))
+}
+
+/// Loads a quantized checkpoint written by [`write_quantized`] (or by GPTQ tools with
+/// `sym: false`, `desc_act: false`, 2/4/8 bits).
+pub fn load_quantized<B: Backend>(dir: &Path, device: &B::Device) -> Result<QuantLm<B>, QuantError> {
+    let cfg = quant_config(dir)?.ok_or_else(|| QuantError::Checkpoint { path: dir.join("config.json"), reason: "no quantization_config".into() })?;
+    let spec = ArchSpec::from_config_file(&dir.join("config.json"))?;
+    let ckpt = Checkpoint::open(dir)?;
+    let model = secateur_models::CausalLm::from_checkpoint_with(spec, &ckpt, device, |spec, ckpt, site, device| {
+        load_projection(spec, ckpt, site, cfg, device)
+    })?;
+    Ok(model)
+}
+
+fn load_projection<B: Backend>(spec: &ArchSpec, ckpt: &Checkpoint, site: Site, cfg: QuantConfig, device: &B::Device) -> Result<QuantLinear<B>, ModelError> {
+    let module = spec.hf_module(site.layer, site.kind);
+    let [o, i] = spec.site_shape(site.kind);
+    let v = 32 / cfg.bits as usize;
+    let g = cfg.group(i);
+    let groups = i / g;
+    let raw = |name: String, dtype: Dtype, shape: Vec<usize>| -> Result<Vec<u8>, ModelError> {
+        let (d, s, bytes) = ckpt.raw(&name).ok_or_else(|| ModelError::MissingTensor { path: ckpt.path_of(&name).to_path_buf(), name: name.clone() })?;
+        if s != shape.as_slice() {
+            return Err(ModelError::ShapeMismatch { path: ckpt.path_of(&name).to_path_buf(), name, expected: shape, found: s.to_vec() });
+        }
+        if d != dtype {
+            return Err(ModelError::UnsupportedDtype { path: ckpt.path_of(&name).to_path_buf(), name, dtype: format!("{d:?} (expected {dtype:?})") });
+        }
+        Ok(bytes.to_vec())
+    };
+    let words = |b: Vec<u8>| -> Vec<u32> { b.chunks_exact(4).map(|c| u32::from_le_bytes(c.try_into().expect("4 bytes"))).collect() };
+    let qweight = words(raw(format!("{module}.qweight"), Dtype::I32, vec![i / v, o])?);
+    let qzeros = words(raw(format!("{module}.qzeros"), Dtype::I32, vec![groups, o / v])?);
+    let scales = raw(format!("{module}.scales"), Dtype::F16, vec![groups, o])?
+        .chunks_exact(2)
+        .map(|c| half::f16::from_le_bytes([c[0], c[1]]))
+        .collect();
+    let g_idx: Vec<i32> = words(raw(format!("{module}.g_idx"), Dtype::I32, vec![i])?).into_iter().map(|w| w as i32).collect();
+    if g_idx.iter().enumerate().any(|(c, &gi)| gi as usize != c / g) {
+        return Err(ModelError::InvalidConfig { path: ckpt.path_of(&format!("{module}.g_idx")).to_path_buf(), field: format!("{module}.g_idx"), reason: "act-order group indices are not supported".into() });
+    }
+    let bias = if spec.site_has_bias(site.kind) {
+        let data = ckpt.read_f32(&format!("{module}.bias"), &[o])?;
+        Some(Tensor::from_data(TensorData::new(data, [o]), device))
+    } else {
+        None
+    };
+    let packed = Packed { out_features: o, in_features: i, config: cfg, qweight, qzeros, scales, g_idx };
+    Ok(QuantLinear::new(packed, bias))
+}

@@ -1,0 +1,158 @@
+//! The quantized projection: packed weights in memory, a dequantizing matmul for prefill and an
+//! INT-n matrix-vector kernel for decoding.
+
+use std::sync::Arc;
+
+use burn::module::{Module, Param};
+use burn::prelude::*;
+use rayon::prelude::*;
+use secateur_models::{CausalLm, Projection};
+
+use crate::pack::Packed;
+
+/// Rows (tokens) up to which the matrix-vector kernel is used instead of dequantizing.
+pub const KERNEL_MAX_ROWS: usize = 4;
+
+/// A projection whose weight is stored packed (AutoGPTQ layout).
+#[derive(Module, Debug)]
+pub struct QuantLinear<B: Backend> {
+    #[module(skip)]
+    pub packed: Arc<Packed>,
+    /// Zero points unpacked once, `[groups, out]` as f32 (small: one per group and output).
+    #[module(skip)]
+    pub zeros: Arc<Vec<f32>>,
+    /// Scales `[groups, out]` as f32.
+    #[module(skip)]
+    pub scales: Arc<Vec<f32>>,
+    pub bias: Option<Param<Tensor<B, 1>>>,
+}
+
+impl<B: Backend> QuantLinear<B> {
+    /// Wraps packed tensors (and an optional bias).
+    pub fn new(packed: Packed, bias: Option<Tensor<B, 1>>) -> Self {
+        let q = packed.unpack();
+        let (o, groups) = (q.out_features, q.groups());
+        let mut zeros = vec![0f32; groups * o];
+        let mut scales = vec![0f32; groups * o];
+        for r in 0..o {
+            for g in 0..groups {
+                zeros[g * o + r] = q.zeros[r * groups + g] as f32;
+                scales[g * o + r] = q.scales[r * groups + g];
+            }
+        }
+        Self {
+            packed: Arc::new(packed),
+            zeros: Arc::new(zeros),
+            scales: Arc::new(scales),
+            bias: bias.map(Param::from_tensor),
+        }
+    }
+
+    /// The dequantized weight `[out, in]` (row-major).
+    pub fn dequantized(&self) -> Vec<f32> {
+        self.packed.unpack().dequantize()
+    }
+
+    /// Bytes held for the weight (packed values, zero points, scales, group indices).
+    pub fn weight_bytes(&self) -> usize {
+        self.packed.bytes()
+    }
+
+    /// `y = x·Wᵀ` for a few rows `x: [rows, in]` (row-major), straight from the packed words:
+    /// per group, `s·(Σ x·q − z·Σ x)`. Outputs are split across threads.
+    pub fn matvec(&self, x: &[f32], rows: usize) -> Vec<f32> {
+        let p = &*self.packed;
+        let (o, i) = (p.out_features, p.in_features);
+        let bits = p.config.bits as usize;
+        let v = 32 / bits;
+        let mask = (1u32 << bits) - 1;
+        let g = p.config.group(i);
+        let groups = i / g;
+        let mut y = vec![0f32; rows * o];
+        const CHUNK: usize = 64;
+        y.par_chunks_mut(o).zip(x.par_chunks(i)).for_each(|(yr, xr)| {
+            let sums: Vec<f32> = xr.chunks(g).map(|c| c.iter().sum()).collect();
+            yr.par_chunks_mut(CHUNK).enumerate().for_each(|(ci, out)| {
+                let o0 = ci * CHUNK;
+                let n = out.len();
+                let mut acc = vec![0f32; n];
+                for gi in 0..groups {
+                    acc.iter_mut().for_each(|a| *a = 0.0);
+                    for w in (gi * g / v)..((gi + 1) * g / v) {
+                        let xs = &xr[w * v..w * v + v];
+                        let words = &p.qweight[w * o + o0..w * o + o0 + n];
+                        for (a, &word) in acc.iter_mut().zip(words) {
+                            let mut s = 0f32;
+                            for (k, xv) in xs.iter().enumerate() {
+                                s += xv * ((word >> (bits * k)) & mask) as f32;
+                            }
+                            *a += s;
+                        }
+                    }
+                    let (zs, ss) = (&self.zeros[gi * o + o0..gi * o + o0 + n], &self.scales[gi * o + o0..gi * o + o0 + n]);
+                    for j in 0..n {
+                        out[j] += ss[j] * (acc[j] - zs[j] * sums[gi]);
+                    }
+                }
+            });
+        });
+        y
+    }
+}
+
+impl<B: Backend> Projection<B> for QuantLinear<B> {
+    fn forward(&self, x: Tensor<B, 3>) -> Tensor<B, 3> {
+        let [b, s, i] = x.dims();
+        let o = self.packed.out_features;
+        let device = x.device();
+        let y = if b * s <= KERNEL_MAX_ROWS {
+            let xv: Vec<f32> = x.into_data().convert::<f32>().to_vec().expect("f32 input");
+            let y = self.matvec(&xv, b * s);
+            Tensor::<B, 2>::from_data(TensorData::new(y, [b * s, o]), &device)
+        } else {
+            let w = Tensor::<B, 2>::from_data(TensorData::new(self.dequantized(), [o, i]), &device);
+            x.reshape([b * s, i]).matmul(w.transpose())
+        };
+        let y = match &self.bias {
+            Some(bias) => y + bias.val().unsqueeze::<2>(),
+            None => y,
+        };
+        y.reshape([b, s, o])
+    }
+}
+
+/// A model with quantized projections.
+pub type QuantLm<B> = CausalLm<B, QuantLinear<B>>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::rtn::{quantize, QuantConfig};
+
+    type B = secateur_models::Cpu;
+
+    #[test]
+    fn kernel_and_dequantizing_matmul_agree_with_the_dequantized_weight() {
+        let (o, i) = (96, 256);
+        let w: Vec<f32> = (0..o * i).map(|k| ((k * 7919 % 997) as f32 / 498.5) - 1.0).collect();
+        for cfg in [QuantConfig { bits: 4, group_size: Some(128) }, QuantConfig { bits: 4, group_size: None }, QuantConfig { bits: 8, group_size: Some(64) }] {
+            let q = quantize(&w, o, i, cfg).unwrap();
+            let deq = q.dequantize();
+            let lin = QuantLinear::<B>::new(Packed::pack(&q).unwrap(), None);
+            let device = Default::default();
+            for rows in [1usize, 3, 9] {
+                let x: Vec<f32> = (0..rows * i).map(|k| ((k * 31 % 17) as f32 - 8.0) / 8.0).collect();
+                let want: Vec<f32> = (0..rows)
+                    .flat_map(|r| {
+                        let (x, deq) = (&x, &deq);
+                        (0..o).map(move |c| (0..i).map(|j| x[r * i + j] as f64 * deq[c * i + j] as f64).sum::<f64>() as f32)
+                    })
+                    .collect();
+                let xt = Tensor::<B, 3>::from_data(TensorData::new(x, [1, rows, i]), &device);
+                let got: Vec<f32> = lin.forward(xt).into_data().to_vec().unwrap();
+                let worst = want.iter().zip(&got).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
+                assert!(worst < 2e-3, "{cfg:?}, {rows} rows: {worst}");
+            }
+        }
+    }
+}

@@ -1,0 +1,143 @@
+//! AutoGPTQ's packed storage (`checkpoint_format: gptq`).
+//!
+//! For `bits` in {2, 4, 8} (`vals = 32 / bits` values per 32-bit word):
+//! - `qweight`: int32 `[in / vals, out]`; word `[i, o]` holds `q[o, vals·i + k]` at bits
+//!   `bits·k`;
+//! - `qzeros`: int32 `[groups, out / vals]`; word `[g, j]` holds `zero[vals·j + k, g] - 1` at bits
+//!   `bits·k` (AutoGPTQ stores zero points minus one);
+//! - `scales`: f16 `[groups, out]`; `g_idx`: int32 `[in]`, the group of every input.
+//!
+//! A zero point of 0 is stored as `-1` (all ones) and reads back as `2^bits`, which AutoGPTQ's
+//! own kernels then use as is: that is the known overflow of this format (fixed by
+//! `gptq_v2`). secateur reads it back modulo `2^bits`, so its own round trip is exact.
+
+use crate::rtn::{QuantConfig, Quantized};
+use crate::QuantError;
+
+/// Packed tensors of one projection.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Packed {
+    pub out_features: usize,
+    pub in_features: usize,
+    pub config: QuantConfig,
+    /// `[in / vals, out]`.
+    pub qweight: Vec<u32>,
+    /// `[groups, out / vals]`.
+    pub qzeros: Vec<u32>,
+    /// `[groups, out]`.
+    pub scales: Vec<half::f16>,
+    /// `[in]`.
+    pub g_idx: Vec<i32>,
+}
+
+fn vals(bits: u32) -> Result<usize, QuantError> {
+    if 32 % bits != 0 {
+        return Err(QuantError::Config(format!("{bits}-bit values cannot be packed in the GPTQ layout (2, 4 or 8 bits)")));
+    }
+    Ok((32 / bits) as usize)
+}
+
+impl Packed {
+    /// Packs a quantized matrix.
+    pub fn pack(q: &Quantized) -> Result<Self, QuantError> {
+        let bits = q.config.bits;
+        let v = vals(bits)?;
+        let (o, i) = (q.out_features, q.in_features);
+        if i % v != 0 || o % v != 0 {
+            return Err(QuantError::Config(format!("a {o}x{i} matrix cannot be packed {v} values per word")));
+        }
+        let g = q.config.group(i);
+        let groups = q.groups();
+        let mut qweight = vec![0u32; i / v * o];
+        for r in 0..o {
+            for c in 0..i {
+                qweight[(c / v) * o + r] |= (q.q[r * i + c] as u32) << (bits as usize * (c % v));
+            }
+        }
+        let mask = (1u32 << bits) - 1;
+        let mut qzeros = vec![0u32; groups * (o / v)];
+        for gi in 0..groups {
+            for r in 0..o {
+                let z = (q.zeros[r * groups + gi] as u32).wrapping_sub(1) & mask;
+                qzeros[gi * (o / v) + r / v] |= z << (bits as usize * (r % v));
+            }
+        }
+        let mut scales = vec![half::f16::ZERO; groups * o];
+        for r in 0..o {
+            for gi in 0..groups {
+                scales[gi * o + r] = half::f16::from_f32(q.scales[r * groups + gi]);
+            }
+        }
+        let g_idx = (0..i).map(|c| (c / g) as i32).collect();
+        Ok(Self { out_features: o, in_features: i, config: q.config, qweight, qzeros, scales, g_idx })
+    }
+
+    /// Unpacks into the quantized matrix.
+    pub fn unpack(&self) -> Quantized {
+        let bits = self.config.bits as usize;
+        let v = 32 / bits;
+        let (o, i) = (self.out_features, self.in_features);
+        let mask = (1u32 << bits) - 1;
+        let groups = self.scales.len() / o;
+        let mut q = vec![0u8; o * i];
+        for c in 0..i {
+            for r in 0..o {
+                q[r * i + c] = ((self.qweight[(c / v) * o + r] >> (bits * (c % v))) & mask) as u8;
+            }
+        }
+        let mut zeros = vec![0u8; o * groups];
+        let mut scales = vec![0f32; o * groups];
+        for gi in 0..groups {
+            for r in 0..o {
+                let stored = (self.qzeros[gi * (o / v) + r / v] >> (bits * (r % v))) & mask;
+                zeros[r * groups + gi] = ((stored + 1) & mask) as u8;
+                scales[r * groups + gi] = self.scales[gi * o + r].to_f32();
+            }
+        }
+        Quantized { out_features: o, in_features: i, config: self.config, q, scales, zeros }
+    }
+
+    /// Bytes of the packed tensors.
+    pub fn bytes(&self) -> usize {
+        4 * (self.qweight.len() + self.qzeros.len() + self.g_idx.len()) + 2 * self.scales.len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::rtn::quantize;
+    use proptest::prelude::*;
+
+    proptest! {
+        #[test]
+        fn packing_round_trips(o8 in 1usize..4, i16 in 1usize..4, bits in prop::sample::select(vec![2u32, 4, 8]), per_channel in prop::bool::ANY, seed in 0u64..1000) {
+            let (o, i) = (o8 * 16, i16 * 16);
+            let w: Vec<f32> = (0..o * i).map(|k| (((k as u64 * 2654435761 + seed) % 1000) as f32 / 250.0) - 2.0).collect();
+            let cfg = QuantConfig { bits, group_size: if per_channel { None } else { Some(16) } };
+            let q = quantize(&w, o, i, cfg).unwrap();
+            let packed = Packed::pack(&q).unwrap();
+            prop_assert_eq!(packed.qweight.len(), i * bits as usize / 32 * o);
+            prop_assert_eq!(packed.unpack(), q);
+        }
+    }
+
+    #[test]
+    fn layout_by_hand() {
+        // One output row of 8 inputs, 4 bits: q = 0..8 -> one word 0x76543210 per input block.
+        let q = Quantized {
+            out_features: 8,
+            in_features: 8,
+            config: QuantConfig { bits: 4, group_size: None },
+            q: (0..64).map(|k| (k % 8) as u8).collect(),
+            scales: vec![0.5; 8],
+            zeros: (0..8).map(|r| r as u8).collect(),
+        };
+        let p = Packed::pack(&q).unwrap();
+        assert_eq!(p.qweight, vec![0x7654_3210; 8]);
+        // Zero points minus one, 8 per word along the outputs; zero 0 wraps to 0xF.
+        assert_eq!(p.qzeros, vec![0x6543_210F]);
+        assert_eq!(p.g_idx, vec![0; 8]);
+        assert_eq!(p.unpack(), q);
+    }
+}
