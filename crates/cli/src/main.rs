@@ -102,6 +102,19 @@ enum Command {
     /// base, sub-adapter evaluation, and a report. With no arguments it runs on the embedded
     /// tiny LLaMA and arithmetic word problems (CPU).
     Shears(shears::ShearsArgs),
+    /// Quantize every projection (asymmetric round-to-nearest, per-group scales and zero points)
+    /// and write a GPTQ-format checkpoint that secateur and GPTQ tools load.
+    Quantize {
+        #[command(flatten)]
+        model: ModelArgs,
+        #[arg(long, default_value_t = 4)]
+        bits: u32,
+        /// Inputs per group (-1 or 0: one group per row).
+        #[arg(long, default_value_t = 128, allow_hyphen_values = true)]
+        group_size: i64,
+        #[arg(long)]
+        out: PathBuf,
+    },
     /// Search the sub-adapters of a finished `secateur shears` run on its validation split, then
     /// measure the chosen ones on the test split.
     Search(search_cmd::SearchArgs),
@@ -141,6 +154,8 @@ enum CliError {
     Sparsity(#[from] secateur_sparsity::SparsityError),
     #[error(transparent)]
     Lora(#[from] secateur_elastic_lora::LoraError),
+    #[error(transparent)]
+    Quant(#[from] secateur_quant::QuantError),
     #[error("{0}")]
     Usage(String),
     #[error(transparent)]
@@ -171,7 +186,8 @@ fn device_of(cmd: &Command) -> DeviceKind {
         Command::Info { model }
         | Command::Logits { model, .. }
         | Command::Generate { model, .. }
-        | Command::Prune { model, .. } => model.device,
+        | Command::Prune { model, .. }
+        | Command::Quantize { model, .. } => model.device,
         Command::Shears(_) | Command::Search(_) | Command::MooBench { .. } => DeviceKind::Cpu,
     }
 }
@@ -209,11 +225,17 @@ fn run(cli: Cli) -> Result<(), CliError> {
 fn run_on<B: Backend>(cmd: Command, device: B::Device) -> Result<(), CliError> {
     match cmd {
         Command::Info { model } => {
-            let m = DenseLm::<B>::load(&model.model, &device)?;
-            emit(&serde_json::to_string_pretty(&info(&m)).expect("JSON"));
+            let m = AnyLm::<B>::load(&model.model, &device)?;
+            let mut v = with_lm!(&m, |m| info(m));
+            if let AnyLm::Quant(q) = &m {
+                let bytes: usize = q.projections().iter().map(|(_, p)| p.weight_bytes()).sum();
+                v["quantized_projection_bytes"] = json!(bytes);
+                v["quantization"] = json!(q.projections()[0].1.packed.config);
+            }
+            emit(&serde_json::to_string_pretty(&v).expect("JSON"));
         }
         Command::Logits { model, input_ids } => {
-            let m = DenseLm::<B>::load(&model.model, &device)?;
+            let m = AnyLm::<B>::load(&model.model, &device)?;
             let seqs = read_input_ids(&input_ids, m.spec().vocab_size)?;
             let width = seqs.iter().map(Vec::len).max().unwrap_or(0);
             let ids: Vec<Vec<u32>> = seqs
@@ -224,7 +246,7 @@ fn run_on<B: Backend>(cmd: Command, device: B::Device) -> Result<(), CliError> {
                 .iter()
                 .map(|s| (0..width).map(|t| t < s.len()).collect())
                 .collect();
-            let logits = m.forward(token_tensor::<B>(&ids, &device), &mask)?;
+            let logits = with_lm!(&m, |m| m.forward(token_tensor::<B>(&ids, &device), &mask))?;
             let v = m.spec().vocab_size;
             let flat: Vec<f32> = logits.into_data().convert::<f32>().to_vec().expect("f32 logits");
             let out: Vec<Vec<&[f32]>> = seqs
@@ -243,7 +265,7 @@ fn run_on<B: Backend>(cmd: Command, device: B::Device) -> Result<(), CliError> {
             seed,
             no_cache,
         } => {
-            let m = DenseLm::<B>::load(&model.model, &device)?;
+            let m = AnyLm::<B>::load(&model.model, &device)?;
             let tok = TextTokenizer::from_file(&model.model.join("tokenizer.json"))?;
             let ids = tok.encode(&prompt)?;
             let opts = GenerateOptions {
@@ -254,8 +276,18 @@ fn run_on<B: Backend>(cmd: Command, device: B::Device) -> Result<(), CliError> {
                 eos_token_ids: m.spec().eos_token_ids.clone(),
                 use_cache: !no_cache,
             };
-            let out = generate(&m, &[ids], &opts, &device)?;
+            let out = with_lm!(&m, |m| generate(m, &[ids], &opts, &device))?;
             emit(&tok.decode(&out[0])?);
+        }
+        Command::Quantize { model, bits, group_size, out } => {
+            let m = DenseLm::<B>::load(&model.model, &device)?;
+            let cfg = secateur_quant::QuantConfig { bits, group_size: (group_size > 0).then_some(group_size as usize) };
+            let q = secateur_quant::checkpoint::quantize_model(m, cfg)?;
+            let bytes = secateur_quant::checkpoint::write_quantized(&model.model, &out, &q)?;
+            let source: u64 = std::fs::read_dir(&model.model)
+                .map(|d| d.filter_map(|e| e.ok()).filter(|e| e.file_name().to_string_lossy().ends_with(".safetensors")).filter_map(|e| e.metadata().ok()).map(|m| m.len()).sum())
+                .unwrap_or(0);
+            emit(&serde_json::to_string(&json!({"out": out, "bits": bits, "group_size": group_size, "weights_bytes": bytes, "source_weights_bytes": source})).expect("JSON"));
         }
         Command::Shears(_) | Command::Search(_) | Command::MooBench { .. } => unreachable!("handled in run"),
         Command::Prune {
@@ -312,6 +344,36 @@ fn run_on<B: Backend>(cmd: Command, device: B::Device) -> Result<(), CliError> {
         }
     }
     Ok(())
+}
+
+/// A dense or a quantized model, chosen by the checkpoint's `quantization_config`.
+enum AnyLm<B: Backend> {
+    Dense(DenseLm<B>),
+    Quant(secateur_quant::QuantLm<B>),
+}
+
+/// Runs an expression on whichever model an [`AnyLm`] holds.
+macro_rules! with_lm {
+    ($m:expr, |$x:ident| $body:expr) => {
+        match $m {
+            AnyLm::Dense($x) => $body,
+            AnyLm::Quant($x) => $body,
+        }
+    };
+}
+use with_lm;
+
+impl<B: Backend> AnyLm<B> {
+    fn load(dir: &Path, device: &B::Device) -> Result<Self, CliError> {
+        if dir.join("config.json").is_file() && secateur_quant::checkpoint::quant_config(dir)?.is_some() {
+            return Ok(Self::Quant(secateur_quant::checkpoint::load_quantized(dir, device)?));
+        }
+        Ok(Self::Dense(DenseLm::load(dir, device)?))
+    }
+
+    fn spec(&self) -> &secateur_models::ArchSpec {
+        with_lm!(self, |m| m.spec())
+    }
 }
 
 /// Parses `a,b;c,d` into points.
@@ -390,7 +452,7 @@ fn emit(text: &str) {
     let _ = writeln!(out, "{text}").and_then(|()| out.flush());
 }
 
-fn info<B: Backend>(m: &DenseLm<B>) -> serde_json::Value {
+fn info<B: Backend, P: secateur_models::Projection<B>>(m: &secateur_models::CausalLm<B, P>) -> serde_json::Value {
     let s = m.spec();
     let sites: Vec<_> = m
         .sites()

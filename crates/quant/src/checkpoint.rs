@@ -138,7 +138,7 @@ fn load_projection<B: Backend>(spec: &ArchSpec, ckpt: &Checkpoint, site: Site, c
     let [o, i] = spec.site_shape(site.kind);
     let v = 32 / cfg.bits as usize;
     let g = cfg.group(i);
-    let groups = i / g;
+    let groups = i.div_ceil(g);
     let raw = |name: String, dtype: Dtype, shape: Vec<usize>| -> Result<Vec<u8>, ModelError> {
         let (d, s, bytes) = ckpt.raw(&name).ok_or_else(|| ModelError::MissingTensor { path: ckpt.path_of(&name).to_path_buf(), name: name.clone() })?;
         if s != shape.as_slice() {

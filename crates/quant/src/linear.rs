@@ -67,7 +67,7 @@ impl<B: Backend> QuantLinear<B> {
         let v = 32 / bits;
         let mask = (1u32 << bits) - 1;
         let g = p.config.group(i);
-        let groups = i / g;
+        let groups = i.div_ceil(g);
         let mut y = vec![0f32; rows * o];
         const CHUNK: usize = 64;
         y.par_chunks_mut(o).zip(x.par_chunks(i)).for_each(|(yr, xr)| {
@@ -78,7 +78,7 @@ impl<B: Backend> QuantLinear<B> {
                 let mut acc = vec![0f32; n];
                 for gi in 0..groups {
                     acc.iter_mut().for_each(|a| *a = 0.0);
-                    for w in (gi * g / v)..((gi + 1) * g / v) {
+                    for w in (gi * g / v)..(((gi + 1) * g).min(i) / v) {
                         let xs = &xr[w * v..w * v + v];
                         let words = &p.qweight[w * o + o0..w * o + o0 + n];
                         for (a, &word) in acc.iter_mut().zip(words) {
@@ -135,7 +135,7 @@ mod tests {
     fn kernel_and_dequantizing_matmul_agree_with_the_dequantized_weight() {
         let (o, i) = (96, 256);
         let w: Vec<f32> = (0..o * i).map(|k| ((k * 7919 % 997) as f32 / 498.5) - 1.0).collect();
-        for cfg in [QuantConfig { bits: 4, group_size: Some(128) }, QuantConfig { bits: 4, group_size: None }, QuantConfig { bits: 8, group_size: Some(64) }] {
+        for cfg in [QuantConfig { bits: 4, group_size: Some(128) }, QuantConfig { bits: 4, group_size: None }, QuantConfig { bits: 8, group_size: Some(64) }, QuantConfig { bits: 4, group_size: Some(48) }] {
             let q = quantize(&w, o, i, cfg).unwrap();
             let deq = q.dequantize();
             let lin = QuantLinear::<B>::new(Packed::pack(&q).unwrap(), None);

@@ -43,10 +43,10 @@ impl Packed {
         let bits = q.config.bits;
         let v = vals(bits)?;
         let (o, i) = (q.out_features, q.in_features);
-        if i % v != 0 || o % v != 0 {
-            return Err(QuantError::Config(format!("a {o}x{i} matrix cannot be packed {v} values per word")));
-        }
         let g = q.config.group(i);
+        if i % v != 0 || o % v != 0 || (g % v != 0 && g != i) {
+            return Err(QuantError::Config(format!("a {o}x{i} matrix in groups of {g} cannot be packed {v} values per word")));
+        }
         let groups = q.groups();
         let mut qweight = vec![0u32; i / v * o];
         for r in 0..o {

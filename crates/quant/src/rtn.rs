@@ -1,7 +1,7 @@
 //! Asymmetric round-to-nearest (RTN) quantization with per-group scales and zero points.
 //!
 //! For every row and every group of `group_size` consecutive inputs (the whole row when
-//! `group_size` is `None`): the range is widened to include zero (GPTQ's convention:
+//! `group_size` is `None`; the last group of a row may be shorter, as in GPTQ): the range is widened to include zero (GPTQ's convention:
 //! `lo = min(min w, 0)`, `hi = max(max w, 0)`, and `[-1, 1]` for an all-zero group), then
 //! `scale = (hi - lo) / (2^bits - 1)`, `zero = round(-lo / scale)` (in `[0, 2^bits - 1]`),
 //! `q = clamp(round(w / scale) + zero, 0, 2^bits - 1)` and `w ≈ (q - zero) · scale`. Rounding is
@@ -47,9 +47,8 @@ impl QuantConfig {
         if !(2..=8).contains(&self.bits) {
             return Err(QuantError::Config(format!("{} bits: supported are 2 to 8", self.bits)));
         }
-        let g = self.group(in_features);
-        if g == 0 || in_features % g != 0 {
-            return Err(QuantError::Config(format!("{in_features} inputs are not divisible into groups of {g}")));
+        if self.group(in_features) == 0 {
+            return Err(QuantError::Config("the group size must be positive".into()));
         }
         Ok(())
     }
@@ -96,7 +95,7 @@ pub fn quantize(w: &[f32], out_features: usize, in_features: usize, config: Quan
         return Err(QuantError::Config(format!("{} values for a {out_features}x{in_features} matrix", w.len())));
     }
     let g = config.group(in_features);
-    let groups = in_features / g;
+    let groups = in_features.div_ceil(g);
     let maxq = config.maxq();
     let mut q = vec![0u8; w.len()];
     let mut scales = Vec::with_capacity(out_features * groups);
@@ -104,7 +103,7 @@ pub fn quantize(w: &[f32], out_features: usize, in_features: usize, config: Quan
     for r in 0..out_features {
         for k in 0..groups {
             let at = r * in_features + k * g;
-            let vals = &w[at..at + g];
+            let vals = &w[at..at + g.min(in_features - k * g)];
             let (scale, zero) = group_params(vals, maxq);
             scales.push(scale);
             zeros.push(zero);
@@ -117,9 +116,9 @@ pub fn quantize(w: &[f32], out_features: usize, in_features: usize, config: Quan
 }
 
 impl Quantized {
-    /// Number of groups per row.
+    /// Number of groups per row (the last one may be shorter, as GPTQ allows).
     pub fn groups(&self) -> usize {
-        self.in_features / self.config.group(self.in_features)
+        self.in_features.div_ceil(self.config.group(self.in_features))
     }
 
     /// Quantizes new values of the same shape with this matrix's scales and zero points
