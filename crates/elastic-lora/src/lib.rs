@@ -12,8 +12,9 @@ pub mod cost;
 pub mod lora;
 pub mod peft;
 pub mod space;
+pub mod sparse_peft;
 
-pub use lora::{adapter_params, attach, stable_param, AdaptedLm, ElasticLoraLinear, LoraAdapter, LoraConfig, RankControl, Scaling};
+pub use lora::{adapter_params, attach, stable_param, Adapted, AdaptedLm, ElasticLoraLinear, LoraAdapter, LoraConfig, RankControl, Scaling};
 pub use space::{SearchGroup, SearchSpace, SubnetConfig};
 
 /// Errors of adapters, search spaces and PEFT files.

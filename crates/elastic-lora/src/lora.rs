@@ -94,6 +94,21 @@ impl<B: Backend, P: Projection<B>> Projection<B> for ElasticLoraLinear<B, P> {
     }
 }
 
+/// Projections that may carry an elastic adapter (what training and export work on).
+pub trait Adapted<B: Backend> {
+    fn adapter(&self) -> Option<&LoraAdapter<B>>;
+    fn adapter_mut(&mut self) -> Option<&mut LoraAdapter<B>>;
+}
+
+impl<B: Backend, P: Module<B>> Adapted<B> for ElasticLoraLinear<B, P> {
+    fn adapter(&self) -> Option<&LoraAdapter<B>> {
+        self.adapter.as_ref()
+    }
+    fn adapter_mut(&mut self) -> Option<&mut LoraAdapter<B>> {
+        self.adapter.as_mut()
+    }
+}
+
 /// A model whose projections carry elastic adapters.
 pub type AdaptedLm<B, P = Dense<B>> = CausalLm<B, ElasticLoraLinear<B, P>>;
 
@@ -123,6 +138,11 @@ pub struct RankControl {
 }
 
 impl RankControl {
+    /// A control over the given rank cells (one per adapted site).
+    pub fn from_cells(space: SearchSpace, cells: HashMap<Site, Arc<AtomicUsize>>) -> Self {
+        Self { space, cells }
+    }
+
     /// Activates a sub-adapter: every site of group `g` gets rank `choices[config[g]]`.
     pub fn apply(&self, config: &SubnetConfig) -> Result<(), LoraError> {
         let ranks = self.space.ranks(config)?;

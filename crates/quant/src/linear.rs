@@ -105,7 +105,8 @@ impl<B: Backend> Projection<B> for QuantLinear<B> {
         let [b, s, i] = x.dims();
         let o = self.packed.out_features;
         let device = x.device();
-        let y = if b * s <= KERNEL_MAX_ROWS {
+        // The kernel runs on the host: only for inference (it would cut the autodiff graph).
+        let y = if b * s <= KERNEL_MAX_ROWS && !B::ad_enabled(&device) {
             let xv: Vec<f32> = x.into_data().convert::<f32>().to_vec().expect("f32 input");
             let y = self.matvec(&xv, b * s);
             Tensor::<B, 2>::from_data(TensorData::new(y, [b * s, o]), &device)
