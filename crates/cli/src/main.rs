@@ -2,6 +2,7 @@
 
 mod search_cmd;
 mod shears;
+mod sqft;
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -115,6 +116,9 @@ enum Command {
         #[arg(long)]
         out: PathBuf,
     },
+    /// SQFT: NLS on a quantized sparse base, SparsePEFT and QA-SparsePEFT (merged into sparse
+    /// FP32 and INT-n models), with the untuned and LoRA baselines, in one report.
+    Sqft(sqft::SqftArgs),
     /// Search the sub-adapters of a finished `secateur shears` run on its validation split, then
     /// measure the chosen ones on the test split.
     Search(search_cmd::SearchArgs),
@@ -188,7 +192,7 @@ fn device_of(cmd: &Command) -> DeviceKind {
         | Command::Generate { model, .. }
         | Command::Prune { model, .. }
         | Command::Quantize { model, .. } => model.device,
-        Command::Shears(_) | Command::Search(_) | Command::MooBench { .. } => DeviceKind::Cpu,
+        Command::Shears(_) | Command::Sqft(_) | Command::Search(_) | Command::MooBench { .. } => DeviceKind::Cpu,
     }
 }
 
@@ -196,6 +200,10 @@ fn run(cli: Cli) -> Result<(), CliError> {
     if let Command::Shears(args) = cli.command {
         let table = shears::run(args)?;
         emit(&table);
+        return Ok(());
+    }
+    if let Command::Sqft(args) = cli.command {
+        emit(&sqft::run(args)?);
         return Ok(());
     }
     if let Command::Search(args) = cli.command {
@@ -289,7 +297,7 @@ fn run_on<B: Backend>(cmd: Command, device: B::Device) -> Result<(), CliError> {
                 .unwrap_or(0);
             emit(&serde_json::to_string(&json!({"out": out, "bits": bits, "group_size": group_size, "weights_bytes": bytes, "source_weights_bytes": source})).expect("JSON"));
         }
-        Command::Shears(_) | Command::Search(_) | Command::MooBench { .. } => unreachable!("handled in run"),
+        Command::Shears(_) | Command::Sqft(_) | Command::Search(_) | Command::MooBench { .. } => unreachable!("handled in run"),
         Command::Prune {
             model,
             method,

@@ -129,6 +129,74 @@ pub fn load_task(args: &ShearsArgs) -> Result<Task, CliError> {
     }
 }
 
+/// Writes the embedded tiny model into `out/base` when no `--model` is given; returns the base.
+pub fn materialize_base(args: &ShearsArgs, out: &Path) -> Result<PathBuf, CliError> {
+    match &args.model {
+        Some(d) => Ok(d.clone()),
+        None => {
+            let d = out.join("base");
+            std::fs::create_dir_all(&d).map_err(|e| err(&d, e))?;
+            for (name, bytes) in [("config.json", TINY_CONFIG), ("model.safetensors", TINY_WEIGHTS), ("tokenizer.json", TINY_TOKENIZER)] {
+                write_atomic(&d.join(name), bytes)?;
+            }
+            Ok(d)
+        }
+    }
+}
+
+/// Rank choices and alpha of a run (defaults depend on whether the base is the embedded one).
+pub fn ranks_and_alpha(args: &ShearsArgs) -> (Vec<usize>, f64) {
+    let ranks = args.ranks.clone().unwrap_or_else(|| if args.model.is_none() { vec![16, 12, 8] } else { vec![32, 24, 16] });
+    let alpha = args.alpha.unwrap_or(2.0 * *ranks.iter().max().unwrap_or(&16) as f64);
+    (ranks, alpha)
+}
+
+/// Training settings of a run.
+pub fn train_config(args: &ShearsArgs, strategy: Strategy) -> TrainConfig {
+    TrainConfig {
+        strategy,
+        epochs: args.epochs,
+        batch_size: args.batch_size,
+        micro_batch_size: args.micro_batch_size.min(args.batch_size),
+        lr: args.lr,
+        warmup_steps: 10,
+        seed: args.seed,
+        checkpoint_every: args.checkpoint_every,
+        progress: true,
+        ..Default::default()
+    }
+}
+
+/// Wanda-prunes `dense` with calibration windows drawn from the task's calibration documents
+/// and writes the sparse checkpoint to `wanda_dir`. Returns the pruned model, its sparsity, its
+/// non-zero parameters and the pruning time.
+pub fn wanda(
+    args: &ShearsArgs,
+    base_dir: &Path,
+    wanda_dir: &Path,
+    dense: DenseLm<Cpu>,
+    tok: &TextTokenizer,
+    task: &Task,
+) -> Result<(DenseLm<Cpu>, f64, usize, f64), CliError> {
+    let cfg = PruneConfig {
+        method: ScoreMethod::Wanda,
+        pattern: Pattern::Unstructured { ratio: args.sparsity },
+        batch_size: 8,
+        progress: true,
+    };
+    let docs = task.calibration_docs.iter().map(|d| tok.encode(d)).collect::<Result<Vec<_>, _>>()?;
+    let seq_len = if args.model.is_none() { 64 } else { dense.spec().max_position_embeddings.unwrap_or(2048).min(2048) };
+    let calibration = sample_calibration(&docs, args.calibration_samples, seq_len, args.seed);
+    let clock = Instant::now();
+    let pruned = prune(dense, &calibration, &cfg)?;
+    let seconds = clock.elapsed().as_secs_f64();
+    let report = secateur_sparsity::checkpoint::write_pruned(base_dir, wanda_dir, &pruned.model, &pruned.masks, &cfg)?;
+    let sparsity = report["total_sparsity"].as_f64().unwrap_or(0.0);
+    let nonzero = report["nonzero_parameters"].as_u64().unwrap_or(0) as usize;
+    eprintln!("wanda: sparsity {sparsity:.3} in {seconds:.1}s");
+    Ok((pruned.model, sparsity, nonzero, seconds))
+}
+
 /// Runs the whole pipeline and writes `report.json` and `report.md` into the run directory.
 pub fn run(args: ShearsArgs) -> Result<String, CliError> {
     let total_clock = Instant::now();
@@ -141,20 +209,8 @@ pub fn run(args: ShearsArgs) -> Result<String, CliError> {
             out.display()
         )));
     }
-    let base_dir = match &args.model {
-        Some(d) => d.clone(),
-        None => {
-            let d = out.join("base");
-            std::fs::create_dir_all(&d).map_err(|e| err(&d, e))?;
-            for (name, bytes) in [("config.json", TINY_CONFIG), ("model.safetensors", TINY_WEIGHTS), ("tokenizer.json", TINY_TOKENIZER)] {
-                write_atomic(&d.join(name), bytes)?;
-            }
-            d
-        }
-    };
-    let embedded = args.model.is_none();
-    let ranks = args.ranks.clone().unwrap_or_else(|| if embedded { vec![16, 12, 8] } else { vec![32, 24, 16] });
-    let alpha = args.alpha.unwrap_or(2.0 * *ranks.iter().max().unwrap_or(&16) as f64);
+    let base_dir = materialize_base(&args, &out)?;
+    let (ranks, alpha) = ranks_and_alpha(&args);
     write_atomic(&started, serde_json::to_string_pretty(&json!({
         "base": base_dir, "ranks": ranks, "alpha": alpha, "args": args,
     })).expect("JSON").as_bytes())?;
@@ -190,23 +246,8 @@ pub fn run(args: ShearsArgs) -> Result<String, CliError> {
 
     // 2. Wanda.
     let wanda_dir = out.join("wanda");
-    let cfg = PruneConfig {
-        method: ScoreMethod::Wanda,
-        pattern: Pattern::Unstructured { ratio: args.sparsity },
-        batch_size: 8,
-        progress: true,
-    };
-    let docs = task.calibration_docs.iter().map(|d| tok.encode(d)).collect::<Result<Vec<_>, _>>()?;
-    let seq_len = if embedded { 64 } else { spec.max_position_embeddings.unwrap_or(2048).min(2048) };
-    let calibration = sample_calibration(&docs, args.calibration_samples, seq_len, args.seed);
-    let clock = Instant::now();
-    let pruned = prune(dense, &calibration, &cfg)?;
-    let prune_seconds = clock.elapsed().as_secs_f64();
-    let report = secateur_sparsity::checkpoint::write_pruned(&base_dir, &wanda_dir, &pruned.model, &pruned.masks, &cfg)?;
-    let sparsity = report["total_sparsity"].as_f64().unwrap_or(0.0);
-    let nonzero = report["nonzero_parameters"].as_u64().unwrap_or(0) as usize;
-    eprintln!("wanda: sparsity {sparsity:.3} in {prune_seconds:.1}s");
-    let acc = accuracy(&pruned.model, &tok, &task.test, AnswerKind::Math, args.max_new_tokens, 64, &device).map_err(|e| err(&wanda_dir, e))?;
+    let (pruned, sparsity, nonzero, prune_seconds) = wanda(&args, &base_dir, &wanda_dir, dense, &tok, &task)?;
+    let acc = accuracy(&pruned, &tok, &task.test, AnswerKind::Math, args.max_new_tokens, 64, &device).map_err(|e| err(&wanda_dir, e))?;
     eprintln!("wanda: accuracy {:.3}", acc.accuracy);
     rows.push(Row {
         name: format!("Wanda {:.0}% (no tuning)", args.sparsity * 100.0),
@@ -234,18 +275,7 @@ pub fn run(args: ShearsArgs) -> Result<String, CliError> {
         .map_err(|e| err(&out, e))?;
     let pad = eos.unwrap_or(0);
     let lora_cfg = LoraConfig { alpha, scaling: Scaling::MaxRank, seed: args.seed };
-    let train_cfg = |strategy| TrainConfig {
-        strategy,
-        epochs: args.epochs,
-        batch_size: args.batch_size,
-        micro_batch_size: args.micro_batch_size.min(args.batch_size),
-        lr: args.lr,
-        warmup_steps: 10,
-        seed: args.seed,
-        checkpoint_every: args.checkpoint_every,
-        progress: true,
-        ..Default::default()
-    };
+    let train_cfg = |strategy| train_config(&args, strategy);
     let mut adapters: Vec<(String, AdaptedLm<Cpu>, RankControl, f64, usize)> = Vec::new();
     for (label, strategy) in [("lora", Strategy::Fixed), ("nls", Strategy::Nls)] {
         let sparse = DenseLm::<CpuAutodiff>::load(&wanda_dir, &device)?.no_grad();

@@ -227,3 +227,55 @@ fn shears_runs_end_to_end_on_a_user_model_and_resumes() {
     let (ok, _, stderr) = secateur(&["search", "--run", run, "--algo", "nsga2", "--objectives", "accuracy,speed"]);
     assert!(!ok && stderr.contains("speed"), "{stderr}");
 }
+
+#[test]
+fn sqft_runs_the_three_pipelines_and_keeps_sparsity_and_precision() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data.jsonl");
+    let mut lines = String::new();
+    for i in 0..40 {
+        let (a, b) = (i % 7 + 1, i % 5 + 2);
+        lines += &serde_json::json!({"instruction": format!("the cat has {a} and {b}"), "input": "", "output": format!("two {}", a + b), "answer": format!("{}", a + b)}).to_string();
+        lines.push('\n');
+    }
+    std::fs::write(&data, lines).unwrap();
+    let out = tmp.path().join("sqft");
+    let dir = fixture("llama_gqa");
+    let (ok, stdout, stderr) = secateur(&[
+        "sqft", "--model", dir.to_str().unwrap(), "--dataset", data.to_str().unwrap(), "--epochs", "1",
+        "--batch-size", "8", "--micro-batch-size", "4", "--ranks", "4,2", "--test-size", "6", "--val-size", "4",
+        "--calibration-samples", "4", "--max-new-tokens", "3", "--group-size", "16", "--out", out.to_str().unwrap(),
+    ]);
+    assert!(ok, "{stderr}");
+    assert!(stdout.contains("QA-SparsePEFT"), "{stdout}");
+    let report: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(out.join("report.json")).unwrap()).unwrap();
+    let rows = report["rows"].as_array().unwrap();
+    assert_eq!(rows.len(), 6);
+    let wanda = rows[1]["sparsity"].as_f64().unwrap();
+    for r in &rows[4..] {
+        assert_eq!(r["mergeable"], "yes");
+        assert!(r["sparsity"].as_f64().unwrap() >= wanda - 1e-12, "{r}");
+    }
+    assert_eq!(rows[5]["base_precision"], "INT4");
+    // The merged INT4 model is a GPTQ checkpoint that secateur loads and runs.
+    let merged = out.join("qa-sparsepeft-merged");
+    let (ok, info, stderr) = secateur(&["info", "--model", merged.to_str().unwrap()]);
+    assert!(ok, "{stderr}");
+    assert!(info.contains("quantized_projection_bytes"));
+    assert!(rows[5]["size_bytes"].as_u64().unwrap() < rows[4]["size_bytes"].as_u64().unwrap());
+}
+
+#[test]
+fn quantize_writes_a_checkpoint_that_runs() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("q");
+    let dir = fixture("llama_gqa");
+    let (ok, stdout, stderr) = secateur(&["quantize", "--model", dir.to_str().unwrap(), "--bits", "4", "--group-size", "16", "--out", out.to_str().unwrap()]);
+    assert!(ok, "{stderr}");
+    let v: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    assert!(v["weights_bytes"].as_u64().unwrap() < v["source_weights_bytes"].as_u64().unwrap());
+    let (ok, text, stderr) = secateur(&["generate", "--model", out.to_str().unwrap(), "--prompt", "the cat", "--max-new-tokens", "4"]);
+    assert!(ok && !text.trim().is_empty(), "{stderr}");
+    let (ok, _, stderr) = secateur(&["quantize", "--model", dir.to_str().unwrap(), "--bits", "9", "--out", out.to_str().unwrap()]);
+    assert!(!ok && stderr.contains("9 bits"), "{stderr}");
+}

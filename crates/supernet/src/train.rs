@@ -13,7 +13,8 @@ use indicatif::{ProgressBar, ProgressStyle};
 use rand::rngs::StdRng;
 use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
-use secateur_elastic_lora::{stable_param, AdaptedLm, RankControl, SubnetConfig};
+use secateur_elastic_lora::{stable_param, Adapted, RankControl, SubnetConfig};
+use secateur_models::{CausalLm, Projection};
 use secateur_models::generate::token_tensor;
 use secateur_models::weights::{write_atomic, write_safetensors, Checkpoint, Dtype, RawTensor};
 use serde::{Deserialize, Serialize};
@@ -198,14 +199,17 @@ struct State {
 /// `checkpoint_every` steps and at the end; when the directory already holds one, training
 /// resumes from it. Sub-adapters and data order are functions of (seed, step), so a resumed run
 /// takes exactly the steps the uninterrupted run would have taken.
-pub fn train<B: AutodiffBackend>(
-    mut model: AdaptedLm<B>,
+pub fn train<B: AutodiffBackend, P: Projection<B> + Adapted<B>>(
+    mut model: CausalLm<B, P>,
     ranks: &RankControl,
     examples: &[Example],
     cfg: &TrainConfig,
     pad: u32,
     checkpoint_dir: Option<&Path>,
-) -> Result<(AdaptedLm<B>, TrainReport), TrainError> {
+) -> Result<(CausalLm<B, P>, TrainReport), TrainError>
+where
+    CausalLm<B, P>: AutodiffModule<B>,
+{
     if examples.is_empty() {
         return Err(TrainError::Config("no training examples".into()));
     }
@@ -218,7 +222,7 @@ pub fn train<B: AutodiffBackend>(
     let device = model.embed.val().device();
     let steps_per_epoch = examples.len().div_ceil(cfg.batch_size);
     let total = steps_per_epoch * cfg.epochs;
-    let mut optim = adamw(cfg).init::<B, AdaptedLm<B>>();
+    let mut optim = adamw(cfg).init::<B, CausalLm<B, P>>();
     let mut report = TrainReport {
         total_steps: total,
         trainable_params: trainable_params(&model),
@@ -303,11 +307,11 @@ pub fn train<B: AutodiffBackend>(
 }
 
 /// Number of adapter parameters at the maximal ranks.
-pub fn trainable_params<B: Backend>(model: &AdaptedLm<B>) -> usize {
+pub fn trainable_params<B: Backend, P: Projection<B> + Adapted<B>>(model: &CausalLm<B, P>) -> usize {
     model
         .projections()
         .into_iter()
-        .filter_map(|(_, p)| p.adapter.as_ref().map(|a| a.a.val().dims().iter().product::<usize>() + a.b.val().dims().iter().product::<usize>()))
+        .filter_map(|(_, p)| p.adapter().map(|a| a.a.val().dims().iter().product::<usize>() + a.b.val().dims().iter().product::<usize>()))
         .sum()
 }
 
@@ -323,13 +327,16 @@ fn read_state(dir: &Path) -> Result<Option<State>, TrainError> {
     })
 }
 
-fn save_checkpoint<B: AutodiffBackend, O: Optimizer<AdaptedLm<B>, B>>(
+fn save_checkpoint<B: AutodiffBackend, P: Projection<B> + Adapted<B>, O: Optimizer<CausalLm<B, P>, B>>(
     dir: &Path,
-    model: &AdaptedLm<B>,
+    model: &CausalLm<B, P>,
     optim: &O,
     step: usize,
     report: &TrainReport,
-) -> Result<(), TrainError> {
+) -> Result<(), TrainError>
+where
+    CausalLm<B, P>: AutodiffModule<B>,
+{
     let err = |path: PathBuf, reason: String| TrainError::Checkpoint { path, reason };
     std::fs::create_dir_all(dir).map_err(|e| err(dir.to_path_buf(), e.to_string()))?;
     save_adapters(model, &dir.join("adapters.safetensors"))?;
@@ -350,10 +357,10 @@ fn save_checkpoint<B: AutodiffBackend, O: Optimizer<AdaptedLm<B>, B>>(
 }
 
 /// Writes the full (maximal-rank) adapter factors, named `<site>.lora_A` / `<site>.lora_B`.
-pub fn save_adapters<B: Backend>(model: &AdaptedLm<B>, path: &Path) -> Result<(), TrainError> {
+pub fn save_adapters<B: Backend, P: Projection<B> + Adapted<B>>(model: &CausalLm<B, P>, path: &Path) -> Result<(), TrainError> {
     let mut tensors: Vec<RawTensor> = Vec::new();
     for (site, p) in model.projections() {
-        if let Some(ad) = &p.adapter {
+        if let Some(ad) = p.adapter() {
             for (name, t) in [("lora_A", ad.a.val()), ("lora_B", ad.b.val())] {
                 let shape = t.dims().to_vec();
                 let v: Vec<f32> = t.into_data().convert::<f32>().to_vec().expect("f32");
@@ -366,10 +373,10 @@ pub fn save_adapters<B: Backend>(model: &AdaptedLm<B>, path: &Path) -> Result<()
 }
 
 /// Loads adapter factors written by [`save_adapters`] into a model with the same adapters.
-pub fn load_adapters<B: Backend>(model: AdaptedLm<B>, path: &Path, device: &B::Device) -> Result<AdaptedLm<B>, TrainError> {
+pub fn load_adapters<B: Backend, P: Projection<B> + Adapted<B>>(model: CausalLm<B, P>, path: &Path, device: &B::Device) -> Result<CausalLm<B, P>, TrainError> {
     let ckpt = Checkpoint::from_files(&[path.to_path_buf()])?;
-    let loaded = model.map_projections(|site, mut p| {
-        if let Some(ad) = p.adapter.as_mut() {
+    let loaded = model.map_projections(|site, mut p: P| {
+        if let Some(ad) = p.adapter_mut() {
             let load = |name: &str, shape: [usize; 2]| -> Result<Param<Tensor<B, 2>>, TrainError> {
                 let v = ckpt.read_f32(&format!("{site}.{name}"), &shape)?;
                 let t = Tensor::from_data(TensorData::new(v, shape), device);

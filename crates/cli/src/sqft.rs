@@ -1,0 +1,202 @@
+//! `secateur sqft`: the three SQFT pipelines on a sparse (and quantized) base, with a report
+//! shaped like the SQFT paper's summary table.
+//!
+//! 1. `nls-quantized`: Wanda, then INT-n quantization of the sparse base, NLS adapters trained on
+//!    it and kept separate (not mergeable).
+//! 2. `sparsepeft`: NLS with the adapter update masked by the base's sparsity, merged into a
+//!    sparse FP32 model with exactly the base's zeros.
+//! 3. `qa-sparsepeft`: as 2, quantization-aware (fake-quantized merged weight, straight-through
+//!    gradient), merged into an INT-n model with the base's scales and zero points.
+
+use std::path::{Path, PathBuf};
+
+use burn::module::{AutodiffModule, Module};
+use secateur_elastic_lora::sparse_peft::{attach_sparse_peft, merge_quantized, merge_sparse};
+use secateur_elastic_lora::{attach, LoraConfig, Scaling, SearchSpace};
+use secateur_models::weights::write_atomic;
+use secateur_models::{Cpu, CpuAutodiff, DenseLm, TextTokenizer};
+use secateur_quant::checkpoint::{load_quantized, quantize_model, write_quantized};
+use secateur_quant::QuantConfig;
+use secateur_supernet::data::{self, Example};
+use secateur_supernet::eval::{accuracy, AnswerKind};
+use secateur_supernet::train::{save_adapters, train, Strategy};
+use serde::Serialize;
+use serde_json::json;
+
+use crate::shears::{load_task, materialize_base, ranks_and_alpha, train_config, wanda, ShearsArgs};
+use crate::CliError;
+
+/// Options of `secateur sqft`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct SqftArgs {
+    /// nls-quantized, sparsepeft, qa-sparsepeft, or all.
+    #[arg(long, default_value = "all")]
+    pub pipeline: String,
+    #[arg(long, default_value_t = 4)]
+    pub bits: u32,
+    /// Inputs per quantization group (0: one group per row).
+    #[arg(long, default_value_t = 32)]
+    pub group_size: usize,
+    #[command(flatten)]
+    pub common: ShearsArgs,
+}
+
+/// One row of the SQFT table.
+#[derive(Debug, Clone, Serialize)]
+pub struct SqftRow {
+    pub name: String,
+    pub accuracy: f64,
+    pub sparsity: f64,
+    pub base_precision: String,
+    pub adapter_precision: String,
+    pub mergeable: String,
+    /// Size on disk of what a user would deploy (model, plus adapters when not merged).
+    pub size_bytes: u64,
+    pub train_seconds: Option<f64>,
+}
+
+fn dir_bytes(dir: &Path) -> u64 {
+    std::fs::read_dir(dir)
+        .map(|d| d.filter_map(|e| e.ok()).filter(|e| e.file_name().to_string_lossy().ends_with(".safetensors")).filter_map(|e| e.metadata().ok()).map(|m| m.len()).sum())
+        .unwrap_or(0)
+}
+
+/// Fraction of zero weights over all projections.
+fn sparsity_of(weights: impl Iterator<Item = Vec<f32>>) -> f64 {
+    let (mut zeros, mut total) = (0usize, 0usize);
+    for w in weights {
+        zeros += w.iter().filter(|v| **v == 0.0).count();
+        total += w.len();
+    }
+    zeros as f64 / total.max(1) as f64
+}
+
+fn io(path: &Path, e: impl std::fmt::Display) -> CliError {
+    CliError::Input { path: path.to_path_buf(), reason: e.to_string() }
+}
+
+/// Runs the selected pipelines and writes `report.json` and `report.md` into the run directory.
+pub fn run(args: SqftArgs) -> Result<String, CliError> {
+    let pipelines: Vec<&str> = match args.pipeline.as_str() {
+        "all" => vec!["nls-quantized", "sparsepeft", "qa-sparsepeft"],
+        p @ ("nls-quantized" | "sparsepeft" | "qa-sparsepeft") => vec![p],
+        other => return Err(CliError::Usage(format!("unknown pipeline {other:?} (nls-quantized, sparsepeft, qa-sparsepeft, all)"))),
+    };
+    let a = &args.common;
+    let out = a.out.clone();
+    std::fs::create_dir_all(&out).map_err(|e| io(&out, e))?;
+    let qc = QuantConfig { bits: args.bits, group_size: (args.group_size > 0).then_some(args.group_size) };
+    let base_dir = materialize_base(a, &out)?;
+    let (ranks, alpha) = ranks_and_alpha(a);
+    let device = Default::default();
+    let tok = TextTokenizer::from_file(&base_dir.join("tokenizer.json"))?;
+    let task = load_task(a)?;
+    let acc_of = |name: &str, r: Result<secateur_supernet::eval::Accuracy, secateur_supernet::TrainError>| -> Result<f64, CliError> {
+        let acc = r.map_err(|e| io(&out, e))?.accuracy;
+        eprintln!("{name}: accuracy {acc:.3}");
+        Ok(acc)
+    };
+    let test = |m: &dyn Fn(&[data::Record]) -> Result<secateur_supernet::eval::Accuracy, secateur_supernet::TrainError>| m(&task.test);
+    let mut rows = Vec::new();
+
+    let dense = DenseLm::<Cpu>::load(&base_dir, &device)?;
+    let spec = dense.spec().clone();
+    let acc = acc_of("dense", test(&|r| accuracy(&dense, &tok, r, AnswerKind::Math, a.max_new_tokens, 64, &device)))?;
+    rows.push(SqftRow { name: "Dense base (no tuning)".into(), accuracy: acc, sparsity: 0.0, base_precision: "FP32".into(), adapter_precision: "-".into(), mergeable: "-".into(), size_bytes: dir_bytes(&base_dir), train_seconds: None });
+
+    let wanda_dir = out.join("wanda");
+    let (sparse, sparsity, _, _) = wanda(a, &base_dir, &wanda_dir, dense, &tok, &task)?;
+    // The compressed base, untuned: sparse and INT-n.
+    let int_dir = out.join(format!("wanda-int{}", args.bits));
+    let sparse_q = quantize_model(sparse.clone(), qc)?;
+    write_quantized(&wanda_dir, &int_dir, &sparse_q)?;
+    let acc = acc_of("sparse int", test(&|r| accuracy(&sparse_q, &tok, r, AnswerKind::Math, a.max_new_tokens, 64, &device)))?;
+    rows.push(SqftRow { name: format!("Wanda {:.0}% + INT{} (no tuning)", a.sparsity * 100.0, args.bits), accuracy: acc, sparsity, base_precision: format!("INT{}", args.bits), adapter_precision: "-".into(), mergeable: "-".into(), size_bytes: dir_bytes(&int_dir), train_seconds: None });
+    drop((sparse, sparse_q));
+
+    let targets = a.targets.as_deref().map(SearchSpace::parse_targets).transpose()?;
+    let space = SearchSpace::preset(&spec, targets.as_deref(), &ranks)?;
+    let eos = spec.eos_token_ids.first().copied();
+    let examples: Vec<Example> = task
+        .train
+        .iter()
+        .map(|r| data::tokenize(r, &tok, eos, a.cutoff, a.train_on_inputs))
+        .collect::<Result<_, _>>()
+        .map_err(|e| io(&out, e))?;
+    let pad = eos.unwrap_or(0);
+    let lora_cfg = LoraConfig { alpha, scaling: Scaling::MaxRank, seed: a.seed };
+    let ckpt = |name: &str| -> PathBuf { out.join(format!("train-{name}")) };
+
+    // The LoRA baseline on the sparse FP32 base (not mergeable without losing sparsity).
+    {
+        let base = DenseLm::<CpuAutodiff>::load(&wanda_dir, &device)?.no_grad();
+        let (m, ctl) = attach(base, &space, &lora_cfg, &device)?;
+        let (m, rep) = train(m, &ctl, &examples, &train_config(a, Strategy::Fixed), pad, Some(&ckpt("lora"))).map_err(|e| io(&out, e))?;
+        let m = m.valid();
+        let acc = acc_of("lora", test(&|r| accuracy(&m, &tok, r, AnswerKind::Math, a.max_new_tokens, 64, &device)))?;
+        save_adapters(&m, &out.join("lora-adapters.safetensors")).map_err(|e| io(&out, e))?;
+        let size = dir_bytes(&wanda_dir) + std::fs::metadata(out.join("lora-adapters.safetensors")).map(|m| m.len()).unwrap_or(0);
+        rows.push(SqftRow { name: format!("Wanda {:.0}% + LoRA (rank {})", a.sparsity * 100.0, ranks[0]), accuracy: acc, sparsity, base_precision: "FP32".into(), adapter_precision: "FP32".into(), mergeable: "no (sparsity lost)".into(), size_bytes: size, train_seconds: Some(rep.seconds) });
+    }
+
+    for pipeline in pipelines {
+        match pipeline {
+            "nls-quantized" => {
+                let base = load_quantized::<CpuAutodiff>(&int_dir, &device)?.no_grad();
+                let (m, ctl) = attach(base, &space, &lora_cfg, &device)?;
+                let (m, rep) = train(m, &ctl, &examples, &train_config(a, Strategy::Nls), pad, Some(&ckpt(pipeline))).map_err(|e| io(&out, e))?;
+                let m = m.valid();
+                ctl.apply(&space.heuristic())?;
+                let acc = acc_of(pipeline, test(&|r| accuracy(&m, &tok, r, AnswerKind::Math, a.max_new_tokens, 64, &device)))?;
+                let adapters = out.join("nls-quantized-adapters.safetensors");
+                save_adapters(&m, &adapters).map_err(|e| io(&out, e))?;
+                let size = dir_bytes(&int_dir) + std::fs::metadata(&adapters).map(|m| m.len()).unwrap_or(0);
+                rows.push(SqftRow { name: "SQFT: NLS on the quantized base (heuristic)".into(), accuracy: acc, sparsity, base_precision: format!("INT{}", args.bits), adapter_precision: "FP32".into(), mergeable: "no".into(), size_bytes: size, train_seconds: Some(rep.seconds) });
+            }
+            "sparsepeft" | "qa-sparsepeft" => {
+                let qa = pipeline == "qa-sparsepeft";
+                let base = DenseLm::<CpuAutodiff>::load(&wanda_dir, &device)?.no_grad();
+                let (m, ctl) = attach_sparse_peft(base, &space, &lora_cfg, qa.then_some(qc), &device)?;
+                let (m, rep) = train(m, &ctl, &examples, &train_config(a, Strategy::Nls), pad, Some(&ckpt(pipeline))).map_err(|e| io(&out, e))?;
+                let m = m.valid();
+                ctl.apply(&space.heuristic())?;
+                let merged_dir = out.join(format!("{pipeline}-merged"));
+                let (acc, merged_sparsity, size, precision) = if qa {
+                    let merged = merge_quantized(m)?;
+                    let acc = acc_of(pipeline, test(&|r| accuracy(&merged, &tok, r, AnswerKind::Math, a.max_new_tokens, 64, &device)))?;
+                    write_quantized(&wanda_dir, &merged_dir, &merged)?;
+                    let s = sparsity_of(merged.projections().iter().map(|(_, p)| p.dequantized()));
+                    (acc, s, dir_bytes(&merged_dir), format!("INT{}", args.bits))
+                } else {
+                    let merged = merge_sparse(m);
+                    let acc = acc_of(pipeline, test(&|r| accuracy(&merged, &tok, r, AnswerKind::Math, a.max_new_tokens, 64, &device)))?;
+                    secateur_models::weights::save_like(&merged, &wanda_dir, &merged_dir)?;
+                    let s = sparsity_of(merged.projections().iter().map(|(_, p)| p.weight.val().into_data().convert::<f32>().to_vec().expect("f32")));
+                    (acc, s, dir_bytes(&merged_dir), "FP32".to_string())
+                };
+                eprintln!("{pipeline}: sparsity after merging {merged_sparsity:.4} (base {sparsity:.4})");
+                let name = if qa { "SQFT + QA-SparsePEFT (heuristic, merged)" } else { "SQFT + SparsePEFT (heuristic, merged)" };
+                rows.push(SqftRow { name: name.into(), accuracy: acc, sparsity: merged_sparsity, base_precision: precision, adapter_precision: "merged".into(), mergeable: "yes".into(), size_bytes: size, train_seconds: Some(rep.seconds) });
+            }
+            _ => unreachable!(),
+        }
+    }
+    let mut table = String::from("| Pipeline | Accuracy | Sparsity | Base | Adapter | Mergeable | Size on disk (KB) | Train time (s) |\n|---|---|---|---|---|---|---|---|\n");
+    for r in &rows {
+        table += &format!(
+            "| {} | {:.1}% | {:.1}% | {} | {} | {} | {:.0} | {} |\n",
+            r.name,
+            r.accuracy * 100.0,
+            r.sparsity * 100.0,
+            r.base_precision,
+            r.adapter_precision,
+            r.mergeable,
+            r.size_bytes as f64 / 1024.0,
+            r.train_seconds.map_or("-".into(), |t| format!("{t:.0}"))
+        );
+    }
+    let report = json!({"bits": args.bits, "group_size": args.group_size, "ranks": ranks, "alpha": alpha, "rows": rows});
+    write_atomic(&out.join("report.json"), serde_json::to_string_pretty(&report).expect("JSON").as_bytes())?;
+    write_atomic(&out.join("report.md"), table.as_bytes())?;
+    Ok(table)
+}
