@@ -10,6 +10,8 @@ use std::time::Duration;
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use secateur_models::generate::token_tensor;
 use secateur_models::{generate, ArchSpec, Cpu, DenseLm, GenerateOptions};
+use secateur_quant::checkpoint::quantize_model;
+use secateur_quant::QuantConfig;
 
 const PREFILL_BATCH: usize = 8;
 const PREFILL_LEN: usize = 128;
@@ -48,6 +50,19 @@ fn bench(c: &mut Criterion) {
     g.throughput(Throughput::Elements(DECODE_NEW as u64));
     g.bench_function("greedy_decode_b1_64tok_kv_cache", |b| {
         b.iter(|| generate(&model, &[prompt.clone()], &opts, &device).unwrap())
+    });
+
+    // The same model quantized to INT4 (group 128): decoding reads packed weights.
+    let f32_bytes: usize = model.projections().iter().map(|(_, p)| p.shape()[0] * p.shape()[1] * 4).sum();
+    let rest = (model.num_params() - f32_bytes / 4) * 4;
+    let q = quantize_model(model.clone(), QuantConfig { bits: 4, group_size: Some(128) }).unwrap();
+    let int4_bytes: usize = q.projections().iter().map(|(_, p)| p.weight_bytes()).sum();
+    eprintln!(
+        "weights in memory: f32 projections {f32_bytes} B + other {rest} B; INT4 projections {int4_bytes} B + other {rest} B; ratio {:.3}",
+        (int4_bytes + rest) as f64 / (f32_bytes + rest) as f64
+    );
+    g.bench_function("greedy_decode_b1_64tok_kv_cache_int4", |b| {
+        b.iter(|| generate(&q, &[prompt.clone()], &opts, &device).unwrap())
     });
     g.finish();
 }

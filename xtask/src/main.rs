@@ -3,6 +3,8 @@
 //! - `fixtures`: regenerate the reference fixtures with transformers and PEFT
 //!   (`scripts/make_*.py`; needs scripts/requirements.txt installed).
 //! - `bench`: run the forward/decode benchmark and the PyTorch baseline of the same config.
+//! - `recipe sqft | shears`: run all SQFT pipelines (or the Shears pipeline) on the embedded
+//!   default and write the combined table into `runs/recipe-<name>/report.md`.
 //! - `pretrain-tiny [--steps N] [--out DIR]`: pretrain the tiny LLaMA of `secateur shears`'s
 //!   embedded default on the generated corpus (seeded and reproducible) and write it as a
 //!   Hugging Face checkpoint (default `assets/tiny-llama`).
@@ -102,6 +104,28 @@ fn main() -> ExitCode {
             run(Command::new("cargo").args(["bench", "-p", "secateur-models", "--bench", "forward"]).current_dir(&root))
                 && run(Command::new("python3").arg("scripts/bench_torch.py").current_dir(&root))
         }
+        "recipe" => match args.get(1).map(String::as_str) {
+            Some(name @ ("sqft" | "shears")) => {
+                let out = format!("runs/recipe-{name}");
+                let mut cmd = Command::new("cargo");
+                cmd.args(["run", "--release", "-p", "secateur-cli", "--", name, "--out", &out]);
+                if name == "sqft" {
+                    cmd.args(["--pipeline", "all"]);
+                }
+                if std::path::Path::new(&root.join(&out).join("run.json")).is_file() || root.join(&out).join("report.json").is_file() {
+                    cmd.arg("--resume");
+                }
+                let ok = run(cmd.current_dir(&root));
+                if ok {
+                    eprintln!("table: {out}/report.md");
+                }
+                ok
+            }
+            _ => {
+                eprintln!("usage: cargo xtask recipe <sqft|shears>");
+                false
+            }
+        },
         "pretrain-tiny" => match pretrain_tiny(&args[1..]) {
             Ok(()) => true,
             Err(e) => {
@@ -110,7 +134,7 @@ fn main() -> ExitCode {
             }
         },
         _ => {
-            eprintln!("usage: cargo xtask <fixtures|bench|pretrain-tiny [--steps N] [--out DIR]>");
+            eprintln!("usage: cargo xtask <fixtures|bench|recipe sqft|recipe shears|pretrain-tiny [--steps N] [--out DIR]>");
             false
         }
     };
