@@ -69,7 +69,7 @@ impl<B: Backend> QuantLinear<B> {
         let g = p.config.group(i);
         let groups = i.div_ceil(g);
         let mut y = vec![0f32; rows * o];
-        const CHUNK: usize = 64;
+        const CHUNK: usize = 256;
         y.par_chunks_mut(o).zip(x.par_chunks(i)).for_each(|(yr, xr)| {
             let sums: Vec<f32> = xr.chunks(g).map(|c| c.iter().sum()).collect();
             yr.par_chunks_mut(CHUNK).enumerate().for_each(|(ci, out)| {
@@ -79,15 +79,8 @@ impl<B: Backend> QuantLinear<B> {
                 for gi in 0..groups {
                     acc.iter_mut().for_each(|a| *a = 0.0);
                     for w in (gi * g / v)..(((gi + 1) * g).min(i) / v) {
-                        let xs = &xr[w * v..w * v + v];
                         let words = &p.qweight[w * o + o0..w * o + o0 + n];
-                        for (a, &word) in acc.iter_mut().zip(words) {
-                            let mut s = 0f32;
-                            for (k, xv) in xs.iter().enumerate() {
-                                s += xv * ((word >> (bits * k)) & mask) as f32;
-                            }
-                            *a += s;
-                        }
+                        accumulate(&mut acc, words, &xr[w * v..w * v + v], bits as u32, mask);
                     }
                     let (zs, ss) = (&self.zeros[gi * o + o0..gi * o + o0 + n], &self.scales[gi * o + o0..gi * o + o0 + n]);
                     for j in 0..n {
@@ -98,6 +91,46 @@ impl<B: Backend> QuantLinear<B> {
         });
         y
     }
+}
+
+/// `acc[j] += Σ_k x[k] · field_k(words[j])`: one input at a time across a run of outputs, so the
+/// inner loop is a shift, mask, convert and multiply-add over contiguous words, which the
+/// compiler vectorises (with AVX-512 or AVX2 + FMA when the CPU has them, chosen at run time).
+#[inline(always)]
+fn accumulate_generic(acc: &mut [f32], words: &[u32], x: &[f32], bits: u32, mask: u32) {
+    for (k, &xv) in x.iter().enumerate() {
+        let shift = bits * k as u32;
+        for (a, &word) in acc.iter_mut().zip(words) {
+            *a += xv * ((word >> shift) & mask) as f32;
+        }
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+fn accumulate_avx512(acc: &mut [f32], words: &[u32], x: &[f32], bits: u32, mask: u32) {
+    accumulate_generic(acc, words, x, bits, mask)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+fn accumulate_avx2(acc: &mut [f32], words: &[u32], x: &[f32], bits: u32, mask: u32) {
+    accumulate_generic(acc, words, x, bits, mask)
+}
+
+fn accumulate(acc: &mut [f32], words: &[u32], x: &[f32], bits: u32, mask: u32) {
+    #[cfg(target_arch = "x86_64")]
+    {
+        if std::arch::is_x86_feature_detected!("avx512f") {
+            // SAFETY: the CPU supports AVX-512F (checked above).
+            return unsafe { accumulate_avx512(acc, words, x, bits, mask) };
+        }
+        if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
+            // SAFETY: the CPU supports AVX2 and FMA (checked above).
+            return unsafe { accumulate_avx2(acc, words, x, bits, mask) };
+        }
+    }
+    accumulate_generic(acc, words, x, bits, mask)
 }
 
 impl<B: Backend> Projection<B> for QuantLinear<B> {
