@@ -78,9 +78,13 @@ def wanda_seconds():
             for layer in layers:
                 lin = {n: m for n, m in layer.named_modules() if isinstance(m, torch.nn.Linear)}
                 sq = {n: torch.zeros(m.in_features) for n, m in lin.items()}
-                hooks = [m.register_forward_hook(
-                    (lambda n: lambda _m, i, _o: sq[n].add_((i[0].reshape(-1, i[0].shape[-1]).float() ** 2).sum(0)))(n))
-                    for n, m in lin.items()]
+                def hook(name):
+                    def f(_m, i, _o):
+                        x = i[0].reshape(-1, i[0].shape[-1]).float()
+                        sq[name].add_((x * x).sum(0))  # returns None: the output stays as is
+                    return f
+
+                hooks = [m.register_forward_hook(hook(n)) for n, m in lin.items()]
                 def fwd(j):
                     return layer(inps[j:j + 8], attention_mask=mask,
                                  position_embeddings=(pe[0][j:j + 8], pe[1][j:j + 8]))

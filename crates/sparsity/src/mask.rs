@@ -69,9 +69,14 @@ pub fn select_mask(scores: &[f64], in_features: usize, pattern: Pattern) -> Vec<
         Pattern::Unstructured { ratio } => {
             let k = (in_features as f64 * ratio).floor() as usize;
             let mut order: Vec<usize> = (0..in_features).collect();
+            if k == 0 {
+                return keep;
+            }
             for (row, kept) in scores.chunks(in_features).zip(keep.chunks_mut(in_features)) {
                 order.iter_mut().enumerate().for_each(|(i, o)| *o = i);
-                order.sort_by(|&a, &b| row[a].total_cmp(&row[b]));
+                // The k smallest under (score, index): what a stable sort's first k are, found
+                // in linear time.
+                order.select_nth_unstable_by(k - 1, |&a, &b| row[a].total_cmp(&row[b]).then(a.cmp(&b)));
                 for &j in &order[..k] {
                     kept[j] = false;
                 }
