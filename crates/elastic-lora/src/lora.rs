@@ -6,7 +6,6 @@ use std::sync::Arc;
 
 use burn::module::{Module, Param, ParamId};
 use burn::prelude::*;
-use burn::tensor::Distribution;
 use secateur_models::{CausalLm, Dense, Projection, Site};
 use serde::{Deserialize, Serialize};
 
@@ -177,17 +176,15 @@ pub fn attach<B: Backend, P: Projection<B>>(
             max_rank.insert(*s, r);
         }
     }
-    B::seed(device, cfg.seed);
     let shapes: HashMap<Site, [usize; 2]> = model.sites().into_iter().collect();
     let mut cells = HashMap::new();
     let adapted = model.map_projections(|site, base: P| {
         let adapter = max_rank.get(&site).map(|&r| {
             let [out, inp] = shapes[&site];
-            let bound = 1.0 / (inp as f64).sqrt();
             let cell = Arc::new(AtomicUsize::new(r));
             cells.insert(site, cell.clone());
             LoraAdapter {
-                a: stable_param(site, "lora_A", Tensor::random([r, inp], Distribution::Uniform(-bound, bound), device)),
+                a: stable_param(site, "lora_A", kaiming_uniform(site, cfg.seed, [r, inp], device)),
                 b: stable_param(site, "lora_B", Tensor::zeros([out, r], device)),
                 alpha: cfg.alpha,
                 scaling: cfg.scaling,
@@ -208,13 +205,27 @@ pub fn attach<B: Backend, P: Projection<B>>(
     ))
 }
 
+fn site_hash(site: Site, name: &str) -> u64 {
+    // FNV-1a of the canonical name.
+    let key = format!("{site}.{name}");
+    key.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| (h ^ b as u64).wrapping_mul(0x0100_0000_01b3))
+}
+
+/// LoRA's A initialisation, PEFT's Kaiming-uniform: U(-1/sqrt(in), 1/sqrt(in)), `[r, in]`.
+/// Drawn on the host from a generator seeded by (seed, site), so the values do not depend on
+/// the backend's global random state or on other threads.
+pub fn kaiming_uniform<B: Backend>(site: Site, seed: u64, shape: [usize; 2], device: &B::Device) -> Tensor<B, 2> {
+    use rand::{Rng, SeedableRng};
+    let bound = 1.0 / (shape[1] as f64).sqrt();
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed ^ site_hash(site, "lora_A"));
+    let v: Vec<f32> = (0..shape[0] * shape[1]).map(|_| rng.random_range(-bound..bound) as f32).collect();
+    Tensor::from_data(TensorData::new(v, shape), device)
+}
+
 /// A trainable parameter whose id depends only on its site and name, so that optimizer state
 /// saved in a checkpoint finds its parameters again after a restart.
 pub fn stable_param<B: Backend>(site: Site, name: &str, tensor: Tensor<B, 2>) -> Param<Tensor<B, 2>> {
-    // FNV-1a of the canonical name.
-    let key = format!("{site}.{name}");
-    let id = key.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| (h ^ b as u64).wrapping_mul(0x0100_0000_01b3));
-    Param::initialized(ParamId::from(id), tensor.require_grad())
+    Param::initialized(ParamId::from(site_hash(site, name)), tensor.require_grad())
 }
 
 /// Number of trainable adapter parameters at the given ranks (`r·(in + out)` per site).

@@ -18,13 +18,12 @@ use std::sync::Arc;
 
 use burn::module::{Module, Param};
 use burn::prelude::*;
-use burn::tensor::Distribution;
 use secateur_models::{CausalLm, Dense, DenseLm, Projection, Site};
 use secateur_quant::pack::Packed;
 use secateur_quant::rtn::{QuantConfig, Quantized};
 use secateur_quant::QuantLinear;
 
-use crate::lora::{stable_param, Adapted, LoraAdapter, LoraConfig, RankControl};
+use crate::lora::{kaiming_uniform, stable_param, Adapted, LoraAdapter, LoraConfig, RankControl};
 use crate::space::SearchSpace;
 use crate::LoraError;
 
@@ -115,7 +114,6 @@ pub fn attach_sparse_peft<B: Backend>(
             max_rank.insert(*s, g.choices.iter().copied().max().unwrap_or(0));
         }
     }
-    B::seed(device, cfg.seed);
     let mut cells = HashMap::new();
     let model = model.map_projections(|site, dense: Dense<B>| {
         let [o, i] = dense.shape();
@@ -139,11 +137,10 @@ pub fn attach_sparse_peft<B: Backend>(
             }
         };
         let adapter = max_rank.get(&site).map(|&r| {
-            let bound = 1.0 / (i as f64).sqrt();
             let cell = Arc::new(AtomicUsize::new(r));
             cells.insert(site, cell.clone());
             LoraAdapter {
-                a: stable_param(site, "lora_A", Tensor::random([r, i], Distribution::Uniform(-bound, bound), device)),
+                a: stable_param(site, "lora_A", kaiming_uniform(site, cfg.seed, [r, i], device)),
                 b: stable_param(site, "lora_B", Tensor::zeros([o, r], device)),
                 alpha: cfg.alpha,
                 scaling: cfg.scaling,

@@ -551,7 +551,8 @@ impl<B: Backend, P: Module<B>> CausalLm<B, P> {
 impl<B: Backend> CausalLm<B, Dense<B>> {
     /// A model of `spec` with random weights: projections and embeddings drawn from
     /// N(0, `std`²), norms at weight 1 and bias 0, projection biases 0. Seeded through
-    /// `B::seed`, for benchmarks, tests and pretraining from scratch.
+    /// `B::seed`, for benchmarks and pretraining from scratch. The backend's random state is
+    /// global: concurrent calls from several threads interleave their draws.
     pub fn init_random(spec: ArchSpec, std: f64, seed: u64, device: &B::Device) -> Self {
         use burn::tensor::Distribution;
         B::seed(device, seed);
