@@ -159,6 +159,42 @@ impl RankControl {
     }
 }
 
+/// Makes the adapters of a search space's sites, site by site, and collects their rank cells.
+pub(crate) struct AdapterFactory<'a> {
+    max_rank: HashMap<Site, usize>,
+    cfg: &'a LoraConfig,
+    pub(crate) cells: HashMap<Site, Arc<AtomicUsize>>,
+}
+
+impl<'a> AdapterFactory<'a> {
+    pub(crate) fn new(space: &SearchSpace, cfg: &'a LoraConfig) -> Self {
+        let max_rank = space
+            .groups
+            .iter()
+            .flat_map(|g| {
+                let r = g.choices.iter().copied().max().unwrap_or(0);
+                g.sites.iter().map(move |s| (*s, r))
+            })
+            .collect();
+        Self { max_rank, cfg, cells: HashMap::new() }
+    }
+
+    /// The adapter of `site` (`[out, in]`), at its maximal rank, or `None` outside the space:
+    /// A Kaiming-uniform with bound `1/sqrt(in)` and B zero, as PEFT initialises them.
+    pub(crate) fn make<B: Backend>(&mut self, site: Site, [out, inp]: [usize; 2], device: &B::Device) -> Option<LoraAdapter<B>> {
+        let r = *self.max_rank.get(&site)?;
+        let cell = Arc::new(AtomicUsize::new(r));
+        self.cells.insert(site, cell.clone());
+        Some(LoraAdapter {
+            a: stable_param(site, "lora_A", kaiming_uniform(site, self.cfg.seed, [r, inp], device)),
+            b: stable_param(site, "lora_B", Tensor::zeros([out, r], device)),
+            alpha: self.cfg.alpha,
+            scaling: self.cfg.scaling,
+            rank: cell,
+        })
+    }
+}
+
 /// Wraps every projection of `model` in an [`ElasticLoraLinear`]; the sites of `space` get an
 /// adapter of rank `max(choices)` (A Kaiming-uniform with bound `1/sqrt(in)`, B zero, as PEFT),
 /// the others none. The base projections are frozen. The maximal sub-adapter is active.
@@ -169,33 +205,16 @@ pub fn attach<B: Backend, P: Projection<B>>(
     device: &B::Device,
 ) -> Result<(AdaptedLm<B, P>, RankControl), LoraError> {
     space.validate_for(&model.sites())?;
-    let mut max_rank: HashMap<Site, usize> = HashMap::new();
-    for g in &space.groups {
-        let r = g.choices.iter().copied().max().unwrap_or(0);
-        for s in &g.sites {
-            max_rank.insert(*s, r);
-        }
-    }
+    let mut adapters = AdapterFactory::new(space, cfg);
     let shapes: HashMap<Site, [usize; 2]> = model.sites().into_iter().collect();
-    let mut cells = HashMap::new();
     let adapted = model.map_projections(|site, base: P| {
-        let adapter = max_rank.get(&site).map(|&r| {
-            let [out, inp] = shapes[&site];
-            let cell = Arc::new(AtomicUsize::new(r));
-            cells.insert(site, cell.clone());
-            LoraAdapter {
-                a: stable_param(site, "lora_A", kaiming_uniform(site, cfg.seed, [r, inp], device)),
-                b: stable_param(site, "lora_B", Tensor::zeros([out, r], device)),
-                alpha: cfg.alpha,
-                scaling: cfg.scaling,
-                rank: cell,
-            }
-        });
+        let adapter = adapters.make(site, shapes[&site], device);
         Ok::<_, LoraError>(ElasticLoraLinear {
             base: base.no_grad(),
             adapter,
         })
     })?;
+    let cells = adapters.cells;
     Ok((
         adapted,
         RankControl {

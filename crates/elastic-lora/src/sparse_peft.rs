@@ -12,18 +12,14 @@
 //! the merged weight, which low-rank factors alone cannot express. Scales and zero points are
 //! held expanded to `[out, in]` for element-wise ops (twice the weight's memory, for training).
 
-use std::collections::HashMap;
-use std::sync::atomic::AtomicUsize;
-use std::sync::Arc;
-
 use burn::module::{Module, Param};
 use burn::prelude::*;
-use secateur_models::{CausalLm, Dense, DenseLm, Projection, Site};
+use secateur_models::{CausalLm, Dense, DenseLm, Projection};
 use secateur_quant::pack::Packed;
 use secateur_quant::rtn::{QuantConfig, Quantized};
 use secateur_quant::QuantLinear;
 
-use crate::lora::{kaiming_uniform, stable_param, Adapted, LoraAdapter, LoraConfig, RankControl};
+use crate::lora::{Adapted, AdapterFactory, LoraAdapter, LoraConfig, RankControl};
 use crate::space::SearchSpace;
 use crate::LoraError;
 
@@ -108,13 +104,7 @@ pub fn attach_sparse_peft<B: Backend>(
     device: &B::Device,
 ) -> Result<(SparsePeftLm<B>, RankControl), LoraError> {
     space.validate_for(&model.sites())?;
-    let mut max_rank: HashMap<Site, usize> = HashMap::new();
-    for g in &space.groups {
-        for s in &g.sites {
-            max_rank.insert(*s, g.choices.iter().copied().max().unwrap_or(0));
-        }
-    }
-    let mut cells = HashMap::new();
+    let mut adapters = AdapterFactory::new(space, cfg);
     let model = model.map_projections(|site, dense: Dense<B>| {
         let [o, i] = dense.shape();
         let w = to_vec(dense.weight.val());
@@ -136,17 +126,7 @@ pub fn attach_sparse_peft<B: Backend>(
                 (q.dequantize(), Some(fq))
             }
         };
-        let adapter = max_rank.get(&site).map(|&r| {
-            let cell = Arc::new(AtomicUsize::new(r));
-            cells.insert(site, cell.clone());
-            LoraAdapter {
-                a: stable_param(site, "lora_A", kaiming_uniform(site, cfg.seed, [r, i], device)),
-                b: stable_param(site, "lora_B", Tensor::zeros([o, r], device)),
-                alpha: cfg.alpha,
-                scaling: cfg.scaling,
-                rank: cell,
-            }
-        });
+        let adapter = adapters.make(site, [o, i], device);
         Ok::<_, LoraError>(SparsePeftLinear {
             weight: Param::from_tensor(Tensor::from_data(TensorData::new(weight, [o, i]), device)).set_require_grad(false),
             mask: Param::from_tensor(Tensor::from_data(TensorData::new(mask, [o, i]), device)).set_require_grad(false),
@@ -155,7 +135,7 @@ pub fn attach_sparse_peft<B: Backend>(
             quant: fq,
         })
     })?;
-    Ok((model, RankControl::from_cells(space.clone(), cells)))
+    Ok((model, RankControl::from_cells(space.clone(), adapters.cells)))
 }
 
 /// SparsePEFT merge: `W + s·(B·A) ⊙ M` at the active ranks, a dense model with the base's zeros.
