@@ -23,7 +23,7 @@ pub use error::{ModelError, Result};
 pub use generate::{generate, GenerateOptions};
 pub use nn::{Dense, Norm, Projection};
 pub use site::{Site, SiteKind};
-pub use spec::{ArchSpec, Family};
+pub use spec::{ArchSpec, Family, PositionKind, QkvLayout};
 pub use tokenizer::TextTokenizer;
 pub use transformer::{positions_of, AttnContext, Block, CausalLm, DenseLm, KvCache};
 pub use weights::Checkpoint;

@@ -12,7 +12,7 @@ pub mod prune;
 
 pub use calibration::{sample_calibration, CalibrationSource};
 pub use mask::{select_mask, Pattern, ScoreMethod};
-pub use prune::{prune, PruneConfig, PruneOutcome, SiteMask};
+pub use prune::{input_norms, prune, PruneConfig, PruneOutcome, SiteMask};
 
 /// Errors of pruning.
 #[derive(Debug, thiserror::Error)]

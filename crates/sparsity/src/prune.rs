@@ -118,27 +118,7 @@ pub fn prune<B: Backend>(
     }
     let device = model.embed.val().device();
     let spec = model.spec.clone();
-    let mut batches: Vec<Batch<B>> = if wanda {
-        calibration
-            .chunks(cfg.batch_size.max(1))
-            .map(|chunk| {
-                let width = chunk.iter().map(Vec::len).max().unwrap_or(0);
-                let ids: Vec<Vec<u32>> = chunk
-                    .iter()
-                    .map(|s| s.iter().copied().chain(std::iter::repeat_n(0, width - s.len())).collect())
-                    .collect();
-                let mask: Vec<Vec<bool>> = chunk.iter().map(|s| (0..width).map(|t| t < s.len()).collect()).collect();
-                let rows: Vec<f32> = mask.iter().flatten().map(|&m| if m { 1.0 } else { 0.0 }).collect();
-                Batch {
-                    hidden: model.embed_tokens(secateur_models::generate::token_tensor::<B>(&ids, &device)),
-                    ctx: AttnContext::for_batch(spec.clone(), &mask, &device),
-                    rows,
-                }
-            })
-            .collect()
-    } else {
-        Vec::new()
-    };
+    let mut batches: Vec<Batch<B>> = if wanda { embed_batches(&model, calibration, cfg.batch_size) } else { Vec::new() };
 
     let bar = if cfg.progress {
         ProgressBar::new(spec.num_layers as u64).with_style(
@@ -195,6 +175,49 @@ pub fn prune<B: Backend>(
         },
         masks,
     })
+}
+
+/// Right-padded calibration batches, embedded, with their attention contexts and token weights.
+fn embed_batches<B: Backend>(model: &DenseLm<B>, calibration: &[Vec<u32>], batch_size: usize) -> Vec<Batch<B>> {
+    let device = model.embed.val().device();
+    calibration
+        .chunks(batch_size.max(1))
+        .map(|chunk| {
+            let width = chunk.iter().map(Vec::len).max().unwrap_or(0);
+            let ids: Vec<Vec<u32>> = chunk
+                .iter()
+                .map(|s| s.iter().copied().chain(std::iter::repeat_n(0, width - s.len())).collect())
+                .collect();
+            let mask: Vec<Vec<bool>> = chunk.iter().map(|s| (0..width).map(|t| t < s.len()).collect()).collect();
+            let rows: Vec<f32> = mask.iter().flatten().map(|&m| if m { 1.0 } else { 0.0 }).collect();
+            Batch {
+                hidden: model.embed_tokens(secateur_models::generate::token_tensor::<B>(&ids, &device)),
+                ctx: AttnContext::for_batch(model.spec.clone(), &mask, &device),
+                rows,
+            }
+        })
+        .collect()
+}
+
+/// The squared L2 norm of every input feature of every projection over the real tokens of
+/// `calibration`, on the dense model (each block sees the dense blocks before it). This is the
+/// activation statistic behind Wanda and behind importance reordering.
+pub fn input_norms<B: Backend>(
+    model: &DenseLm<B>,
+    calibration: &[Vec<u32>],
+    batch_size: usize,
+) -> Result<HashMap<Site, Vec<f64>>, SparsityError> {
+    let mut batches = embed_batches(model, calibration, batch_size);
+    let mut out = HashMap::new();
+    for (layer, block) in model.blocks.iter().enumerate() {
+        for (kind, sq) in calibrate_block(block.clone(), layer, &batches)? {
+            out.insert(Site::new(layer, kind), sq);
+        }
+        for batch in &mut batches {
+            batch.hidden = block.forward(batch.hidden.clone(), &batch.ctx, None);
+        }
+    }
+    Ok(out)
 }
 
 /// Squared input norms of every projection of a dense block over all calibration batches.

@@ -1,0 +1,161 @@
+//! Importance-based reordering (the NAS-compression paper, Minitron-style): score MLP neurons,
+//! attention heads (per key/value group) and blocks on calibration data, then permute the
+//! weights so that the first `k` neurons or groups are the most important. A permutation leaves
+//! the model's function unchanged; sub-networks that keep the first `k` then keep the best `k`.
+//!
+//! - Neuron `j` of a block: squared L2 norm over calibration tokens of the MLP's hidden
+//!   activation (the input of `down`), i.e. of `act(gate(x))·up(x)` or `act(up(x))`.
+//! - Head: the same norm of its slice of the attention output (the input of `o`); a key/value
+//!   group's score is the sum over its query heads, and groups move with their k/v heads. Channels
+//!   inside a head are never reordered (RoPE pairs stay intact). ALiBi models (BLOOM, MPT) tie each
+//!   head to a slope by position, so their heads are not reordered.
+//! - Block: mean over tokens of `1 - cos(input, output)`.
+//!
+//! Embedding-channel reordering is not implemented yet.
+
+use burn::module::Param;
+use burn::prelude::*;
+use secateur_models::{AttnContext, Dense, DenseLm, PositionKind, QkvLayout, Site, SiteKind};
+use serde::Serialize;
+
+use crate::TrainError;
+
+/// Importance scores of a model.
+#[derive(Debug, Clone, Serialize)]
+pub struct Importance {
+    /// Per layer, per MLP neuron.
+    pub neurons: Vec<Vec<f64>>,
+    /// Per layer, per key/value group.
+    pub groups: Vec<Vec<f64>>,
+    /// Per layer: mean `1 - cos(input, output)`.
+    pub blocks: Vec<f64>,
+}
+
+/// Scores neurons, head groups and blocks on `calibration` token sequences.
+pub fn importance<B: Backend>(model: &DenseLm<B>, calibration: &[Vec<u32>], batch_size: usize) -> Result<Importance, TrainError> {
+    let norms = secateur_sparsity::input_norms(model, calibration, batch_size)
+        .map_err(|e| TrainError::Config(format!("importance statistics: {e}")))?;
+    let spec = model.spec();
+    let (h, kvh, d) = (spec.num_heads, spec.num_kv_heads, spec.head_dim);
+    let rep = h / kvh;
+    let mut neurons = Vec::new();
+    let mut groups = Vec::new();
+    for l in 0..spec.num_layers {
+        neurons.push(norms[&Site::new(l, SiteKind::Down)].clone());
+        let o = &norms[&Site::new(l, SiteKind::O)];
+        groups.push((0..kvh).map(|g| o[g * rep * d..(g + 1) * rep * d].iter().sum()).collect());
+    }
+    // Block importance: 1 - cosine similarity of each block's input and output.
+    let device = model.embed.val().device();
+    let mut sums = vec![0.0f64; spec.num_layers];
+    let mut tokens = 0usize;
+    for chunk in calibration.chunks(batch_size.max(1)) {
+        let width = chunk.iter().map(Vec::len).max().unwrap_or(0);
+        let ids: Vec<Vec<u32>> = chunk.iter().map(|s| s.iter().copied().chain(std::iter::repeat_n(0, width - s.len())).collect()).collect();
+        let mask: Vec<Vec<bool>> = chunk.iter().map(|s| (0..width).map(|t| t < s.len()).collect()).collect();
+        let real: Vec<bool> = mask.iter().flatten().copied().collect();
+        tokens += real.iter().filter(|r| **r).count();
+        let ctx = AttnContext::for_batch(model.spec.clone(), &mask, &device);
+        let mut x = model.embed_tokens(secateur_models::generate::token_tensor::<B>(&ids, &device));
+        for (l, block) in model.blocks.iter().enumerate() {
+            let y = block.forward(x.clone(), &ctx, None);
+            let [b, s, hd] = y.dims();
+            let (xa, ya) = (x.reshape([b * s, hd]), y.clone().reshape([b * s, hd]));
+            let dot = (xa.clone() * ya.clone()).sum_dim(1);
+            let nx = (xa.clone() * xa).sum_dim(1).sqrt();
+            let ny = (ya.clone() * ya).sum_dim(1).sqrt();
+            let cos: Vec<f32> = (dot / (nx * ny + 1e-12)).into_data().convert::<f32>().to_vec().expect("f32");
+            sums[l] += cos.iter().zip(&real).filter(|(_, r)| **r).map(|(c, _)| 1.0 - *c as f64).sum::<f64>();
+            x = y;
+        }
+    }
+    let blocks = sums.into_iter().map(|s| s / tokens.max(1) as f64).collect();
+    Ok(Importance { neurons, groups, blocks })
+}
+
+/// Indices sorted by descending score (ties: lower index first).
+pub fn descending(scores: &[f64]) -> Vec<usize> {
+    let mut order: Vec<usize> = (0..scores.len()).collect();
+    order.sort_by(|&a, &b| scores[b].total_cmp(&scores[a]).then(a.cmp(&b)));
+    order
+}
+
+fn values<B: Backend, const D: usize>(t: Tensor<B, D>) -> Vec<f32> {
+    t.into_data().convert::<f32>().to_vec().expect("f32")
+}
+
+/// New rows of a `[rows, cols]` matrix: row `i` of the result is row `order[i]` of blocks of `block` rows.
+fn permute_rows(w: &[f32], cols: usize, block: usize, order: &[usize]) -> Vec<f32> {
+    order.iter().flat_map(|&o| w[o * block * cols..(o + 1) * block * cols].iter().copied()).collect()
+}
+
+fn permute_cols(w: &[f32], cols: usize, block: usize, order: &[usize]) -> Vec<f32> {
+    w.chunks(cols).flat_map(|row| order.iter().flat_map(move |&o| row[o * block..(o + 1) * block].iter().copied())).collect()
+}
+
+fn rebuild<B: Backend>(d: &Dense<B>, weight: Vec<f32>, bias: Option<Vec<f32>>) -> Dense<B> {
+    let device = d.weight.val().device();
+    let shape = d.shape();
+    Dense {
+        weight: Param::from_tensor(Tensor::from_data(TensorData::new(weight, shape), &device)),
+        bias: bias.map(|b| {
+            let n = b.len();
+            Param::from_tensor(Tensor::from_data(TensorData::new(b, [n]), &device))
+        }),
+    }
+}
+
+/// Permutes rows (output features) of a projection, in blocks of `block` rows.
+fn rows<B: Backend>(d: &Dense<B>, block: usize, order: &[usize]) -> Dense<B> {
+    let [_, i] = d.shape();
+    let w = permute_rows(&values(d.weight.val()), i, block, order);
+    let b = d.bias.as_ref().map(|b| permute_rows(&values(b.val()), 1, block, order));
+    rebuild(d, w, b)
+}
+
+/// Permutes columns (input features) of a projection, in blocks of `block` columns.
+fn cols<B: Backend>(d: &Dense<B>, block: usize, order: &[usize]) -> Dense<B> {
+    let [_, i] = d.shape();
+    let w = permute_cols(&values(d.weight.val()), i, block, order);
+    rebuild(d, w, d.bias.as_ref().map(|b| values(b.val())))
+}
+
+/// Reorders every block's MLP neurons (and, with `heads`, its key/value groups) by descending
+/// importance. The result computes the same function.
+pub fn reorder<B: Backend>(mut model: DenseLm<B>, imp: &Importance, heads: bool) -> Result<DenseLm<B>, TrainError> {
+    let spec = model.spec.clone();
+    if heads && matches!(spec.position, PositionKind::Alibi { .. }) {
+        return Err(TrainError::Config(format!(
+            "{:?}: ALiBi ties each head to its slope by position; heads cannot be reordered",
+            spec.family
+        )));
+    }
+    let (h, kvh, d) = (spec.num_heads, spec.num_kv_heads, spec.head_dim);
+    let rep = h / kvh;
+    for (l, block) in model.blocks.iter_mut().enumerate() {
+        let n = descending(&imp.neurons[l]);
+        if let Some(g) = &block.mlp_gate {
+            block.mlp_gate = Some(rows(g, 1, &n));
+        }
+        block.mlp_up = rows(&block.mlp_up, 1, &n);
+        block.mlp_down = cols(&block.mlp_down, 1, &n);
+        if !heads {
+            continue;
+        }
+        let g = descending(&imp.groups[l]);
+        // Query heads follow their group: group g holds heads g*rep .. g*rep + rep.
+        let q_order: Vec<usize> = g.iter().flat_map(|&gi| (0..rep).map(move |r| gi * rep + r)).collect();
+        block.attn_out = cols(&block.attn_out, d, &q_order);
+        block.attn_in = match spec.qkv {
+            QkvLayout::Separate => vec![rows(&block.attn_in[0], d, &q_order), rows(&block.attn_in[1], d, &g), rows(&block.attn_in[2], d, &g)],
+            // [heads, 3, head_dim] (multi-head: one head per group).
+            QkvLayout::FusedPerHead => vec![rows(&block.attn_in[0], 3 * d, &q_order)],
+            // [3, heads, head_dim]: the same head order inside each of the q, k and v blocks.
+            QkvLayout::FusedBlocks => {
+                let full: Vec<usize> = (0..3).flat_map(|part| q_order.iter().map(move |&q| part * h + q)).collect();
+                vec![rows(&block.attn_in[0], d, &full)]
+            }
+        };
+    }
+    Ok(model)
+}
