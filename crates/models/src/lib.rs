@@ -8,6 +8,7 @@
 
 pub mod bloom;
 pub mod error;
+pub mod extract;
 pub mod generate;
 pub mod gpt_neox;
 pub mod llama;
@@ -21,11 +22,11 @@ pub mod weights;
 
 pub use error::{ModelError, Result};
 pub use generate::{generate, GenerateOptions};
-pub use nn::{Dense, Norm, Projection};
+pub use nn::{Dense, Norm, Projection, Sliceable};
 pub use site::{Site, SiteKind};
 pub use spec::{ArchSpec, Family, PositionKind, QkvLayout};
 pub use tokenizer::TextTokenizer;
-pub use transformer::{positions_of, AttnContext, Block, CausalLm, DenseLm, KvCache};
+pub use transformer::{positions_of, AttnContext, Block, CausalLm, DenseLm, KvCache, LayerStructure, SubnetStructure};
 pub use weights::Checkpoint;
 
 /// The CPU backend secateur uses by default.

@@ -120,7 +120,11 @@ impl MptConfig {
         {
             return Err(ModelError::config(path, "attn_config.clip_qkv", "must be positive"));
         }
-        let width = self.expansion_ratio * self.d_model as f64;
+        // Tolerate the rounding of a ratio written as width / d_model.
+        let width = {
+            let w = self.expansion_ratio * self.d_model as f64;
+            if (w - w.round()).abs() < 1e-6 { w.round() } else { w }
+        };
         if !(width >= 1.0) || width.fract() != 0.0 {
             return Err(ModelError::config(
                 path,

@@ -240,3 +240,22 @@ pub fn attention_bias<B: Backend>(
     }
     Tensor::from_data(TensorData::new(data, [b, hb, seq, t]), device)
 }
+
+/// Projections that can run on a slice of their weight: the elastic sub-networks of NAS keep the
+/// first output rows (MLP neurons, heads) and the matching input columns of the next projection.
+pub trait Sliceable<B: Backend>: Projection<B> {
+    /// Outputs `start..start + len` only.
+    fn forward_rows(&self, x: Tensor<B, 3>, start: usize, len: usize) -> Tensor<B, 3>;
+    /// Only the first `len` input features (`x` has `len` features).
+    fn forward_cols(&self, x: Tensor<B, 3>, len: usize) -> Tensor<B, 3>;
+}
+
+impl<B: Backend> Sliceable<B> for Dense<B> {
+    fn forward_rows(&self, x: Tensor<B, 3>, start: usize, len: usize) -> Tensor<B, 3> {
+        linear(x, self.weight.val().narrow(0, start, len), self.bias.as_ref().map(|b| b.val().narrow(0, start, len)))
+    }
+
+    fn forward_cols(&self, x: Tensor<B, 3>, len: usize) -> Tensor<B, 3> {
+        linear(x, self.weight.val().narrow(1, 0, len), self.bias.as_ref().map(|b| b.val()))
+    }
+}

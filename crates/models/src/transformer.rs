@@ -9,7 +9,7 @@ use burn::prelude::*;
 use burn::tensor::ops::AttentionModuleOptions;
 
 use crate::error::{ModelError, Result};
-use crate::nn::{activate, attention_bias, rope_inv_freq, Dense, Norm, Projection, RopeTables};
+use crate::nn::{activate, attention_bias, rope_inv_freq, Dense, Norm, Projection, RopeTables, Sliceable};
 use crate::site::{Site, SiteKind};
 use crate::spec::{ArchSpec, NormKind, PositionKind, QkvLayout, Residual};
 use crate::weights::Checkpoint;
@@ -78,6 +78,8 @@ pub struct AttnContext<B: Backend> {
     pub spec: Arc<ArchSpec>,
     /// RoPE tables for the query heads and for the key/value heads.
     pub rope: Option<[RopeTables<B>; 2]>,
+    /// The per-position tables, for sub-networks with fewer heads.
+    pub rope_base: Option<RopeTables<B>>,
     /// Additive bias `[batch, kv_heads or 1, (heads / kv_heads) * seq, keys]`.
     pub bias: Tensor<B, 4>,
 }
@@ -95,7 +97,7 @@ impl<B: Backend> AttnContext<B> {
             } => {
                 let inv = rope_inv_freq(*theta, *rotary_dim, scaling.as_ref());
                 let tables = RopeTables::<B>::new(&inv, spec.head_dim, positions, device);
-                Some([tables.per_head(spec.num_heads), tables.per_head(spec.num_kv_heads)])
+                Some(tables)
             }
             PositionKind::Alibi { .. } => None,
         };
@@ -110,7 +112,9 @@ impl<B: Backend> AttnContext<B> {
         } else {
             bias.reshape([b, spec.num_kv_heads, rep * seq, t])
         };
-        Self { spec, rope, bias }
+        let rope_base = rope;
+        let rope = rope_base.as_ref().map(|t| [t.per_head(spec.num_heads), t.per_head(spec.num_kv_heads)]);
+        Self { spec, rope, rope_base, bias }
     }
 
     /// Context of a right- or left-padded batch without a cache: positions count real tokens.
@@ -134,6 +138,53 @@ pub fn positions_of(row: &[bool], start: usize) -> Vec<usize> {
             }
         })
         .collect()
+}
+
+/// Attention of `q: [b, s, h, d]` over `k, v: [b, s, kvh, d]` (RoPE applied here, keys and
+/// values appended to `kv`), giving `[b, s, h·d]` before the output projection. `h` and `kvh`
+/// may be fewer than the model's (the first heads of an elastic sub-network).
+pub fn attend<B: Backend>(
+    q: Tensor<B, 4>,
+    k: Tensor<B, 4>,
+    v: Tensor<B, 4>,
+    ctx: &AttnContext<B>,
+    kv: Option<&mut Option<(Tensor<B, 4>, Tensor<B, 4>)>>,
+    h: usize,
+    kvh: usize,
+) -> Tensor<B, 3> {
+    let spec = &*ctx.spec;
+    let [b, s, _, d] = q.dims();
+    let (q, k) = match &ctx.rope {
+        Some([rq, rk]) if h == spec.num_heads && kvh == spec.num_kv_heads => (rq.apply(q), rk.apply(k)),
+        Some(_) => {
+            let tables = ctx.rope_base.as_ref().expect("RoPE contexts hold their base tables");
+            (tables.per_head(h).apply(q), tables.per_head(kvh).apply(k))
+        }
+        None => (q, k),
+    };
+    let (q, k, v) = (q.swap_dims(1, 2), k.swap_dims(1, 2), v.swap_dims(1, 2));
+    let (k, v) = match kv {
+        Some(slot) => {
+            let (k, v) = match slot.take() {
+                Some((pk, pv)) => (Tensor::cat(vec![pk, k], 2), Tensor::cat(vec![pv, v], 2)),
+                None => (k, v),
+            };
+            *slot = Some((k.clone(), v.clone()));
+            (k, v)
+        }
+        None => (k, v),
+    };
+    let rep = h / kvh;
+    // Grouped-query attention without copying keys: query heads g*rep..g*rep+rep share
+    // key/value head g, so [b, h, s, d] is viewed as [b, kvh, rep*s, d]; the context's
+    // bias is already laid out to match (ALiBi biases, one per head, keep the first h).
+    let bias = if ctx.bias.dims()[1] > 1 && h < spec.num_heads { ctx.bias.clone().narrow(1, 0, kvh) } else { ctx.bias.clone() };
+    let options = AttentionModuleOptions {
+        scale: Some(spec.attn_scale),
+        ..Default::default()
+    };
+    let out = burn::tensor::module::attention(q.reshape([b, kvh, rep * s, d]), k, v, None, Some(bias), options);
+    out.reshape([b, h, s, d]).swap_dims(1, 2).reshape([b, s, h * d])
 }
 
 impl<B: Backend, P: Projection<B>> Block<B, P> {
@@ -199,40 +250,75 @@ impl<B: Backend, P: Projection<B>> Block<B, P> {
                 )
             }
         };
-        let (q, k) = match &ctx.rope {
-            Some([rq, rk]) => (rq.apply(q), rk.apply(k)),
-            None => (q, k),
-        };
-        let (q, k, v) = (q.swap_dims(1, 2), k.swap_dims(1, 2), v.swap_dims(1, 2));
-        let (k, v) = match kv {
-            Some(slot) => {
-                let (k, v) = match slot.take() {
-                    Some((pk, pv)) => (Tensor::cat(vec![pk, k], 2), Tensor::cat(vec![pv, v], 2)),
-                    None => (k, v),
-                };
-                *slot = Some((k.clone(), v.clone()));
-                (k, v)
-            }
-            None => (k, v),
-        };
-        let rep = h / kvh;
-        // Grouped-query attention without copying keys: query heads g*rep..g*rep+rep share
-        // key/value head g, so [b, h, s, d] is viewed as [b, kvh, rep*s, d]; the context's
-        // bias is already laid out to match.
-        let options = AttentionModuleOptions {
-            scale: Some(spec.attn_scale),
-            ..Default::default()
-        };
-        let out = burn::tensor::module::attention(
-            q.reshape([b, kvh, rep * s, d]),
-            k,
-            v,
-            None,
-            Some(ctx.bias.clone()),
-            options,
-        );
-        let out = out.reshape([b, h, s, d]).swap_dims(1, 2).reshape([b, s, h * d]);
+        let out = attend(q, k, v, ctx, kv, h, kvh);
         self.attn_out.forward(out)
+    }
+
+    /// The block with only the first `groups` key/value groups (and their query heads) and the
+    /// first `width` MLP neurons: the weights are sliced, not copied.
+    pub fn forward_sliced(&self, x: Tensor<B, 3>, ctx: &AttnContext<B>, width: usize, groups: usize) -> Tensor<B, 3>
+    where
+        P: Sliceable<B>,
+    {
+        let attn = |x: Tensor<B, 3>| self.attention_sliced(x, ctx, groups);
+        let mlp = |x: Tensor<B, 3>| {
+            let hidden = match &self.mlp_gate {
+                Some(g) => activate(g.forward_rows(x.clone(), 0, width), ctx.spec.activation) * self.mlp_up.forward_rows(x, 0, width),
+                None => activate(self.mlp_up.forward_rows(x, 0, width), ctx.spec.activation),
+            };
+            self.mlp_down.forward_cols(hidden, width)
+        };
+        match ctx.spec.residual {
+            Residual::Sequential => {
+                let h = x.clone() + attn(self.attn_norm.forward(x));
+                h.clone() + mlp(self.mlp_norm.forward(h))
+            }
+            Residual::Parallel => {
+                let a = attn(self.attn_norm.forward(x.clone()));
+                let m = mlp(self.mlp_norm.forward(x.clone()));
+                x + a + m
+            }
+            Residual::SequentialPostNorm => {
+                let n = self.attn_norm.forward(x);
+                let h = n.clone() + attn(n);
+                let n = self.mlp_norm.forward(h);
+                n.clone() + mlp(n)
+            }
+        }
+    }
+
+    fn attention_sliced(&self, x: Tensor<B, 3>, ctx: &AttnContext<B>, groups: usize) -> Tensor<B, 3>
+    where
+        P: Sliceable<B>,
+    {
+        let spec = &*ctx.spec;
+        let [b, s, _] = x.dims();
+        let (h, kvh, d) = (spec.num_heads, spec.num_kv_heads, spec.head_dim);
+        let (hq, hk) = (groups * (h / kvh), groups);
+        let split = |t: Tensor<B, 3>, n: usize| t.reshape([b, s, n, d]);
+        let clip = |t: Tensor<B, 3>| match spec.clip_qkv {
+            Some(c) => t.clamp(-c, c),
+            None => t,
+        };
+        let (q, k, v) = match spec.qkv {
+            QkvLayout::Separate => (
+                split(clip(self.attn_in[0].forward_rows(x.clone(), 0, hq * d)), hq),
+                split(clip(self.attn_in[1].forward_rows(x.clone(), 0, hk * d)), hk),
+                split(clip(self.attn_in[2].forward_rows(x, 0, hk * d)), hk),
+            ),
+            QkvLayout::FusedPerHead => {
+                let y = clip(self.attn_in[0].forward_rows(x, 0, hq * 3 * d)).reshape([b, s, hq, 3 * d]);
+                let part = |i: usize| y.clone().narrow(3, i * d, d);
+                (part(0), part(1), part(2))
+            }
+            QkvLayout::FusedBlocks => (
+                split(clip(self.attn_in[0].forward_rows(x.clone(), 0, hq * d)), hq),
+                split(clip(self.attn_in[0].forward_rows(x.clone(), h * d, hk * d)), hk),
+                split(clip(self.attn_in[0].forward_rows(x, (h + kvh) * d, hk * d)), hk),
+            ),
+        };
+        let out = attend(q, k, v, ctx, None, hq, hk);
+        self.attn_out.forward_cols(out, hq * d)
     }
 
     /// The MLP of normalised input `x`.
@@ -254,6 +340,64 @@ impl<B: Backend, P: Projection<B>> Block<B, P> {
         out.push((SiteKind::Up, &self.mlp_up));
         out.push((SiteKind::Down, &self.mlp_down));
         out
+    }
+}
+
+/// The active part of one block of an elastic sub-network.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct LayerStructure {
+    /// Index of the block in the super-network.
+    pub layer: usize,
+    /// MLP neurons kept (the first ones).
+    pub mlp_width: usize,
+    /// Key/value groups kept (the first ones, with their query heads).
+    pub kv_groups: usize,
+}
+
+/// An elastic sub-network: the blocks that run, in order, and how much of each. (Embedding
+/// width is not elastic yet.)
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct SubnetStructure {
+    pub layers: Vec<LayerStructure>,
+}
+
+impl SubnetStructure {
+    /// Every block at full size.
+    pub fn full(spec: &ArchSpec) -> Self {
+        Self {
+            layers: (0..spec.num_layers)
+                .map(|layer| LayerStructure { layer, mlp_width: spec.intermediate_size, kv_groups: spec.num_kv_heads })
+                .collect(),
+        }
+    }
+
+    /// Checks the structure against an architecture; errors name the layer and the dimension.
+    pub fn validate(&self, spec: &ArchSpec) -> Result<()> {
+        let bad = |m: String| ModelError::InvalidInput(format!("sub-network: {m}"));
+        if self.layers.is_empty() {
+            return Err(bad("no block is kept".into()));
+        }
+        for (i, l) in self.layers.iter().enumerate() {
+            if l.layer >= spec.num_layers {
+                return Err(bad(format!("block {} does not exist ({} blocks)", l.layer, spec.num_layers)));
+            }
+            if i > 0 && l.layer <= self.layers[i - 1].layer {
+                return Err(bad(format!("blocks must be listed once, in order ({} after {})", l.layer, self.layers[i - 1].layer)));
+            }
+            if l.mlp_width == 0 || l.mlp_width > spec.intermediate_size {
+                return Err(bad(format!("block {}: MLP width {} not in 1..={}", l.layer, l.mlp_width, spec.intermediate_size)));
+            }
+            if l.kv_groups == 0 || l.kv_groups > spec.num_kv_heads {
+                return Err(bad(format!(
+                    "block {}: {} key/value groups not in 1..={} (heads are kept in whole groups of {})",
+                    l.layer,
+                    l.kv_groups,
+                    spec.num_kv_heads,
+                    spec.num_heads / spec.num_kv_heads
+                )));
+            }
+        }
+        Ok(())
     }
 }
 
@@ -450,6 +594,24 @@ impl<B: Backend, P: Projection<B>> CausalLm<B, P> {
         for (l, block) in self.blocks.iter().enumerate() {
             let kv = if use_cache { Some(&mut cache.layers[l]) } else { None };
             h = block.forward(h, &ctx, kv);
+        }
+        Ok(self.logits(h))
+    }
+}
+
+impl<B: Backend, P: Sliceable<B>> CausalLm<B, P> {
+    /// Logits of an elastic sub-network of this super-network (no cache): only the blocks of
+    /// `structure` run, each with its first MLP neurons and key/value groups.
+    pub fn forward_subnet(&self, ids: Tensor<B, 2, Int>, mask: &[Vec<bool>], structure: &SubnetStructure) -> Result<Tensor<B, 3>> {
+        structure.validate(&self.spec)?;
+        let [b, s] = ids.dims();
+        if mask.len() != b || mask.iter().any(|m| m.len() != s) {
+            return Err(ModelError::InvalidInput(format!("attention mask must be [{b}][{s}] like the input ids")));
+        }
+        let ctx = AttnContext::for_batch(self.spec.clone(), mask, &ids.device());
+        let mut h = self.embed_tokens(ids);
+        for l in &structure.layers {
+            h = self.blocks[l.layer].forward_sliced(h, &ctx, l.mlp_width, l.kv_groups);
         }
         Ok(self.logits(h))
     }
