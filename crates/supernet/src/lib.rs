@@ -12,6 +12,7 @@
 
 pub mod data;
 pub mod eval;
+pub mod nas;
 pub mod reorder;
 pub mod toy;
 pub mod train;

@@ -138,7 +138,7 @@ pub fn lm_loss<B: Backend>(logits: Tensor<B, 3>, batch: &Batch, norm: f64) -> Te
 }
 
 /// burn's AdamW with every value set from `cfg` (burn's own defaults differ from PyTorch's).
-fn adamw(cfg: &TrainConfig) -> AdamWConfig {
+pub fn adamw(cfg: &TrainConfig) -> AdamWConfig {
     AdamWConfig::new()
         .with_beta_1(cfg.beta1 as f32)
         .with_beta_2(cfg.beta2 as f32)

@@ -1,0 +1,325 @@
+//! Two-stage NAS for LLM compression: a structural search space over blocks, MLP width and
+//! key/value groups, its exact cost, the samplers that train the super-network (uniform, sandwich,
+//! grid-params, calibrate-mag) and the training loop (full fine-tuning of every parameter).
+//!
+//! The space is homogeneous: one MLP width and one number of groups shared by the kept blocks,
+//! and a depth (the `d` most important blocks, in order), so every sub-network can be extracted
+//! into a standard Hugging Face config.
+
+use burn::module::AutodiffModule;
+use burn::optim::{GradientsAccumulator, GradientsParams, Optimizer};
+use burn::prelude::*;
+use burn::tensor::backend::AutodiffBackend;
+use indicatif::{ProgressBar, ProgressStyle};
+use rand::rngs::StdRng;
+use rand::seq::SliceRandom;
+use rand::{Rng, SeedableRng};
+use secateur_models::generate::token_tensor;
+use secateur_models::{ArchSpec, DenseLm, LayerStructure, SubnetStructure};
+use serde::{Deserialize, Serialize};
+
+use crate::data::{Batch, Example};
+use crate::train::{adamw, clip_global_norm, lm_loss, lr_at, TrainConfig};
+use crate::TrainError;
+
+/// Choices of the structural search space (each list descending; index 0 is the largest).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StructureSpace {
+    pub widths: Vec<usize>,
+    pub groups: Vec<usize>,
+    pub depths: Vec<usize>,
+    /// Blocks by descending importance: depth `d` keeps the first `d` of them, in model order.
+    pub block_order: Vec<usize>,
+}
+
+/// One point of a [`StructureSpace`]: indices into its choice lists.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct StructureChoice {
+    pub width: usize,
+    pub groups: usize,
+    pub depth: usize,
+}
+
+impl StructureSpace {
+    /// A default space: MLP widths 100/87.5/75/62.5/50%, every group count down to half, depth
+    /// down to 75% of the blocks; `block_order` by importance (or model order).
+    pub fn preset(spec: &ArchSpec, block_order: Option<Vec<usize>>) -> Self {
+        let i = spec.intermediate_size;
+        let mut widths: Vec<usize> = [8, 7, 6, 5, 4].iter().map(|k| (i * k / 8).max(1)).collect();
+        widths.dedup();
+        let groups: Vec<usize> = (spec.num_kv_heads.div_ceil(2)..=spec.num_kv_heads).rev().collect();
+        let l = spec.num_layers;
+        let depths: Vec<usize> = ((l * 3).div_ceil(4)..=l).rev().collect();
+        Self { widths, groups, depths, block_order: block_order.unwrap_or_else(|| (0..l).collect()) }
+    }
+
+    pub fn maximal(&self) -> StructureChoice {
+        StructureChoice { width: 0, groups: 0, depth: 0 }
+    }
+
+    pub fn minimal(&self) -> StructureChoice {
+        StructureChoice { width: self.widths.len() - 1, groups: self.groups.len() - 1, depth: self.depths.len() - 1 }
+    }
+
+    pub fn random(&self, rng: &mut StdRng) -> StructureChoice {
+        StructureChoice {
+            width: rng.random_range(0..self.widths.len()),
+            groups: rng.random_range(0..self.groups.len()),
+            depth: rng.random_range(0..self.depths.len()),
+        }
+    }
+
+    /// The sub-network of a choice.
+    pub fn structure(&self, c: StructureChoice) -> SubnetStructure {
+        let mut kept: Vec<usize> = self.block_order[..self.depths[c.depth]].to_vec();
+        kept.sort_unstable();
+        SubnetStructure {
+            layers: kept
+                .into_iter()
+                .map(|layer| LayerStructure { layer, mlp_width: self.widths[c.width], kv_groups: self.groups[c.groups] })
+                .collect(),
+        }
+    }
+}
+
+/// Exact cost of a sub-network per token at `context` keys: parameters (embedding, head if
+/// untied, norms, kept projections with biases) and MACs (kept projections, attention products,
+/// LM head), counted as in [`secateur_elastic_lora::cost`].
+pub fn structure_cost(spec: &ArchSpec, s: &SubnetStructure, context: usize) -> (usize, usize) {
+    let h = spec.hidden_size;
+    let d = spec.head_dim;
+    let rep = spec.num_heads / spec.num_kv_heads;
+    let norm = match spec.norm {
+        secateur_models::spec::NormKind::Layer { bias: true } => 2 * h,
+        _ => h,
+    };
+    let embed = spec.vocab_size * h;
+    let mut params = embed + if spec.tie_word_embeddings { 0 } else { embed } + norm * (1 + usize::from(spec.embed_norm));
+    let mut macs = spec.vocab_size * h;
+    for l in &s.layers {
+        let (q, kv, w) = (l.kv_groups * rep * d, l.kv_groups * d, l.mlp_width);
+        let attn_w = h * (q + 2 * kv) + q * h;
+        let attn_b = if spec.attention_bias { q + 2 * kv + h } else { 0 };
+        let mlp_w = if spec.gated_mlp { 3 * h * w } else { 2 * h * w };
+        let mlp_b = if spec.mlp_bias { w * if spec.gated_mlp { 2 } else { 1 } + h } else { 0 };
+        params += attn_w + attn_b + mlp_w + mlp_b + 2 * norm;
+        macs += attn_w + mlp_w + 2 * l.kv_groups * rep * d * context;
+    }
+    (params, macs)
+}
+
+/// How the super-network's sub-networks are drawn during training.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum SamplerKind {
+    /// One uniformly random sub-network per step.
+    Random,
+    /// Maximal, `k` random and minimal per step, gradients accumulated (BigNAS).
+    Sandwich,
+    /// A fixed grid: the parameter range split into `K` bins, each filled by rejection sampling
+    /// (up to 1000 tries); steps draw uniformly from the grid plus maximal and minimal.
+    GridParams,
+    /// As grid-params, but per bin the candidate with the largest total weight magnitude among
+    /// about 50 sampled.
+    CalibrateMag,
+}
+
+/// The sub-networks a training run draws from.
+pub struct Sampler {
+    pub kind: SamplerKind,
+    pub space: StructureSpace,
+    /// Random sub-networks per sandwich step.
+    pub sandwich_random: usize,
+    /// The grid of grid-params and calibrate-mag (with maximal and minimal).
+    pub grid: Vec<StructureChoice>,
+}
+
+impl Sampler {
+    /// Builds a sampler; grid kinds fill `bins` parameter bins (the paper's K = 22).
+    pub fn new<B: Backend>(kind: SamplerKind, space: StructureSpace, model: &DenseLm<B>, bins: usize, seed: u64) -> Self {
+        let spec = model.spec().clone();
+        let mut grid = Vec::new();
+        if matches!(kind, SamplerKind::GridParams | SamplerKind::CalibrateMag) {
+            let cost = |c: StructureChoice| structure_cost(&spec, &space.structure(c), 0).0 as f64;
+            let (lo, hi) = (cost(space.minimal()), cost(space.maximal()));
+            let mut rng = StdRng::seed_from_u64(seed);
+            let magnitude = |c: StructureChoice| structure_magnitude(model, &space.structure(c));
+            for k in 0..bins.max(1) {
+                let (a, b) = (lo + (hi - lo) * k as f64 / bins as f64, lo + (hi - lo) * (k + 1) as f64 / bins as f64);
+                let inside = |c: &StructureChoice| {
+                    let p = cost(*c);
+                    p >= a && (p < b || (k + 1 == bins && p <= b))
+                };
+                let pick = match kind {
+                    SamplerKind::GridParams => (0..1000).map(|_| space.random(&mut rng)).find(inside),
+                    _ => {
+                        let cands: Vec<StructureChoice> = (0..1000).map(|_| space.random(&mut rng)).filter(inside).take(50).collect();
+                        cands.into_iter().map(|c| (magnitude(c), c)).max_by(|x, y| x.0.total_cmp(&y.0)).map(|(_, c)| c)
+                    }
+                };
+                if let Some(c) = pick
+                    && !grid.contains(&c)
+                {
+                    grid.push(c);
+                }
+            }
+            for c in [space.maximal(), space.minimal()] {
+                if !grid.contains(&c) {
+                    grid.push(c);
+                }
+            }
+        }
+        Self { kind, space, sandwich_random: 2, grid }
+    }
+
+    /// The sub-networks of training step `step`.
+    pub fn step(&self, seed: u64, step: usize) -> Vec<StructureChoice> {
+        let mut rng = StdRng::seed_from_u64(seed ^ (step as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15));
+        match self.kind {
+            SamplerKind::Random => vec![self.space.random(&mut rng)],
+            SamplerKind::Sandwich => {
+                let mut v = vec![self.space.maximal()];
+                v.extend((0..self.sandwich_random).map(|_| self.space.random(&mut rng)));
+                v.push(self.space.minimal());
+                v
+            }
+            SamplerKind::GridParams | SamplerKind::CalibrateMag => vec![self.grid[rng.random_range(0..self.grid.len())]],
+        }
+    }
+}
+
+/// Total absolute weight of the projections a sub-network keeps.
+pub fn structure_magnitude<B: Backend>(model: &DenseLm<B>, s: &SubnetStructure) -> f64 {
+    let spec = model.spec();
+    let (rep, d) = (spec.num_heads / spec.num_kv_heads, spec.head_dim);
+    s.layers
+        .iter()
+        .map(|l| {
+            let b = &model.blocks[l.layer];
+            let sum = |t: Tensor<B, 2>| t.abs().sum().into_scalar().elem::<f64>();
+            let q = l.kv_groups * rep * d;
+            let mut m = sum(b.mlp_up.weight.val().narrow(0, 0, l.mlp_width)) + sum(b.mlp_down.weight.val().narrow(1, 0, l.mlp_width));
+            if let Some(g) = &b.mlp_gate {
+                m += sum(g.weight.val().narrow(0, 0, l.mlp_width));
+            }
+            m + sum(b.attn_out.weight.val().narrow(1, 0, q))
+        })
+        .sum()
+}
+
+/// Report of a super-network training run.
+#[derive(Debug, Clone, Serialize, Default)]
+pub struct NasReport {
+    pub steps: usize,
+    pub losses: Vec<f64>,
+    pub seconds: f64,
+    pub grid_size: usize,
+}
+
+/// Trains every parameter of `model` as a super-network: per optimizer step, the sampler's
+/// sub-networks each run forward and backward on the step's batch (gradients accumulated).
+pub fn train_supernet<B: AutodiffBackend>(
+    mut model: DenseLm<B>,
+    sampler: &Sampler,
+    examples: &[Example],
+    cfg: &TrainConfig,
+    pad: u32,
+) -> Result<(DenseLm<B>, NasReport), TrainError>
+where
+    DenseLm<B>: AutodiffModule<B>,
+{
+    if examples.is_empty() || cfg.batch_size == 0 {
+        return Err(TrainError::Config("no examples or zero batch size".into()));
+    }
+    let device = model.embed.val().device();
+    let per_epoch = examples.len().div_ceil(cfg.batch_size);
+    let total = per_epoch * cfg.epochs;
+    let mut optim = adamw(cfg).init::<B, DenseLm<B>>();
+    let bar = if cfg.progress {
+        ProgressBar::new(total as u64).with_style(ProgressStyle::with_template("super-network {bar:30} {pos}/{len} steps [{elapsed_precise}<{eta_precise}] {msg}").expect("template"))
+    } else {
+        ProgressBar::hidden()
+    };
+    let clock = std::time::Instant::now();
+    let mut report = NasReport { grid_size: sampler.grid.len(), ..Default::default() };
+    let mut order: Vec<usize> = (0..examples.len()).collect();
+    for step in 0..total {
+        if step % per_epoch == 0 {
+            order.shuffle(&mut StdRng::seed_from_u64(cfg.seed.wrapping_add((step / per_epoch) as u64)));
+        }
+        let at = (step % per_epoch) * cfg.batch_size;
+        let chosen: Vec<&Example> = order[at..(at + cfg.batch_size).min(order.len())].iter().map(|&i| &examples[i]).collect();
+        let batch = Batch::new(&chosen, pad);
+        let mut acc = GradientsAccumulator::new();
+        let mut loss_sum = 0.0;
+        for c in sampler.step(cfg.seed, step) {
+            let logits = model.forward_subnet(token_tensor::<B>(&batch.ids, &device), &batch.mask, &sampler.space.structure(c))?;
+            let loss = lm_loss(logits, &batch, batch.target_tokens().max(1) as f64);
+            loss_sum += loss.clone().into_scalar().elem::<f64>();
+            acc.accumulate(&model, GradientsParams::from_grads(loss.backward(), &model));
+        }
+        let mut grads = acc.grads();
+        if let Some(max) = cfg.max_grad_norm {
+            clip_global_norm(&model, &mut grads, max);
+        }
+        model = optim.step(lr_at(cfg, step, total), model, grads);
+        report.losses.push(loss_sum);
+        bar.set_message(format!("loss {loss_sum:.3}"));
+        bar.inc(1);
+    }
+    bar.finish_and_clear();
+    report.steps = total;
+    report.seconds = clock.elapsed().as_secs_f64();
+    Ok((model, report))
+}
+
+/// Mean next-token loss of a sub-network on `examples` (target tokens only).
+pub fn validation_loss<B: Backend>(model: &DenseLm<B>, s: &SubnetStructure, examples: &[Example], pad: u32, batch_size: usize) -> Result<f64, TrainError> {
+    let device = model.embed.val().device();
+    let (mut total, mut count) = (0.0, 0usize);
+    for chunk in examples.chunks(batch_size.max(1)) {
+        let refs: Vec<&Example> = chunk.iter().collect();
+        let batch = Batch::new(&refs, pad);
+        let n = batch.target_tokens();
+        let logits = model.forward_subnet(token_tensor::<B>(&batch.ids, &device), &batch.mask, s)?;
+        total += lm_loss(logits, &batch, 1.0).into_scalar().elem::<f64>();
+        count += n;
+    }
+    Ok(total / count.max(1) as f64)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec() -> ArchSpec {
+        let cfg = serde_json::json!({
+            "model_type": "llama", "vocab_size": 10, "hidden_size": 8, "intermediate_size": 16,
+            "num_hidden_layers": 4, "num_attention_heads": 4, "num_key_value_heads": 2
+        });
+        ArchSpec::from_config_value(std::path::Path::new("config.json"), cfg).unwrap()
+    }
+
+    #[test]
+    fn preset_choices_and_structures() {
+        let space = StructureSpace::preset(&spec(), Some(vec![2, 0, 3, 1]));
+        assert_eq!(space.widths, vec![16, 14, 12, 10, 8]);
+        assert_eq!(space.groups, vec![2, 1]);
+        assert_eq!(space.depths, vec![4, 3]);
+        let s = space.structure(space.minimal());
+        // Depth 3 keeps the 3 most important blocks (2, 0, 3), in model order.
+        assert_eq!(s.layers.iter().map(|l| l.layer).collect::<Vec<_>>(), vec![0, 2, 3]);
+        assert!(s.layers.iter().all(|l| l.mlp_width == 8 && l.kv_groups == 1));
+    }
+
+    #[test]
+    fn cost_by_hand() {
+        let spec = spec();
+        let s = SubnetStructure { layers: vec![LayerStructure { layer: 0, mlp_width: 8, kv_groups: 1 }] };
+        // embed 80 + head 80 + final norm 8; block: q 8x4... head_dim 2: q = 1*2*2 = 4, kv = 2:
+        // attn 8*(4+4) + 4*8 = 96, mlp 3*8*8 = 192, norms 16.
+        let (p, m) = structure_cost(&spec, &s, 10);
+        assert_eq!(p, 80 + 80 + 8 + 96 + 192 + 16);
+        assert_eq!(m, 80 + 96 + 192 + 2 * 2 * 2 * 10);
+    }
+}

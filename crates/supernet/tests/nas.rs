@@ -1,0 +1,66 @@
+//! Super-network training, samplers and the structural cost model.
+
+use std::path::PathBuf;
+
+use burn::module::AutodiffModule;
+use secateur_models::extract::extract;
+use secateur_models::{Cpu, CpuAutodiff, DenseLm};
+use secateur_supernet::data::Example;
+use secateur_supernet::nas::{structure_cost, train_supernet, validation_loss, Sampler, SamplerKind, StructureChoice, StructureSpace};
+use secateur_supernet::train::TrainConfig;
+
+fn fixtures() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../models/tests/fixtures")
+}
+
+#[test]
+fn the_cost_model_counts_the_extracted_parameters() {
+    for variant in ["llama_gqa", "llama_mha_tied_bias_llama3", "neox_parallel", "mpt_4heads", "bloom_4heads"] {
+        let dir = fixtures().join(variant);
+        let model = DenseLm::<Cpu>::load(&dir, &Default::default()).unwrap();
+        let config: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(dir.join("config.json")).unwrap()).unwrap();
+        let mut space = StructureSpace::preset(model.spec(), None);
+        if variant.starts_with("bloom") {
+            space.widths.truncate(1); // BLOOM configs cannot express another MLP width
+        }
+        if !variant.starts_with("llama") {
+            space.groups.truncate(1); // only LLaMA configs can express fewer heads here
+        }
+        for c in [space.maximal(), space.minimal(), StructureChoice { width: space.widths.len() / 2, groups: 0, depth: 0 }] {
+            let s = space.structure(c);
+            let (small, _) = extract(&model, &s, &config).unwrap();
+            assert_eq!(structure_cost(model.spec(), &s, 16).0, small.num_params(), "{variant} {c:?}");
+        }
+    }
+}
+
+fn examples(n: usize) -> Vec<Example> {
+    (0..n)
+        .map(|i| {
+            let a = 10 + (i * 7 % 60) as u32;
+            let ids = vec![1, a, 5 + (i % 3) as u32, 9, a, a, a, 2];
+            Example { target: (0..ids.len()).map(|t| t >= 4).collect(), ids }
+        })
+        .collect()
+}
+
+#[test]
+fn samplers_and_super_network_training() {
+    let device = Default::default();
+    let model = DenseLm::<CpuAutodiff>::load(&fixtures().join("llama_gqa"), &device).unwrap();
+    let space = StructureSpace::preset(model.spec(), None);
+    let grid = Sampler::new(SamplerKind::GridParams, space.clone(), &model, 22, 0);
+    assert!(grid.grid.len() >= 3 && grid.grid.contains(&space.maximal()) && grid.grid.contains(&space.minimal()));
+    let mag = Sampler::new(SamplerKind::CalibrateMag, space.clone(), &model, 22, 0);
+    assert!(mag.grid.len() >= 3);
+    let sandwich = Sampler::new(SamplerKind::Sandwich, space.clone(), &model, 22, 0);
+    let step = sandwich.step(0, 3);
+    assert_eq!((step.len(), step[0], step[3]), (4, space.maximal(), space.minimal()));
+    let cfg = TrainConfig { epochs: 8, batch_size: 8, micro_batch_size: 8, lr: 3e-3, warmup_steps: 1, ..Default::default() };
+    let data = examples(16);
+    let before = validation_loss(&model.valid(), &space.structure(space.minimal()), &data, 0, 8).unwrap();
+    let (trained, report) = train_supernet(model, &sandwich, &data, &cfg, 0, ).unwrap();
+    assert_eq!(report.steps, 16);
+    let after = validation_loss(&trained.valid(), &space.structure(space.minimal()), &data, 0, 8).unwrap();
+    assert!(after < 0.7 * before, "minimal sub-network loss {before} -> {after}");
+}
