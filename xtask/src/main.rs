@@ -3,8 +3,9 @@
 //! - `fixtures`: regenerate the reference fixtures with transformers and PEFT
 //!   (`scripts/make_*.py`; needs scripts/requirements.txt installed).
 //! - `bench`: run the forward/decode benchmark and the PyTorch baseline of the same config.
-//! - `recipe sqft | shears`: run all SQFT pipelines (or the Shears pipeline) on the embedded
-//!   default and write the combined table into `runs/recipe-<name>/report.md`.
+//! - `recipe sqft | shears | nas`: run all SQFT pipelines, the Shears pipeline, or NAS with every
+//!   sampler with and without importance reordering, on the embedded default, and write the
+//!   combined table into `runs/recipe-<name>/report.md`.
 //! - `pretrain-tiny [--steps N] [--out DIR]`: pretrain the tiny LLaMA of `secateur shears`'s
 //!   embedded default on the generated corpus (seeded and reproducible) and write it as a
 //!   Hugging Face checkpoint (default `assets/tiny-llama`).
@@ -121,8 +122,29 @@ fn main() -> ExitCode {
                 }
                 ok
             }
+            Some("nas") => {
+                // Every sampling strategy, with and without importance reordering.
+                let mut ok = true;
+                let mut tables = String::new();
+                for strategy in ["sandwich", "random", "grid-params", "calibrate-mag"] {
+                    for importance in [false, true] {
+                        let out = format!("runs/recipe-nas/{strategy}{}", if importance { "-importance" } else { "" });
+                        let mut cmd = Command::new("cargo");
+                        cmd.args(["run", "--release", "-p", "secateur-cli", "--", "nas", "--strategy", strategy, "--epochs", "1", "--out", &out]);
+                        if importance {
+                            cmd.arg("--importance");
+                        }
+                        ok &= run(cmd.current_dir(&root));
+                        tables += &std::fs::read_to_string(root.join(&out).join("report.md")).unwrap_or_default();
+                        tables.push('\n');
+                    }
+                }
+                let _ = std::fs::write(root.join("runs/recipe-nas/report.md"), tables);
+                eprintln!("table: runs/recipe-nas/report.md");
+                ok
+            }
             _ => {
-                eprintln!("usage: cargo xtask recipe <sqft|shears>");
+                eprintln!("usage: cargo xtask recipe <sqft|shears|nas>");
                 false
             }
         },

@@ -1,5 +1,6 @@
 //! `secateur`: compress and fine-tune causal language models from the command line.
 
+mod nas_cmd;
 mod search_cmd;
 mod shears;
 mod sqft;
@@ -119,6 +120,10 @@ enum Command {
     /// SQFT: NLS on a quantized sparse base, SparsePEFT and QA-SparsePEFT (merged into sparse
     /// FP32 and INT-n models), with the untuned and LoRA baselines, in one report.
     Sqft(sqft::SqftArgs),
+    /// Two-stage NAS: train a weight-sharing super-network (sandwich, random, grid-params or
+    /// calibrate-mag sampling; optionally after importance reordering), search it and extract
+    /// the Pareto front into standalone checkpoints.
+    Nas(nas_cmd::NasArgs),
     /// Search the sub-adapters of a finished `secateur shears` run on its validation split, then
     /// measure the chosen ones on the test split.
     Search(search_cmd::SearchArgs),
@@ -192,7 +197,7 @@ fn device_of(cmd: &Command) -> DeviceKind {
         | Command::Generate { model, .. }
         | Command::Prune { model, .. }
         | Command::Quantize { model, .. } => model.device,
-        Command::Shears(_) | Command::Sqft(_) | Command::Search(_) | Command::MooBench { .. } => DeviceKind::Cpu,
+        Command::Shears(_) | Command::Sqft(_) | Command::Nas(_) | Command::Search(_) | Command::MooBench { .. } => DeviceKind::Cpu,
     }
 }
 
@@ -200,6 +205,10 @@ fn run(cli: Cli) -> Result<(), CliError> {
     if let Command::Shears(args) = cli.command {
         let table = shears::run(args)?;
         emit(&table);
+        return Ok(());
+    }
+    if let Command::Nas(args) = cli.command {
+        emit(&nas_cmd::run(args)?);
         return Ok(());
     }
     if let Command::Sqft(args) = cli.command {
@@ -297,7 +306,7 @@ fn run_on<B: Backend>(cmd: Command, device: B::Device) -> Result<(), CliError> {
                 .unwrap_or(0);
             emit(&serde_json::to_string(&json!({"out": out, "bits": bits, "group_size": group_size, "weights_bytes": bytes, "source_weights_bytes": source})).expect("JSON"));
         }
-        Command::Shears(_) | Command::Sqft(_) | Command::Search(_) | Command::MooBench { .. } => unreachable!("handled in run"),
+        Command::Shears(_) | Command::Sqft(_) | Command::Nas(_) | Command::Search(_) | Command::MooBench { .. } => unreachable!("handled in run"),
         Command::Prune {
             model,
             method,

@@ -279,3 +279,36 @@ fn quantize_writes_a_checkpoint_that_runs() {
     let (ok, _, stderr) = secateur(&["quantize", "--model", dir.to_str().unwrap(), "--bits", "9", "--out", out.to_str().unwrap()]);
     assert!(!ok && stderr.contains("9 bits"), "{stderr}");
 }
+
+#[test]
+fn nas_trains_searches_and_extracts_a_front() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data.jsonl");
+    let mut lines = String::new();
+    for i in 0..40 {
+        let (a, b) = (i % 7 + 1, i % 5 + 2);
+        lines += &serde_json::json!({"instruction": format!("the cat has {a} and {b}"), "input": "", "output": format!("two {}", a + b), "answer": format!("{}", a + b)}).to_string();
+        lines.push('\n');
+    }
+    std::fs::write(&data, lines).unwrap();
+    let out = tmp.path().join("nas");
+    let dir = fixture("llama_gqa");
+    for strategy in ["sandwich", "calibrate-mag"] {
+        let (ok, stdout, stderr) = secateur(&[
+            "nas", "--model", dir.to_str().unwrap(), "--dataset", data.to_str().unwrap(), "--epochs", "1", "--batch-size", "8",
+            "--test-size", "6", "--val-size", "4", "--max-new-tokens", "3", "--budget", "6", "--importance",
+            "--strategy", strategy, "--out", out.join(strategy).to_str().unwrap(),
+        ]);
+        assert!(ok, "{stderr}");
+        assert!(stdout.contains("| front-1 |"), "{stdout}");
+        let report: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(out.join(strategy).join("report.json")).unwrap()).unwrap();
+        for row in report["front"].as_array().unwrap() {
+            // Every extracted sub-network is a checkpoint secateur loads, with the counted size.
+            let (ok, info, stderr) = secateur(&["info", "--model", row["dir"].as_str().unwrap()]);
+            assert!(ok, "{stderr}");
+            let info: serde_json::Value = serde_json::from_str(&info).unwrap();
+            assert_eq!(info["parameters"], row["parameters"]);
+        }
+        assert!(out.join(strategy).join("search/front.svg").is_file());
+    }
+}
