@@ -18,6 +18,25 @@ fn secateur(args: &[&str]) -> (bool, String, String) {
     )
 }
 
+/// A small LLM-Adapters JSONL dataset in `dir`.
+fn toy_dataset(dir: &std::path::Path) -> PathBuf {
+    let data = dir.join("data.jsonl");
+    let mut lines = String::new();
+    for i in 0..40 {
+        let (a, b) = (i % 7 + 1, i % 5 + 2);
+        lines += &serde_json::json!({
+            "instruction": format!("the cat has {a} and {b}"),
+            "input": "",
+            "output": format!("two {}", a + b),
+            "answer": format!("{}", a + b),
+        })
+        .to_string();
+        lines.push('\n');
+    }
+    std::fs::write(&data, lines).unwrap();
+    data
+}
+
 #[test]
 fn info_summarises_the_checkpoint() {
     let dir = fixture("llama_gqa");
@@ -158,20 +177,7 @@ fn prune_writes_a_sparse_checkpoint_with_masks() {
 #[test]
 fn shears_runs_end_to_end_on_a_user_model_and_resumes() {
     let tmp = tempfile::tempdir().unwrap();
-    let data = tmp.path().join("data.jsonl");
-    let mut lines = String::new();
-    for i in 0..40 {
-        let (a, b) = (i % 7 + 1, i % 5 + 2);
-        lines += &serde_json::json!({
-            "instruction": format!("the cat has {a} and {b}"),
-            "input": "",
-            "output": format!("two {}", a + b),
-            "answer": format!("{}", a + b),
-        })
-        .to_string();
-        lines.push('\n');
-    }
-    std::fs::write(&data, lines).unwrap();
+    let data = toy_dataset(tmp.path());
     let out = tmp.path().join("run");
     let dir = fixture("llama_gqa");
     let args = [
@@ -231,14 +237,7 @@ fn shears_runs_end_to_end_on_a_user_model_and_resumes() {
 #[test]
 fn sqft_runs_the_three_pipelines_and_keeps_sparsity_and_precision() {
     let tmp = tempfile::tempdir().unwrap();
-    let data = tmp.path().join("data.jsonl");
-    let mut lines = String::new();
-    for i in 0..40 {
-        let (a, b) = (i % 7 + 1, i % 5 + 2);
-        lines += &serde_json::json!({"instruction": format!("the cat has {a} and {b}"), "input": "", "output": format!("two {}", a + b), "answer": format!("{}", a + b)}).to_string();
-        lines.push('\n');
-    }
-    std::fs::write(&data, lines).unwrap();
+    let data = toy_dataset(tmp.path());
     let out = tmp.path().join("sqft");
     let dir = fixture("llama_gqa");
     let (ok, stdout, stderr) = secateur(&[
@@ -283,14 +282,7 @@ fn quantize_writes_a_checkpoint_that_runs() {
 #[test]
 fn nas_trains_searches_and_extracts_a_front() {
     let tmp = tempfile::tempdir().unwrap();
-    let data = tmp.path().join("data.jsonl");
-    let mut lines = String::new();
-    for i in 0..40 {
-        let (a, b) = (i % 7 + 1, i % 5 + 2);
-        lines += &serde_json::json!({"instruction": format!("the cat has {a} and {b}"), "input": "", "output": format!("two {}", a + b), "answer": format!("{}", a + b)}).to_string();
-        lines.push('\n');
-    }
-    std::fs::write(&data, lines).unwrap();
+    let data = toy_dataset(tmp.path());
     let out = tmp.path().join("nas");
     let dir = fixture("llama_gqa");
     for strategy in ["sandwich", "calibrate-mag"] {

@@ -195,21 +195,32 @@ impl<B: Backend, P: Projection<B>> Block<B, P> {
         ctx: &AttnContext<B>,
         kv: Option<&mut Option<(Tensor<B, 4>, Tensor<B, 4>)>>,
     ) -> Tensor<B, 3> {
-        match ctx.spec.residual {
+        self.residual(x, &ctx.spec, |n| self.attention(n, ctx, kv), |n| self.mlp(n, &ctx.spec))
+    }
+
+    /// Combines attention and MLP around the residual stream as the family does.
+    fn residual(
+        &self,
+        x: Tensor<B, 3>,
+        spec: &ArchSpec,
+        attn: impl FnOnce(Tensor<B, 3>) -> Tensor<B, 3>,
+        mlp: impl FnOnce(Tensor<B, 3>) -> Tensor<B, 3>,
+    ) -> Tensor<B, 3> {
+        match spec.residual {
             Residual::Sequential => {
-                let h = x.clone() + self.attention(self.attn_norm.forward(x), ctx, kv);
-                h.clone() + self.mlp(self.mlp_norm.forward(h), &ctx.spec)
+                let h = x.clone() + attn(self.attn_norm.forward(x));
+                h.clone() + mlp(self.mlp_norm.forward(h))
             }
             Residual::Parallel => {
-                let a = self.attention(self.attn_norm.forward(x.clone()), ctx, kv);
-                let m = self.mlp(self.mlp_norm.forward(x.clone()), &ctx.spec);
+                let a = attn(self.attn_norm.forward(x.clone()));
+                let m = mlp(self.mlp_norm.forward(x.clone()));
                 x + a + m
             }
             Residual::SequentialPostNorm => {
                 let n = self.attn_norm.forward(x);
-                let h = n.clone() + self.attention(n, ctx, kv);
+                let h = n.clone() + attn(n);
                 let n = self.mlp_norm.forward(h);
-                n.clone() + self.mlp(n, &ctx.spec)
+                n.clone() + mlp(n)
             }
         }
     }
@@ -268,23 +279,7 @@ impl<B: Backend, P: Projection<B>> Block<B, P> {
             };
             self.mlp_down.forward_cols(hidden, width)
         };
-        match ctx.spec.residual {
-            Residual::Sequential => {
-                let h = x.clone() + attn(self.attn_norm.forward(x));
-                h.clone() + mlp(self.mlp_norm.forward(h))
-            }
-            Residual::Parallel => {
-                let a = attn(self.attn_norm.forward(x.clone()));
-                let m = mlp(self.mlp_norm.forward(x.clone()));
-                x + a + m
-            }
-            Residual::SequentialPostNorm => {
-                let n = self.attn_norm.forward(x);
-                let h = n.clone() + attn(n);
-                let n = self.mlp_norm.forward(h);
-                n.clone() + mlp(n)
-            }
-        }
+        self.residual(x, &ctx.spec, attn, mlp)
     }
 
     fn attention_sliced(&self, x: Tensor<B, 3>, ctx: &AttnContext<B>, groups: usize) -> Tensor<B, 3>
