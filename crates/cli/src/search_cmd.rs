@@ -136,12 +136,6 @@ struct Chosen {
     test_accuracy: f64,
 }
 
-fn parse_points(s: &str) -> Result<Vec<Vec<f64>>, CliError> {
-    s.split(';')
-        .map(|p| p.split(',').map(|v| v.trim().parse::<f64>().map_err(|e| CliError::Usage(format!("--ref-points {s:?}: {e}")))).collect())
-        .collect()
-}
-
 /// Runs the search and returns the markdown table of the chosen configurations.
 pub fn run(args: SearchArgs) -> Result<String, CliError> {
     for o in &args.objectives {
@@ -177,7 +171,7 @@ pub fn run(args: SearchArgs) -> Result<String, CliError> {
         "random" => RandomSearch { seed: args.seed }.run(&mut ev, args.budget).map_err(search_err)?.front,
         "nsga2" => Nsga2::new(args.pop, args.seed).run(&mut ev, args.budget).map_err(search_err)?.front,
         "rnsga2" => {
-            let refs = parse_points(args.ref_points.as_deref().ok_or_else(|| CliError::Usage("rnsga2 needs --ref-points".into()))?)?;
+            let refs = crate::parse_points(args.ref_points.as_deref().ok_or_else(|| CliError::Usage("rnsga2 needs --ref-points".into()))?)?;
             RNsga2::new(args.pop, refs, args.seed).run(&mut ev, args.budget).map_err(search_err)?.front
         }
         other => return Err(CliError::Usage(format!("unknown algorithm {other:?} (heuristic, hill-climb, nsga2, rnsga2, random)"))),
