@@ -2,7 +2,7 @@
 //! reordering), search it on the validation split (loss against parameters), extract the front
 //! into standalone checkpoints and measure them on the test split.
 
-use burn::module::AutodiffModule;
+use burn::module::{AutodiffModule, Module};
 use secateur_models::extract::extract;
 use secateur_models::weights::{save_new, write_atomic};
 use secateur_models::{Cpu, CpuAutodiff, DenseLm, Family, PositionKind, TextTokenizer};
@@ -27,6 +27,10 @@ pub struct NasArgs {
     /// Reorder neurons, head groups and blocks by importance before training.
     #[arg(long)]
     pub importance: bool,
+    /// LoNAS: freeze the base and train LoRA adapters (rank: the first of `--ranks`) whose
+    /// output rows and input columns are sliced with the weights.
+    #[arg(long)]
+    pub lora: bool,
     /// Parameter bins of the grid samplers (the paper's K).
     #[arg(long, default_value_t = 22)]
     pub bins: usize,
@@ -115,9 +119,22 @@ pub fn run(args: NasArgs) -> Result<String, CliError> {
         space.groups.truncate(1);
     }
     let sampler = Sampler::new(kind, space.clone(), &model, args.bins, a.seed);
-    let (trained, report) = train_supernet(model, &sampler, &train, &train_config(a, Strategy::Nls), pad).map_err(|e| io(&out, e))?;
+    let cfg = train_config(a, Strategy::Nls);
+    // The trained super-network as a dense model: with LoNAS, adapters merged at full size (a
+    // sliced merged weight is the sliced weight plus the sliced adapter: the same sub-network).
+    let (trained, report) = if args.lora {
+        let (ranks, alpha) = crate::shears::ranks_and_alpha(a);
+        let targets = a.targets.as_deref().map(secateur_elastic_lora::SearchSpace::parse_targets).transpose()?;
+        let lspace = secateur_elastic_lora::SearchSpace::preset(&spec, targets.as_deref(), &ranks[..1])?;
+        let lcfg = secateur_elastic_lora::LoraConfig { alpha, seed: a.seed, ..Default::default() };
+        let (adapted, _) = secateur_elastic_lora::attach(model.no_grad(), &lspace, &lcfg, &device)?;
+        let (t, r) = train_supernet(adapted, &sampler, &train, &cfg, pad).map_err(|e| io(&out, e))?;
+        (secateur_elastic_lora::peft::merge(t.valid()), r)
+    } else {
+        let (t, r) = train_supernet(model, &sampler, &train, &cfg, pad).map_err(|e| io(&out, e))?;
+        (t.valid(), r)
+    };
     eprintln!("nas: {} steps in {:.1}s, grid of {}", report.steps, report.seconds, report.grid_size);
-    let trained = trained.valid();
 
     let problem = SpaceProblem {
         vars: vec![Variable::Choice { n: space.widths.len() }, Variable::Choice { n: space.groups.len() }, Variable::Choice { n: space.depths.len() }],
@@ -134,8 +151,9 @@ pub fn run(args: NasArgs) -> Result<String, CliError> {
 
     let mut rows = Vec::new();
     let mut table = format!(
-        "NAS `{}`{}: {} training steps in {:.0}s; front of {} sub-networks (validation loss vs parameters), test accuracy of the extracted models:\n\n| Sub-network | Blocks | MLP width | KV groups | Parameters | MACs/token (ctx 128) | Val loss | Test accuracy |\n|---|---|---|---|---|---|---|---|\n",
+        "NAS `{}`{}{}: {} training steps in {:.0}s; front of {} sub-networks (validation loss vs parameters), test accuracy of the extracted models:\n\n| Sub-network | Blocks | MLP width | KV groups | Parameters | MACs/token (ctx 128) | Val loss | Test accuracy |\n|---|---|---|---|---|---|---|---|\n",
         args.strategy,
+        if args.lora { " (LoNAS: LoRA on the frozen base)" } else { "" },
         if args.importance { " with importance reordering" } else { "" },
         report.steps,
         report.seconds,
@@ -164,7 +182,7 @@ pub fn run(args: NasArgs) -> Result<String, CliError> {
         );
         rows.push(json!({"dir": dir, "structure": s, "parameters": params, "macs": macs, "validation_loss": loss, "test_accuracy": acc.accuracy}));
     }
-    let report_json = json!({"strategy": args.strategy, "importance": args.importance, "train": report, "front": rows});
+    let report_json = json!({"strategy": args.strategy, "lora": args.lora, "importance": args.importance, "train": report, "front": rows});
     write_atomic(&out.join("report.json"), serde_json::to_string_pretty(&report_json).expect("JSON").as_bytes())?;
     write_atomic(&out.join("report.md"), table.as_bytes())?;
     Ok(table)

@@ -303,4 +303,12 @@ fn nas_trains_searches_and_extracts_a_front() {
         }
         assert!(out.join(strategy).join("search/front.svg").is_file());
     }
+    // LoNAS: LoRA on the frozen base, sliced with the weights; the front still extracts.
+    let (ok, stdout, stderr) = secateur(&[
+        "nas", "--lora", "--ranks", "4", "--model", dir.to_str().unwrap(), "--dataset", data.to_str().unwrap(), "--epochs", "1",
+        "--batch-size", "8", "--test-size", "6", "--val-size", "4", "--max-new-tokens", "3", "--budget", "4",
+        "--out", out.join("lonas").to_str().unwrap(),
+    ]);
+    assert!(ok, "{stderr}");
+    assert!(stdout.contains("LoNAS") && stdout.contains("| front-1 |"), "{stdout}");
 }

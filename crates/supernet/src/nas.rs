@@ -15,7 +15,7 @@ use rand::rngs::StdRng;
 use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
 use secateur_models::generate::token_tensor;
-use secateur_models::{ArchSpec, DenseLm, LayerStructure, SubnetStructure};
+use secateur_models::{ArchSpec, CausalLm, DenseLm, LayerStructure, Sliceable, SubnetStructure};
 use serde::{Deserialize, Serialize};
 
 use crate::data::{Batch, Example};
@@ -216,17 +216,18 @@ pub struct NasReport {
     pub grid_size: usize,
 }
 
-/// Trains every parameter of `model` as a super-network: per optimizer step, the sampler's
-/// sub-networks each run forward and backward on the step's batch (gradients accumulated).
-pub fn train_supernet<B: AutodiffBackend>(
-    mut model: DenseLm<B>,
+/// Trains `model` as a super-network: per optimizer step, the sampler's sub-networks each run
+/// forward and backward on the step's batch (gradients accumulated). Every trainable parameter
+/// learns: all of them for full fine-tuning, the adapters only when the base is frozen (LoNAS).
+pub fn train_supernet<B: AutodiffBackend, P: Sliceable<B>>(
+    mut model: CausalLm<B, P>,
     sampler: &Sampler,
     examples: &[Example],
     cfg: &TrainConfig,
     pad: u32,
-) -> Result<(DenseLm<B>, NasReport), TrainError>
+) -> Result<(CausalLm<B, P>, NasReport), TrainError>
 where
-    DenseLm<B>: AutodiffModule<B>,
+    CausalLm<B, P>: AutodiffModule<B>,
 {
     if examples.is_empty() || cfg.batch_size == 0 {
         return Err(TrainError::Config("no examples or zero batch size".into()));
@@ -234,7 +235,7 @@ where
     let device = model.embed.val().device();
     let per_epoch = examples.len().div_ceil(cfg.batch_size);
     let total = per_epoch * cfg.epochs;
-    let mut optim = adamw(cfg).init::<B, DenseLm<B>>();
+    let mut optim = adamw(cfg).init::<B, CausalLm<B, P>>();
     let bar = if cfg.progress {
         ProgressBar::new(total as u64).with_style(ProgressStyle::with_template("super-network {bar:30} {pos}/{len} steps [{elapsed_precise}<{eta_precise}] {msg}").expect("template"))
     } else {
@@ -274,7 +275,7 @@ where
 }
 
 /// Mean next-token loss of a sub-network on `examples` (target tokens only).
-pub fn validation_loss<B: Backend>(model: &DenseLm<B>, s: &SubnetStructure, examples: &[Example], pad: u32, batch_size: usize) -> Result<f64, TrainError> {
+pub fn validation_loss<B: Backend, P: Sliceable<B>>(model: &CausalLm<B, P>, s: &SubnetStructure, examples: &[Example], pad: u32, batch_size: usize) -> Result<f64, TrainError> {
     let device = model.embed.val().device();
     let (mut total, mut count) = (0.0, 0usize);
     for chunk in examples.chunks(batch_size.max(1)) {

@@ -64,3 +64,40 @@ fn samplers_and_super_network_training() {
     let after = validation_loss(&trained.valid(), &space.structure(space.minimal()), &data, 0, 8).unwrap();
     assert!(after < 0.7 * before, "minimal sub-network loss {before} -> {after}");
 }
+
+#[test]
+fn lonas_sub_networks_slice_the_adapters_with_the_weights() {
+    use burn::prelude::*;
+    use secateur_elastic_lora::{attach, stable_param, LoraConfig, SearchSpace};
+    use secateur_models::generate::token_tensor;
+    let device = Default::default();
+    let dir = fixtures().join("llama_gqa");
+    let base = DenseLm::<Cpu>::load(&dir, &device).unwrap();
+    let config: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(dir.join("config.json")).unwrap()).unwrap();
+    let targets = SearchSpace::parse_targets("q,k,v,o,gate,up,down").unwrap();
+    let ranks = SearchSpace::preset(base.spec(), Some(&targets), &[4]).unwrap();
+    let (adapted, _) = attach(base.clone(), &ranks, &LoraConfig { alpha: 8.0, ..Default::default() }, &device).unwrap();
+    let adapted = adapted
+        .map_projections(|site, mut p| {
+            if let Some(a) = p.adapter.as_mut() {
+                let dims = a.b.val().dims();
+                let v: Vec<f32> = (0..dims[0] * dims[1]).map(|k| ((k * 37 % 11) as f32 - 5.0) / 20.0).collect();
+                a.b = stable_param(site, "lora_B", Tensor::from_data(TensorData::new(v, dims), &device));
+            }
+            Ok::<_, ()>(p)
+        })
+        .unwrap();
+    let space = StructureSpace::preset(base.spec(), None);
+    let s = space.structure(StructureChoice { width: 2, groups: 1, depth: 0 });
+    let ids = vec![vec![3u32, 17, 42, 5, 88, 23]];
+    let mask = vec![vec![true; 6]];
+    let sliced: Vec<f32> = adapted.forward_subnet(token_tensor::<Cpu>(&ids, &device), &mask, &s).unwrap().into_data().to_vec().unwrap();
+    // Mode B: merging the adapters and then extracting is the same sub-network.
+    let merged = secateur_elastic_lora::peft::merge(adapted);
+    let (small, _) = extract(&merged, &s, &config).unwrap();
+    let standalone: Vec<f32> = small.forward(token_tensor::<Cpu>(&ids, &device), &mask).unwrap().into_data().to_vec().unwrap();
+    let d = sliced.iter().zip(&standalone).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
+    assert!(d < 1e-4, "sliced adapted super-network vs merged+extracted: {d}");
+    let plain: Vec<f32> = base.forward_subnet(token_tensor::<Cpu>(&ids, &device), &mask, &s).unwrap().into_data().to_vec().unwrap();
+    assert!(sliced.iter().zip(&plain).any(|(a, b)| (a - b).abs() > 1e-3), "the adapters must matter");
+}
