@@ -27,13 +27,19 @@ def timed(fn, repeats):
     return statistics.median(times)
 
 
-def main():
+def bench_config():
+    """The LLaMA config of benches/llama_bench_config.json, with SDPA attention."""
     with open(os.path.join(HERE, "..", "benches", "llama_bench_config.json")) as f:
         cfg = json.load(f)
     cfg.pop("model_type")
-    torch.manual_seed(0)
     config = LlamaConfig(**cfg)
     config._attn_implementation = "sdpa"
+    return config
+
+
+def main():
+    torch.manual_seed(0)
+    config = bench_config()
     model = LlamaForCausalLM(config).eval()
     ids = torch.randint(0, config.vocab_size, (8, 128))
     prompt = torch.arange(16).unsqueeze(0) * 7 + 3

@@ -14,33 +14,14 @@ Pinned: torch==2.9.0, transformers==4.57.1, peft==0.17.1.
 import json
 import os
 import resource
-import statistics
-import time
+import sys
 
 import torch
 from peft import LoraConfig, get_peft_model
-from transformers import LlamaConfig, LlamaForCausalLM
+from transformers import LlamaForCausalLM
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-
-
-def config():
-    with open(os.path.join(HERE, "..", "benches", "llama_bench_config.json")) as f:
-        cfg = json.load(f)
-    cfg.pop("model_type")
-    c = LlamaConfig(**cfg)
-    c._attn_implementation = "sdpa"
-    return c
-
-
-def timed(fn, repeats):
-    fn()
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from bench_torch import bench_config as config, timed  # noqa: E402
 
 
 def lora_step_seconds():

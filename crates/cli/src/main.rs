@@ -254,15 +254,8 @@ fn run_on<B: Backend>(cmd: Command, device: B::Device) -> Result<(), CliError> {
         Command::Logits { model, input_ids } => {
             let m = AnyLm::<B>::load(&model.model, &device)?;
             let seqs = read_input_ids(&input_ids, m.spec().vocab_size)?;
-            let width = seqs.iter().map(Vec::len).max().unwrap_or(0);
-            let ids: Vec<Vec<u32>> = seqs
-                .iter()
-                .map(|s| s.iter().copied().chain(std::iter::repeat_n(0, width - s.len())).collect())
-                .collect();
-            let mask: Vec<Vec<bool>> = seqs
-                .iter()
-                .map(|s| (0..width).map(|t| t < s.len()).collect())
-                .collect();
+            let (ids, mask) = secateur_models::generate::right_pad(&seqs, 0);
+            let width = mask[0].len();
             let logits = with_lm!(&m, |m| m.forward(token_tensor::<B>(&ids, &device), &mask))?;
             let v = m.spec().vocab_size;
             let flat: Vec<f32> = logits.into_data().convert::<f32>().to_vec().expect("f32 logits");

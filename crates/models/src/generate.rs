@@ -48,8 +48,7 @@ pub fn generate<B: Backend, P: Projection<B>>(
         return Ok(Vec::new());
     }
     let vocab = model.spec().vocab_size;
-    if let Some(p) = prompts.iter().find(|p| p.is_empty()) {
-        let _ = p;
+    if prompts.iter().any(Vec::is_empty) {
         return Err(ModelError::InvalidInput("a prompt is empty".into()));
     }
     if let Some(&t) = prompts.iter().flatten().find(|&&t| t as usize >= vocab) {
@@ -80,12 +79,11 @@ pub fn generate<B: Backend, P: Projection<B>>(
     let mut step_ids = ids.clone();
     let mut step_mask = mask.clone();
     for _ in 0..opts.max_new_tokens {
-        let tensor = ids_tensor::<B>(&step_ids, device);
+        let tensor = token_tensor::<B>(&step_ids, device);
         let logits = if opts.use_cache {
             model.forward_cached(tensor, &step_mask, &mut cache)?
         } else {
-            let mut fresh = KvCache::new(model.blocks.len(), b);
-            model.forward_cached(tensor, &step_mask, &mut fresh)?
+            model.forward(tensor, &step_mask)?
         };
         let [_, s, v] = logits.dims();
         let last: Vec<f32> = logits
@@ -126,16 +124,21 @@ pub fn generate<B: Backend, P: Projection<B>>(
     Ok(out)
 }
 
-fn ids_tensor<B: Backend>(ids: &[Vec<u32>], device: &B::Device) -> Tensor<B, 2, Int> {
-    let b = ids.len();
-    let s = ids.first().map_or(0, Vec::len);
-    let flat: Vec<i64> = ids.iter().flatten().map(|&t| t as i64).collect();
-    Tensor::from_data(TensorData::new(flat, [b, s]), device)
+/// Right-pads token sequences to one width with `pad`; returns the ids and the mask (true at
+/// real tokens).
+pub fn right_pad(seqs: &[Vec<u32>], pad: u32) -> (Vec<Vec<u32>>, Vec<Vec<bool>>) {
+    let width = seqs.iter().map(Vec::len).max().unwrap_or(0);
+    let ids = seqs.iter().map(|s| s.iter().copied().chain(std::iter::repeat_n(pad, width - s.len())).collect()).collect();
+    let mask = seqs.iter().map(|s| (0..width).map(|t| t < s.len()).collect()).collect();
+    (ids, mask)
 }
 
 /// Token ids as a `[batch, seq]` tensor (rows must have equal length).
 pub fn token_tensor<B: Backend>(ids: &[Vec<u32>], device: &B::Device) -> Tensor<B, 2, Int> {
-    ids_tensor(ids, device)
+    let b = ids.len();
+    let s = ids.first().map_or(0, Vec::len);
+    let flat: Vec<i64> = ids.iter().flatten().map(|&t| t as i64).collect();
+    Tensor::from_data(TensorData::new(flat, [b, s]), device)
 }
 
 /// Greedy argmax (first maximum) or nucleus sampling from one row of logits.

@@ -183,12 +183,7 @@ fn embed_batches<B: Backend>(model: &DenseLm<B>, calibration: &[Vec<u32>], batch
     calibration
         .chunks(batch_size.max(1))
         .map(|chunk| {
-            let width = chunk.iter().map(Vec::len).max().unwrap_or(0);
-            let ids: Vec<Vec<u32>> = chunk
-                .iter()
-                .map(|s| s.iter().copied().chain(std::iter::repeat_n(0, width - s.len())).collect())
-                .collect();
-            let mask: Vec<Vec<bool>> = chunk.iter().map(|s| (0..width).map(|t| t < s.len()).collect()).collect();
+            let (ids, mask) = secateur_models::generate::right_pad(chunk, 0);
             let rows: Vec<f32> = mask.iter().flatten().map(|&m| if m { 1.0 } else { 0.0 }).collect();
             Batch {
                 hidden: model.embed_tokens(secateur_models::generate::token_tensor::<B>(&ids, &device)),

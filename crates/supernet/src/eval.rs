@@ -126,8 +126,7 @@ pub fn perplexity<B: Backend, P: Projection<B>>(
         if width < 2 {
             continue;
         }
-        let ids: Vec<Vec<u32>> = chunk.iter().map(|s| s.iter().copied().chain(std::iter::repeat_n(0, width - s.len())).collect()).collect();
-        let mask: Vec<Vec<bool>> = chunk.iter().map(|s| (0..width).map(|t| t < s.len()).collect()).collect();
+        let (ids, mask) = secateur_models::generate::right_pad(chunk, 0);
         let logits = model.forward(token_tensor::<B>(&ids, device), &mask)?;
         let [b, s, v] = logits.dims();
         let logp: Vec<f32> = log_softmax(logits.narrow(1, 0, s - 1), 2).into_data().convert::<f32>().to_vec().expect("f32");

@@ -50,9 +50,7 @@ pub fn importance<B: Backend>(model: &DenseLm<B>, calibration: &[Vec<u32>], batc
     let mut sums = vec![0.0f64; spec.num_layers];
     let mut tokens = 0usize;
     for chunk in calibration.chunks(batch_size.max(1)) {
-        let width = chunk.iter().map(Vec::len).max().unwrap_or(0);
-        let ids: Vec<Vec<u32>> = chunk.iter().map(|s| s.iter().copied().chain(std::iter::repeat_n(0, width - s.len())).collect()).collect();
-        let mask: Vec<Vec<bool>> = chunk.iter().map(|s| (0..width).map(|t| t < s.len()).collect()).collect();
+        let (ids, mask) = secateur_models::generate::right_pad(chunk, 0);
         let real: Vec<bool> = mask.iter().flatten().copied().collect();
         tokens += real.iter().filter(|r| **r).count();
         let ctx = AttnContext::for_batch(model.spec.clone(), &mask, &device);
