@@ -49,8 +49,14 @@ struct SpaceProblem<'a> {
     pad: u32,
 }
 
-fn choice(x: &[f64]) -> StructureChoice {
-    StructureChoice { width: x[0] as usize, groups: x[1] as usize, depth: x[2] as usize }
+fn choice(space: &StructureSpace, x: &[f64]) -> StructureChoice {
+    space.choice(&x.iter().map(|v| *v as usize).collect::<Vec<_>>())
+}
+
+/// `a` when every entry is `a`, else the entries joined with `/`.
+fn compact(values: impl Iterator<Item = usize>) -> String {
+    let v: Vec<usize> = values.collect();
+    if v.iter().all(|x| *x == v[0]) { v[0].to_string() } else { v.iter().map(|x| x.to_string()).collect::<Vec<_>>().join("/") }
 }
 
 impl Problem for SpaceProblem<'_> {
@@ -67,7 +73,7 @@ impl Problem for SpaceProblem<'_> {
         vec!["validation loss".into(), "parameters".into()]
     }
     fn evaluate(&self, x: &[f64]) -> Result<Vec<f64>, String> {
-        let s = self.space.structure(choice(x));
+        let s = self.space.structure(&choice(self.space, x));
         let loss = validation_loss(self.model, &s, self.val, self.pad, 32).map_err(|e| e.to_string())?;
         Ok(vec![loss, structure_cost(self.model.spec(), &s, 0).0 as f64])
     }
@@ -137,7 +143,7 @@ pub fn run(args: NasArgs) -> Result<String, CliError> {
     eprintln!("nas: {} steps in {:.1}s, grid of {}", report.steps, report.seconds, report.grid_size);
 
     let problem = SpaceProblem {
-        vars: vec![Variable::Choice { n: space.widths.len() }, Variable::Choice { n: space.groups.len() }, Variable::Choice { n: space.depths.len() }],
+        vars: space.variables().into_iter().map(|n| Variable::Choice { n }).collect(),
         space: &space,
         model: &trained,
         val: &val,
@@ -160,8 +166,7 @@ pub fn run(args: NasArgs) -> Result<String, CliError> {
         front.len()
     );
     for (i, e) in front.iter().enumerate() {
-        let c = choice(&e.x);
-        let s = space.structure(c);
+        let s = space.structure(&choice(&space, &e.x));
         let (small, cfg) = extract(&trained, &s, &config)?;
         let dir = out.join(format!("front-{}", i + 1));
         save_new(&small, &cfg, &dir)?;
@@ -173,8 +178,8 @@ pub fn run(args: NasArgs) -> Result<String, CliError> {
             "| front-{} | {} | {} | {} | {} | {} | {:.4} | {:.1}% |\n",
             i + 1,
             s.layers.len(),
-            space.widths[c.width],
-            space.groups[c.groups],
+            compact(s.layers.iter().map(|l| l.mlp_width)),
+            compact(s.layers.iter().map(|l| l.kv_groups)),
             params,
             macs,
             loss,

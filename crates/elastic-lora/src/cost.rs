@@ -36,13 +36,13 @@ pub fn cost(spec: &ArchSpec, ranks: &HashMap<Site, usize>, context: usize) -> Co
     let mut c = Cost {
         projection_macs: 0,
         adapter_macs: 0,
-        attention_macs: 2 * spec.num_heads * spec.head_dim * context * spec.num_layers,
+        attention_macs: (0..spec.num_layers).map(|l| 2 * spec.layer(l).num_heads * spec.head_dim * context).sum(),
         head_macs: spec.vocab_size * spec.hidden_size,
         adapter_params: 0,
     };
     for layer in 0..spec.num_layers {
         for kind in spec.block_site_kinds() {
-            let [out, inp] = spec.site_shape(kind);
+            let [out, inp] = spec.site_shape(layer, kind);
             c.projection_macs += out * inp;
             if let Some(&r) = ranks.get(&Site::new(layer, kind)) {
                 c.adapter_macs += r * (inp + out);

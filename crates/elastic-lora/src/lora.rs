@@ -258,26 +258,16 @@ pub fn adapter_params(shapes: &[(Site, [usize; 2])], ranks: &HashMap<Site, usize
 /// LoNAS (Mode B): the adapter's output rows follow the sliced weight's rows, and its A's input
 /// columns follow the sliced input, so a sub-network of the super-network slices adapters too.
 impl<B: Backend, P: secateur_models::Sliceable<B>> secateur_models::Sliceable<B> for ElasticLoraLinear<B, P> {
-    fn forward_rows(&self, x: Tensor<B, 3>, start: usize, len: usize) -> Tensor<B, 3> {
-        let base = self.base.forward_rows(x.clone(), start, len);
+    fn forward_slice(&self, x: Tensor<B, 3>, start: usize, len: usize, cols: usize) -> Tensor<B, 3> {
+        let base = self.base.forward_slice(x.clone(), start, len, cols);
         match &self.adapter {
             Some(ad) if ad.active_rank() > 0 => {
                 let r = ad.active_rank();
                 let (a, b) = ad.active_factors();
+                // A's columns follow the sliced input, B's rows the sliced output.
+                let a = secateur_models::nn::slice_weight(a, 0, r, cols);
+                let b = secateur_models::nn::slice_weight(b, start, len, r);
                 let low = secateur_models::nn::linear(x, a, None);
-                base + secateur_models::nn::linear(low, b.narrow(0, start, len), None).mul_scalar(ad.scale_at(r))
-            }
-            _ => base,
-        }
-    }
-
-    fn forward_cols(&self, x: Tensor<B, 3>, len: usize) -> Tensor<B, 3> {
-        let base = self.base.forward_cols(x.clone(), len);
-        match &self.adapter {
-            Some(ad) if ad.active_rank() > 0 => {
-                let r = ad.active_rank();
-                let (a, b) = ad.active_factors();
-                let low = secateur_models::nn::linear(x, a.narrow(1, 0, len), None);
                 base + secateur_models::nn::linear(low, b, None).mul_scalar(ad.scale_at(r))
             }
             _ => base,

@@ -97,6 +97,7 @@ impl BloomConfig {
             bos_token_id: self.bos_token_id,
             eos_token_ids: OneOrMany::into_vec(self.eos_token_id),
             max_position_embeddings: None,
+            layer_dims: None,
         })
     }
 }

@@ -1,11 +1,14 @@
 //! Extraction of an elastic sub-network into a standalone, smaller model with a Hugging Face
 //! `config.json` that both secateur and transformers read.
 //!
-//! Supported: any subset of blocks, and one MLP width and one number of key/value groups shared
-//! by the kept blocks, where the family's config can say so (LLaMA/Mistral: all three; GPT-NeoX:
+//! Any valid [`SubnetStructure`] can be extracted: a subset of blocks, per-block MLP widths and
+//! key/value groups, and a narrower residual stream. When the sub-network is homogeneous and the
+//! family's config can say so (LLaMA/Mistral: everything, as `head_dim` is explicit; GPT-NeoX:
 //! blocks and MLP width, since its head size is `hidden / heads`; MPT: blocks and MLP width
-//! through `expansion_ratio`; BLOOM: blocks only, its MLP is always `4·hidden`). Per-block widths
-//! (heterogeneous sub-networks) need a config extension and are not supported yet.
+//! through `expansion_ratio`; BLOOM: blocks only, its MLP is always `4·hidden`), the written
+//! config is a plain Hugging Face one. Otherwise it is the super-network's config plus the
+//! `secateur_subnet` extension ([`crate::spec::SubnetExtension`]), which secateur reads and
+//! transformers ignores.
 
 use std::path::Path;
 
@@ -13,7 +16,8 @@ use burn::module::Param;
 use burn::prelude::*;
 
 use crate::error::{ModelError, Result};
-use crate::spec::{ArchSpec, Family, PositionKind};
+use crate::nn::Norm;
+use crate::spec::{ArchSpec, Family, LayerDims, SubnetExtension, SUBNET_EXTENSION_KEY};
 use crate::transformer::{Block, CausalLm, SubnetStructure};
 use crate::Dense;
 
@@ -24,86 +28,132 @@ fn slice<B: Backend>(d: &Dense<B>, rows: &[(usize, usize)], cols: usize) -> Dens
     Dense { weight: Param::from_tensor(w), bias: b.map(Param::from_tensor) }
 }
 
-/// The standalone model of `structure` and its `config.json` (`config` is the super-network's).
-pub fn extract<B: Backend>(model: &CausalLm<B, Dense<B>>, structure: &SubnetStructure, config: &serde_json::Value) -> Result<(CausalLm<B, Dense<B>>, serde_json::Value)> {
-    let spec = model.spec();
-    structure.validate(spec)?;
-    let first = structure.layers[0];
-    if structure.layers.iter().any(|l| l.mlp_width != first.mlp_width || l.kv_groups != first.kv_groups) {
-        return Err(ModelError::InvalidInput("extraction of sub-networks whose blocks differ in width is not supported yet".into()));
-    }
-    let (width, groups) = (first.mlp_width, first.kv_groups);
-    let rep = spec.num_heads / spec.num_kv_heads;
-    let refuse = |what: &str| Err(ModelError::InvalidInput(format!("{:?} configs cannot express a smaller {what}", spec.family)));
-    let heads_changed = groups != spec.num_kv_heads;
-    let width_changed = width != spec.intermediate_size;
-    if heads_changed && (spec.family != Family::Llama || matches!(spec.position, PositionKind::Alibi { .. })) {
-        return refuse("number of heads");
-    }
-    if width_changed && spec.family == Family::Bloom {
-        return refuse("MLP width");
-    }
-    let mut cfg = config.clone();
-    let set = |cfg: &mut serde_json::Value, key: &str, v: serde_json::Value| cfg[key] = v;
-    let layers = structure.layers.len();
-    match spec.family {
-        Family::Llama => {
-            set(&mut cfg, "num_hidden_layers", layers.into());
-            set(&mut cfg, "intermediate_size", width.into());
-            set(&mut cfg, "num_attention_heads", (groups * rep).into());
-            set(&mut cfg, "num_key_value_heads", groups.into());
-            set(&mut cfg, "head_dim", spec.head_dim.into());
-        }
-        Family::GptNeox => {
-            set(&mut cfg, "num_hidden_layers", layers.into());
-            set(&mut cfg, "intermediate_size", width.into());
-        }
-        Family::Bloom => set(&mut cfg, "n_layer", layers.into()),
-        Family::Mpt => {
-            set(&mut cfg, "n_layers", layers.into());
-            set(&mut cfg, "expansion_ratio", (width as f64 / spec.hidden_size as f64).into());
-        }
-    }
-    let new_spec = ArchSpec::from_config_value(Path::new("config.json"), cfg.clone())?;
-    if new_spec.intermediate_size != width {
-        return refuse("MLP width of this value");
-    }
-    let d = spec.head_dim;
-    let (h, kvh) = (spec.num_heads, spec.num_kv_heads);
-    let (hq, hk) = (groups * rep, groups);
-    let blocks = structure
+fn norm<B: Backend>(n: &Norm<B>, e: usize) -> Norm<B> {
+    let take = |p: &Param<Tensor<B, 1>>| Param::from_tensor(p.val().narrow(0, 0, e));
+    Norm { weight: take(&n.weight), bias: n.bias.as_ref().map(take), eps: n.eps, rms: n.rms }
+}
+
+/// The sizes each kept block will have.
+fn layer_dims(spec: &ArchSpec, structure: &SubnetStructure) -> Vec<LayerDims> {
+    structure
         .layers
         .iter()
         .map(|l| {
+            let rep = spec.layer(l.layer).num_heads / spec.layer(l.layer).num_kv_heads;
+            LayerDims { num_heads: l.kv_groups * rep, num_kv_heads: l.kv_groups, intermediate_size: l.mlp_width }
+        })
+        .collect()
+}
+
+/// The family's own fields for a homogeneous sub-network, where they can say it.
+fn native_config(spec: &ArchSpec, config: &serde_json::Value, layers: usize, e: usize, dims: LayerDims) -> Option<serde_json::Value> {
+    let mut cfg = config.clone();
+    let obj = cfg.as_object_mut()?;
+    obj.remove(SUBNET_EXTENSION_KEY);
+    let same_heads = dims.num_heads == spec.num_heads;
+    let same_e = e == spec.hidden_size;
+    let mut set = |key: &str, v: serde_json::Value| {
+        obj.insert(key.to_string(), v);
+    };
+    match spec.family {
+        Family::Llama => {
+            set("num_hidden_layers", layers.into());
+            set("hidden_size", e.into());
+            set("intermediate_size", dims.intermediate_size.into());
+            set("num_attention_heads", dims.num_heads.into());
+            set("num_key_value_heads", dims.num_kv_heads.into());
+            set("head_dim", spec.head_dim.into());
+        }
+        Family::GptNeox if same_heads && same_e => {
+            set("num_hidden_layers", layers.into());
+            set("intermediate_size", dims.intermediate_size.into());
+        }
+        Family::Bloom if same_heads && same_e && dims.intermediate_size == spec.intermediate_size => set("n_layer", layers.into()),
+        Family::Mpt if same_heads && same_e => {
+            set("n_layers", layers.into());
+            set("expansion_ratio", (dims.intermediate_size as f64 / spec.hidden_size as f64).into());
+        }
+        _ => return None,
+    }
+    Some(cfg)
+}
+
+/// The super-network's config with the number of layers changed and the [`SubnetExtension`].
+fn extension_config(spec: &ArchSpec, config: &serde_json::Value, e: usize, dims: Vec<LayerDims>) -> Result<serde_json::Value> {
+    let mut cfg = config.clone();
+    let key = match spec.family {
+        Family::Llama | Family::GptNeox => "num_hidden_layers",
+        Family::Bloom => "n_layer",
+        Family::Mpt => "n_layers",
+    };
+    let obj = cfg.as_object_mut().ok_or_else(|| ModelError::InvalidInput("config.json is not an object".into()))?;
+    obj.insert(key.to_string(), dims.len().into());
+    let ext = SubnetExtension { hidden_size: e, layers: dims };
+    obj.insert(SUBNET_EXTENSION_KEY.to_string(), serde_json::to_value(ext).expect("the extension serialises"));
+    Ok(cfg)
+}
+
+/// The standalone model of `structure` and its `config.json` (`config` is the super-network's).
+///
+/// The config uses the family's own fields when they can describe the sub-network (then
+/// transformers loads it too) and the documented [`SubnetExtension`] otherwise.
+pub fn extract<B: Backend>(model: &CausalLm<B, Dense<B>>, structure: &SubnetStructure, config: &serde_json::Value) -> Result<(CausalLm<B, Dense<B>>, serde_json::Value)> {
+    let spec = model.spec();
+    structure.validate(spec)?;
+    let e = structure.hidden(spec);
+    let dims = layer_dims(spec, structure);
+    let layers = dims.len();
+    let parse = |cfg: &serde_json::Value| ArchSpec::from_config_value(Path::new("config.json"), cfg.clone());
+    let homogeneous = dims.iter().all(|d| *d == dims[0]);
+    let native = if homogeneous { native_config(spec, config, layers, e, dims[0]) } else { None };
+    // Keep the native config only if it parses back to exactly these sizes (MPT's
+    // `expansion_ratio` may not represent every width).
+    let native = native.filter(|cfg| {
+        parse(cfg).is_ok_and(|s| s.hidden_size == e && s.layer_dims.is_none() && (0..layers).all(|l| s.layer(l) == dims[l]))
+    });
+    let cfg = match native {
+        Some(cfg) => cfg,
+        None => extension_config(spec, config, e, dims.clone())?,
+    };
+    let new_spec = parse(&cfg)?;
+    let d = spec.head_dim;
+    let blocks = structure
+        .layers
+        .iter()
+        .zip(&dims)
+        .map(|(l, nd)| {
             let b = &model.blocks[l.layer];
+            let (h, kvh) = (b.dims.num_heads, b.dims.num_kv_heads);
+            let (hq, hk) = (nd.num_heads, nd.num_kv_heads);
+            let width = nd.intermediate_size;
             let attn_in = match spec.qkv {
                 crate::QkvLayout::Separate => vec![
-                    slice(&b.attn_in[0], &[(0, hq * d)], spec.hidden_size),
-                    slice(&b.attn_in[1], &[(0, hk * d)], spec.hidden_size),
-                    slice(&b.attn_in[2], &[(0, hk * d)], spec.hidden_size),
+                    slice(&b.attn_in[0], &[(0, hq * d)], e),
+                    slice(&b.attn_in[1], &[(0, hk * d)], e),
+                    slice(&b.attn_in[2], &[(0, hk * d)], e),
                 ],
-                crate::QkvLayout::FusedPerHead => vec![slice(&b.attn_in[0], &[(0, hq * 3 * d)], spec.hidden_size)],
-                crate::QkvLayout::FusedBlocks => {
-                    vec![slice(&b.attn_in[0], &[(0, hq * d), (h * d, hk * d), ((h + kvh) * d, hk * d)], spec.hidden_size)]
-                }
+                crate::QkvLayout::FusedPerHead => vec![slice(&b.attn_in[0], &[(0, hq * 3 * d)], e)],
+                crate::QkvLayout::FusedBlocks => vec![slice(&b.attn_in[0], &[(0, hq * d), (h * d, hk * d), ((h + kvh) * d, hk * d)], e)],
             };
             Block {
-                attn_norm: b.attn_norm.clone(),
-                mlp_norm: b.mlp_norm.clone(),
+                attn_norm: norm(&b.attn_norm, e),
+                mlp_norm: norm(&b.mlp_norm, e),
                 attn_in,
-                attn_out: slice(&b.attn_out, &[(0, spec.hidden_size)], hq * d),
-                mlp_gate: b.mlp_gate.as_ref().map(|g| slice(g, &[(0, width)], spec.hidden_size)),
-                mlp_up: slice(&b.mlp_up, &[(0, width)], spec.hidden_size),
-                mlp_down: slice(&b.mlp_down, &[(0, spec.hidden_size)], width),
+                attn_out: slice(&b.attn_out, &[(0, e)], hq * d),
+                mlp_gate: b.mlp_gate.as_ref().map(|g| slice(g, &[(0, width)], e)),
+                mlp_up: slice(&b.mlp_up, &[(0, width)], e),
+                mlp_down: slice(&b.mlp_down, &[(0, e)], width),
+                dims: *nd,
             }
         })
         .collect();
+    let columns = |p: &Param<Tensor<B, 2>>| Param::from_tensor(p.val().narrow(1, 0, e));
     let extracted = CausalLm {
-        embed: model.embed.clone(),
-        embed_norm: model.embed_norm.clone(),
+        embed: columns(&model.embed),
+        embed_norm: model.embed_norm.as_ref().map(|n| norm(n, e)),
         blocks,
-        final_norm: model.final_norm.clone(),
-        lm_head: model.lm_head.clone(),
+        final_norm: norm(&model.final_norm, e),
+        lm_head: model.lm_head.as_ref().map(columns),
         spec: std::sync::Arc::new(new_spec),
     };
     Ok((extracted, cfg))

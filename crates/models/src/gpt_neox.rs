@@ -107,6 +107,7 @@ impl GptNeoxConfig {
             bos_token_id: self.bos_token_id,
             eos_token_ids: OneOrMany::into_vec(self.eos_token_id),
             max_position_embeddings: self.max_position_embeddings,
+            layer_dims: None,
         })
     }
 }

@@ -24,7 +24,7 @@ pub use error::{ModelError, Result};
 pub use generate::{generate, GenerateOptions};
 pub use nn::{Dense, Norm, Projection, Sliceable};
 pub use site::{Site, SiteKind};
-pub use spec::{ArchSpec, Family, PositionKind, QkvLayout};
+pub use spec::{ArchSpec, Family, LayerDims, PositionKind, QkvLayout};
 pub use tokenizer::TextTokenizer;
 pub use transformer::{positions_of, AttnContext, Block, CausalLm, DenseLm, KvCache, LayerStructure, SubnetStructure};
 pub use weights::Checkpoint;

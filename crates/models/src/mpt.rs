@@ -165,6 +165,7 @@ impl MptConfig {
             bos_token_id: self.bos_token_id,
             eos_token_ids: OneOrMany::into_vec(self.eos_token_id),
             max_position_embeddings: self.max_seq_len,
+            layer_dims: None,
         })
     }
 }

@@ -81,9 +81,11 @@ impl<B: Backend> Norm<B> {
             let var = xc.clone().powi_scalar(2).mean_dim(1);
             xc * (var + self.eps).sqrt().recip()
         };
-        let y = x * self.weight.val().unsqueeze::<2>();
+        // An elastic sub-network with a narrower residual stream uses the first `h` channels.
+        let take = |t: Tensor<B, 1>| if t.dims()[0] == h { t } else { t.narrow(0, 0, h) };
+        let y = x * take(self.weight.val()).unsqueeze::<2>();
         let y = match &self.bias {
-            Some(bias) => y + bias.val().unsqueeze::<2>(),
+            Some(bias) => y + take(bias.val()).unsqueeze::<2>(),
             None => y,
         };
         y.reshape([b, s, h])
@@ -244,18 +246,21 @@ pub fn attention_bias<B: Backend>(
 /// Projections that can run on a slice of their weight: the elastic sub-networks of NAS keep the
 /// first output rows (MLP neurons, heads) and the matching input columns of the next projection.
 pub trait Sliceable<B: Backend>: Projection<B> {
-    /// Outputs `start..start + len` only.
-    fn forward_rows(&self, x: Tensor<B, 3>, start: usize, len: usize) -> Tensor<B, 3>;
-    /// Only the first `len` input features (`x` has `len` features).
-    fn forward_cols(&self, x: Tensor<B, 3>, len: usize) -> Tensor<B, 3>;
+    /// Outputs `start..start + len` only, reading the first `cols` input features (`x` has
+    /// `cols` features).
+    fn forward_slice(&self, x: Tensor<B, 3>, start: usize, len: usize, cols: usize) -> Tensor<B, 3>;
+}
+
+/// Rows `start..start + len` and the first `cols` columns of `w`, without copying when whole.
+pub fn slice_weight<B: Backend>(w: Tensor<B, 2>, start: usize, len: usize, cols: usize) -> Tensor<B, 2> {
+    let [o, i] = w.dims();
+    let w = if start == 0 && len == o { w } else { w.narrow(0, start, len) };
+    if cols == i { w } else { w.narrow(1, 0, cols) }
 }
 
 impl<B: Backend> Sliceable<B> for Dense<B> {
-    fn forward_rows(&self, x: Tensor<B, 3>, start: usize, len: usize) -> Tensor<B, 3> {
-        linear(x, self.weight.val().narrow(0, start, len), self.bias.as_ref().map(|b| b.val().narrow(0, start, len)))
-    }
-
-    fn forward_cols(&self, x: Tensor<B, 3>, len: usize) -> Tensor<B, 3> {
-        linear(x, self.weight.val().narrow(1, 0, len), self.bias.as_ref().map(|b| b.val()))
+    fn forward_slice(&self, x: Tensor<B, 3>, start: usize, len: usize, cols: usize) -> Tensor<B, 3> {
+        let bias = self.bias.as_ref().map(|b| if start == 0 && len == b.dims()[0] { b.val() } else { b.val().narrow(0, start, len) });
+        linear(x, slice_weight(self.weight.val(), start, len, cols), bias)
     }
 }

@@ -148,7 +148,38 @@ pub struct ArchSpec {
     pub bos_token_id: Option<u32>,
     pub eos_token_ids: Vec<u32>,
     pub max_position_embeddings: Option<usize>,
+    /// Per-block sizes of a heterogeneous (extracted) sub-network, read from the
+    /// `secateur_subnet` extension of `config.json`; `None` when every block has the sizes above.
+    pub layer_dims: Option<Vec<LayerDims>>,
 }
+
+/// The sizes of one block.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize)]
+pub struct LayerDims {
+    #[serde(rename = "num_attention_heads")]
+    pub num_heads: usize,
+    #[serde(rename = "num_key_value_heads")]
+    pub num_kv_heads: usize,
+    pub intermediate_size: usize,
+}
+
+/// The `secateur_subnet` extension of `config.json`, written by extraction when the family's
+/// own fields cannot describe a sub-network (per-block sizes, or a narrower residual stream in
+/// families whose head size is `hidden / heads`). The family fields then describe the
+/// super-network (head size, RoPE, ALiBi slopes and attention scale come from them) except for
+/// the number of layers; this object overrides the residual width and gives every block's sizes.
+/// Hugging Face transformers ignores it, so such checkpoints load in secateur only.
+#[derive(Debug, Clone, PartialEq, Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SubnetExtension {
+    /// Width of the residual stream (embedding, norms, LM head columns).
+    pub hidden_size: usize,
+    /// One entry per block, in order.
+    pub layers: Vec<LayerDims>,
+}
+
+/// The key of [`SubnetExtension`] in `config.json`.
+pub const SUBNET_EXTENSION_KEY: &str = "secateur_subnet";
 
 impl ArchSpec {
     /// Reads `config.json` and dispatches on `model_type`.
@@ -173,7 +204,11 @@ impl ArchSpec {
             path: path.to_path_buf(),
             source,
         };
-        let spec = match model_type.as_str() {
+        let extension = match value.get(SUBNET_EXTENSION_KEY) {
+            None => None,
+            Some(v) => Some(serde_json::from_value::<SubnetExtension>(v.clone()).map_err(parse_err)?),
+        };
+        let mut spec = match model_type.as_str() {
             "llama" | "mistral" => serde_json::from_value::<llama::LlamaConfig>(value)
                 .map_err(parse_err)?
                 .spec(path, &model_type)?,
@@ -193,8 +228,57 @@ impl ArchSpec {
                 });
             }
         };
+        if let Some(ext) = extension {
+            spec.apply_extension(path, ext)?;
+        }
         spec.validate(path)?;
         Ok(spec)
+    }
+
+    fn apply_extension(&mut self, path: &Path, ext: SubnetExtension) -> Result<()> {
+        let field = |f: &str| format!("{SUBNET_EXTENSION_KEY}.{f}");
+        if ext.layers.len() != self.num_layers {
+            return Err(ModelError::config(
+                path,
+                &field("layers"),
+                format!("{} entries for {} layers", ext.layers.len(), self.num_layers),
+            ));
+        }
+        if ext.hidden_size == 0 {
+            return Err(ModelError::config(path, &field("hidden_size"), "must be positive"));
+        }
+        let rep = self.num_heads / self.num_kv_heads.max(1);
+        for (l, d) in ext.layers.iter().enumerate() {
+            let f = field(&format!("layers[{l}]"));
+            if d.num_kv_heads == 0 || d.num_kv_heads > self.num_kv_heads || d.num_heads != d.num_kv_heads * rep {
+                return Err(ModelError::config(
+                    path,
+                    &f,
+                    format!(
+                        "{} heads in {} key/value groups: need 1..={} groups of {rep} heads",
+                        d.num_heads, d.num_kv_heads, self.num_kv_heads
+                    ),
+                ));
+            }
+            if d.intermediate_size == 0 {
+                return Err(ModelError::config(path, &f, "intermediate_size must be positive"));
+            }
+        }
+        self.hidden_size = ext.hidden_size;
+        self.layer_dims = Some(ext.layers);
+        Ok(())
+    }
+
+    /// The sizes of block `layer`.
+    pub fn layer(&self, layer: usize) -> LayerDims {
+        match &self.layer_dims {
+            Some(dims) => dims[layer],
+            None => LayerDims {
+                num_heads: self.num_heads,
+                num_kv_heads: self.num_kv_heads,
+                intermediate_size: self.intermediate_size,
+            },
+        }
     }
 
     /// Checks the invariants the decoder relies on.
@@ -223,7 +307,7 @@ impl ArchSpec {
                 ),
             ));
         }
-        if self.qkv != QkvLayout::Separate && self.num_heads * self.head_dim != self.hidden_size {
+        if self.qkv != QkvLayout::Separate && self.layer_dims.is_none() && self.num_heads * self.head_dim != self.hidden_size {
             return Err(ModelError::config(
                 path,
                 "num_attention_heads",
@@ -260,18 +344,25 @@ impl ArchSpec {
         Ok(())
     }
 
-    /// Output width of the attention input projection(s) for one site kind.
-    pub fn site_shape(&self, kind: SiteKind) -> [usize; 2] {
-        let q = self.num_heads * self.head_dim;
-        let kv = self.num_kv_heads * self.head_dim;
+    /// `[out, in]` of the projection at `kind` in block `layer`.
+    pub fn site_shape(&self, layer: usize, kind: SiteKind) -> [usize; 2] {
+        let dims = self.layer(layer);
+        let q = dims.num_heads * self.head_dim;
+        let kv = dims.num_kv_heads * self.head_dim;
+        let (h, i) = (self.hidden_size, dims.intermediate_size);
         match kind {
-            SiteKind::Q => [q, self.hidden_size],
-            SiteKind::K | SiteKind::V => [kv, self.hidden_size],
-            SiteKind::Qkv => [q + 2 * kv, self.hidden_size],
-            SiteKind::O => [self.hidden_size, q],
-            SiteKind::Gate | SiteKind::Up => [self.intermediate_size, self.hidden_size],
-            SiteKind::Down => [self.hidden_size, self.intermediate_size],
+            SiteKind::Q => [q, h],
+            SiteKind::K | SiteKind::V => [kv, h],
+            SiteKind::Qkv => [q + 2 * kv, h],
+            SiteKind::O => [h, q],
+            SiteKind::Gate | SiteKind::Up => [i, h],
+            SiteKind::Down => [h, i],
         }
+    }
+
+    /// Whether every block has the same sizes (no per-block extension).
+    pub fn is_homogeneous(&self) -> bool {
+        self.layer_dims.as_ref().is_none_or(|d| d.iter().all(|x| *x == d[0]))
     }
 
     /// The projection sites of one block, in forward order.

@@ -11,7 +11,7 @@ use burn::tensor::ops::AttentionModuleOptions;
 use crate::error::{ModelError, Result};
 use crate::nn::{activate, attention_bias, rope_inv_freq, Dense, Norm, Projection, RopeTables, Sliceable};
 use crate::site::{Site, SiteKind};
-use crate::spec::{ArchSpec, NormKind, PositionKind, QkvLayout, Residual};
+use crate::spec::{ArchSpec, LayerDims, NormKind, PositionKind, QkvLayout, Residual};
 use crate::weights::Checkpoint;
 
 /// One decoder block. Projections are stored in the order of [`ArchSpec::block_site_kinds`].
@@ -25,6 +25,9 @@ pub struct Block<B: Backend, P: Module<B>> {
     pub mlp_gate: Option<P>,
     pub mlp_up: P,
     pub mlp_down: P,
+    /// The block's sizes (heads, key/value heads, MLP width).
+    #[module(skip)]
+    pub dims: LayerDims,
 }
 
 /// A causal language model of any supported family.
@@ -234,7 +237,7 @@ impl<B: Backend, P: Projection<B>> Block<B, P> {
     ) -> Tensor<B, 3> {
         let spec = &*ctx.spec;
         let [b, s, _] = x.dims();
-        let (h, kvh, d) = (spec.num_heads, spec.num_kv_heads, spec.head_dim);
+        let (h, kvh, d) = (self.dims.num_heads, self.dims.num_kv_heads, spec.head_dim);
         let split = |t: Tensor<B, 3>, n: usize| t.reshape([b, s, n, d]);
         let clip = |t: Tensor<B, 3>| match spec.clip_qkv {
             Some(c) => t.clamp(-c, c),
@@ -266,18 +269,20 @@ impl<B: Backend, P: Projection<B>> Block<B, P> {
     }
 
     /// The block with only the first `groups` key/value groups (and their query heads) and the
-    /// first `width` MLP neurons: the weights are sliced, not copied.
+    /// first `width` MLP neurons, on a residual stream of the first `x.dims()[2]` channels: the
+    /// weights are sliced, not copied.
     pub fn forward_sliced(&self, x: Tensor<B, 3>, ctx: &AttnContext<B>, width: usize, groups: usize) -> Tensor<B, 3>
     where
         P: Sliceable<B>,
     {
+        let e = x.dims()[2];
         let attn = |x: Tensor<B, 3>| self.attention_sliced(x, ctx, groups);
         let mlp = |x: Tensor<B, 3>| {
             let hidden = match &self.mlp_gate {
-                Some(g) => activate(g.forward_rows(x.clone(), 0, width), ctx.spec.activation) * self.mlp_up.forward_rows(x, 0, width),
-                None => activate(self.mlp_up.forward_rows(x, 0, width), ctx.spec.activation),
+                Some(g) => activate(g.forward_slice(x.clone(), 0, width, e), ctx.spec.activation) * self.mlp_up.forward_slice(x, 0, width, e),
+                None => activate(self.mlp_up.forward_slice(x, 0, width, e), ctx.spec.activation),
             };
-            self.mlp_down.forward_cols(hidden, width)
+            self.mlp_down.forward_slice(hidden, 0, e, width)
         };
         self.residual(x, &ctx.spec, attn, mlp)
     }
@@ -287,8 +292,8 @@ impl<B: Backend, P: Projection<B>> Block<B, P> {
         P: Sliceable<B>,
     {
         let spec = &*ctx.spec;
-        let [b, s, _] = x.dims();
-        let (h, kvh, d) = (spec.num_heads, spec.num_kv_heads, spec.head_dim);
+        let [b, s, e] = x.dims();
+        let (h, kvh, d) = (self.dims.num_heads, self.dims.num_kv_heads, spec.head_dim);
         let (hq, hk) = (groups * (h / kvh), groups);
         let split = |t: Tensor<B, 3>, n: usize| t.reshape([b, s, n, d]);
         let clip = |t: Tensor<B, 3>| match spec.clip_qkv {
@@ -297,23 +302,23 @@ impl<B: Backend, P: Projection<B>> Block<B, P> {
         };
         let (q, k, v) = match spec.qkv {
             QkvLayout::Separate => (
-                split(clip(self.attn_in[0].forward_rows(x.clone(), 0, hq * d)), hq),
-                split(clip(self.attn_in[1].forward_rows(x.clone(), 0, hk * d)), hk),
-                split(clip(self.attn_in[2].forward_rows(x, 0, hk * d)), hk),
+                split(clip(self.attn_in[0].forward_slice(x.clone(), 0, hq * d, e)), hq),
+                split(clip(self.attn_in[1].forward_slice(x.clone(), 0, hk * d, e)), hk),
+                split(clip(self.attn_in[2].forward_slice(x, 0, hk * d, e)), hk),
             ),
             QkvLayout::FusedPerHead => {
-                let y = clip(self.attn_in[0].forward_rows(x, 0, hq * 3 * d)).reshape([b, s, hq, 3 * d]);
+                let y = clip(self.attn_in[0].forward_slice(x, 0, hq * 3 * d, e)).reshape([b, s, hq, 3 * d]);
                 let part = |i: usize| y.clone().narrow(3, i * d, d);
                 (part(0), part(1), part(2))
             }
             QkvLayout::FusedBlocks => (
-                split(clip(self.attn_in[0].forward_rows(x.clone(), 0, hq * d)), hq),
-                split(clip(self.attn_in[0].forward_rows(x.clone(), h * d, hk * d)), hk),
-                split(clip(self.attn_in[0].forward_rows(x, (h + kvh) * d, hk * d)), hk),
+                split(clip(self.attn_in[0].forward_slice(x.clone(), 0, hq * d, e)), hq),
+                split(clip(self.attn_in[0].forward_slice(x.clone(), h * d, hk * d, e)), hk),
+                split(clip(self.attn_in[0].forward_slice(x, (h + kvh) * d, hk * d, e)), hk),
             ),
         };
         let out = attend(q, k, v, ctx, None, hq, hk);
-        self.attn_out.forward_cols(out, hq * d)
+        self.attn_out.forward_slice(out, 0, e, hq * d)
     }
 
     /// The MLP of normalised input `x`.
@@ -349,11 +354,14 @@ pub struct LayerStructure {
     pub kv_groups: usize,
 }
 
-/// An elastic sub-network: the blocks that run, in order, and how much of each. (Embedding
-/// width is not elastic yet.)
+/// An elastic sub-network: the blocks that run, in order, how much of each, and the width of
+/// the residual stream (the first channels of the embedding, norms and LM head).
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct SubnetStructure {
     pub layers: Vec<LayerStructure>,
+    /// Residual-stream channels kept; `None` keeps all.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hidden_size: Option<usize>,
 }
 
 impl SubnetStructure {
@@ -361,9 +369,18 @@ impl SubnetStructure {
     pub fn full(spec: &ArchSpec) -> Self {
         Self {
             layers: (0..spec.num_layers)
-                .map(|layer| LayerStructure { layer, mlp_width: spec.intermediate_size, kv_groups: spec.num_kv_heads })
+                .map(|layer| {
+                    let d = spec.layer(layer);
+                    LayerStructure { layer, mlp_width: d.intermediate_size, kv_groups: d.num_kv_heads }
+                })
                 .collect(),
+            hidden_size: None,
         }
+    }
+
+    /// The residual width this structure runs at.
+    pub fn hidden(&self, spec: &ArchSpec) -> usize {
+        self.hidden_size.unwrap_or(spec.hidden_size)
     }
 
     /// Checks the structure against an architecture; errors name the layer and the dimension.
@@ -379,18 +396,24 @@ impl SubnetStructure {
             if i > 0 && l.layer <= self.layers[i - 1].layer {
                 return Err(bad(format!("blocks must be listed once, in order ({} after {})", l.layer, self.layers[i - 1].layer)));
             }
-            if l.mlp_width == 0 || l.mlp_width > spec.intermediate_size {
-                return Err(bad(format!("block {}: MLP width {} not in 1..={}", l.layer, l.mlp_width, spec.intermediate_size)));
+            let dims = spec.layer(l.layer);
+            if l.mlp_width == 0 || l.mlp_width > dims.intermediate_size {
+                return Err(bad(format!("block {}: MLP width {} not in 1..={}", l.layer, l.mlp_width, dims.intermediate_size)));
             }
-            if l.kv_groups == 0 || l.kv_groups > spec.num_kv_heads {
+            if l.kv_groups == 0 || l.kv_groups > dims.num_kv_heads {
                 return Err(bad(format!(
                     "block {}: {} key/value groups not in 1..={} (heads are kept in whole groups of {})",
                     l.layer,
                     l.kv_groups,
-                    spec.num_kv_heads,
-                    spec.num_heads / spec.num_kv_heads
+                    dims.num_kv_heads,
+                    dims.num_heads / dims.num_kv_heads
                 )));
             }
+        }
+        if let Some(e) = self.hidden_size
+            && (e == 0 || e > spec.hidden_size)
+        {
+            return Err(bad(format!("embedding width {e} not in 1..={}", spec.hidden_size)));
         }
         Ok(())
     }
@@ -426,6 +449,7 @@ impl<B: Backend, P: Module<B>> Block<B, P> {
             mlp_gate,
             mlp_up: f(Site::new(layer, SiteKind::Up), self.mlp_up)?,
             mlp_down: f(Site::new(layer, SiteKind::Down), self.mlp_down)?,
+            dims: self.dims,
         })
     }
 }
@@ -452,7 +476,7 @@ impl<B: Backend, P: Module<B>> CausalLm<B, P> {
     pub fn sites(&self) -> Vec<(Site, [usize; 2])> {
         let kinds = self.spec.block_site_kinds();
         (0..self.spec.num_layers)
-            .flat_map(|l| kinds.iter().map(move |&k| (Site::new(l, k), self.spec.site_shape(k))))
+            .flat_map(|l| kinds.iter().map(move |&k| (Site::new(l, k), self.spec.site_shape(l, k))))
             .collect()
     }
 
@@ -485,36 +509,49 @@ impl<B: Backend, P: Module<B>> CausalLm<B, P> {
         };
         let embed = s.vocab_size * s.hidden_size;
         let head = if s.tie_word_embeddings { 0 } else { embed };
-        let per_block: usize = s
-            .block_site_kinds()
-            .into_iter()
-            .map(|k| {
-                let [o, i] = s.site_shape(k);
-                o * i + if s.site_has_bias(k) { o } else { 0 }
+        let blocks: usize = (0..s.num_layers)
+            .map(|l| {
+                s.block_site_kinds()
+                    .into_iter()
+                    .map(|k| {
+                        let [o, i] = s.site_shape(l, k);
+                        o * i + if s.site_has_bias(k) { o } else { 0 }
+                    })
+                    .sum::<usize>()
+                    + 2 * norm
             })
-            .sum::<usize>()
-            + 2 * norm;
-        embed + head + norm * (1 + usize::from(s.embed_norm)) + per_block * s.num_layers
+            .sum();
+        embed + head + norm * (1 + usize::from(s.embed_norm)) + blocks
     }
 }
 
 impl<B: Backend, P: Projection<B>> CausalLm<B, P> {
     /// Embeds token ids `[batch, seq]` (with BLOOM's embedding norm).
     pub fn embed_tokens(&self, ids: Tensor<B, 2, Int>) -> Tensor<B, 3> {
-        let h = burn::tensor::module::embedding(self.embed.val(), ids);
+        self.embed_tokens_width(ids, self.spec.hidden_size)
+    }
+
+    /// Embeds token ids into the first `width` channels of the residual stream.
+    pub fn embed_tokens_width(&self, ids: Tensor<B, 2, Int>, width: usize) -> Tensor<B, 3> {
+        let table = self.embed.val();
+        let table = if width < self.spec.hidden_size { table.narrow(1, 0, width) } else { table };
+        let h = burn::tensor::module::embedding(table, ids);
         match &self.embed_norm {
             Some(n) => n.forward(h),
             None => h,
         }
     }
 
-    /// Final norm and LM head: `[batch, seq, hidden] -> [batch, seq, vocab]`.
+    /// Final norm and LM head: `[batch, seq, hidden] -> [batch, seq, vocab]`. A narrower `h`
+    /// (an elastic sub-network's residual stream) uses the first columns of the head.
     pub fn logits(&self, h: Tensor<B, 3>) -> Tensor<B, 3> {
+        let e = h.dims()[2];
         let h = self.final_norm.forward(h);
         let head = match &self.lm_head {
             Some(w) => w.val(),
             None => self.embed.val(),
         };
+        let head = if e < self.spec.hidden_size { head.narrow(1, 0, e) } else { head };
         crate::nn::linear(h, head, None)
     }
 
@@ -604,7 +641,7 @@ impl<B: Backend, P: Sliceable<B>> CausalLm<B, P> {
             return Err(ModelError::InvalidInput(format!("attention mask must be [{b}][{s}] like the input ids")));
         }
         let ctx = AttnContext::for_batch(self.spec.clone(), mask, &ids.device());
-        let mut h = self.embed_tokens(ids);
+        let mut h = self.embed_tokens_width(ids, structure.hidden(&self.spec));
         for l in &structure.layers {
             h = self.blocks[l.layer].forward_sliced(h, &ctx, l.mlp_width, l.kv_groups);
         }
@@ -624,7 +661,7 @@ impl<B: Backend> CausalLm<B, Dense<B>> {
     pub fn from_checkpoint(spec: ArchSpec, ckpt: &Checkpoint, device: &B::Device) -> Result<Self> {
         CausalLm::from_checkpoint_with(spec, ckpt, device, |spec, ckpt, site, device| {
             let module = spec.hf_module(site.layer, site.kind);
-            let shape = spec.site_shape(site.kind);
+            let shape = spec.site_shape(site.layer, site.kind);
             let data = ckpt.read_f32(&format!("{module}.weight"), &shape)?;
             let w = Tensor::from_data(TensorData::new(data, shape), device);
             let b = if spec.site_has_bias(site.kind) {
@@ -689,6 +726,7 @@ impl<B: Backend, P: Module<B>> CausalLm<B, P> {
                 mlp_gate,
                 mlp_up,
                 mlp_down,
+                dims: spec.layer(l),
             });
         }
         Ok(Self {
@@ -721,22 +759,23 @@ impl<B: Backend> CausalLm<B, Dense<B>> {
             eps: spec.norm_eps,
             rms: spec.norm == NormKind::Rms,
         };
-        let dense = |kind: SiteKind| {
-            let shape = spec.site_shape(kind);
+        let dense = |l: usize, kind: SiteKind| {
+            let shape = spec.site_shape(l, kind);
             Dense::new(normal(shape), spec.site_has_bias(kind).then(|| Tensor::zeros([shape[0]], device)))
         };
         let blocks = (0..spec.num_layers)
-            .map(|_| Block {
+            .map(|l| Block {
                 attn_norm: norm(),
                 mlp_norm: norm(),
                 attn_in: match spec.qkv {
-                    QkvLayout::Separate => vec![dense(SiteKind::Q), dense(SiteKind::K), dense(SiteKind::V)],
-                    _ => vec![dense(SiteKind::Qkv)],
+                    QkvLayout::Separate => vec![dense(l, SiteKind::Q), dense(l, SiteKind::K), dense(l, SiteKind::V)],
+                    _ => vec![dense(l, SiteKind::Qkv)],
                 },
-                attn_out: dense(SiteKind::O),
-                mlp_gate: spec.gated_mlp.then(|| dense(SiteKind::Gate)),
-                mlp_up: dense(SiteKind::Up),
-                mlp_down: dense(SiteKind::Down),
+                attn_out: dense(l, SiteKind::O),
+                mlp_gate: spec.gated_mlp.then(|| dense(l, SiteKind::Gate)),
+                mlp_up: dense(l, SiteKind::Up),
+                mlp_down: dense(l, SiteKind::Down),
+                dims: spec.layer(l),
             })
             .collect();
         Self {

@@ -135,7 +135,7 @@ pub fn load_quantized<B: Backend>(dir: &Path, device: &B::Device) -> Result<Quan
 
 fn load_projection<B: Backend>(spec: &ArchSpec, ckpt: &Checkpoint, site: Site, cfg: QuantConfig, device: &B::Device) -> Result<QuantLinear<B>, ModelError> {
     let module = spec.hf_module(site.layer, site.kind);
-    let [o, i] = spec.site_shape(site.kind);
+    let [o, i] = spec.site_shape(site.layer, site.kind);
     let v = 32 / cfg.bits as usize;
     let g = cfg.group(i);
     let groups = i.div_ceil(g);

@@ -2,9 +2,10 @@
 //! key/value groups, its exact cost, the samplers that train the super-network (uniform, sandwich,
 //! grid-params, calibrate-mag) and the training loop (full fine-tuning of every parameter).
 //!
-//! The space is homogeneous: one MLP width and one number of groups shared by the kept blocks,
-//! and a depth (the `d` most important blocks, in order), so every sub-network can be extracted
-//! into a standard Hugging Face config.
+//! The space has an embedding width, a depth (the `d` most important blocks, in order), and MLP
+//! widths and key/value groups either shared by the kept blocks (homogeneous: LLaMA sub-networks
+//! then extract into a plain Hugging Face config) or chosen per block (heterogeneous, as LoNAS
+//! searches; extraction writes the `secateur_subnet` config extension).
 
 use burn::module::AutodiffModule;
 use burn::optim::{GradientsAccumulator, GradientsParams, Optimizer};
@@ -25,59 +26,109 @@ use crate::TrainError;
 /// Choices of the structural search space (each list descending; index 0 is the largest).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct StructureSpace {
+    /// Residual-stream (embedding) widths.
+    pub hiddens: Vec<usize>,
     pub widths: Vec<usize>,
     pub groups: Vec<usize>,
     pub depths: Vec<usize>,
     /// Blocks by descending importance: depth `d` keeps the first `d` of them, in model order.
     pub block_order: Vec<usize>,
+    /// One MLP width and one number of key/value groups per block (heterogeneous sub-networks,
+    /// as LoNAS searches them) instead of one shared by every block.
+    pub per_layer: bool,
 }
 
-/// One point of a [`StructureSpace`]: indices into its choice lists.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+/// One point of a [`StructureSpace`]: indices into its choice lists. `widths` and `groups` hold
+/// one index per block of the super-network when the space is per-layer (blocks not kept
+/// ignore theirs), one otherwise.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct StructureChoice {
-    pub width: usize,
-    pub groups: usize,
+    pub hidden: usize,
     pub depth: usize,
+    pub widths: Vec<usize>,
+    pub groups: Vec<usize>,
 }
 
 impl StructureSpace {
-    /// A default space: MLP widths 100/87.5/75/62.5/50%, every group count down to half, depth
-    /// down to 75% of the blocks; `block_order` by importance (or model order).
+    /// A default space: embedding widths 100/87.5/75%, MLP widths 100/87.5/75/62.5/50%, every
+    /// group count down to half, depth down to 75% of the blocks; `block_order` by importance
+    /// (or model order); homogeneous.
     pub fn preset(spec: &ArchSpec, block_order: Option<Vec<usize>>) -> Self {
-        let i = spec.intermediate_size;
-        let mut widths: Vec<usize> = [8, 7, 6, 5, 4].iter().map(|k| (i * k / 8).max(1)).collect();
-        widths.dedup();
+        let fractions = |n: usize, ks: &[usize]| {
+            let mut v: Vec<usize> = ks.iter().map(|k| (n * k / 8).max(1)).collect();
+            v.dedup();
+            v
+        };
         let groups: Vec<usize> = (spec.num_kv_heads.div_ceil(2)..=spec.num_kv_heads).rev().collect();
         let l = spec.num_layers;
         let depths: Vec<usize> = ((l * 3).div_ceil(4)..=l).rev().collect();
-        Self { widths, groups, depths, block_order: block_order.unwrap_or_else(|| (0..l).collect()) }
-    }
-
-    pub fn maximal(&self) -> StructureChoice {
-        StructureChoice { width: 0, groups: 0, depth: 0 }
-    }
-
-    pub fn minimal(&self) -> StructureChoice {
-        StructureChoice { width: self.widths.len() - 1, groups: self.groups.len() - 1, depth: self.depths.len() - 1 }
-    }
-
-    pub fn random(&self, rng: &mut StdRng) -> StructureChoice {
-        StructureChoice {
-            width: rng.random_range(0..self.widths.len()),
-            groups: rng.random_range(0..self.groups.len()),
-            depth: rng.random_range(0..self.depths.len()),
+        Self {
+            hiddens: fractions(spec.hidden_size, &[8, 7, 6]),
+            widths: fractions(spec.intermediate_size, &[8, 7, 6, 5, 4]),
+            groups,
+            depths,
+            block_order: block_order.unwrap_or_else(|| (0..l).collect()),
+            per_layer: false,
         }
     }
 
+    /// Number of per-block entries of a choice.
+    fn slots(&self) -> usize {
+        if self.per_layer { self.block_order.len() } else { 1 }
+    }
+
+    /// The number of options of each search variable: hidden, depth, then the width and group
+    /// slots (see [`Self::choice`]).
+    pub fn variables(&self) -> Vec<usize> {
+        let n = self.slots();
+        let mut v = vec![self.hiddens.len(), self.depths.len()];
+        v.extend(std::iter::repeat_n(self.widths.len(), n));
+        v.extend(std::iter::repeat_n(self.groups.len(), n));
+        v
+    }
+
+    /// The choice of a variable vector laid out as [`Self::variables`].
+    pub fn choice(&self, x: &[usize]) -> StructureChoice {
+        let n = self.slots();
+        StructureChoice { hidden: x[0], depth: x[1], widths: x[2..2 + n].to_vec(), groups: x[2 + n..2 + 2 * n].to_vec() }
+    }
+
+    /// The variable vector of a choice (the inverse of [`Self::choice`]).
+    pub fn encode(&self, c: &StructureChoice) -> Vec<usize> {
+        let mut v = vec![c.hidden, c.depth];
+        v.extend(&c.widths);
+        v.extend(&c.groups);
+        v
+    }
+
+    pub fn maximal(&self) -> StructureChoice {
+        self.choice(&vec![0; self.variables().len()])
+    }
+
+    pub fn minimal(&self) -> StructureChoice {
+        self.choice(&self.variables().iter().map(|n| n - 1).collect::<Vec<_>>())
+    }
+
+    /// The heuristic sub-network (the middle of every choice list, index `n / 2`).
+    pub fn heuristic(&self) -> StructureChoice {
+        self.choice(&self.variables().iter().map(|n| n / 2).collect::<Vec<_>>())
+    }
+
+    pub fn random(&self, rng: &mut StdRng) -> StructureChoice {
+        self.choice(&self.variables().iter().map(|&n| rng.random_range(0..n)).collect::<Vec<_>>())
+    }
+
     /// The sub-network of a choice.
-    pub fn structure(&self, c: StructureChoice) -> SubnetStructure {
+    pub fn structure(&self, c: &StructureChoice) -> SubnetStructure {
         let mut kept: Vec<usize> = self.block_order[..self.depths[c.depth]].to_vec();
         kept.sort_unstable();
+        let slot = |layer: usize| if self.per_layer { layer } else { 0 };
         SubnetStructure {
             layers: kept
                 .into_iter()
-                .map(|layer| LayerStructure { layer, mlp_width: self.widths[c.width], kv_groups: self.groups[c.groups] })
+                .map(|layer| LayerStructure { layer, mlp_width: self.widths[c.widths[slot(layer)]], kv_groups: self.groups[c.groups[slot(layer)]] })
                 .collect(),
+            hidden_size: (c.hidden > 0).then(|| self.hiddens[c.hidden]),
         }
     }
 }
@@ -86,9 +137,8 @@ impl StructureSpace {
 /// untied, norms, kept projections with biases) and MACs (kept projections, attention products,
 /// LM head), counted as in [`secateur_elastic_lora::cost`].
 pub fn structure_cost(spec: &ArchSpec, s: &SubnetStructure, context: usize) -> (usize, usize) {
-    let h = spec.hidden_size;
+    let h = s.hidden(spec);
     let d = spec.head_dim;
-    let rep = spec.num_heads / spec.num_kv_heads;
     let norm = match spec.norm {
         secateur_models::spec::NormKind::Layer { bias: true } => 2 * h,
         _ => h,
@@ -97,6 +147,8 @@ pub fn structure_cost(spec: &ArchSpec, s: &SubnetStructure, context: usize) -> (
     let mut params = embed + if spec.tie_word_embeddings { 0 } else { embed } + norm * (1 + usize::from(spec.embed_norm));
     let mut macs = spec.vocab_size * h;
     for l in &s.layers {
+        let dims = spec.layer(l.layer);
+        let rep = dims.num_heads / dims.num_kv_heads;
         let (q, kv, w) = (l.kv_groups * rep * d, l.kv_groups * d, l.mlp_width);
         let attn_w = h * (q + 2 * kv) + q * h;
         let attn_b = if spec.attention_bias { q + 2 * kv + h } else { 0 };
@@ -140,21 +192,21 @@ impl Sampler {
         let spec = model.spec().clone();
         let mut grid = Vec::new();
         if matches!(kind, SamplerKind::GridParams | SamplerKind::CalibrateMag) {
-            let cost = |c: StructureChoice| structure_cost(&spec, &space.structure(c), 0).0 as f64;
-            let (lo, hi) = (cost(space.minimal()), cost(space.maximal()));
+            let cost = |c: &StructureChoice| structure_cost(&spec, &space.structure(c), 0).0 as f64;
+            let (lo, hi) = (cost(&space.minimal()), cost(&space.maximal()));
             let mut rng = StdRng::seed_from_u64(seed);
-            let magnitude = |c: StructureChoice| structure_magnitude(model, &space.structure(c));
+            let magnitude = |c: &StructureChoice| structure_magnitude(model, &space.structure(c));
             for k in 0..bins.max(1) {
                 let (a, b) = (lo + (hi - lo) * k as f64 / bins as f64, lo + (hi - lo) * (k + 1) as f64 / bins as f64);
                 let inside = |c: &StructureChoice| {
-                    let p = cost(*c);
+                    let p = cost(c);
                     p >= a && (p < b || (k + 1 == bins && p <= b))
                 };
                 let pick = match kind {
                     SamplerKind::GridParams => (0..1000).map(|_| space.random(&mut rng)).find(inside),
                     _ => {
                         let cands: Vec<StructureChoice> = (0..1000).map(|_| space.random(&mut rng)).filter(inside).take(50).collect();
-                        cands.into_iter().map(|c| (magnitude(c), c)).max_by(|x, y| x.0.total_cmp(&y.0)).map(|(_, c)| c)
+                        cands.into_iter().map(|c| (magnitude(&c), c)).max_by(|x, y| x.0.total_cmp(&y.0)).map(|(_, c)| c)
                     }
                 };
                 if let Some(c) = pick
@@ -183,7 +235,7 @@ impl Sampler {
                 v.push(self.space.minimal());
                 v
             }
-            SamplerKind::GridParams | SamplerKind::CalibrateMag => vec![self.grid[rng.random_range(0..self.grid.len())]],
+            SamplerKind::GridParams | SamplerKind::CalibrateMag => vec![self.grid[rng.random_range(0..self.grid.len())].clone()],
         }
     }
 }
@@ -191,18 +243,18 @@ impl Sampler {
 /// Total absolute weight of the projections a sub-network keeps.
 pub fn structure_magnitude<B: Backend>(model: &DenseLm<B>, s: &SubnetStructure) -> f64 {
     let spec = model.spec();
-    let (rep, d) = (spec.num_heads / spec.num_kv_heads, spec.head_dim);
+    let (e, d) = (s.hidden(spec), spec.head_dim);
     s.layers
         .iter()
         .map(|l| {
             let b = &model.blocks[l.layer];
-            let sum = |t: Tensor<B, 2>| t.abs().sum().into_scalar().elem::<f64>();
-            let q = l.kv_groups * rep * d;
-            let mut m = sum(b.mlp_up.weight.val().narrow(0, 0, l.mlp_width)) + sum(b.mlp_down.weight.val().narrow(1, 0, l.mlp_width));
+            let sum = |t: Tensor<B, 2>, rows: usize, cols: usize| t.narrow(0, 0, rows).narrow(1, 0, cols).abs().sum().into_scalar().elem::<f64>();
+            let q = l.kv_groups * (b.dims.num_heads / b.dims.num_kv_heads) * d;
+            let mut m = sum(b.mlp_up.weight.val(), l.mlp_width, e) + sum(b.mlp_down.weight.val(), e, l.mlp_width);
             if let Some(g) = &b.mlp_gate {
-                m += sum(g.weight.val().narrow(0, 0, l.mlp_width));
+                m += sum(g.weight.val(), l.mlp_width, e);
             }
-            m + sum(b.attn_out.weight.val().narrow(1, 0, q))
+            m + sum(b.attn_out.weight.val(), e, q)
         })
         .sum()
 }
@@ -254,7 +306,7 @@ where
         let mut acc = GradientsAccumulator::new();
         let mut loss_sum = 0.0;
         for c in sampler.step(cfg.seed, step) {
-            let logits = model.forward_subnet(token_tensor::<B>(&batch.ids, &device), &batch.mask, &sampler.space.structure(c))?;
+            let logits = model.forward_subnet(token_tensor::<B>(&batch.ids, &device), &batch.mask, &sampler.space.structure(&c))?;
             let loss = lm_loss(logits, &batch, batch.target_tokens().max(1) as f64);
             loss_sum += loss.clone().into_scalar().elem::<f64>();
             acc.accumulate(&model, GradientsParams::from_grads(loss.backward(), &model));
@@ -304,19 +356,36 @@ mod tests {
     #[test]
     fn preset_choices_and_structures() {
         let space = StructureSpace::preset(&spec(), Some(vec![2, 0, 3, 1]));
+        assert_eq!(space.hiddens, vec![8, 7, 6]);
         assert_eq!(space.widths, vec![16, 14, 12, 10, 8]);
         assert_eq!(space.groups, vec![2, 1]);
         assert_eq!(space.depths, vec![4, 3]);
-        let s = space.structure(space.minimal());
+        let s = space.structure(&space.minimal());
         // Depth 3 keeps the 3 most important blocks (2, 0, 3), in model order.
         assert_eq!(s.layers.iter().map(|l| l.layer).collect::<Vec<_>>(), vec![0, 2, 3]);
         assert!(s.layers.iter().all(|l| l.mlp_width == 8 && l.kv_groups == 1));
+        assert_eq!(s.hidden_size, Some(6));
+        assert_eq!(space.structure(&space.maximal()), SubnetStructure::full(&spec()));
+    }
+
+    #[test]
+    fn per_layer_choices() {
+        let mut space = StructureSpace::preset(&spec(), None);
+        space.per_layer = true;
+        assert_eq!(space.variables(), vec![3, 2, 5, 5, 5, 5, 2, 2, 2, 2]);
+        let x = [1, 0, 0, 1, 2, 3, 1, 0, 1, 0];
+        let c = space.choice(&x);
+        assert_eq!(space.encode(&c), x.to_vec());
+        let s = space.structure(&c);
+        assert_eq!(s.layers.iter().map(|l| (l.mlp_width, l.kv_groups)).collect::<Vec<_>>(), vec![(16, 1), (14, 2), (12, 1), (10, 2)]);
+        assert_eq!(s.hidden_size, Some(7));
+        assert_eq!(space.heuristic(), space.choice(&[1, 1, 2, 2, 2, 2, 1, 1, 1, 1]));
     }
 
     #[test]
     fn cost_by_hand() {
         let spec = spec();
-        let s = SubnetStructure { layers: vec![LayerStructure { layer: 0, mlp_width: 8, kv_groups: 1 }] };
+        let s = SubnetStructure { layers: vec![LayerStructure { layer: 0, mlp_width: 8, kv_groups: 1 }], hidden_size: None };
         // embed 80 + head 80 + final norm 8; block: q 8x4... head_dim 2: q = 1*2*2 = 4, kv = 2:
         // attn 8*(4+4) + 4*8 = 96, mlp 3*8*8 = 192, norms 16.
         let (p, m) = structure_cost(&spec, &s, 10);

@@ -9,9 +9,12 @@
 //!   group's score is the sum over its query heads, and groups move with their k/v heads. Channels
 //!   inside a head are never reordered (RoPE pairs stay intact). ALiBi models (BLOOM, MPT) tie each
 //!   head to a slope by position, so their heads are not reordered.
+//! - Embedding channel: the squared L2 norm of its value in every norm's output that feeds a
+//!   projection (the attention and MLP inputs of every block), summed over blocks. Moving a
+//!   channel moves its embedding and LM-head column, every norm's weight and bias, the input
+//!   column of q/k/v/gate/up and the output row of o/down; RMSNorm and LayerNorm statistics do
+//!   not depend on the channel order.
 //! - Block: mean over tokens of `1 - cos(input, output)`.
-//!
-//! Embedding-channel reordering is not implemented yet.
 
 use burn::module::Param;
 use burn::prelude::*;
@@ -29,6 +32,8 @@ pub struct Importance {
     pub groups: Vec<Vec<f64>>,
     /// Per layer: mean `1 - cos(input, output)`.
     pub blocks: Vec<f64>,
+    /// Per residual-stream (embedding) channel.
+    pub channels: Vec<f64>,
 }
 
 /// Scores neurons, head groups and blocks on `calibration` token sequences.
@@ -36,14 +41,22 @@ pub fn importance<B: Backend>(model: &DenseLm<B>, calibration: &[Vec<u32>], batc
     let norms = secateur_sparsity::input_norms(model, calibration, batch_size)
         .map_err(|e| TrainError::Config(format!("importance statistics: {e}")))?;
     let spec = model.spec();
-    let (h, kvh, d) = (spec.num_heads, spec.num_kv_heads, spec.head_dim);
-    let rep = h / kvh;
+    let d = spec.head_dim;
     let mut neurons = Vec::new();
     let mut groups = Vec::new();
+    let mut channels = vec![0.0f64; spec.hidden_size];
+    let attn_input = if spec.qkv == QkvLayout::Separate { SiteKind::Q } else { SiteKind::Qkv };
     for l in 0..spec.num_layers {
         neurons.push(norms[&Site::new(l, SiteKind::Down)].clone());
         let o = &norms[&Site::new(l, SiteKind::O)];
-        groups.push((0..kvh).map(|g| o[g * rep * d..(g + 1) * rep * d].iter().sum()).collect());
+        let dims = spec.layer(l);
+        let rep = dims.num_heads / dims.num_kv_heads;
+        groups.push((0..dims.num_kv_heads).map(|g| o[g * rep * d..(g + 1) * rep * d].iter().sum()).collect());
+        for kind in [attn_input, SiteKind::Up] {
+            for (c, v) in channels.iter_mut().zip(&norms[&Site::new(l, kind)]) {
+                *c += v;
+            }
+        }
     }
     // Block importance: 1 - cosine similarity of each block's input and output.
     let device = model.embed.val().device();
@@ -68,7 +81,7 @@ pub fn importance<B: Backend>(model: &DenseLm<B>, calibration: &[Vec<u32>], batc
         }
     }
     let blocks = sums.into_iter().map(|s| s / tokens.max(1) as f64).collect();
-    Ok(Importance { neurons, groups, blocks })
+    Ok(Importance { neurons, groups, blocks, channels })
 }
 
 /// Indices sorted by descending score (ties: lower index first).
@@ -118,9 +131,44 @@ fn cols<B: Backend>(d: &Dense<B>, block: usize, order: &[usize]) -> Dense<B> {
     rebuild(d, w, d.bias.as_ref().map(|b| values(b.val())))
 }
 
-/// Reorders every block's MLP neurons (and, with `heads`, its key/value groups) by descending
-/// importance. The result computes the same function.
-pub fn reorder<B: Backend>(mut model: DenseLm<B>, imp: &Importance, heads: bool) -> Result<DenseLm<B>, TrainError> {
+fn permute_vec<B: Backend>(p: &Param<Tensor<B, 1>>, order: &[usize]) -> Param<Tensor<B, 1>> {
+    let v = values(p.val());
+    let n = v.len();
+    Param::from_tensor(Tensor::from_data(TensorData::new(permute_rows(&v, 1, 1, order), [n]), &p.val().device()))
+}
+
+fn permute_norm<B: Backend>(n: &secateur_models::Norm<B>, order: &[usize]) -> secateur_models::Norm<B> {
+    secateur_models::Norm { weight: permute_vec(&n.weight, order), bias: n.bias.as_ref().map(|b| permute_vec(b, order)), eps: n.eps, rms: n.rms }
+}
+
+fn permute_table<B: Backend>(p: &Param<Tensor<B, 2>>, order: &[usize]) -> Param<Tensor<B, 2>> {
+    let t = p.val();
+    let [r, c] = t.dims();
+    Param::from_tensor(Tensor::from_data(TensorData::new(permute_cols(&values(t.clone()), c, 1, order), [r, c]), &t.device()))
+}
+
+/// Reorders the residual stream's channels by descending importance (see the module docs).
+fn reorder_channels<B: Backend>(mut model: DenseLm<B>, order: &[usize]) -> DenseLm<B> {
+    model.embed = permute_table(&model.embed, order);
+    model.lm_head = model.lm_head.as_ref().map(|h| permute_table(h, order));
+    model.embed_norm = model.embed_norm.as_ref().map(|n| permute_norm(n, order));
+    model.final_norm = permute_norm(&model.final_norm, order);
+    for block in model.blocks.iter_mut() {
+        block.attn_norm = permute_norm(&block.attn_norm, order);
+        block.mlp_norm = permute_norm(&block.mlp_norm, order);
+        block.attn_in = block.attn_in.iter().map(|p| cols(p, 1, order)).collect();
+        block.mlp_gate = block.mlp_gate.as_ref().map(|g| cols(g, 1, order));
+        block.mlp_up = cols(&block.mlp_up, 1, order);
+        block.attn_out = rows(&block.attn_out, 1, order);
+        block.mlp_down = rows(&block.mlp_down, 1, order);
+    }
+    model
+}
+
+/// Reorders the embedding channels and every block's MLP neurons (and, with `heads`, its
+/// key/value groups) by descending importance. The result computes the same function.
+pub fn reorder<B: Backend>(model: DenseLm<B>, imp: &Importance, heads: bool) -> Result<DenseLm<B>, TrainError> {
+    let mut model = reorder_channels(model, &descending(&imp.channels));
     let spec = model.spec.clone();
     if heads && matches!(spec.position, PositionKind::Alibi { .. }) {
         return Err(TrainError::Config(format!(
@@ -128,9 +176,9 @@ pub fn reorder<B: Backend>(mut model: DenseLm<B>, imp: &Importance, heads: bool)
             spec.family
         )));
     }
-    let (h, kvh, d) = (spec.num_heads, spec.num_kv_heads, spec.head_dim);
-    let rep = h / kvh;
+    let d = spec.head_dim;
     for (l, block) in model.blocks.iter_mut().enumerate() {
+        let (h, rep) = (block.dims.num_heads, block.dims.num_heads / block.dims.num_kv_heads);
         let n = descending(&imp.neurons[l]);
         if let Some(g) = &block.mlp_gate {
             block.mlp_gate = Some(rows(g, 1, &n));

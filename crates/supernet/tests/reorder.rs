@@ -42,6 +42,11 @@ fn reordered_models_compute_the_same_logits() {
         assert_ne!(w0, w1, "{variant}");
         let again = importance(&reordered, &calib, 4).unwrap();
         assert_eq!(descending(&again.neurons[0])[0], 0, "{variant}");
+        // Embedding channels moved too, most important first.
+        assert_eq!(imp.channels.len(), model.spec().hidden_size);
+        let e0: Vec<f32> = reordered.embed.val().into_data().to_vec().unwrap();
+        assert_ne!(e0, model.embed.val().into_data().to_vec::<f32>().unwrap(), "{variant}");
+        assert_eq!(descending(&again.channels)[0], 0, "{variant}");
         if alibi {
             assert!(reorder(model, &imp, true).is_err(), "{variant}: ALiBi heads must not be reordered");
         } else if model.spec().num_kv_heads > 1 {
