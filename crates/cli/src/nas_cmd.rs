@@ -134,10 +134,10 @@ pub fn run(args: NasArgs) -> Result<String, CliError> {
         let lspace = secateur_elastic_lora::SearchSpace::preset(&spec, targets.as_deref(), &ranks[..1])?;
         let lcfg = secateur_elastic_lora::LoraConfig { alpha, seed: a.seed, ..Default::default() };
         let (adapted, _) = secateur_elastic_lora::attach(model.no_grad(), &lspace, &lcfg, &device)?;
-        let (t, r) = train_supernet(adapted, &sampler, &train, &cfg, pad).map_err(|e| io(&out, e))?;
+        let (t, r) = train_supernet(adapted, &sampler, None, &train, &cfg, pad, None).map_err(|e| io(&out, e))?;
         (secateur_elastic_lora::peft::merge(t.valid()), r)
     } else {
-        let (t, r) = train_supernet(model, &sampler, &train, &cfg, pad).map_err(|e| io(&out, e))?;
+        let (t, r) = train_supernet(model, &sampler, None, &train, &cfg, pad, None).map_err(|e| io(&out, e))?;
         (t.valid(), r)
     };
     eprintln!("nas: {} steps in {:.1}s, grid of {}", report.steps, report.seconds, report.grid_size);

@@ -7,9 +7,14 @@
 //! then extract into a plain Hugging Face config) or chosen per block (heterogeneous, as LoNAS
 //! searches; extraction writes the `secateur_subnet` config extension).
 
+use std::path::Path;
+
 use burn::module::AutodiffModule;
 use burn::optim::{GradientsAccumulator, GradientsParams, Optimizer};
 use burn::prelude::*;
+use burn::record::{BinFileRecorder, FullPrecisionSettings, Recorder};
+use secateur_elastic_lora::{RankControl, SearchSpace, SubnetConfig};
+use secateur_models::weights::write_atomic;
 use burn::tensor::backend::AutodiffBackend;
 use indicatif::{ProgressBar, ProgressStyle};
 use rand::rngs::StdRng;
@@ -260,23 +265,84 @@ pub fn structure_magnitude<B: Backend>(model: &DenseLm<B>, s: &SubnetStructure) 
 }
 
 /// Report of a super-network training run.
-#[derive(Debug, Clone, Serialize, Default)]
+#[derive(Debug, Clone, Serialize, Deserialize, Default)]
 pub struct NasReport {
     pub steps: usize,
     pub losses: Vec<f64>,
     pub seconds: f64,
     pub grid_size: usize,
+    /// The step a resumed run started from.
+    pub resumed_from: Option<usize>,
+}
+
+/// The elastic LoRA ranks of step `step`'s sub-networks (LoNAS with elastic ranks): with the
+/// sandwich rule the maximal sub-network gets the maximal ranks and the minimal one the
+/// minimal ranks; every other sub-network draws one rank per group uniformly.
+pub fn step_ranks(kind: SamplerKind, space: &SearchSpace, seed: u64, step: usize, n: usize) -> Vec<SubnetConfig> {
+    let mut rng = StdRng::seed_from_u64(seed ^ 0x5BD1_E995 ^ (step as u64).wrapping_mul(0xC2B2_AE3D_27D4_EB4F));
+    (0..n)
+        .map(|i| match kind {
+            SamplerKind::Sandwich if i == 0 => space.maximal(),
+            SamplerKind::Sandwich if i + 1 == n => space.minimal(),
+            _ => SubnetConfig(space.groups.iter().map(|g| rng.random_range(0..g.choices.len())).collect()),
+        })
+        .collect()
+}
+
+#[derive(Serialize, Deserialize)]
+struct NasState {
+    step: usize,
+    /// The sub-directory holding this step's model and optimizer records.
+    files: String,
+    report: NasReport,
+}
+
+fn checkpoint_err(path: &Path, e: impl std::fmt::Display) -> TrainError {
+    TrainError::Checkpoint { path: path.to_path_buf(), reason: e.to_string() }
+}
+
+/// Writes the model and optimizer records into a fresh `step-N` directory, then points
+/// `state.json` at it (written atomically, last) and removes older step directories, so a run
+/// killed at any moment leaves a complete checkpoint behind.
+fn save_nas_checkpoint<B: AutodiffBackend, P: Sliceable<B>, O: Optimizer<CausalLm<B, P>, B>>(dir: &Path, model: &CausalLm<B, P>, optim: &O, step: usize, report: &NasReport) -> Result<(), TrainError>
+where
+    CausalLm<B, P>: AutodiffModule<B>,
+{
+    let files = format!("step-{step}");
+    let sub = dir.join(&files);
+    std::fs::create_dir_all(&sub).map_err(|e| checkpoint_err(&sub, e))?;
+    let recorder = BinFileRecorder::<FullPrecisionSettings>::new();
+    model.clone().save_file(sub.join("model"), &recorder).map_err(|e| checkpoint_err(&sub, e))?;
+    recorder.record(optim.to_record(), sub.join("optimizer")).map_err(|e| checkpoint_err(&sub, e))?;
+    let state = NasState { step, files: files.clone(), report: report.clone() };
+    write_atomic(&dir.join("state.json"), serde_json::to_string(&state).expect("JSON").as_bytes())?;
+    for entry in std::fs::read_dir(dir).map_err(|e| checkpoint_err(dir, e))?.flatten() {
+        let name = entry.file_name().to_string_lossy().to_string();
+        if name.starts_with("step-") && name != files {
+            let _ = std::fs::remove_dir_all(entry.path());
+        }
+    }
+    Ok(())
 }
 
 /// Trains `model` as a super-network: per optimizer step, the sampler's sub-networks each run
 /// forward and backward on the step's batch (gradients accumulated). Every trainable parameter
 /// learns: all of them for full fine-tuning, the adapters only when the base is frozen (LoNAS).
+/// With `ranks` (LoNAS with elastic ranks), each sub-network also activates the ranks of
+/// [`step_ranks`].
+///
+/// With `checkpoint_dir`, the model and optimizer are saved every `cfg.checkpoint_every` steps
+/// and at the end; a directory that already holds a checkpoint is resumed from. Sub-networks,
+/// ranks and data order are functions of (seed, step), so a resumed run takes the same steps as
+/// an uninterrupted one. `cfg.stop_after` stops early (to test resumption).
 pub fn train_supernet<B: AutodiffBackend, P: Sliceable<B>>(
     mut model: CausalLm<B, P>,
     sampler: &Sampler,
+    ranks: Option<&RankControl>,
     examples: &[Example],
     cfg: &TrainConfig,
     pad: u32,
+    checkpoint_dir: Option<&Path>,
 ) -> Result<(CausalLm<B, P>, NasReport), TrainError>
 where
     CausalLm<B, P>: AutodiffModule<B>,
@@ -288,25 +354,53 @@ where
     let per_epoch = examples.len().div_ceil(cfg.batch_size);
     let total = per_epoch * cfg.epochs;
     let mut optim = adamw(cfg).init::<B, CausalLm<B, P>>();
+    let mut report = NasReport { grid_size: sampler.grid.len(), ..Default::default() };
+    let mut start = 0;
+    if let Some(dir) = checkpoint_dir {
+        let path = dir.join("state.json");
+        if path.is_file() {
+            let text = std::fs::read_to_string(&path).map_err(|source| TrainError::Io { path: path.clone(), source })?;
+            let state: NasState = serde_json::from_str(&text).map_err(|e| checkpoint_err(&path, e))?;
+            let sub = dir.join(&state.files);
+            let recorder = BinFileRecorder::<FullPrecisionSettings>::new();
+            model = model.load_file(sub.join("model"), &recorder, &device).map_err(|e| checkpoint_err(&sub, e))?;
+            let record = recorder.load(sub.join("optimizer"), &device).map_err(|e| checkpoint_err(&sub, e))?;
+            optim = optim.load_record(record);
+            start = state.step;
+            report = state.report;
+            report.resumed_from = Some(start);
+        }
+    }
     let bar = if cfg.progress {
         ProgressBar::new(total as u64).with_style(ProgressStyle::with_template("super-network {bar:30} {pos}/{len} steps [{elapsed_precise}<{eta_precise}] {msg}").expect("template"))
     } else {
         ProgressBar::hidden()
     };
+    bar.set_position(start as u64);
     let clock = std::time::Instant::now();
-    let mut report = NasReport { grid_size: sampler.grid.len(), ..Default::default() };
-    let mut order: Vec<usize> = (0..examples.len()).collect();
-    for step in 0..total {
-        if step % per_epoch == 0 {
-            order.shuffle(&mut StdRng::seed_from_u64(cfg.seed.wrapping_add((step / per_epoch) as u64)));
+    let seconds_before = report.seconds;
+    let end = cfg.stop_after.map_or(total, |s| s.min(total));
+    let mut order: Vec<usize> = Vec::new();
+    let mut order_epoch = usize::MAX;
+    for step in start..end {
+        let epoch = step / per_epoch;
+        if epoch != order_epoch {
+            order = (0..examples.len()).collect();
+            order.shuffle(&mut StdRng::seed_from_u64(cfg.seed.wrapping_add(epoch as u64)));
+            order_epoch = epoch;
         }
         let at = (step % per_epoch) * cfg.batch_size;
         let chosen: Vec<&Example> = order[at..(at + cfg.batch_size).min(order.len())].iter().map(|&i| &examples[i]).collect();
         let batch = Batch::new(&chosen, pad);
         let mut acc = GradientsAccumulator::new();
         let mut loss_sum = 0.0;
-        for c in sampler.step(cfg.seed, step) {
-            let logits = model.forward_subnet(token_tensor::<B>(&batch.ids, &device), &batch.mask, &sampler.space.structure(&c))?;
+        let subnets = sampler.step(cfg.seed, step);
+        let rank_configs = ranks.map(|r| step_ranks(sampler.kind, &r.space, cfg.seed, step, subnets.len()));
+        for (i, c) in subnets.iter().enumerate() {
+            if let (Some(r), Some(configs)) = (ranks, &rank_configs) {
+                r.apply(&configs[i])?;
+            }
+            let logits = model.forward_subnet(token_tensor::<B>(&batch.ids, &device), &batch.mask, &sampler.space.structure(c))?;
             let loss = lm_loss(logits, &batch, batch.target_tokens().max(1) as f64);
             loss_sum += loss.clone().into_scalar().elem::<f64>();
             acc.accumulate(&model, GradientsParams::from_grads(loss.backward(), &model));
@@ -317,12 +411,21 @@ where
         }
         model = optim.step(lr_at(cfg, step, total), model, grads);
         report.losses.push(loss_sum);
+        report.steps = step + 1;
         bar.set_message(format!("loss {loss_sum:.3}"));
         bar.inc(1);
+        if let Some(dir) = checkpoint_dir
+            && ((cfg.checkpoint_every > 0 && (step + 1) % cfg.checkpoint_every == 0) || step + 1 == end)
+        {
+            report.seconds = seconds_before + clock.elapsed().as_secs_f64();
+            save_nas_checkpoint(dir, &model, &optim, step + 1, &report)?;
+        }
     }
     bar.finish_and_clear();
-    report.steps = total;
-    report.seconds = clock.elapsed().as_secs_f64();
+    if let Some(r) = ranks {
+        r.apply(&r.space.maximal())?;
+    }
+    report.seconds = seconds_before + clock.elapsed().as_secs_f64();
     Ok((model, report))
 }
 

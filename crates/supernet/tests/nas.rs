@@ -2,7 +2,7 @@
 
 use std::path::PathBuf;
 
-use burn::module::AutodiffModule;
+use burn::module::{AutodiffModule, Module};
 use secateur_models::extract::extract;
 use secateur_models::{Cpu, CpuAutodiff, DenseLm};
 use secateur_supernet::data::Example;
@@ -58,7 +58,7 @@ fn samplers_and_super_network_training() {
     let cfg = TrainConfig { epochs: 8, batch_size: 8, micro_batch_size: 8, lr: 3e-3, warmup_steps: 1, ..Default::default() };
     let data = examples(16);
     let before = validation_loss(&model.valid(), &space.structure(&space.minimal()), &data, 0, 8).unwrap();
-    let (trained, report) = train_supernet(model, &sandwich, &data, &cfg, 0, ).unwrap();
+    let (trained, report) = train_supernet(model, &sandwich, None, &data, &cfg, 0, None).unwrap();
     assert_eq!(report.steps, 16);
     let after = validation_loss(&trained.valid(), &space.structure(&space.minimal()), &data, 0, 8).unwrap();
     assert!(after < 0.7 * before, "minimal sub-network loss {before} -> {after}");
@@ -100,4 +100,61 @@ fn lonas_sub_networks_slice_the_adapters_with_the_weights() {
     assert!(d < 1e-4, "sliced adapted super-network vs merged+extracted: {d}");
     let plain: Vec<f32> = base.forward_subnet(token_tensor::<Cpu>(&ids, &device), &mask, &s).unwrap().into_data().to_vec().unwrap();
     assert!(sliced.iter().zip(&plain).any(|(a, b)| (a - b).abs() > 1e-3), "the adapters must matter");
+}
+
+fn flat<B: burn::prelude::Backend>(m: &DenseLm<B>) -> Vec<f32> {
+    let mut v: Vec<f32> = m.embed.val().into_data().convert::<f32>().to_vec().unwrap();
+    for b in &m.blocks {
+        for p in [&b.attn_in[0], &b.mlp_up, &b.mlp_down] {
+            v.extend(p.weight.val().into_data().convert::<f32>().to_vec::<f32>().unwrap());
+        }
+    }
+    v
+}
+
+#[test]
+fn super_network_training_resumes_exactly() {
+    let device = Default::default();
+    let model = DenseLm::<CpuAutodiff>::load(&fixtures().join("llama_gqa"), &device).unwrap();
+    let mut space = StructureSpace::preset(model.spec(), None);
+    space.per_layer = true;
+    let sampler = Sampler::new(SamplerKind::Random, space, &model, 22, 0);
+    let data = examples(16);
+    let cfg = TrainConfig { epochs: 2, batch_size: 4, lr: 3e-3, warmup_steps: 1, checkpoint_every: 3, ..Default::default() };
+    let (whole, whole_report) = train_supernet(model.clone(), &sampler, None, &data, &cfg, 0, None).unwrap();
+    let tmp = tempfile::tempdir().unwrap();
+    let stopped = TrainConfig { stop_after: Some(5), ..cfg.clone() };
+    let (_, first) = train_supernet(model.clone(), &sampler, None, &data, &stopped, 0, Some(tmp.path())).unwrap();
+    assert_eq!(first.steps, 5);
+    // Only the newest step directory is kept.
+    let dirs: Vec<String> = std::fs::read_dir(tmp.path()).unwrap().flatten().map(|e| e.file_name().to_string_lossy().to_string()).filter(|n| n.starts_with("step-")).collect();
+    assert_eq!(dirs, vec!["step-5".to_string()]);
+    let (resumed, report) = train_supernet(model, &sampler, None, &data, &cfg, 0, Some(tmp.path())).unwrap();
+    assert_eq!(report.resumed_from, Some(5));
+    assert_eq!(report.losses, whole_report.losses);
+    assert_eq!(flat(&resumed.valid()), flat(&whole.valid()), "a resumed run must take exactly the uninterrupted run's steps");
+}
+
+#[test]
+fn lonas_trains_elastic_ranks_with_elastic_widths() {
+    use secateur_elastic_lora::{attach, LoraConfig, SearchSpace};
+    use secateur_supernet::nas::step_ranks;
+    let device = Default::default();
+    let base = DenseLm::<CpuAutodiff>::load(&fixtures().join("llama_gqa"), &device).unwrap();
+    let targets = SearchSpace::parse_targets("q,k,v,up,down").unwrap();
+    let rank_space = SearchSpace::preset(base.spec(), Some(&targets), &[8, 6, 4]).unwrap();
+    let (adapted, control) = attach(base.no_grad(), &rank_space, &LoraConfig { alpha: 16.0, ..Default::default() }, &device).unwrap();
+    let space = StructureSpace::preset(adapted.spec(), None);
+    let sampler = Sampler::new(SamplerKind::Sandwich, space.clone(), &DenseLm::<CpuAutodiff>::load(&fixtures().join("llama_gqa"), &device).unwrap(), 22, 0);
+    let ranks = step_ranks(SamplerKind::Sandwich, &rank_space, 0, 0, 4);
+    assert_eq!((&ranks[0], &ranks[3]), (&rank_space.maximal(), &rank_space.minimal()));
+    let data = examples(16);
+    let cfg = TrainConfig { epochs: 16, batch_size: 8, lr: 2e-2, warmup_steps: 1, ..Default::default() };
+    let before = validation_loss(&adapted.valid(), &space.structure(&space.minimal()), &data, 0, 8).unwrap();
+    let (trained, _) = train_supernet(adapted, &sampler, Some(&control), &data, &cfg, 0, None).unwrap();
+    control.apply(&rank_space.minimal()).unwrap();
+    let after = validation_loss(&trained.valid(), &space.structure(&space.minimal()), &data, 0, 8).unwrap();
+    assert!(after < 0.8 * before, "minimal sub-network at minimal ranks: {before} -> {after}");
+    // After training the maximal ranks are active again.
+    control.apply(&rank_space.maximal()).unwrap();
 }
