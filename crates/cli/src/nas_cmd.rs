@@ -1,11 +1,16 @@
 //! `secateur nas`: train a weight-sharing super-network (optionally after importance
-//! reordering), search it on the validation split (loss against parameters), extract the front
-//! into standalone checkpoints and measure them on the test split.
+//! reordering; optionally LoNAS: elastic LoRA on the frozen base), search it on the validation
+//! split (loss against parameters, MACs or measured latency), extract the maximal, heuristic and
+//! Pareto-front sub-networks into standalone checkpoints, and measure each one (test accuracy,
+//! prefill and decoding latency against the maximal model, in the same run).
 
 use burn::module::{AutodiffModule, Module};
+use secateur_elastic_lora::peft::merge;
+use secateur_elastic_lora::{AdaptedLm, RankControl, SearchSpace, SubnetConfig};
 use secateur_models::extract::extract;
+use secateur_models::latency::{measure, Latency, LatencySetup};
 use secateur_models::weights::{save_new, write_atomic};
-use secateur_models::{Cpu, CpuAutodiff, DenseLm, Family, PositionKind, TextTokenizer};
+use secateur_models::{Cpu, CpuAutodiff, DenseLm, PositionKind, SubnetStructure, TextTokenizer};
 use secateur_search::nsga2::Nsga2;
 use secateur_search::{Evaluator, Problem, Variable};
 use secateur_supernet::data::{self, Example};
@@ -24,13 +29,24 @@ pub struct NasArgs {
     /// sandwich, random, grid-params or calibrate-mag.
     #[arg(long, default_value = "sandwich")]
     pub strategy: String,
-    /// Reorder neurons, head groups and blocks by importance before training.
+    /// Reorder embedding channels, neurons, head groups and blocks by importance before training.
     #[arg(long)]
     pub importance: bool,
-    /// LoNAS: freeze the base and train LoRA adapters (rank: the first of `--ranks`) whose
-    /// output rows and input columns are sliced with the weights.
+    /// LoNAS: freeze the base and train elastic LoRA adapters (rank choices: `--ranks`) whose
+    /// output rows and input columns are sliced with the weights; ranks are sampled with the
+    /// structure and searched with it.
     #[arg(long)]
     pub lora: bool,
+    /// One MLP width and one number of key/value groups per block (heterogeneous sub-networks).
+    #[arg(long)]
+    pub per_layer: bool,
+    /// Keep the embedding (residual-stream) width fixed.
+    #[arg(long)]
+    pub fixed_embedding: bool,
+    /// The cost objective of the search: params, macs, or latency (measured decoding time per
+    /// token of the extracted sub-network, on this machine).
+    #[arg(long, default_value = "params")]
+    pub objective: String,
     /// Parameter bins of the grid samplers (the paper's K).
     #[arg(long, default_value_t = 22)]
     pub bins: usize,
@@ -41,22 +57,87 @@ pub struct NasArgs {
     pub common: ShearsArgs,
 }
 
+/// The trained super-network, ready to evaluate any sub-network.
+enum Trained {
+    /// Full fine-tuning: the weights themselves.
+    Full(DenseLm<Cpu>),
+    /// LoNAS: the frozen base with elastic adapters and the control of their ranks.
+    Lora(AdaptedLm<Cpu>, RankControl),
+}
+
+impl Trained {
+    fn rank_space(&self) -> Option<&SearchSpace> {
+        match self {
+            Trained::Full(_) => None,
+            Trained::Lora(_, c) => Some(&c.space),
+        }
+    }
+
+    fn loss(&self, s: &SubnetStructure, ranks: Option<&SubnetConfig>, val: &[Example], pad: u32) -> Result<f64, String> {
+        match self {
+            Trained::Full(m) => validation_loss(m, s, val, pad, 32),
+            Trained::Lora(m, c) => {
+                c.apply(ranks.unwrap_or(&c.space.maximal())).map_err(|e| e.to_string())?;
+                validation_loss(m, s, val, pad, 32)
+            }
+        }
+        .map_err(|e| e.to_string())
+    }
+
+    /// The dense super-network with the given ranks merged (LoNAS), to extract from.
+    fn dense(&self, ranks: Option<&SubnetConfig>) -> Result<DenseLm<Cpu>, CliError> {
+        Ok(match self {
+            Trained::Full(m) => m.clone(),
+            Trained::Lora(m, c) => {
+                c.apply(ranks.unwrap_or(&c.space.maximal()))?;
+                merge(m.clone())
+            }
+        })
+    }
+}
+
+/// A point of the joint space: the structure, and with LoNAS the adapter ranks.
+struct Candidate {
+    choice: StructureChoice,
+    ranks: Option<SubnetConfig>,
+}
+
 struct SpaceProblem<'a> {
     vars: Vec<Variable>,
     space: &'a StructureSpace,
-    model: &'a DenseLm<Cpu>,
+    trained: &'a Trained,
+    config: &'a serde_json::Value,
     val: &'a [Example],
     pad: u32,
+    objective: Objective,
 }
 
-fn choice(space: &StructureSpace, x: &[f64]) -> StructureChoice {
-    space.choice(&x.iter().map(|v| *v as usize).collect::<Vec<_>>())
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Objective {
+    Params,
+    Macs,
+    Latency,
 }
 
-/// `a` when every entry is `a`, else the entries joined with `/`.
-fn compact(values: impl Iterator<Item = usize>) -> String {
-    let v: Vec<usize> = values.collect();
-    if v.iter().all(|x| *x == v[0]) { v[0].to_string() } else { v.iter().map(|x| x.to_string()).collect::<Vec<_>>().join("/") }
+impl Objective {
+    fn name(self) -> &'static str {
+        match self {
+            Objective::Params => "parameters",
+            Objective::Macs => "MACs per token",
+            Objective::Latency => "decode ms per token",
+        }
+    }
+}
+
+/// How the search measures latency: short, so that every evaluation stays cheap.
+const SEARCH_LATENCY: LatencySetup = LatencySetup { batch: 1, prompt: 8, new_tokens: 16, repeats: 3 };
+
+impl SpaceProblem<'_> {
+    fn candidate(&self, x: &[f64]) -> Candidate {
+        let x: Vec<usize> = x.iter().map(|v| *v as usize).collect();
+        let n = self.space.variables().len();
+        Candidate { choice: self.space.choice(&x[..n]), ranks: self.trained.rank_space().map(|_| SubnetConfig(x[n..].to_vec())) }
+    }
 }
 
 impl Problem for SpaceProblem<'_> {
@@ -70,12 +151,26 @@ impl Problem for SpaceProblem<'_> {
         false
     }
     fn objective_names(&self) -> Vec<String> {
-        vec!["validation loss".into(), "parameters".into()]
+        vec!["validation loss".into(), self.objective.name().into()]
     }
     fn evaluate(&self, x: &[f64]) -> Result<Vec<f64>, String> {
-        let s = self.space.structure(&choice(self.space, x));
-        let loss = validation_loss(self.model, &s, self.val, self.pad, 32).map_err(|e| e.to_string())?;
-        Ok(vec![loss, structure_cost(self.model.spec(), &s, 0).0 as f64])
+        let c = self.candidate(x);
+        let s = self.space.structure(&c.choice);
+        let loss = self.trained.loss(&s, c.ranks.as_ref(), self.val, self.pad)?;
+        let spec = match self.trained {
+            Trained::Full(m) => m.spec().clone(),
+            Trained::Lora(m, _) => m.spec().clone(),
+        };
+        let cost = match self.objective {
+            Objective::Params => structure_cost(&spec, &s, 0).0 as f64,
+            Objective::Macs => structure_cost(&spec, &s, 128).1 as f64,
+            Objective::Latency => {
+                let dense = self.trained.dense(c.ranks.as_ref()).map_err(|e| e.to_string())?;
+                let (small, _) = extract(&dense, &s, self.config).map_err(|e| e.to_string())?;
+                measure(&small, &SEARCH_LATENCY, &Default::default()).map_err(|e| e.to_string())?.decode_ms_per_token
+            }
+        };
+        Ok(vec![loss, cost])
     }
 }
 
@@ -83,7 +178,13 @@ fn io(path: &std::path::Path, e: impl std::fmt::Display) -> CliError {
     CliError::Input { path: path.to_path_buf(), reason: e.to_string() }
 }
 
-/// Runs the NAS pipeline; returns the markdown table of the extracted front.
+/// `a` when every entry is `a`, else the entries joined with `/`.
+fn compact(values: impl Iterator<Item = usize>) -> String {
+    let v: Vec<usize> = values.collect();
+    if v.iter().all(|x| *x == v[0]) { v[0].to_string() } else { v.iter().map(|x| x.to_string()).collect::<Vec<_>>().join("/") }
+}
+
+/// Runs the NAS pipeline; returns the markdown table of the measured sub-networks.
 pub fn run(args: NasArgs) -> Result<String, CliError> {
     let kind = match args.strategy.as_str() {
         "sandwich" => SamplerKind::Sandwich,
@@ -92,8 +193,18 @@ pub fn run(args: NasArgs) -> Result<String, CliError> {
         "calibrate-mag" => SamplerKind::CalibrateMag,
         other => return Err(CliError::Usage(format!("unknown strategy {other:?} (sandwich, random, grid-params, calibrate-mag)"))),
     };
+    let objective = match args.objective.as_str() {
+        "params" => Objective::Params,
+        "macs" => Objective::Macs,
+        "latency" => Objective::Latency,
+        other => return Err(CliError::Usage(format!("unknown objective {other:?} (params, macs, latency)"))),
+    };
     let a = &args.common;
     let out = a.out.clone();
+    let checkpoint = out.join("supernet-checkpoint");
+    if checkpoint.join("state.json").is_file() && !a.resume {
+        return Err(CliError::Usage(format!("{} already holds a run: pass --resume to continue it, or choose another --out", out.display())));
+    }
     std::fs::create_dir_all(&out).map_err(|e| io(&out, e))?;
     let base_dir = materialize_base(a, &out)?;
     let device = Default::default();
@@ -118,76 +229,100 @@ pub fn run(args: NasArgs) -> Result<String, CliError> {
         eprintln!("nas: reordered by importance; block order {:?}", block_order.as_ref().expect("set"));
     }
     let mut space = StructureSpace::preset(&spec, block_order);
-    if spec.family == Family::Bloom {
-        space.widths.truncate(1);
-    }
-    if spec.family != Family::Llama || matches!(spec.position, PositionKind::Alibi { .. }) {
-        space.groups.truncate(1);
+    space.per_layer = args.per_layer;
+    if args.fixed_embedding {
+        space.hiddens.truncate(1);
     }
     let sampler = Sampler::new(kind, space.clone(), &model, args.bins, a.seed);
-    let cfg = train_config(a, Strategy::Nls);
-    // The trained super-network as a dense model: with LoNAS, adapters merged at full size (a
-    // sliced merged weight is the sliced weight plus the sliced adapter: the same sub-network).
+    let mut cfg = train_config(a, Strategy::Nls);
+    cfg.checkpoint_every = a.checkpoint_every;
     let (trained, report) = if args.lora {
         let (ranks, alpha) = crate::shears::ranks_and_alpha(a);
-        let targets = a.targets.as_deref().map(secateur_elastic_lora::SearchSpace::parse_targets).transpose()?;
-        let lspace = secateur_elastic_lora::SearchSpace::preset(&spec, targets.as_deref(), &ranks[..1])?;
+        let targets = a.targets.as_deref().map(SearchSpace::parse_targets).transpose()?;
+        let lspace = SearchSpace::preset(&spec, targets.as_deref(), &ranks)?;
         let lcfg = secateur_elastic_lora::LoraConfig { alpha, seed: a.seed, ..Default::default() };
-        let (adapted, _) = secateur_elastic_lora::attach(model.no_grad(), &lspace, &lcfg, &device)?;
-        let (t, r) = train_supernet(adapted, &sampler, None, &train, &cfg, pad, None).map_err(|e| io(&out, e))?;
-        (secateur_elastic_lora::peft::merge(t.valid()), r)
+        let (adapted, control) = secateur_elastic_lora::attach(model.no_grad(), &lspace, &lcfg, &device)?;
+        let (t, r) = train_supernet(adapted, &sampler, Some(&control), &train, &cfg, pad, Some(&checkpoint)).map_err(|e| io(&checkpoint, e))?;
+        (Trained::Lora(t.valid(), control), r)
     } else {
-        let (t, r) = train_supernet(model, &sampler, None, &train, &cfg, pad, None).map_err(|e| io(&out, e))?;
-        (t.valid(), r)
+        let (t, r) = train_supernet(model, &sampler, None, &train, &cfg, pad, Some(&checkpoint)).map_err(|e| io(&checkpoint, e))?;
+        (Trained::Full(t.valid()), r)
     };
     eprintln!("nas: {} steps in {:.1}s, grid of {}", report.steps, report.seconds, report.grid_size);
 
-    let problem = SpaceProblem {
-        vars: space.variables().into_iter().map(|n| Variable::Choice { n }).collect(),
-        space: &space,
-        model: &trained,
-        val: &val,
-        pad,
-    };
+    let mut vars: Vec<Variable> = space.variables().into_iter().map(|n| Variable::Choice { n }).collect();
+    if let Some(rs) = trained.rank_space() {
+        vars.extend(rs.groups.iter().map(|g| Variable::Choice { n: g.choices.len() }));
+    }
+    let problem = SpaceProblem { vars, space: &space, trained: &trained, config: &config, val: &val, pad, objective };
     let mut ev = Evaluator::new(&problem);
     let result = Nsga2::new(8, a.seed).run(&mut ev, args.budget).map_err(|e| CliError::Usage(e.to_string()))?;
     let mut front = result.front.clone();
     front.sort_by(|x, y| x.f.as_ref().map_or(0.0, |f| f[1]).total_cmp(&y.f.as_ref().map_or(0.0, |f| f[1])));
     secateur_search::report::write_outputs(&out.join("search"), &problem.objective_names(), &ev.history, &front).map_err(|e| CliError::Usage(e.to_string()))?;
 
+    // Maximal and heuristic sub-networks, then the front (as the LoNAS table lists them).
+    let rank_space = trained.rank_space();
+    let mut candidates = vec![
+        ("maximal".to_string(), Candidate { choice: space.maximal(), ranks: rank_space.map(SearchSpace::maximal) }, None),
+        ("heuristic".to_string(), Candidate { choice: space.heuristic(), ranks: rank_space.map(SearchSpace::heuristic) }, None),
+    ];
+    for (i, e) in front.iter().enumerate() {
+        candidates.push((format!("nsga2-{}", i + 1), problem.candidate(&e.x), e.f.as_ref().map(|f| f[0])));
+    }
+    let timing = LatencySetup::default();
     let mut rows = Vec::new();
     let mut table = format!(
-        "NAS `{}`{}{}: {} training steps in {:.0}s; front of {} sub-networks (validation loss vs parameters), test accuracy of the extracted models:\n\n| Sub-network | Blocks | MLP width | KV groups | Parameters | MACs/token (ctx 128) | Val loss | Test accuracy |\n|---|---|---|---|---|---|---|---|\n",
+        "NAS `{}`{}{}{}: {} training steps in {:.0}s; search: NSGA-II, {} evaluations (validation loss vs {}), front of {}. Latency: prefill {}x{} tokens, greedy decoding of {} tokens (batch 1, KV cache), median of {} runs, this machine; speed-up against the maximal sub-network.\n\n| Sub-network | Blocks | Embedding | MLP width | KV groups | Ranks | Parameters | MACs/token (ctx 128) | Val loss | Test accuracy | Prefill ms | Decode tok/s | Speed-up (prefill / decode) |\n|---|---|---|---|---|---|---|---|---|---|---|---|---|\n",
         args.strategy,
-        if args.lora { " (LoNAS: LoRA on the frozen base)" } else { "" },
+        if args.lora { " (LoNAS: elastic LoRA on the frozen base)" } else { "" },
         if args.importance { " with importance reordering" } else { "" },
+        if args.per_layer { ", per-block widths" } else { "" },
         report.steps,
         report.seconds,
-        front.len()
+        ev.history.len(),
+        objective.name(),
+        front.len(),
+        timing.batch,
+        timing.prompt,
+        timing.new_tokens,
+        timing.repeats
     );
-    for (i, e) in front.iter().enumerate() {
-        let s = space.structure(&choice(&space, &e.x));
-        let (small, cfg) = extract(&trained, &s, &config)?;
-        let dir = out.join(format!("front-{}", i + 1));
-        save_new(&small, &cfg, &dir)?;
+    let mut reference: Option<Latency> = None;
+    for (name, c, front_loss) in &candidates {
+        let s = space.structure(&c.choice);
+        let dense = trained.dense(c.ranks.as_ref())?;
+        let (small, small_cfg) = extract(&dense, &s, &config)?;
+        let dir = out.join(name);
+        save_new(&small, &small_cfg, &dir)?;
         std::fs::copy(base_dir.join("tokenizer.json"), dir.join("tokenizer.json")).map_err(|e| io(&dir, e))?;
+        let loss = match front_loss {
+            Some(l) => *l,
+            None => trained.loss(&s, c.ranks.as_ref(), &val, pad).map_err(|e| io(&dir, e))?,
+        };
         let acc = accuracy(&small, &tok, &task.test, AnswerKind::Math, a.max_new_tokens, 64, &device).map_err(|e| io(&dir, e))?;
+        let lat = measure(&small, &timing, &device)?;
+        let base = *reference.get_or_insert(lat);
         let (params, macs) = structure_cost(&spec, &s, 128);
-        let loss = e.f.as_ref().map_or(f64::NAN, |f| f[0]);
+        let ranks = match (&c.ranks, rank_space) {
+            (Some(r), Some(rs)) => compact(rs.ranks(r)?.into_iter()),
+            _ => "-".into(),
+        };
         table += &format!(
-            "| front-{} | {} | {} | {} | {} | {} | {:.4} | {:.1}% |\n",
-            i + 1,
+            "| {name} | {} | {} | {} | {} | {ranks} | {params} | {macs} | {loss:.4} | {:.1}% | {:.2} | {:.0} | {:.2}x / {:.2}x |\n",
             s.layers.len(),
+            s.hidden(&spec),
             compact(s.layers.iter().map(|l| l.mlp_width)),
             compact(s.layers.iter().map(|l| l.kv_groups)),
-            params,
-            macs,
-            loss,
-            acc.accuracy * 100.0
+            acc.accuracy * 100.0,
+            lat.prefill_ms,
+            lat.decode_tokens_per_s(),
+            base.prefill_ms / lat.prefill_ms,
+            base.decode_ms_per_token / lat.decode_ms_per_token,
         );
-        rows.push(json!({"dir": dir, "structure": s, "parameters": params, "macs": macs, "validation_loss": loss, "test_accuracy": acc.accuracy}));
+        rows.push(json!({"name": name, "dir": dir, "structure": s, "ranks": c.ranks, "parameters": params, "macs": macs, "validation_loss": loss, "test_accuracy": acc.accuracy, "latency": lat, "prefill_speedup": base.prefill_ms / lat.prefill_ms, "decode_speedup": base.decode_ms_per_token / lat.decode_ms_per_token}));
     }
-    let report_json = json!({"strategy": args.strategy, "lora": args.lora, "importance": args.importance, "train": report, "front": rows});
+    let report_json = json!({"strategy": args.strategy, "lora": args.lora, "importance": args.importance, "per_layer": args.per_layer, "objective": objective.name(), "space": space, "latency_setup": timing, "train": report, "rows": rows});
     write_atomic(&out.join("report.json"), serde_json::to_string_pretty(&report_json).expect("JSON").as_bytes())?;
     write_atomic(&out.join("report.md"), table.as_bytes())?;
     Ok(table)

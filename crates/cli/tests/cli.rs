@@ -279,36 +279,60 @@ fn quantize_writes_a_checkpoint_that_runs() {
     assert!(!ok && stderr.contains("9 bits"), "{stderr}");
 }
 
+fn check_nas_rows(out: &std::path::Path) -> serde_json::Value {
+    let report: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(out.join("report.json")).unwrap()).unwrap();
+    let rows = report["rows"].as_array().unwrap();
+    assert_eq!((rows[0]["name"].as_str(), rows[1]["name"].as_str()), (Some("maximal"), Some("heuristic")));
+    assert!(rows.len() >= 3);
+    assert_eq!(rows[0]["decode_speedup"], 1.0);
+    for row in rows {
+        // Every extracted sub-network is a checkpoint secateur loads, with the counted size.
+        let (ok, info, stderr) = secateur(&["info", "--model", row["dir"].as_str().unwrap()]);
+        assert!(ok, "{stderr}");
+        let info: serde_json::Value = serde_json::from_str(&info).unwrap();
+        assert_eq!(info["parameters"], row["parameters"]);
+        assert!(row["latency"]["prefill_ms"].as_f64().unwrap() > 0.0);
+    }
+    assert!(out.join("search/front.svg").is_file());
+    report
+}
+
 #[test]
 fn nas_trains_searches_and_extracts_a_front() {
     let tmp = tempfile::tempdir().unwrap();
     let data = toy_dataset(tmp.path());
     let out = tmp.path().join("nas");
     let dir = fixture("llama_gqa");
-    for strategy in ["sandwich", "calibrate-mag"] {
-        let (ok, stdout, stderr) = secateur(&[
-            "nas", "--model", dir.to_str().unwrap(), "--dataset", data.to_str().unwrap(), "--epochs", "1", "--batch-size", "8",
-            "--test-size", "6", "--val-size", "4", "--max-new-tokens", "3", "--budget", "6", "--importance",
-            "--strategy", strategy, "--out", out.join(strategy).to_str().unwrap(),
-        ]);
-        assert!(ok, "{stderr}");
-        assert!(stdout.contains("| front-1 |"), "{stdout}");
-        let report: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(out.join(strategy).join("report.json")).unwrap()).unwrap();
-        for row in report["front"].as_array().unwrap() {
-            // Every extracted sub-network is a checkpoint secateur loads, with the counted size.
-            let (ok, info, stderr) = secateur(&["info", "--model", row["dir"].as_str().unwrap()]);
-            assert!(ok, "{stderr}");
-            let info: serde_json::Value = serde_json::from_str(&info).unwrap();
-            assert_eq!(info["parameters"], row["parameters"]);
-        }
-        assert!(out.join(strategy).join("search/front.svg").is_file());
-    }
-    // LoNAS: LoRA on the frozen base, sliced with the weights; the front still extracts.
-    let (ok, stdout, stderr) = secateur(&[
-        "nas", "--lora", "--ranks", "4", "--model", dir.to_str().unwrap(), "--dataset", data.to_str().unwrap(), "--epochs", "1",
-        "--batch-size", "8", "--test-size", "6", "--val-size", "4", "--max-new-tokens", "3", "--budget", "4",
-        "--out", out.join("lonas").to_str().unwrap(),
-    ]);
+    let common = ["--model", dir.to_str().unwrap(), "--dataset", data.to_str().unwrap(), "--epochs", "1", "--batch-size", "8", "--test-size", "6", "--val-size", "4", "--max-new-tokens", "3"];
+    let nas = |extra: &[&str], name: &str| {
+        let o = out.join(name);
+        let mut a = vec!["nas"];
+        a.extend(common);
+        a.extend(extra);
+        a.extend(["--out", o.to_str().unwrap()]);
+        let (ok, stdout, stderr) = secateur(&a);
+        (ok, stdout, stderr, o)
+    };
+    let (ok, stdout, stderr, o) = nas(&["--budget", "6", "--importance", "--strategy", "sandwich"], "sandwich");
     assert!(ok, "{stderr}");
-    assert!(stdout.contains("LoNAS") && stdout.contains("| front-1 |"), "{stdout}");
+    assert!(stdout.contains("| nsga2-1 |") && stdout.contains("| maximal |"), "{stdout}");
+    check_nas_rows(&o);
+    // A finished run is not silently overwritten; --resume picks it up from its checkpoint.
+    let (ok, _, stderr, _) = nas(&["--budget", "6", "--importance", "--strategy", "sandwich"], "sandwich");
+    assert!(!ok && stderr.contains("--resume"), "{stderr}");
+    let (ok, _, stderr, o) = nas(&["--budget", "6", "--importance", "--strategy", "sandwich", "--resume"], "sandwich");
+    assert!(ok, "{stderr}");
+    let report = check_nas_rows(&o);
+    assert_eq!(report["train"]["resumed_from"], report["train"]["steps"]);
+    // Per-block widths, searched against measured latency.
+    let (ok, _, stderr, o) = nas(&["--budget", "6", "--strategy", "calibrate-mag", "--per-layer", "--objective", "latency"], "per-layer");
+    assert!(ok, "{stderr}");
+    let report = check_nas_rows(&o);
+    assert_eq!(report["objective"], "decode ms per token");
+    // LoNAS: elastic LoRA ranks on the frozen base, sliced with the weights; everything extracts.
+    let (ok, stdout, stderr, o) = nas(&["--lora", "--ranks", "4,2", "--budget", "4", "--per-layer"], "lonas");
+    assert!(ok, "{stderr}");
+    assert!(stdout.contains("LoNAS"), "{stdout}");
+    let report = check_nas_rows(&o);
+    assert!(report["rows"][1]["ranks"].is_array());
 }

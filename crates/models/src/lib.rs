@@ -10,6 +10,7 @@ pub mod bloom;
 pub mod error;
 pub mod extract;
 pub mod generate;
+pub mod latency;
 pub mod gpt_neox;
 pub mod llama;
 pub mod mpt;
