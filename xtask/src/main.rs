@@ -3,9 +3,11 @@
 //! - `fixtures`: regenerate the reference fixtures with transformers and PEFT
 //!   (`scripts/make_*.py`; needs scripts/requirements.txt installed).
 //! - `bench`: run the forward/decode benchmark and the PyTorch baseline of the same config.
-//! - `recipe sqft | shears | nas`: run all SQFT pipelines, the Shears pipeline, or NAS with every
-//!   sampler with and without importance reordering, on the embedded default, and write the
-//!   combined table into `runs/recipe-<name>/report.md`.
+//! - `recipe sqft | shears | nas | lonas`: run all SQFT pipelines, the Shears pipeline, NAS with
+//!   every sampler with and without importance reordering (tables, a summary and the Pareto plot
+//!   of test accuracy against parameters), or LoNAS (elastic LoRA with per-block widths and ranks:
+//!   maximal, heuristic and NSGA-II sub-networks with parameters, MACs, accuracy and measured
+//!   speed-up), on the embedded default, into `runs/recipe-<name>/report.md`.
 //! - `pretrain-tiny [--steps N] [--out DIR]`: pretrain the tiny LLaMA of `secateur shears`'s
 //!   embedded default on the generated corpus (seeded and reproducible) and write it as a
 //!   Hugging Face checkpoint (default `assets/tiny-llama`).
@@ -93,12 +95,73 @@ fn pretrain_tiny(args: &[String]) -> Result<(), String> {
     Ok(())
 }
 
+/// The front (NSGA-II rows) of a `secateur nas` report as (parameters, test accuracy %).
+fn front_points(report: &serde_json::Value) -> Vec<(f64, f64)> {
+    let mut pts: Vec<(f64, f64)> = report["rows"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|r| r["name"].as_str().is_some_and(|n| n.starts_with("nsga2")))
+        .filter_map(|r| Some((r["parameters"].as_f64()?, r["test_accuracy"].as_f64()? * 100.0)))
+        .collect();
+    pts.sort_by(|a, b| a.0.total_cmp(&b.0));
+    pts
+}
+
+/// One line per run: the front's size, parameter range, and test accuracy at its ends.
+fn nas_summary(runs: &[(String, serde_json::Value)]) -> String {
+    let mut t = String::from("Summary (NAS-paper ablation): the NSGA-II front of each run, test accuracy of its extracted sub-networks.\n\n| Run | Front size | Parameters (min - max) | Accuracy at the smallest | Best accuracy | Mean accuracy |\n|---|---|---|---|---|---|\n");
+    for (name, report) in runs {
+        let pts = front_points(report);
+        if pts.is_empty() {
+            continue;
+        }
+        let best = pts.iter().map(|p| p.1).fold(f64::MIN, f64::max);
+        let mean = pts.iter().map(|p| p.1).sum::<f64>() / pts.len() as f64;
+        t += &format!("| {name} | {} | {:.0} - {:.0} | {:.1}% | {best:.1}% | {mean:.1}% |\n", pts.len(), pts[0].0, pts[pts.len() - 1].0, pts[0].1);
+    }
+    t
+}
+
+/// Test accuracy against parameters of every run's front, one coloured series per run.
+fn pareto_svg(runs: &[(String, serde_json::Value)]) -> String {
+    const COLORS: [&str; 8] = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f"];
+    let series: Vec<(&str, Vec<(f64, f64)>)> = runs.iter().map(|(n, r)| (n.as_str(), front_points(r))).collect();
+    let all: Vec<(f64, f64)> = series.iter().flat_map(|s| s.1.iter().copied()).collect();
+    let (w, h, m) = (720.0, 440.0, 60.0);
+    let (x0, x1) = all.iter().fold((f64::MAX, f64::MIN), |(a, b), p| (a.min(p.0), b.max(p.0)));
+    let (y0, y1) = (0.0, all.iter().map(|p| p.1).fold(1.0, f64::max) * 1.1);
+    let span = (x1 - x0).max(1.0);
+    let px = |x: f64| m + (x - x0) / span * (w - 2.0 * m - 160.0);
+    let py = |y: f64| h - m - (y - y0) / (y1 - y0) * (h - 2.0 * m);
+    let mut svg = format!("<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{w}\" height=\"{h}\" font-family=\"sans-serif\" font-size=\"11\">\n<rect width=\"100%\" height=\"100%\" fill=\"white\"/>\n");
+    svg += &format!("<line x1=\"{m}\" y1=\"{}\" x2=\"{}\" y2=\"{}\" stroke=\"black\"/><line x1=\"{m}\" y1=\"{m}\" x2=\"{m}\" y2=\"{}\" stroke=\"black\"/>\n", h - m, w - m - 160.0, h - m, h - m);
+    for k in 0..=4 {
+        let (xv, yv) = (x0 + span * k as f64 / 4.0, y0 + (y1 - y0) * k as f64 / 4.0);
+        svg += &format!("<text x=\"{:.1}\" y=\"{}\" text-anchor=\"middle\">{:.0}k</text>", px(xv), h - m + 16.0, xv / 1000.0);
+        svg += &format!("<text x=\"{}\" y=\"{:.1}\" text-anchor=\"end\">{yv:.0}%</text>\n", m - 6.0, py(yv) + 4.0);
+    }
+    svg += &format!("<text x=\"{:.1}\" y=\"{}\" text-anchor=\"middle\">parameters</text><text x=\"14\" y=\"{:.1}\" transform=\"rotate(-90 14 {:.1})\" text-anchor=\"middle\">test accuracy</text>\n", (w - 160.0) / 2.0, h - 18.0, h / 2.0, h / 2.0);
+    for (i, (name, pts)) in series.iter().enumerate() {
+        let c = COLORS[i % COLORS.len()];
+        let dashed = if name.ends_with("importance") { " stroke-dasharray=\"4 3\"" } else { "" };
+        let path: Vec<String> = pts.iter().map(|p| format!("{:.1},{:.1}", px(p.0), py(p.1))).collect();
+        svg += &format!("<polyline points=\"{}\" fill=\"none\" stroke=\"{c}\"{dashed}/>\n", path.join(" "));
+        for p in pts {
+            svg += &format!("<circle cx=\"{:.1}\" cy=\"{:.1}\" r=\"3\" fill=\"{c}\"/>", px(p.0), py(p.1));
+        }
+        let ly = m + 16.0 * i as f64;
+        svg += &format!("\n<line x1=\"{}\" y1=\"{ly}\" x2=\"{}\" y2=\"{ly}\" stroke=\"{c}\"{dashed}/><text x=\"{}\" y=\"{:.1}\">{name}</text>\n", w - 150.0, w - 130.0, w - 125.0, ly + 4.0);
+    }
+    svg + "</svg>\n"
+}
+
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let task = args.first().cloned().unwrap_or_default();
     let root = root();
     let ok = match task.as_str() {
-        "fixtures" => ["make_fixtures.py", "make_wanda_fixtures.py", "make_peft_fixtures.py"]
+        "fixtures" => ["make_fixtures.py", "make_wanda_fixtures.py", "make_peft_fixtures.py", "make_subnet_fixtures.py"]
             .iter()
             .all(|s| run(Command::new("python3").arg(format!("scripts/{s}")).current_dir(&root))),
         "bench" => {
@@ -126,25 +189,50 @@ fn main() -> ExitCode {
                 // Every sampling strategy, with and without importance reordering.
                 let mut ok = true;
                 let mut tables = String::new();
+                let mut runs = Vec::new();
                 for strategy in ["sandwich", "random", "grid-params", "calibrate-mag"] {
                     for importance in [false, true] {
-                        let out = format!("runs/recipe-nas/{strategy}{}", if importance { "-importance" } else { "" });
+                        let name = format!("{strategy}{}", if importance { "-importance" } else { "" });
+                        let out = format!("runs/recipe-nas/{name}");
                         let mut cmd = Command::new("cargo");
                         cmd.args(["run", "--release", "-p", "secateur-cli", "--", "nas", "--strategy", strategy, "--epochs", "1", "--out", &out]);
                         if importance {
                             cmd.arg("--importance");
                         }
+                        if root.join(&out).join("supernet-checkpoint/state.json").is_file() {
+                            cmd.arg("--resume");
+                        }
                         ok &= run(cmd.current_dir(&root));
                         tables += &std::fs::read_to_string(root.join(&out).join("report.md")).unwrap_or_default();
                         tables.push('\n');
+                        if let Ok(text) = std::fs::read_to_string(root.join(&out).join("report.json"))
+                            && let Ok(v) = serde_json::from_str::<serde_json::Value>(&text)
+                        {
+                            runs.push((name, v));
+                        }
                     }
                 }
-                let _ = std::fs::write(root.join("runs/recipe-nas/report.md"), tables);
-                eprintln!("table: runs/recipe-nas/report.md");
+                let summary = nas_summary(&runs);
+                let _ = std::fs::write(root.join("runs/recipe-nas/report.md"), format!("{summary}\n{tables}"));
+                let _ = std::fs::write(root.join("runs/recipe-nas/pareto.svg"), pareto_svg(&runs));
+                eprintln!("table: runs/recipe-nas/report.md, plot: runs/recipe-nas/pareto.svg");
+                ok
+            }
+            Some("lonas") => {
+                let out = "runs/recipe-lonas";
+                let mut cmd = Command::new("cargo");
+                cmd.args(["run", "--release", "-p", "secateur-cli", "--", "nas", "--lora", "--per-layer", "--strategy", "sandwich", "--budget", "24", "--out", out]);
+                if root.join(out).join("supernet-checkpoint/state.json").is_file() {
+                    cmd.arg("--resume");
+                }
+                let ok = run(cmd.current_dir(&root));
+                if ok {
+                    eprintln!("table: {out}/report.md");
+                }
                 ok
             }
             _ => {
-                eprintln!("usage: cargo xtask recipe <sqft|shears|nas>");
+                eprintln!("usage: cargo xtask recipe <sqft|shears|nas|lonas>");
                 false
             }
         },
