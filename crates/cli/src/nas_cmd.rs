@@ -32,9 +32,10 @@ pub struct NasArgs {
     /// Reorder embedding channels, neurons, head groups and blocks by importance before training.
     #[arg(long)]
     pub importance: bool,
-    /// LoNAS: freeze the base and train elastic LoRA adapters (rank choices: `--ranks`) whose
-    /// output rows and input columns are sliced with the weights; ranks are sampled with the
-    /// structure and searched with it.
+    /// LoNAS: freeze the base and train elastic LoRA adapters whose output rows and input
+    /// columns are sliced with the weights; ranks are sampled with the structure and searched
+    /// with it. Default space: LoNAS's `[q,k,v]` and `[gate,up]` groups with ranks `[32, 28]`
+    /// (`[16, 14]` on the embedded model); `--ranks` and `--targets` change it.
     #[arg(long)]
     pub lora: bool,
     /// One MLP width and one number of key/value groups per block (heterogeneous sub-networks).
@@ -237,9 +238,14 @@ pub fn run(args: NasArgs) -> Result<String, CliError> {
     let mut cfg = train_config(a, Strategy::Nls);
     cfg.checkpoint_every = a.checkpoint_every;
     let (trained, report) = if args.lora {
-        let (ranks, alpha) = crate::shears::ranks_and_alpha(a);
-        let targets = a.targets.as_deref().map(SearchSpace::parse_targets).transpose()?;
-        let lspace = SearchSpace::preset(&spec, targets.as_deref(), &ranks)?;
+        // LoNAS's preset: ranks [32, 28] (half for the embedded tiny model), `[q,k,v]` and
+        // `[gate,up]` groups; `--ranks` / `--targets` override it.
+        let ranks = a.ranks.clone().unwrap_or_else(|| if a.model.is_none() { vec![16, 14] } else { vec![32, 28] });
+        let alpha = a.alpha.unwrap_or(2.0 * *ranks.iter().max().unwrap_or(&16) as f64);
+        let lspace = match a.targets.as_deref() {
+            Some(t) => SearchSpace::preset(&spec, Some(&SearchSpace::parse_targets(t)?), &ranks)?,
+            None => SearchSpace::lonas_preset(&spec, &ranks)?,
+        };
         let lcfg = secateur_elastic_lora::LoraConfig { alpha, seed: a.seed, ..Default::default() };
         let (adapted, control) = secateur_elastic_lora::attach(model.no_grad(), &lspace, &lcfg, &device)?;
         let (t, r) = train_supernet(adapted, &sampler, Some(&control), &train, &cfg, pad, Some(&checkpoint)).map_err(|e| io(&checkpoint, e))?;

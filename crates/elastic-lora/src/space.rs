@@ -83,6 +83,30 @@ impl SearchSpace {
         Ok(space)
     }
 
+    /// LoNAS's space (the paper's LLaMA preset): per layer, the attention input projections
+    /// share one rank choice (`[q,k,v]`, or the fused `qkv`) and the MLP input projections share
+    /// another (`[gate,up]`, or `[up]` without a gate); the paper's choices are `[32, 28]`.
+    /// With `secateur nas --lora` the frozen weights' widths are elastic too (Mode B).
+    pub fn lonas_preset(spec: &ArchSpec, choices: &[usize]) -> Result<Self, LoraError> {
+        let mut choices = choices.to_vec();
+        choices.sort_unstable_by(|a, b| b.cmp(a));
+        choices.dedup();
+        let kinds = spec.block_site_kinds();
+        let mut groups = Vec::new();
+        for layer in 0..spec.num_layers {
+            let pick = |f: fn(&SiteKind) -> bool| kinds.iter().filter(|k| f(k)).map(|&k| Site::new(layer, k)).collect::<Vec<_>>();
+            groups.push(SearchGroup {
+                name: format!("layers.{layer}.attn_in"),
+                sites: pick(|k| matches!(k, SiteKind::Q | SiteKind::K | SiteKind::V | SiteKind::Qkv)),
+                choices: choices.clone(),
+            });
+            groups.push(SearchGroup { name: format!("layers.{layer}.mlp_in"), sites: pick(|k| matches!(k, SiteKind::Gate | SiteKind::Up)), choices: choices.clone() });
+        }
+        let space = Self { groups };
+        space.validate()?;
+        Ok(space)
+    }
+
     /// Parses a `--targets` shorthand such as `q,k,v,up,down` or `query_key_value,dense_4h_to_h`.
     pub fn parse_targets(s: &str) -> Result<Vec<SiteKind>, LoraError> {
         s.split(',')
@@ -211,6 +235,15 @@ mod tests {
         // floor(n/2) on an even list: [32, 24, 16, 8] -> index 2 -> 16.
         let even = SearchSpace::preset(&llama_spec(), None, &[32, 24, 16, 8]).unwrap();
         assert_eq!(even.ranks(&even.heuristic()).unwrap()[0], 16);
+    }
+
+    #[test]
+    fn lonas_preset_groups_qkv_and_gate_up() {
+        let space = SearchSpace::lonas_preset(&llama_spec(), &[28, 32]).unwrap();
+        assert_eq!(space.groups.len(), 2 * llama_spec().num_layers);
+        assert_eq!(space.groups[0].sites, vec![Site::new(0, SiteKind::Q), Site::new(0, SiteKind::K), Site::new(0, SiteKind::V)]);
+        assert_eq!(space.groups[1].sites, vec![Site::new(0, SiteKind::Gate), Site::new(0, SiteKind::Up)]);
+        assert_eq!(space.groups[1].choices, vec![32, 28]);
     }
 
     #[test]
