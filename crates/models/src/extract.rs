@@ -21,15 +21,22 @@ use crate::spec::{ArchSpec, Family, LayerDims, SubnetExtension, SUBNET_EXTENSION
 use crate::transformer::{Block, CausalLm, SubnetStructure};
 use crate::Dense;
 
+/// A contiguous copy: narrowed views keep the parent's strides, and strided weights make every
+/// later matmul slow on the CPU backend.
+fn owned<B: Backend, const D: usize>(t: Tensor<B, D>) -> Tensor<B, D> {
+    let device = t.device();
+    Tensor::from_data(t.into_data(), &device)
+}
+
 fn slice<B: Backend>(d: &Dense<B>, rows: &[(usize, usize)], cols: usize) -> Dense<B> {
     let parts: Vec<Tensor<B, 2>> = rows.iter().map(|&(start, len)| d.weight.val().narrow(0, start, len)).collect();
-    let w = Tensor::cat(parts, 0).narrow(1, 0, cols);
-    let b = d.bias.as_ref().map(|b| Tensor::cat(rows.iter().map(|&(start, len)| b.val().narrow(0, start, len)).collect(), 0));
+    let w = owned(Tensor::cat(parts, 0).narrow(1, 0, cols));
+    let b = d.bias.as_ref().map(|b| owned(Tensor::cat(rows.iter().map(|&(start, len)| b.val().narrow(0, start, len)).collect(), 0)));
     Dense { weight: Param::from_tensor(w), bias: b.map(Param::from_tensor) }
 }
 
 fn norm<B: Backend>(n: &Norm<B>, e: usize) -> Norm<B> {
-    let take = |p: &Param<Tensor<B, 1>>| Param::from_tensor(p.val().narrow(0, 0, e));
+    let take = |p: &Param<Tensor<B, 1>>| Param::from_tensor(owned(p.val().narrow(0, 0, e)));
     Norm { weight: take(&n.weight), bias: n.bias.as_ref().map(take), eps: n.eps, rms: n.rms }
 }
 
@@ -147,7 +154,7 @@ pub fn extract<B: Backend>(model: &CausalLm<B, Dense<B>>, structure: &SubnetStru
             }
         })
         .collect();
-    let columns = |p: &Param<Tensor<B, 2>>| Param::from_tensor(p.val().narrow(1, 0, e));
+    let columns = |p: &Param<Tensor<B, 2>>| Param::from_tensor(owned(p.val().narrow(1, 0, e)));
     let extracted = CausalLm {
         embed: columns(&model.embed),
         embed_norm: model.embed_norm.as_ref().map(|n| norm(n, e)),
