@@ -8,7 +8,7 @@ use burn::module::{AutodiffModule, Module};
 use secateur_elastic_lora::peft::merge;
 use secateur_elastic_lora::{AdaptedLm, RankControl, SearchSpace, SubnetConfig};
 use secateur_models::extract::extract;
-use secateur_models::latency::{measure, Latency, LatencySetup};
+use secateur_models::latency::{measure, measure_many, LatencySetup};
 use secateur_models::weights::{save_new, write_atomic};
 use secateur_models::{Cpu, CpuAutodiff, DenseLm, PositionKind, SubnetStructure, TextTokenizer};
 use secateur_search::nsga2::Nsga2;
@@ -279,7 +279,7 @@ pub fn run(args: NasArgs) -> Result<String, CliError> {
     let timing = LatencySetup::default();
     let mut rows = Vec::new();
     let mut table = format!(
-        "NAS `{}`{}{}{}: {} training steps in {:.0}s; search: NSGA-II, {} evaluations (validation loss vs {}), front of {}. Latency: prefill {}x{} tokens, greedy decoding of {} tokens (batch 1, KV cache), median of {} runs, this machine; speed-up against the maximal sub-network.\n\n| Sub-network | Blocks | Embedding | MLP width | KV groups | Ranks | Parameters | MACs/token (ctx 128) | Val loss | Test accuracy | Prefill ms | Decode tok/s | Speed-up (prefill / decode) |\n|---|---|---|---|---|---|---|---|---|---|---|---|---|\n",
+        "NAS `{}`{}{}{}: {} training steps in {:.0}s; search: NSGA-II, {} evaluations (validation loss vs {}), front of {}. Latency: prefill {}x{} tokens, greedy decoding of {} tokens (batch 1, KV cache), median of {} rounds timing every sub-network in turn, this machine; speed-up against the maximal sub-network.\n\n| Sub-network | Blocks | Embedding | MLP width | KV groups | Ranks | Parameters | MACs/token (ctx 128) | Val loss | Test accuracy | Prefill ms | Decode tok/s | Speed-up (prefill / decode) |\n|---|---|---|---|---|---|---|---|---|---|---|---|---|\n",
         args.strategy,
         if args.lora { " (LoNAS: elastic LoRA on the frozen base)" } else { "" },
         if args.importance { " with importance reordering" } else { "" },
@@ -294,22 +294,26 @@ pub fn run(args: NasArgs) -> Result<String, CliError> {
         timing.new_tokens,
         timing.repeats
     );
-    let mut reference: Option<Latency> = None;
-    for (name, c, front_loss) in &candidates {
+    // Extract and save every sub-network, then time them all round-robin in this process.
+    let mut extracted = Vec::new();
+    for (name, c, _) in &candidates {
         let s = space.structure(&c.choice);
         let dense = trained.dense(c.ranks.as_ref())?;
         let (small, small_cfg) = extract(&dense, &s, &config)?;
         let dir = out.join(name);
         save_new(&small, &small_cfg, &dir)?;
         std::fs::copy(base_dir.join("tokenizer.json"), dir.join("tokenizer.json")).map_err(|e| io(&dir, e))?;
+        extracted.push((s, small, dir));
+    }
+    let latencies = measure_many(&extracted.iter().map(|e| &e.1).collect::<Vec<_>>(), &timing, &device)?;
+    let base = latencies[0];
+    for (((name, c, front_loss), (s, small, dir)), lat) in candidates.iter().zip(&extracted).zip(latencies) {
         let loss = match front_loss {
             Some(l) => *l,
-            None => trained.loss(&s, c.ranks.as_ref(), &val, pad).map_err(|e| io(&dir, e))?,
+            None => trained.loss(s, c.ranks.as_ref(), &val, pad).map_err(|e| io(dir, e))?,
         };
-        let acc = accuracy(&small, &tok, &task.test, AnswerKind::Math, a.max_new_tokens, 64, &device).map_err(|e| io(&dir, e))?;
-        let lat = measure(&small, &timing, &device)?;
-        let base = *reference.get_or_insert(lat);
-        let (params, macs) = structure_cost(&spec, &s, 128);
+        let acc = accuracy(small, &tok, &task.test, AnswerKind::Math, a.max_new_tokens, 64, &device).map_err(|e| io(dir, e))?;
+        let (params, macs) = structure_cost(&spec, s, 128);
         let ranks = match (&c.ranks, rank_space) {
             (Some(r), Some(rs)) => compact(rs.ranks(r)?.into_iter()),
             _ => "-".into(),

@@ -51,27 +51,41 @@ fn median(mut v: Vec<f64>) -> f64 {
 
 /// Times `model` (token ids are fixed pseudo-random values, so every model sees the same input).
 pub fn measure<B: Backend, P: Projection<B>>(model: &CausalLm<B, P>, setup: &LatencySetup, device: &B::Device) -> Result<Latency> {
-    let vocab = model.spec().vocab_size as u32;
-    let ids = |rows: usize, len: usize| -> Vec<Vec<u32>> { (0..rows).map(|r| (0..len).map(|t| ((r * 131 + t * 31 + 7) as u32) % vocab).collect()).collect() };
-    let prompts = ids(setup.batch.max(1), setup.prompt.max(1));
-    let mask = vec![vec![true; setup.prompt.max(1)]; setup.batch.max(1)];
-    let opts = GenerateOptions { max_new_tokens: setup.new_tokens.max(1), ..Default::default() };
-    let short = ids(1, 8);
-    let mut prefill = Vec::new();
-    let mut decode = Vec::new();
-    for rep in 0..=setup.repeats.max(1) {
-        let t = Instant::now();
-        let logits = model.forward(token_tensor::<B>(&prompts, device), &mask)?;
-        // Reading one value back waits for the whole computation.
-        let _ = logits.narrow(1, setup.prompt.max(1) - 1, 1).sum().into_scalar();
-        let p = t.elapsed().as_secs_f64() * 1000.0;
-        let t = Instant::now();
-        let out = generate(model, &short, &opts, device)?;
-        let d = t.elapsed().as_secs_f64() * 1000.0 / out[0].len().max(1) as f64;
-        if rep > 0 {
-            prefill.push(p);
-            decode.push(d);
+    Ok(measure_many(&[model], setup, device)?[0])
+}
+
+/// Times several models round-robin (one warm-up round, then `repeats` rounds, each timing every
+/// model once), so that drift of the machine's speed during the run affects all of them alike.
+pub fn measure_many<B: Backend, P: Projection<B>>(models: &[&CausalLm<B, P>], setup: &LatencySetup, device: &B::Device) -> Result<Vec<Latency>> {
+    let mut prefill = vec![Vec::new(); models.len()];
+    let mut decode = vec![Vec::new(); models.len()];
+    for round in 0..=setup.repeats.max(1) {
+        for (i, model) in models.iter().enumerate() {
+            let (p, d) = time_once(model, setup, device)?;
+            if round > 0 {
+                prefill[i].push(p);
+                decode[i].push(d);
+            }
         }
     }
-    Ok(Latency { prefill_ms: median(prefill), decode_ms_per_token: median(decode) })
+    Ok(prefill.into_iter().zip(decode).map(|(p, d)| Latency { prefill_ms: median(p), decode_ms_per_token: median(d) }).collect())
+}
+
+/// One timing of the prefill and of decoding, in milliseconds (decoding: per token).
+fn time_once<B: Backend, P: Projection<B>>(model: &CausalLm<B, P>, setup: &LatencySetup, device: &B::Device) -> Result<(f64, f64)> {
+    let vocab = model.spec().vocab_size as u32;
+    let ids = |rows: usize, len: usize| -> Vec<Vec<u32>> { (0..rows).map(|r| (0..len).map(|t| ((r * 131 + t * 31 + 7) as u32) % vocab).collect()).collect() };
+    let (batch, prompt) = (setup.batch.max(1), setup.prompt.max(1));
+    let prompts = ids(batch, prompt);
+    let mask = vec![vec![true; prompt]; batch];
+    let opts = GenerateOptions { max_new_tokens: setup.new_tokens.max(1), ..Default::default() };
+    let t = Instant::now();
+    let logits = model.forward(token_tensor::<B>(&prompts, device), &mask)?;
+    // Reading one value back waits for the whole computation.
+    let _ = logits.narrow(1, prompt - 1, 1).sum().into_scalar();
+    let p = t.elapsed().as_secs_f64() * 1000.0;
+    let t = Instant::now();
+    let out = generate(model, &ids(1, 8), &opts, device)?;
+    let d = t.elapsed().as_secs_f64() * 1000.0 / out[0].len().max(1) as f64;
+    Ok((p, d))
 }
