@@ -16,9 +16,7 @@ use burn::record::{BinFileRecorder, FullPrecisionSettings, Recorder};
 use secateur_elastic_lora::{RankControl, SearchSpace, SubnetConfig};
 use secateur_models::weights::write_atomic;
 use burn::tensor::backend::AutodiffBackend;
-use indicatif::{ProgressBar, ProgressStyle};
 use rand::rngs::StdRng;
-use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
 use secateur_models::generate::token_tensor;
 use secateur_models::{ArchSpec, CausalLm, DenseLm, LayerStructure, Sliceable, SubnetStructure};
@@ -371,26 +369,13 @@ where
             report.resumed_from = Some(start);
         }
     }
-    let bar = if cfg.progress {
-        ProgressBar::new(total as u64).with_style(ProgressStyle::with_template("super-network {bar:30} {pos}/{len} steps [{elapsed_precise}<{eta_precise}] {msg}").expect("template"))
-    } else {
-        ProgressBar::hidden()
-    };
-    bar.set_position(start as u64);
+    let bar = crate::train::step_bar("super-network", total, start, cfg.progress);
     let clock = std::time::Instant::now();
     let seconds_before = report.seconds;
     let end = cfg.stop_after.map_or(total, |s| s.min(total));
-    let mut order: Vec<usize> = Vec::new();
-    let mut order_epoch = usize::MAX;
+    let mut schedule = crate::train::Schedule::new(examples, cfg.batch_size, cfg.seed);
     for step in start..end {
-        let epoch = step / per_epoch;
-        if epoch != order_epoch {
-            order = (0..examples.len()).collect();
-            order.shuffle(&mut StdRng::seed_from_u64(cfg.seed.wrapping_add(epoch as u64)));
-            order_epoch = epoch;
-        }
-        let at = (step % per_epoch) * cfg.batch_size;
-        let chosen: Vec<&Example> = order[at..(at + cfg.batch_size).min(order.len())].iter().map(|&i| &examples[i]).collect();
+        let chosen = schedule.batch(step);
         let batch = Batch::new(&chosen, pad);
         let mut acc = GradientsAccumulator::new();
         let mut loss_sum = 0.0;

@@ -193,6 +193,50 @@ struct State {
     report: TrainReport,
 }
 
+/// The examples of each optimizer step: shuffled once per epoch from (seed, epoch), so a step's
+/// batch depends only on (seed, step) and a resumed run sees the batches the whole run would.
+pub(crate) struct Schedule<'a> {
+    examples: &'a [Example],
+    batch_size: usize,
+    seed: u64,
+    order: Vec<usize>,
+    epoch: usize,
+}
+
+impl<'a> Schedule<'a> {
+    pub(crate) fn new(examples: &'a [Example], batch_size: usize, seed: u64) -> Self {
+        Self { examples, batch_size, seed, order: Vec::new(), epoch: usize::MAX }
+    }
+
+    pub(crate) fn steps_per_epoch(&self) -> usize {
+        self.examples.len().div_ceil(self.batch_size)
+    }
+
+    /// The examples of step `step`.
+    pub(crate) fn batch(&mut self, step: usize) -> Vec<&'a Example> {
+        let per_epoch = self.steps_per_epoch();
+        let epoch = step / per_epoch;
+        if epoch != self.epoch {
+            self.order = (0..self.examples.len()).collect();
+            self.order.shuffle(&mut StdRng::seed_from_u64(self.seed.wrapping_add(epoch as u64)));
+            self.epoch = epoch;
+        }
+        let at = (step % per_epoch) * self.batch_size;
+        self.order[at..(at + self.batch_size).min(self.order.len())].iter().map(|&i| &self.examples[i]).collect()
+    }
+}
+
+/// A progress bar over `total` steps labelled `label` (hidden unless `show`), starting at `start`.
+pub(crate) fn step_bar(label: &str, total: usize, start: usize, show: bool) -> ProgressBar {
+    let bar = if show {
+        ProgressBar::new(total as u64).with_style(ProgressStyle::with_template(&format!("{label} {{bar:30}} {{pos}}/{{len}} steps [{{elapsed_precise}}<{{eta_precise}}] {{msg}}")).expect("template"))
+    } else {
+        ProgressBar::hidden()
+    };
+    bar.set_position(start as u64);
+    bar
+}
+
 /// Trains the adapters of `model` (its base must be frozen) on `examples`.
 ///
 /// With `checkpoint_dir`, a checkpoint (adapter weights, AdamW state, progress) is written every
@@ -244,29 +288,13 @@ where
         report = state.report;
         report.resumed_from = Some(start);
     }
-    let bar = if cfg.progress {
-        ProgressBar::new(total as u64).with_style(
-            ProgressStyle::with_template("training {bar:30} {pos}/{len} steps [{elapsed_precise}<{eta_precise}] {msg}")
-                .expect("template"),
-        )
-    } else {
-        ProgressBar::hidden()
-    };
-    bar.set_position(start as u64);
+    let bar = step_bar("training", total, start, cfg.progress);
     let clock = Instant::now();
     let seconds_before = report.seconds;
     let end = cfg.stop_after.map_or(total, |s| s.min(total));
-    let mut order: Vec<usize> = Vec::new();
-    let mut order_epoch = usize::MAX;
+    let mut schedule = Schedule::new(examples, cfg.batch_size, cfg.seed);
     for step in start..end {
-        let epoch = step / steps_per_epoch;
-        if epoch != order_epoch {
-            order = (0..examples.len()).collect();
-            order.shuffle(&mut StdRng::seed_from_u64(cfg.seed.wrapping_add(epoch as u64)));
-            order_epoch = epoch;
-        }
-        let at = (step % steps_per_epoch) * cfg.batch_size;
-        let chosen: Vec<&Example> = order[at..(at + cfg.batch_size).min(order.len())].iter().map(|&i| &examples[i]).collect();
+        let chosen = schedule.batch(step);
         let micro: Vec<Batch> = chosen.chunks(cfg.micro_batch_size).map(|c| Batch::new(c, pad)).collect();
         let tokens: usize = micro.iter().map(Batch::target_tokens).sum();
         let configs = step_configs(cfg, ranks, step);
