@@ -44,6 +44,11 @@ pub struct NasArgs {
     /// Keep the embedding (residual-stream) width fixed.
     #[arg(long)]
     pub fixed_embedding: bool,
+    /// The quality objective of the search on the validation split: loss (mean next-token loss
+    /// of the answer tokens, from the sliced super-network) or accuracy (1 - exact-match accuracy
+    /// of the extracted sub-network's greedy answers: slower, generation per evaluation).
+    #[arg(long, default_value = "loss")]
+    pub metric: String,
     /// The cost objective of the search: params, macs, or latency (measured decoding time per
     /// token of the extracted sub-network, on this machine).
     #[arg(long, default_value = "params")]
@@ -111,6 +116,8 @@ struct SpaceProblem<'a> {
     val: &'a [Example],
     pad: u32,
     objective: Objective,
+    /// With the accuracy metric: the tokenizer, validation records and answer length.
+    accuracy: Option<(&'a TextTokenizer, &'a [data::Record], usize)>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -152,12 +159,20 @@ impl Problem for SpaceProblem<'_> {
         false
     }
     fn objective_names(&self) -> Vec<String> {
-        vec!["validation loss".into(), self.objective.name().into()]
+        let quality = if self.accuracy.is_some() { "1 - validation accuracy" } else { "validation loss" };
+        vec![quality.into(), self.objective.name().into()]
     }
     fn evaluate(&self, x: &[f64]) -> Result<Vec<f64>, String> {
         let c = self.candidate(x);
         let s = self.space.structure(&c.choice);
-        let loss = self.trained.loss(&s, c.ranks.as_ref(), self.val, self.pad)?;
+        let loss = match self.accuracy {
+            None => self.trained.loss(&s, c.ranks.as_ref(), self.val, self.pad)?,
+            Some((tok, records, max_new)) => {
+                let dense = self.trained.dense(c.ranks.as_ref()).map_err(|e| e.to_string())?;
+                let (small, _) = extract(&dense, &s, self.config).map_err(|e| e.to_string())?;
+                1.0 - accuracy(&small, tok, records, AnswerKind::Math, max_new, 64, &Default::default()).map_err(|e| e.to_string())?.accuracy
+            }
+        };
         let spec = match self.trained {
             Trained::Full(m) => m.spec().clone(),
             Trained::Lora(m, _) => m.spec().clone(),
@@ -200,6 +215,9 @@ pub fn run(args: NasArgs) -> Result<String, CliError> {
         "latency" => Objective::Latency,
         other => return Err(CliError::Usage(format!("unknown objective {other:?} (params, macs, latency)"))),
     };
+    if !matches!(args.metric.as_str(), "loss" | "accuracy") {
+        return Err(CliError::Usage(format!("unknown metric {:?} (loss, accuracy)", args.metric)));
+    }
     let a = &args.common;
     let out = a.out.clone();
     let checkpoint = out.join("supernet-checkpoint");
@@ -260,7 +278,8 @@ pub fn run(args: NasArgs) -> Result<String, CliError> {
     if let Some(rs) = trained.rank_space() {
         vars.extend(rs.groups.iter().map(|g| Variable::Choice { n: g.choices.len() }));
     }
-    let problem = SpaceProblem { vars, space: &space, trained: &trained, config: &config, val: &val, pad, objective };
+    let accuracy_metric = (args.metric == "accuracy").then_some((&tok, task.val.as_slice(), a.max_new_tokens));
+    let problem = SpaceProblem { vars, space: &space, trained: &trained, config: &config, val: &val, pad, objective, accuracy: accuracy_metric };
     let mut ev = Evaluator::new(&problem);
     let result = Nsga2::new(8, a.seed).run(&mut ev, args.budget).map_err(|e| CliError::Usage(e.to_string()))?;
     let mut front = result.front.clone();
@@ -274,12 +293,13 @@ pub fn run(args: NasArgs) -> Result<String, CliError> {
         ("heuristic".to_string(), Candidate { choice: space.heuristic(), ranks: rank_space.map(SearchSpace::heuristic) }, None),
     ];
     for (i, e) in front.iter().enumerate() {
-        candidates.push((format!("nsga2-{}", i + 1), problem.candidate(&e.x), e.f.as_ref().map(|f| f[0])));
+        let loss = if problem.accuracy.is_none() { e.f.as_ref().map(|f| f[0]) } else { None };
+        candidates.push((format!("nsga2-{}", i + 1), problem.candidate(&e.x), loss));
     }
     let timing = LatencySetup::default();
     let mut rows = Vec::new();
     let mut table = format!(
-        "NAS `{}`{}{}{}: {} training steps in {:.0}s; search: NSGA-II, {} evaluations (validation loss vs {}), front of {}. Latency: prefill {}x{} tokens, greedy decoding of {} tokens (batch 1, KV cache), median of {} rounds timing every sub-network in turn, this machine; speed-up against the maximal sub-network.\n\n| Sub-network | Blocks | Embedding | MLP width | KV groups | Ranks | Parameters | MACs/token (ctx 128) | Val loss | Test accuracy | Prefill ms | Decode tok/s | Speed-up (prefill / decode) |\n|---|---|---|---|---|---|---|---|---|---|---|---|---|\n",
+        "NAS `{}`{}{}{}: {} training steps in {:.0}s; search: NSGA-II, {} evaluations ({} vs {}), front of {}. Latency: prefill {}x{} tokens, greedy decoding of {} tokens (batch 1, KV cache), median of {} rounds timing every sub-network in turn, this machine; speed-up against the maximal sub-network.\n\n| Sub-network | Blocks | Embedding | MLP width | KV groups | Ranks | Parameters | MACs/token (ctx 128) | Val loss | Test accuracy | Prefill ms | Decode tok/s | Speed-up (prefill / decode) |\n|---|---|---|---|---|---|---|---|---|---|---|---|---|\n",
         args.strategy,
         if args.lora { " (LoNAS: elastic LoRA on the frozen base)" } else { "" },
         if args.importance { " with importance reordering" } else { "" },
@@ -287,6 +307,7 @@ pub fn run(args: NasArgs) -> Result<String, CliError> {
         report.steps,
         report.seconds,
         ev.history.len(),
+        problem.objective_names()[0],
         objective.name(),
         front.len(),
         timing.batch,
@@ -332,7 +353,7 @@ pub fn run(args: NasArgs) -> Result<String, CliError> {
         );
         rows.push(json!({"name": name, "dir": dir, "structure": s, "ranks": c.ranks, "parameters": params, "macs": macs, "validation_loss": loss, "test_accuracy": acc.accuracy, "latency": lat, "prefill_speedup": base.prefill_ms / lat.prefill_ms, "decode_speedup": base.decode_ms_per_token / lat.decode_ms_per_token}));
     }
-    let report_json = json!({"strategy": args.strategy, "lora": args.lora, "importance": args.importance, "per_layer": args.per_layer, "objective": objective.name(), "space": space, "latency_setup": timing, "train": report, "rows": rows});
+    let report_json = json!({"strategy": args.strategy, "lora": args.lora, "importance": args.importance, "per_layer": args.per_layer, "objective": objective.name(), "metric": args.metric, "space": space, "latency_setup": timing, "train": report, "rows": rows});
     write_atomic(&out.join("report.json"), serde_json::to_string_pretty(&report_json).expect("JSON").as_bytes())?;
     write_atomic(&out.join("report.md"), table.as_bytes())?;
     Ok(table)

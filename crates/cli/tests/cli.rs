@@ -330,9 +330,12 @@ fn nas_trains_searches_and_extracts_a_front() {
     let report = check_nas_rows(&o);
     assert_eq!(report["objective"], "decode ms per token");
     // LoNAS: elastic LoRA ranks on the frozen base, sliced with the weights; everything extracts.
-    let (ok, stdout, stderr, o) = nas(&["--lora", "--ranks", "4,2", "--budget", "4", "--per-layer"], "lonas");
+    // The search here ranks by validation accuracy of the extracted sub-networks.
+    let (ok, stdout, stderr, o) = nas(&["--lora", "--ranks", "4,2", "--budget", "4", "--per-layer", "--metric", "accuracy"], "lonas");
     assert!(ok, "{stderr}");
-    assert!(stdout.contains("LoNAS"), "{stdout}");
+    assert!(stdout.contains("LoNAS") && stdout.contains("1 - validation accuracy vs parameters"), "{stdout}");
     let report = check_nas_rows(&o);
     assert!(report["rows"][1]["ranks"].is_array());
+    let (ok, _, stderr, _) = nas(&["--metric", "bleu"], "bad");
+    assert!(!ok && stderr.contains("unknown metric"), "{stderr}");
 }
