@@ -10,7 +10,7 @@ use secateur_elastic_lora::{AdaptedLm, RankControl, SearchSpace, SubnetConfig};
 use secateur_models::extract::extract;
 use secateur_models::latency::{measure, measure_many, LatencySetup};
 use secateur_models::weights::{save_new, write_atomic};
-use secateur_models::{Cpu, CpuAutodiff, DenseLm, PositionKind, SubnetStructure, TextTokenizer};
+use secateur_models::{ArchSpec, Cpu, CpuAutodiff, DenseLm, PositionKind, SubnetStructure, TextTokenizer};
 use secateur_search::nsga2::Nsga2;
 use secateur_search::{Evaluator, Problem, Variable};
 use secateur_supernet::data::{self, Example};
@@ -90,15 +90,23 @@ impl Trained {
         .map_err(|e| e.to_string())
     }
 
-    /// The dense super-network with the given ranks merged (LoNAS), to extract from.
-    fn dense(&self, ranks: Option<&SubnetConfig>) -> Result<DenseLm<Cpu>, CliError> {
+    /// The standalone model of `s` and its config; with LoNAS, the adapters are merged at
+    /// `ranks` first.
+    fn extract(&self, s: &SubnetStructure, ranks: Option<&SubnetConfig>, config: &serde_json::Value) -> Result<(DenseLm<Cpu>, serde_json::Value), CliError> {
         Ok(match self {
-            Trained::Full(m) => m.clone(),
+            Trained::Full(m) => extract(m, s, config)?,
             Trained::Lora(m, c) => {
                 c.apply(ranks.unwrap_or(&c.space.maximal()))?;
-                merge(m.clone())
+                extract(&merge(m.clone()), s, config)?
             }
         })
+    }
+
+    fn spec(&self) -> &ArchSpec {
+        match self {
+            Trained::Full(m) => m.spec(),
+            Trained::Lora(m, _) => m.spec(),
+        }
     }
 }
 
@@ -165,26 +173,21 @@ impl Problem for SpaceProblem<'_> {
     fn evaluate(&self, x: &[f64]) -> Result<Vec<f64>, String> {
         let c = self.candidate(x);
         let s = self.space.structure(&c.choice);
-        let loss = match self.accuracy {
-            None => self.trained.loss(&s, c.ranks.as_ref(), self.val, self.pad)?,
-            Some((tok, records, max_new)) => {
-                let dense = self.trained.dense(c.ranks.as_ref()).map_err(|e| e.to_string())?;
-                let (small, _) = extract(&dense, &s, self.config).map_err(|e| e.to_string())?;
-                1.0 - accuracy(&small, tok, records, AnswerKind::Math, max_new, 64, &Default::default()).map_err(|e| e.to_string())?.accuracy
-            }
+        // The standalone sub-network, extracted once if an objective needs it.
+        let small = if self.accuracy.is_some() || self.objective == Objective::Latency {
+            Some(self.trained.extract(&s, c.ranks.as_ref(), self.config).map_err(|e| e.to_string())?.0)
+        } else {
+            None
         };
-        let spec = match self.trained {
-            Trained::Full(m) => m.spec().clone(),
-            Trained::Lora(m, _) => m.spec().clone(),
+        let loss = match (self.accuracy, &small) {
+            (Some((tok, records, max_new)), Some(small)) => 1.0 - accuracy(small, tok, records, AnswerKind::Math, max_new, 64, &Default::default()).map_err(|e| e.to_string())?.accuracy,
+            _ => self.trained.loss(&s, c.ranks.as_ref(), self.val, self.pad)?,
         };
-        let cost = match self.objective {
-            Objective::Params => structure_cost(&spec, &s, 0).0 as f64,
-            Objective::Macs => structure_cost(&spec, &s, 128).1 as f64,
-            Objective::Latency => {
-                let dense = self.trained.dense(c.ranks.as_ref()).map_err(|e| e.to_string())?;
-                let (small, _) = extract(&dense, &s, self.config).map_err(|e| e.to_string())?;
-                measure(&small, &SEARCH_LATENCY, &Default::default()).map_err(|e| e.to_string())?.decode_ms_per_token
-            }
+        let spec = self.trained.spec();
+        let cost = match (self.objective, &small) {
+            (Objective::Latency, Some(small)) => measure(small, &SEARCH_LATENCY, &Default::default()).map_err(|e| e.to_string())?.decode_ms_per_token,
+            (Objective::Macs, _) => structure_cost(spec, &s, 128).1 as f64,
+            _ => structure_cost(spec, &s, 0).0 as f64,
         };
         Ok(vec![loss, cost])
     }
@@ -319,8 +322,7 @@ pub fn run(args: NasArgs) -> Result<String, CliError> {
     let mut extracted = Vec::new();
     for (name, c, _) in &candidates {
         let s = space.structure(&c.choice);
-        let dense = trained.dense(c.ranks.as_ref())?;
-        let (small, small_cfg) = extract(&dense, &s, &config)?;
+        let (small, small_cfg) = trained.extract(&s, c.ranks.as_ref(), &config)?;
         let dir = out.join(name);
         save_new(&small, &small_cfg, &dir)?;
         std::fs::copy(base_dir.join("tokenizer.json"), dir.join("tokenizer.json")).map_err(|e| io(&dir, e))?;

@@ -112,17 +112,18 @@ pub fn extract<B: Backend>(model: &CausalLm<B, Dense<B>>, structure: &SubnetStru
     let layers = dims.len();
     let parse = |cfg: &serde_json::Value| ArchSpec::from_config_value(Path::new("config.json"), cfg.clone());
     let homogeneous = dims.iter().all(|d| *d == dims[0]);
-    let native = if homogeneous { native_config(spec, config, layers, e, dims[0]) } else { None };
     // Keep the native config only if it parses back to exactly these sizes (MPT's
     // `expansion_ratio` may not represent every width).
-    let native = native.filter(|cfg| {
-        parse(cfg).is_ok_and(|s| s.hidden_size == e && s.layer_dims.is_none() && (0..layers).all(|l| s.layer(l) == dims[l]))
-    });
-    let cfg = match native {
-        Some(cfg) => cfg,
-        None => extension_config(spec, config, e, dims.clone())?,
+    let native = if homogeneous { native_config(spec, config, layers, e, dims[0]) } else { None }
+        .and_then(|cfg| parse(&cfg).ok().map(|s| (s, cfg)))
+        .filter(|(s, _)| s.hidden_size == e && s.layer_dims.is_none() && (0..layers).all(|l| s.layer(l) == dims[l]));
+    let (new_spec, cfg) = match native {
+        Some(found) => found,
+        None => {
+            let cfg = extension_config(spec, config, e, dims.clone())?;
+            (parse(&cfg)?, cfg)
+        }
     };
-    let new_spec = parse(&cfg)?;
     let d = spec.head_dim;
     let blocks = structure
         .layers

@@ -190,6 +190,39 @@ pub fn attend<B: Backend>(
     out.reshape([b, h, s, d]).swap_dims(1, 2).reshape([b, s, h * d])
 }
 
+/// q, k and v as `[b, s, heads, d]` (clipped as the family does) from the attention input
+/// projections' outputs: three tensors (q, k, v), or the one fused output of the family's layout,
+/// for `hq` query and `hk` key/value heads.
+fn split_heads<B: Backend>(spec: &ArchSpec, outs: Vec<Tensor<B, 3>>, hq: usize, hk: usize) -> (Tensor<B, 4>, Tensor<B, 4>, Tensor<B, 4>) {
+    let d = spec.head_dim;
+    let clip = |t: Tensor<B, 3>| match spec.clip_qkv {
+        Some(c) => t.clamp(-c, c),
+        None => t,
+    };
+    let [b, s, _] = outs[0].dims();
+    let split = |t: Tensor<B, 3>, n: usize| t.reshape([b, s, n, d]);
+    let mut outs: Vec<Tensor<B, 3>> = outs.into_iter().map(clip).collect();
+    if let [y] = &outs[..] {
+        let y = y.clone();
+        return match spec.qkv {
+            QkvLayout::FusedPerHead => {
+                let y = y.reshape([b, s, hq, 3 * d]);
+                let part = |i: usize| y.clone().narrow(3, i * d, d);
+                (part(0), part(1), part(2))
+            }
+            _ => (
+                split(y.clone().narrow(2, 0, hq * d), hq),
+                split(y.clone().narrow(2, hq * d, hk * d), hk),
+                split(y.narrow(2, (hq + hk) * d, hk * d), hk),
+            ),
+        };
+    }
+    let v = outs.pop().expect("three outputs");
+    let k = outs.pop().expect("three outputs");
+    let q = outs.pop().expect("three outputs");
+    (split(q, hq), split(k, hk), split(v, hk))
+}
+
 impl<B: Backend, P: Projection<B>> Block<B, P> {
     /// Runs the block on `x: [batch, seq, hidden]`, appending keys and values to `kv`.
     pub fn forward(
@@ -235,35 +268,9 @@ impl<B: Backend, P: Projection<B>> Block<B, P> {
         ctx: &AttnContext<B>,
         kv: Option<&mut Option<(Tensor<B, 4>, Tensor<B, 4>)>>,
     ) -> Tensor<B, 3> {
-        let spec = &*ctx.spec;
-        let [b, s, _] = x.dims();
-        let (h, kvh, d) = (self.dims.num_heads, self.dims.num_kv_heads, spec.head_dim);
-        let split = |t: Tensor<B, 3>, n: usize| t.reshape([b, s, n, d]);
-        let clip = |t: Tensor<B, 3>| match spec.clip_qkv {
-            Some(c) => t.clamp(-c, c),
-            None => t,
-        };
-        // q, k, v as [b, s, heads, d].
-        let (q, k, v) = match spec.qkv {
-            QkvLayout::Separate => (
-                split(clip(self.attn_in[0].forward(x.clone())), h),
-                split(clip(self.attn_in[1].forward(x.clone())), kvh),
-                split(clip(self.attn_in[2].forward(x)), kvh),
-            ),
-            QkvLayout::FusedPerHead => {
-                let y = clip(self.attn_in[0].forward(x)).reshape([b, s, h, 3 * d]);
-                let part = |i: usize| y.clone().narrow(3, i * d, d);
-                (part(0), part(1), part(2))
-            }
-            QkvLayout::FusedBlocks => {
-                let y = clip(self.attn_in[0].forward(x));
-                (
-                    split(y.clone().narrow(2, 0, h * d), h),
-                    split(y.clone().narrow(2, h * d, kvh * d), kvh),
-                    split(y.narrow(2, (h + kvh) * d, kvh * d), kvh),
-                )
-            }
-        };
+        let (h, kvh) = (self.dims.num_heads, self.dims.num_kv_heads);
+        let outs = self.attn_in.iter().map(|p| p.forward(x.clone())).collect();
+        let (q, k, v) = split_heads(&ctx.spec, outs, h, kvh);
         let out = attend(q, k, v, ctx, kv, h, kvh);
         self.attn_out.forward(out)
     }
@@ -291,32 +298,20 @@ impl<B: Backend, P: Projection<B>> Block<B, P> {
     where
         P: Sliceable<B>,
     {
-        let spec = &*ctx.spec;
-        let [b, s, e] = x.dims();
-        let (h, kvh, d) = (self.dims.num_heads, self.dims.num_kv_heads, spec.head_dim);
+        let e = x.dims()[2];
+        let (h, kvh, d) = (self.dims.num_heads, self.dims.num_kv_heads, ctx.spec.head_dim);
         let (hq, hk) = (groups * (h / kvh), groups);
-        let split = |t: Tensor<B, 3>, n: usize| t.reshape([b, s, n, d]);
-        let clip = |t: Tensor<B, 3>| match spec.clip_qkv {
-            Some(c) => t.clamp(-c, c),
-            None => t,
-        };
-        let (q, k, v) = match spec.qkv {
-            QkvLayout::Separate => (
-                split(clip(self.attn_in[0].forward_slice(x.clone(), 0, hq * d, e)), hq),
-                split(clip(self.attn_in[1].forward_slice(x.clone(), 0, hk * d, e)), hk),
-                split(clip(self.attn_in[2].forward_slice(x, 0, hk * d, e)), hk),
-            ),
-            QkvLayout::FusedPerHead => {
-                let y = clip(self.attn_in[0].forward_slice(x, 0, hq * 3 * d, e)).reshape([b, s, hq, 3 * d]);
-                let part = |i: usize| y.clone().narrow(3, i * d, d);
-                (part(0), part(1), part(2))
+        let rows = |p: &P, start: usize, len: usize| p.forward_slice(x.clone(), start, len, e);
+        let outs = match ctx.spec.qkv {
+            QkvLayout::Separate => vec![rows(&self.attn_in[0], 0, hq * d), rows(&self.attn_in[1], 0, hk * d), rows(&self.attn_in[2], 0, hk * d)],
+            QkvLayout::FusedPerHead => vec![rows(&self.attn_in[0], 0, hq * 3 * d)],
+            // The kept rows of the q, k and v blocks of the fused output.
+            QkvLayout::FusedBlocks => {
+                let w = &self.attn_in[0];
+                vec![rows(w, 0, hq * d), rows(w, h * d, hk * d), rows(w, (h + kvh) * d, hk * d)]
             }
-            QkvLayout::FusedBlocks => (
-                split(clip(self.attn_in[0].forward_slice(x.clone(), 0, hq * d, e)), hq),
-                split(clip(self.attn_in[0].forward_slice(x.clone(), h * d, hk * d, e)), hk),
-                split(clip(self.attn_in[0].forward_slice(x, (h + kvh) * d, hk * d, e)), hk),
-            ),
         };
+        let (q, k, v) = split_heads(&ctx.spec, outs, hq, hk);
         let out = attend(q, k, v, ctx, None, hq, hk);
         self.attn_out.forward_slice(out, 0, e, hq * d)
     }
