@@ -12,6 +12,7 @@ use burn::prelude::*;
 use clap::{Parser, Subcommand, ValueEnum};
 use secateur_models::generate::token_tensor;
 use secateur_models::{generate, DenseLm, GenerateOptions, ModelError, TextTokenizer};
+use secateur_runs::{Manifest, OutputDir};
 use serde_json::json;
 
 #[derive(Parser)]
@@ -84,7 +85,10 @@ enum Command {
         /// Semi-structured N:M sparsity: keep N of every M consecutive inputs (e.g. 2:4).
         #[arg(long)]
         nm: Option<String>,
-        /// JSON array of token-id arrays, or JSONL records with a `text` field.
+        /// JSON array of token-id arrays, or JSONL records with a `text` field. Rows of exactly
+        /// `--seq-len` tokens are used as given, in order; further samples are random windows of
+        /// the longer documents (as Wanda samples C4); shorter rows are used whole when no
+        /// document is longer.
         #[arg(long)]
         calibration: Option<PathBuf>,
         #[arg(long, default_value_t = 128)]
@@ -97,8 +101,12 @@ enum Command {
         /// Calibration sequences per forward batch.
         #[arg(long, default_value_t = 8)]
         batch_size: usize,
+        /// Output checkpoint directory (written whole; never the input).
         #[arg(long)]
         out: PathBuf,
+        /// Replace a non-empty `--out` that is not an earlier `prune` output.
+        #[arg(long)]
+        force: bool,
     },
     /// Shears end to end: Wanda sparsity, LoRA and NLS super-adapter training on the sparse
     /// base, sub-adapter evaluation, and a report. With no arguments it runs on the embedded
@@ -114,8 +122,12 @@ enum Command {
         /// Inputs per group (-1 or 0: one group per row).
         #[arg(long, default_value_t = 128, allow_hyphen_values = true)]
         group_size: i64,
+        /// Output checkpoint directory (written whole; never the input).
         #[arg(long)]
         out: PathBuf,
+        /// Replace a non-empty `--out` that is not an earlier `quantize` output.
+        #[arg(long)]
+        force: bool,
     },
     /// SQFT: NLS on a quantized sparse base, SparsePEFT and QA-SparsePEFT (merged into sparse
     /// FP32 and INT-n models), with the untuned and LoRA baselines, in one report.
@@ -130,12 +142,11 @@ enum Command {
     /// Run a search algorithm on a benchmark problem and print one JSON line with the
     /// hypervolume (reference point 1.1 per objective), evaluations and seconds.
     MooBench {
-        /// zdt1, zdt2, zdt3, dtlz2 or zdt1-discrete.
-        #[arg(long)]
-        problem: String,
-        /// nsga2, rnsga2, random or hill-climb.
-        #[arg(long, default_value = "nsga2")]
-        algo: String,
+        #[arg(long, value_enum)]
+        problem: BenchProblem,
+        /// hill-climb needs a problem with choice variables (zdt1-discrete).
+        #[arg(long, value_enum, default_value = "nsga2")]
+        algo: BenchAlgo,
         #[arg(long, default_value_t = 10_000)]
         evals: usize,
         #[arg(long, default_value_t = 40)]
@@ -151,7 +162,32 @@ enum Command {
     },
 }
 
-#[derive(Clone, Copy, ValueEnum)]
+#[derive(Clone, Copy, ValueEnum, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+enum BenchProblem {
+    Zdt1,
+    Zdt2,
+    Zdt3,
+    Dtlz2,
+    Zdt1Discrete,
+}
+
+#[derive(Clone, Copy, ValueEnum, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+enum BenchAlgo {
+    Nsga2,
+    Rnsga2,
+    Random,
+    HillClimb,
+}
+
+/// A value's name on the command line (`zdt1-discrete`).
+fn value_name(v: &impl ValueEnum) -> String {
+    v.to_possible_value().map_or_else(String::new, |p| p.get_name().to_string())
+}
+
+#[derive(Clone, Copy, ValueEnum, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
 enum PruneMethod {
     Wanda,
     Magnitude,
@@ -165,6 +201,12 @@ enum CliError {
     Lora(#[from] secateur_elastic_lora::LoraError),
     #[error(transparent)]
     Quant(#[from] secateur_quant::QuantError),
+    #[error(transparent)]
+    Train(#[from] secateur_supernet::TrainError),
+    #[error(transparent)]
+    Search(#[from] secateur_search::SearchError),
+    #[error(transparent)]
+    Run(#[from] secateur_runs::RunError),
     #[error("{0}")]
     Usage(String),
     #[error(transparent)]
@@ -220,7 +262,7 @@ fn run(cli: Cli) -> Result<(), CliError> {
         return Ok(());
     }
     if let Command::MooBench { problem, algo, evals, pop, seed, ref_points, out } = cli.command {
-        return moo_bench(&problem, &algo, evals, pop, seed, ref_points.as_deref(), out.as_deref());
+        return moo_bench(problem, algo, evals, pop, seed, ref_points.as_deref(), out.as_deref());
     }
     match device_of(&cli.command) {
         DeviceKind::Cpu => run_on::<secateur_models::Cpu>(cli.command, Default::default()),
@@ -253,18 +295,40 @@ fn run_on<B: Backend>(cmd: Command, device: B::Device) -> Result<(), CliError> {
         }
         Command::Logits { model, input_ids } => {
             let m = AnyLm::<B>::load(&model.model, &device)?;
-            let seqs = read_input_ids(&input_ids, m.spec().vocab_size)?;
-            let (ids, mask) = secateur_models::generate::right_pad(&seqs, 0);
-            let width = mask[0].len();
-            let logits = with_lm!(&m, |m| m.forward(token_tensor::<B>(&ids, &device), &mask))?;
+            let seqs = read_input_ids(&input_ids, m.spec().vocab_size, m.spec().context_length())?;
             let v = m.spec().vocab_size;
-            let flat: Vec<f32> = logits.into_data().convert::<f32>().to_vec().expect("f32 logits");
-            let out: Vec<Vec<&[f32]>> = seqs
-                .iter()
-                .enumerate()
-                .map(|(b, s)| (0..s.len()).map(|t| &flat[(b * width + t) * v..(b * width + t + 1) * v]).collect())
-                .collect();
-            emit(&serde_json::to_string(&json!({ "logits": out })).expect("JSON"));
+            // Bounded memory: sequences run in batches of about LOGITS_BATCH_TOKENS tokens, and
+            // each batch's rows are written out before the next one runs.
+            use std::io::Write;
+            let stdout = std::io::stdout();
+            let mut out = std::io::BufWriter::new(stdout.lock());
+            let piped = |r: std::io::Result<()>| r.or_else(|e| if e.kind() == std::io::ErrorKind::BrokenPipe { Ok(()) } else { Err(e) });
+            let mut write = |text: &str| piped(out.write_all(text.as_bytes()));
+            let mut failed = write("{\"logits\": [").is_err();
+            let mut first = true;
+            let mut at = 0;
+            while at < seqs.len() && !failed {
+                let mut end = at + 1;
+                let mut longest = seqs[at].len();
+                while end < seqs.len() && longest.max(seqs[end].len()) * (end + 1 - at) <= LOGITS_BATCH_TOKENS {
+                    longest = longest.max(seqs[end].len());
+                    end += 1;
+                }
+                let batch = &seqs[at..end];
+                let (ids, mask) = secateur_models::generate::right_pad(batch, 0);
+                let width = mask[0].len();
+                let logits = with_lm!(&m, |m| m.forward(token_tensor::<B>(&ids, &device), &mask))?;
+                let flat: Vec<f32> = logits.into_data().convert::<f32>().to_vec().map_err(|e| CliError::Usage(format!("cannot read logits: {e:?}")))?;
+                for (b, s) in batch.iter().enumerate() {
+                    let rows: Vec<&[f32]> = (0..s.len()).map(|t| &flat[(b * width + t) * v..(b * width + t + 1) * v]).collect();
+                    let sep = if first { "" } else { ", " };
+                    first = false;
+                    failed |= write(&format!("{sep}{}", serde_json::to_string(&rows).expect("JSON"))).is_err();
+                }
+                at = end;
+            }
+            let _ = write("]}\n");
+            let _ = piped(out.flush());
         }
         Command::Generate {
             model,
@@ -275,9 +339,19 @@ fn run_on<B: Backend>(cmd: Command, device: B::Device) -> Result<(), CliError> {
             seed,
             no_cache,
         } => {
+            if !(temperature.is_finite() && temperature >= 0.0) || !(top_p > 0.0 && top_p <= 1.0) || max_new_tokens == 0 {
+                return Err(CliError::Usage(format!("--temperature {temperature} must be >= 0, --top-p {top_p} in (0, 1] and --max-new-tokens at least 1")));
+            }
             let m = AnyLm::<B>::load(&model.model, &device)?;
             let tok = TextTokenizer::from_file(&model.model.join("tokenizer.json"))?;
+            let context = m.spec().context_length();
+            if prompt.len() > 64 * context {
+                return Err(CliError::Usage(format!("--prompt of {} bytes cannot fit the model's context window of {context} tokens", prompt.len())));
+            }
             let ids = tok.encode(&prompt)?;
+            if ids.len() + max_new_tokens > context {
+                return Err(CliError::Usage(format!("--prompt is {} tokens; with --max-new-tokens {max_new_tokens} that exceeds the model's context window of {context} tokens", ids.len())));
+            }
             let opts = GenerateOptions {
                 max_new_tokens,
                 temperature,
@@ -289,11 +363,19 @@ fn run_on<B: Backend>(cmd: Command, device: B::Device) -> Result<(), CliError> {
             let out = with_lm!(&m, |m| generate(m, &[ids], &opts, &device))?;
             emit(&tok.decode(&out[0])?);
         }
-        Command::Quantize { model, bits, group_size, out } => {
-            let m = DenseLm::<B>::load(&model.model, &device)?;
+        Command::Quantize { model, bits, group_size, out, force } => {
+            if group_size < -1 {
+                return Err(CliError::Usage(format!("--group-size {group_size}: give a positive group size, or -1 / 0 for one group per row")));
+            }
             let cfg = secateur_quant::QuantConfig { bits, group_size: (group_size > 0).then_some(group_size as usize) };
+            let spec = secateur_models::ArchSpec::from_config_file(&model.model.join("config.json"))?;
+            sqft::check_quant(&spec, bits, cfg.group_size)?;
+            let manifest = Manifest::new("quantize", &json!({"model": model.model, "bits": bits, "group_size": group_size}));
+            let staged = OutputDir::create(&out, &manifest, force, &[&model.model])?;
+            let m = DenseLm::<B>::load(&model.model, &device)?;
             let q = secateur_quant::checkpoint::quantize_model(m, cfg)?;
-            let bytes = secateur_quant::checkpoint::write_quantized(&model.model, &out, &q)?;
+            let bytes = secateur_quant::checkpoint::write_quantized(&model.model, staged.path(), &q)?;
+            staged.publish()?;
             let source: u64 = std::fs::read_dir(&model.model)
                 .map(|d| d.filter_map(|e| e.ok()).filter(|e| e.file_name().to_string_lossy().ends_with(".safetensors")).filter_map(|e| e.metadata().ok()).map(|m| m.len()).sum())
                 .unwrap_or(0);
@@ -311,8 +393,26 @@ fn run_on<B: Backend>(cmd: Command, device: B::Device) -> Result<(), CliError> {
             seed,
             batch_size,
             out,
+            force,
         } => {
             use secateur_sparsity::{prune, sample_calibration, CalibrationSource, Pattern, PruneConfig, ScoreMethod};
+            if let Some(r) = sparsity
+                && !(r.is_finite() && (0.0..1.0).contains(&r))
+            {
+                return Err(CliError::Usage(format!("--sparsity {r}: must be in [0, 1)")));
+            }
+            if batch_size == 0 {
+                return Err(CliError::Usage("--batch-size must be at least 1".into()));
+            }
+            let spec = secateur_models::ArchSpec::from_config_file(&model.model.join("config.json"))?;
+            let len = seq_len.unwrap_or_else(|| spec.context_length().min(2048));
+            if len > spec.context_length() {
+                return Err(CliError::Usage(format!("--seq-len {len}: longer than the model's context window of {}", spec.context_length())));
+            }
+            if calibration.is_some() {
+                secateur_sparsity::check_calibration_size(calibration_samples, len)?;
+            }
+            let manifest = Manifest::new("prune", &json!({"model": model.model, "method": method, "sparsity": sparsity, "nm": nm, "calibration": calibration, "calibration_samples": calibration_samples, "seq_len": len, "seed": seed}));
             let pattern = match (sparsity, nm.as_deref()) {
                 (Some(ratio), None) => Pattern::Unstructured { ratio },
                 (None, Some(s)) => Pattern::parse_nm(s)
@@ -323,13 +423,11 @@ fn run_on<B: Backend>(cmd: Command, device: B::Device) -> Result<(), CliError> {
                 PruneMethod::Wanda => ScoreMethod::Wanda,
                 PruneMethod::Magnitude => ScoreMethod::Magnitude,
             };
-            let m = DenseLm::<B>::load(&model.model, &device)?;
             let samples = match &calibration {
                 Some(path) => {
                     let tok_path = model.model.join("tokenizer.json");
                     let tok = if tok_path.is_file() { Some(TextTokenizer::from_file(&tok_path)?) } else { None };
                     let docs = CalibrationSource::from_file(path)?.into_token_ids(tok.as_ref(), path)?;
-                    let len = seq_len.unwrap_or_else(|| m.spec().max_position_embeddings.unwrap_or(2048).min(2048));
                     sample_calibration(&docs, calibration_samples, len, seed)
                 }
                 None if method == ScoreMethod::Wanda => {
@@ -343,8 +441,11 @@ fn run_on<B: Backend>(cmd: Command, device: B::Device) -> Result<(), CliError> {
                 batch_size,
                 progress: true,
             };
+            let staged = OutputDir::create(&out, &manifest, force, &[&model.model])?;
+            let m = DenseLm::<B>::load(&model.model, &device)?;
             let outcome = prune(m, &samples, &cfg)?;
-            let report = secateur_sparsity::checkpoint::write_pruned(&model.model, &out, &outcome.model, &outcome.masks, &cfg)?;
+            let report = secateur_sparsity::checkpoint::write_pruned(&model.model, staged.path(), &outcome.model, &outcome.masks, &cfg)?;
+            staged.publish()?;
             emit(&serde_json::to_string(&json!({
                 "out": out,
                 "total_sparsity": report["total_sparsity"],
@@ -386,20 +487,26 @@ impl<B: Backend> AnyLm<B> {
     }
 }
 
-/// Parses `a,b;c,d` into points.
-fn parse_points(s: &str) -> Result<Vec<Vec<f64>>, CliError> {
+/// Parses `a,b;c,d` into points of `k` finite coordinates each.
+fn parse_points(s: &str, k: usize) -> Result<Vec<Vec<f64>>, CliError> {
+    let bad = |why: String| CliError::Usage(format!("--ref-points {s:?}: {why}"));
     s.split(';')
         .map(|p| {
-            p.split(',')
-                .map(|v| v.trim().parse::<f64>().map_err(|e| CliError::Usage(format!("--ref-points {s:?}: {e}"))))
-                .collect()
+            let v: Vec<f64> = p.split(',').map(|v| v.trim().parse::<f64>().map_err(|e| bad(e.to_string()))).collect::<Result<_, _>>()?;
+            if v.len() != k || v.iter().any(|x| !x.is_finite()) {
+                return Err(bad(format!("each point needs {k} finite coordinates, one per objective")));
+            }
+            Ok(v)
         })
         .collect()
 }
 
+/// Most tokens one `logits` forward batch holds.
+const LOGITS_BATCH_TOKENS: usize = 4096;
+
 fn moo_bench(
-    problem: &str,
-    algo: &str,
+    problem: BenchProblem,
+    algo: BenchAlgo,
     evals: usize,
     pop: usize,
     seed: u64,
@@ -409,43 +516,47 @@ fn moo_bench(
     use secateur_search::benchmarks::Benchmark;
     use secateur_search::hypervolume::hypervolume;
     use secateur_search::{Evaluator, Problem};
-    let p = Benchmark::by_name(problem)
-        .ok_or_else(|| CliError::Usage(format!("unknown problem {problem:?} (zdt1, zdt2, zdt3, dtlz2, zdt1-discrete)")))?;
+    let name = value_name(&problem);
+    let p = Benchmark::by_name(&name).ok_or_else(|| CliError::Usage(format!("unknown problem {name:?}")))?;
     let m = p.n_objectives();
+    if evals == 0 {
+        return Err(CliError::Usage("--evals must be at least 1".into()));
+    }
+    if matches!(algo, BenchAlgo::HillClimb) && p.variables().iter().any(|v| matches!(v, secateur_search::Variable::Real { .. })) {
+        return Err(CliError::Usage(format!("--algo hill-climb steps between choices: {name} has real variables (use zdt1-discrete, or nsga2 / rnsga2 / random)")));
+    }
     let clock = std::time::Instant::now();
     let mut ev = Evaluator::new(&p);
-    let search = |e: secateur_search::SearchError| CliError::Usage(e.to_string());
     let (population, front) = match algo {
-        "nsga2" => {
+        BenchAlgo::Nsga2 => {
             // Like pymoo's `res.opt`: the front of the final population.
             let alg = secateur_search::nsga2::Nsga2 { archive_front: false, ..secateur_search::nsga2::Nsga2::new(pop, seed) };
-            let r = alg.run(&mut ev, evals).map_err(search)?;
+            let r = alg.run(&mut ev, evals)?;
             (r.population, r.front)
         }
-        "rnsga2" => {
-            let refs = parse_points(ref_points.ok_or_else(|| CliError::Usage("rnsga2 needs --ref-points".into()))?)?;
-            let r = secateur_search::rnsga2::RNsga2::new(pop, refs, seed).run(&mut ev, evals).map_err(search)?;
+        BenchAlgo::Rnsga2 => {
+            let refs = parse_points(ref_points.ok_or_else(|| CliError::Usage("rnsga2 needs --ref-points".into()))?, m)?;
+            let r = secateur_search::rnsga2::RNsga2::new(pop, refs, seed).run(&mut ev, evals)?;
             (r.population, r.front)
         }
-        "random" => {
-            let r = secateur_search::local::RandomSearch { seed }.run(&mut ev, evals).map_err(search)?;
+        BenchAlgo::Random => {
+            let r = secateur_search::local::RandomSearch { seed }.run(&mut ev, evals)?;
             (r.front.clone(), r.front)
         }
-        "hill-climb" => {
-            let r = secateur_search::local::HillClimb { start: None, weights: None }.run(&mut ev, evals).map_err(search)?;
+        BenchAlgo::HillClimb => {
+            let r = secateur_search::local::HillClimb { start: None, weights: None }.run(&mut ev, evals)?;
             (r.front.clone(), r.front)
         }
-        other => return Err(CliError::Usage(format!("unknown algorithm {other:?} (nsga2, rnsga2, random, hill-climb)"))),
     };
     let seconds = clock.elapsed().as_secs_f64();
     let pts: Vec<Vec<f64>> = population.iter().filter_map(|e| e.f.clone()).collect();
     let hv = hypervolume(&pts, &vec![1.1; m]);
     if let Some(dir) = out {
-        secateur_search::report::write_outputs(dir, &p.objective_names(), &ev.history, &front).map_err(search)?;
+        secateur_search::report::write_outputs(dir, &p.objective_names(), &ev.history, &front)?;
     }
     emit(&serde_json::to_string(&json!({
-        "problem": problem,
-        "algo": algo,
+        "problem": name,
+        "algo": value_name(&algo),
         "hypervolume": hv,
         "optimal_hypervolume": p.optimal_hypervolume(),
         "evaluations": ev.evaluations(),
@@ -491,7 +602,7 @@ fn info<B: Backend, P: secateur_models::Projection<B>>(m: &secateur_models::Caus
     })
 }
 
-fn read_input_ids(path: &Path, vocab: usize) -> Result<Vec<Vec<u32>>, CliError> {
+fn read_input_ids(path: &Path, vocab: usize, context: usize) -> Result<Vec<Vec<u32>>, CliError> {
     let bad = |reason: String| CliError::Input {
         path: path.to_path_buf(),
         reason,
@@ -505,6 +616,9 @@ fn read_input_ids(path: &Path, vocab: usize) -> Result<Vec<Vec<u32>>, CliError> 
     for (i, s) in seqs.iter().enumerate() {
         if s.is_empty() {
             return Err(bad(format!("sequence {i} is empty")));
+        }
+        if s.len() > context {
+            return Err(bad(format!("sequence {i} has {} tokens, more than the model's context window of {context}", s.len())));
         }
         if let Some(t) = s.iter().find(|&&t| t as usize >= vocab) {
             return Err(bad(format!("sequence {i}: token id {t} is outside the vocabulary of {vocab}")));

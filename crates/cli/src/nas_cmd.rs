@@ -10,6 +10,7 @@ use secateur_elastic_lora::{AdaptedLm, RankControl, SearchSpace, SubnetConfig};
 use secateur_models::extract::extract;
 use secateur_models::latency::{measure, measure_many, LatencySetup};
 use secateur_models::weights::{save_new, write_atomic};
+use secateur_runs::StagedDir;
 use secateur_models::{ArchSpec, Cpu, CpuAutodiff, DenseLm, PositionKind, SubnetStructure, TextTokenizer};
 use secateur_search::nsga2::Nsga2;
 use secateur_search::{Evaluator, Problem, Variable};
@@ -23,12 +24,29 @@ use serde_json::json;
 use crate::shears::{load_task, materialize_base, train_config, ShearsArgs};
 use crate::CliError;
 
+/// The super-network's sampler (the paper's strategies).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum NasStrategy {
+    Sandwich,
+    Random,
+    GridParams,
+    CalibrateMag,
+}
+
+/// The quality objective of the search.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Metric {
+    Loss,
+    Accuracy,
+}
+
 /// Options of `secateur nas`.
 #[derive(Debug, Clone, clap::Args)]
 pub struct NasArgs {
-    /// sandwich, random, grid-params or calibrate-mag.
-    #[arg(long, default_value = "sandwich")]
-    pub strategy: String,
+    #[arg(long, value_enum, default_value = "sandwich")]
+    pub strategy: NasStrategy,
     /// Reorder embedding channels, neurons, head groups and blocks by importance before training.
     #[arg(long)]
     pub importance: bool,
@@ -47,12 +65,12 @@ pub struct NasArgs {
     /// The quality objective of the search on the validation split: loss (mean next-token loss
     /// of the answer tokens, from the sliced super-network) or accuracy (1 - exact-match accuracy
     /// of the extracted sub-network's greedy answers: slower, generation per evaluation).
-    #[arg(long, default_value = "loss")]
-    pub metric: String,
+    #[arg(long, value_enum, default_value = "loss")]
+    pub metric: Metric,
     /// The cost objective of the search: params, macs, or latency (measured decoding time per
     /// token of the extracted sub-network, on this machine).
-    #[arg(long, default_value = "params")]
-    pub objective: String,
+    #[arg(long, value_enum, default_value = "params")]
+    pub objective: Objective,
     /// Parameter bins of the grid samplers (the paper's K).
     #[arg(long, default_value_t = 22)]
     pub bins: usize,
@@ -128,8 +146,10 @@ struct SpaceProblem<'a> {
     accuracy: Option<(&'a TextTokenizer, &'a [data::Record], usize)>,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq)]
-enum Objective {
+/// The cost objective of the search.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Objective {
     Params,
     Macs,
     Latency,
@@ -203,50 +223,65 @@ fn compact(values: impl Iterator<Item = usize>) -> String {
     if v.iter().all(|x| *x == v[0]) { v[0].to_string() } else { v.iter().map(|x| x.to_string()).collect::<Vec<_>>().join("/") }
 }
 
+/// A value's clap name (`grid-params`).
+fn kebab(v: &impl clap::ValueEnum) -> String {
+    v.to_possible_value().map_or_else(String::new, |p| p.get_name().to_string())
+}
+
+/// The LoNAS adapter space: LoNAS's preset (`[q,k,v]` and `[gate,up]` groups) unless
+/// `--targets` names the sites; ranks checked against the projections' widths.
+fn lonas_space(a: &ShearsArgs, spec: &ArchSpec, ranks: &[usize]) -> Result<SearchSpace, CliError> {
+    let space = match a.targets.as_deref() {
+        Some(_) => return a.validate_for(spec, ranks),
+        None => SearchSpace::lonas_preset(spec, ranks)?,
+    };
+    crate::shears::check_ranks_fit(spec, &space)?;
+    Ok(space)
+}
+
 /// Runs the NAS pipeline; returns the markdown table of the measured sub-networks.
 pub fn run(args: NasArgs) -> Result<String, CliError> {
-    let kind = match args.strategy.as_str() {
-        "sandwich" => SamplerKind::Sandwich,
-        "random" => SamplerKind::Random,
-        "grid-params" => SamplerKind::GridParams,
-        "calibrate-mag" => SamplerKind::CalibrateMag,
-        other => return Err(CliError::Usage(format!("unknown strategy {other:?} (sandwich, random, grid-params, calibrate-mag)"))),
+    let kind = match args.strategy {
+        NasStrategy::Sandwich => SamplerKind::Sandwich,
+        NasStrategy::Random => SamplerKind::Random,
+        NasStrategy::GridParams => SamplerKind::GridParams,
+        NasStrategy::CalibrateMag => SamplerKind::CalibrateMag,
     };
-    let objective = match args.objective.as_str() {
-        "params" => Objective::Params,
-        "macs" => Objective::Macs,
-        "latency" => Objective::Latency,
-        other => return Err(CliError::Usage(format!("unknown objective {other:?} (params, macs, latency)"))),
-    };
-    if !matches!(args.metric.as_str(), "loss" | "accuracy") {
-        return Err(CliError::Usage(format!("unknown metric {:?} (loss, accuracy)", args.metric)));
-    }
+    let objective = args.objective;
     let a = &args.common;
-    let out = a.out.clone();
-    let checkpoint = out.join("supernet-checkpoint");
-    if checkpoint.join("state.json").is_file() && !a.resume {
-        return Err(CliError::Usage(format!("{} already holds a run: pass --resume to continue it, or choose another --out", out.display())));
+    a.validate()?;
+    if args.bins == 0 || args.budget == 0 {
+        return Err(CliError::Usage(format!("--bins {} and --budget {}: both must be at least 1", args.bins, args.budget)));
     }
-    std::fs::create_dir_all(&out).map_err(|e| io(&out, e))?;
+    let lonas_ranks = a.ranks.clone().unwrap_or_else(|| if a.model.is_none() { vec![16, 14] } else { vec![32, 28] });
+    if let (Some(m), true) = (&a.model, args.lora) {
+        let spec = ArchSpec::from_config_file(&m.join("config.json"))?;
+        lonas_space(a, &spec, &lonas_ranks)?;
+    }
+    let task = load_task(a)?;
+    let extra = serde_json::json!({"strategy": args.strategy, "importance": args.importance, "lora": args.lora, "per_layer": args.per_layer, "fixed_embedding": args.fixed_embedding, "metric": kebab(&args.metric), "objective": args.objective, "bins": args.bins, "budget": args.budget});
+    let run_dir = a.open_run("nas", extra)?;
+    let out = run_dir.path().to_path_buf();
+    let checkpoint = out.join("supernet-checkpoint");
     let base_dir = materialize_base(a, &out)?;
     let device = Default::default();
     let tok = TextTokenizer::from_file(&base_dir.join("tokenizer.json"))?;
-    let task = load_task(a)?;
     let config: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(base_dir.join("config.json")).map_err(|e| io(&base_dir, e))?).map_err(|e| io(&base_dir, e))?;
     let mut model = DenseLm::<CpuAutodiff>::load(&base_dir, &device)?;
     let spec = model.spec().clone();
     let eos = spec.eos_token_ids.first().copied();
     let pad = eos.unwrap_or(0);
     let tokenize = |r: &data::Record| data::tokenize(r, &tok, eos, a.cutoff, a.train_on_inputs);
-    let train: Vec<Example> = task.train.iter().map(tokenize).collect::<Result<_, _>>().map_err(|e| io(&out, e))?;
-    let val: Vec<Example> = task.val.iter().map(tokenize).collect::<Result<_, _>>().map_err(|e| io(&out, e))?;
+    let train: Vec<Example> = task.train.iter().map(tokenize).collect::<Result<_, _>>()?;
+    let val: Vec<Example> = task.val.iter().map(tokenize).collect::<Result<_, _>>()?;
+    let lspace = if args.lora { Some(lonas_space(a, &spec, &lonas_ranks)?) } else { None };
     let mut block_order = None;
     if args.importance {
         let docs = task.calibration_docs.iter().map(|d| tok.encode(d)).collect::<Result<Vec<_>, _>>()?;
         let calib = secateur_sparsity::sample_calibration(&docs, a.calibration_samples.min(64), 64, a.seed);
-        let imp = importance(&model, &calib, 8).map_err(|e| io(&out, e))?;
+        let imp = importance(&model, &calib, 8)?;
         let alibi = matches!(spec.position, PositionKind::Alibi { .. });
-        model = reorder(model, &imp, !alibi).map_err(|e| io(&out, e))?;
+        model = reorder(model, &imp, !alibi)?;
         block_order = Some(descending(&imp.blocks));
         eprintln!("nas: reordered by importance; block order {:?}", block_order.as_ref().expect("set"));
     }
@@ -258,21 +293,14 @@ pub fn run(args: NasArgs) -> Result<String, CliError> {
     let sampler = Sampler::new(kind, space.clone(), &model, args.bins, a.seed);
     let mut cfg = train_config(a, Strategy::Nls);
     cfg.checkpoint_every = a.checkpoint_every;
-    let (trained, report) = if args.lora {
-        // LoNAS's preset: ranks [32, 28] (half for the embedded tiny model), `[q,k,v]` and
-        // `[gate,up]` groups; `--ranks` / `--targets` override it.
-        let ranks = a.ranks.clone().unwrap_or_else(|| if a.model.is_none() { vec![16, 14] } else { vec![32, 28] });
-        let alpha = a.alpha.unwrap_or(2.0 * *ranks.iter().max().unwrap_or(&16) as f64);
-        let lspace = match a.targets.as_deref() {
-            Some(t) => SearchSpace::preset(&spec, Some(&SearchSpace::parse_targets(t)?), &ranks)?,
-            None => SearchSpace::lonas_preset(&spec, &ranks)?,
-        };
+    let (trained, report) = if let Some(lspace) = lspace {
+        let alpha = a.alpha.unwrap_or(2.0 * *lonas_ranks.iter().max().unwrap_or(&16) as f64);
         let lcfg = secateur_elastic_lora::LoraConfig { alpha, seed: a.seed, ..Default::default() };
         let (adapted, control) = secateur_elastic_lora::attach(model.no_grad(), &lspace, &lcfg, &device)?;
-        let (t, r) = train_supernet(adapted, &sampler, Some(&control), &train, &cfg, pad, Some(&checkpoint)).map_err(|e| io(&checkpoint, e))?;
+        let (t, r) = train_supernet(adapted, &sampler, Some(&control), &train, &cfg, pad, Some(&checkpoint))?;
         (Trained::Lora(t.valid(), control), r)
     } else {
-        let (t, r) = train_supernet(model, &sampler, None, &train, &cfg, pad, Some(&checkpoint)).map_err(|e| io(&checkpoint, e))?;
+        let (t, r) = train_supernet(model, &sampler, None, &train, &cfg, pad, Some(&checkpoint))?;
         (Trained::Full(t.valid()), r)
     };
     eprintln!("nas: {} steps in {:.1}s, grid of {}", report.steps, report.seconds, report.grid_size);
@@ -281,13 +309,13 @@ pub fn run(args: NasArgs) -> Result<String, CliError> {
     if let Some(rs) = trained.rank_space() {
         vars.extend(rs.groups.iter().map(|g| Variable::Choice { n: g.choices.len() }));
     }
-    let accuracy_metric = (args.metric == "accuracy").then_some((&tok, task.val.as_slice(), a.max_new_tokens));
+    let accuracy_metric = (args.metric == Metric::Accuracy).then_some((&tok, task.val.as_slice(), a.max_new_tokens));
     let problem = SpaceProblem { vars, space: &space, trained: &trained, config: &config, val: &val, pad, objective, accuracy: accuracy_metric };
     let mut ev = Evaluator::new(&problem);
-    let result = Nsga2::new(8, a.seed).run(&mut ev, args.budget).map_err(|e| CliError::Usage(e.to_string()))?;
+    let result = Nsga2::new(8, a.seed).run(&mut ev, args.budget)?;
     let mut front = result.front.clone();
     front.sort_by(|x, y| x.f.as_ref().map_or(0.0, |f| f[1]).total_cmp(&y.f.as_ref().map_or(0.0, |f| f[1])));
-    secateur_search::report::write_outputs(&out.join("search"), &problem.objective_names(), &ev.history, &front).map_err(|e| CliError::Usage(e.to_string()))?;
+    secateur_search::report::write_outputs(&out.join("search"), &problem.objective_names(), &ev.history, &front)?;
 
     // Maximal and heuristic sub-networks, then the front (as the LoNAS table lists them).
     let rank_space = trained.rank_space();
@@ -303,7 +331,7 @@ pub fn run(args: NasArgs) -> Result<String, CliError> {
     let mut rows = Vec::new();
     let mut table = format!(
         "NAS `{}`{}{}{}: {} training steps in {:.0}s; search: NSGA-II, {} evaluations ({} vs {}), front of {}. Latency: prefill {}x{} tokens, greedy decoding of {} tokens (batch 1, KV cache), median of {} rounds timing every sub-network in turn, this machine; speed-up against the maximal sub-network.\n\n| Sub-network | Blocks | Embedding | MLP width | KV groups | Ranks | Parameters | MACs/token (ctx 128) | Val loss | Test accuracy | Prefill ms | Decode tok/s | Speed-up (prefill / decode) |\n|---|---|---|---|---|---|---|---|---|---|---|---|---|\n",
-        args.strategy,
+        kebab(&args.strategy),
         if args.lora { " (LoNAS: elastic LoRA on the frozen base)" } else { "" },
         if args.importance { " with importance reordering" } else { "" },
         if args.per_layer { ", per-block widths" } else { "" },
@@ -324,8 +352,11 @@ pub fn run(args: NasArgs) -> Result<String, CliError> {
         let s = space.structure(&c.choice);
         let (small, small_cfg) = trained.extract(&s, c.ranks.as_ref(), &config)?;
         let dir = out.join(name);
-        save_new(&small, &small_cfg, &dir)?;
-        std::fs::copy(base_dir.join("tokenizer.json"), dir.join("tokenizer.json")).map_err(|e| io(&dir, e))?;
+        let staged = StagedDir::new(&dir)?;
+        save_new(&small, &small_cfg, staged.path())?;
+        let tokenizer = base_dir.join("tokenizer.json");
+        write_atomic(&staged.path().join("tokenizer.json"), &std::fs::read(&tokenizer).map_err(|e| io(&tokenizer, e))?)?;
+        staged.publish()?;
         extracted.push((s, small, dir));
     }
     let latencies = measure_many(&extracted.iter().map(|e| &e.1).collect::<Vec<_>>(), &timing, &device)?;
@@ -335,7 +366,7 @@ pub fn run(args: NasArgs) -> Result<String, CliError> {
             Some(l) => *l,
             None => trained.loss(s, c.ranks.as_ref(), &val, pad).map_err(|e| io(dir, e))?,
         };
-        let acc = accuracy(small, &tok, &task.test, AnswerKind::Math, a.max_new_tokens, 64, &device).map_err(|e| io(dir, e))?;
+        let acc = accuracy(small, &tok, &task.test, AnswerKind::Math, a.max_new_tokens, 64, &device)?;
         let (params, macs) = structure_cost(&spec, s, 128);
         let ranks = match (&c.ranks, rank_space) {
             (Some(r), Some(rs)) => compact(rs.ranks(r)?.into_iter()),
@@ -355,7 +386,7 @@ pub fn run(args: NasArgs) -> Result<String, CliError> {
         );
         rows.push(json!({"name": name, "dir": dir, "structure": s, "ranks": c.ranks, "parameters": params, "macs": macs, "validation_loss": loss, "test_accuracy": acc.accuracy, "latency": lat, "prefill_speedup": base.prefill_ms / lat.prefill_ms, "decode_speedup": base.decode_ms_per_token / lat.decode_ms_per_token}));
     }
-    let report_json = json!({"strategy": args.strategy, "lora": args.lora, "importance": args.importance, "per_layer": args.per_layer, "objective": objective.name(), "metric": args.metric, "space": space, "latency_setup": timing, "train": report, "rows": rows});
+    let report_json = json!({"strategy": kebab(&args.strategy), "lora": args.lora, "importance": args.importance, "per_layer": args.per_layer, "objective": objective.name(), "metric": kebab(&args.metric), "space": space, "latency_setup": timing, "train": report, "rows": rows});
     write_atomic(&out.join("report.json"), serde_json::to_string_pretty(&report_json).expect("JSON").as_bytes())?;
     write_atomic(&out.join("report.md"), table.as_bytes())?;
     Ok(table)

@@ -18,7 +18,32 @@ use secateur_supernet::eval::{accuracy, AnswerKind};
 use serde::Serialize;
 use serde_json::json;
 
+use clap::ValueEnum;
+
 use crate::CliError;
+
+/// The search algorithm.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Algo {
+    /// The maximal, heuristic and minimal sub-adapters only.
+    Heuristic,
+    HillClimb,
+    Nsga2,
+    Rnsga2,
+    Random,
+}
+
+/// An objective of the sub-adapter search (all minimised).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum SearchObjective {
+    /// 1 - exact-match accuracy on the validation split.
+    Accuracy,
+    /// MACs per token.
+    Macs,
+    /// Active adapter parameters.
+    Params,
+}
 
 /// Options of `secateur search`.
 #[derive(Debug, Clone, clap::Args)]
@@ -26,16 +51,14 @@ pub struct SearchArgs {
     /// A finished `secateur shears` run directory.
     #[arg(long)]
     pub run: PathBuf,
-    /// heuristic, hill-climb, nsga2, rnsga2 or random.
-    #[arg(long, default_value = "nsga2")]
-    pub algo: String,
+    #[arg(long, value_enum, default_value = "nsga2")]
+    pub algo: Algo,
     /// Distinct configurations to evaluate (cached ones included).
     #[arg(long, default_value_t = 40)]
     pub budget: usize,
-    /// Objectives, all minimised: `accuracy` (as 1 - accuracy), `macs` (per token), `params`
-    /// (active adapter parameters).
-    #[arg(long, value_delimiter = ',', default_value = "accuracy,macs")]
-    pub objectives: Vec<String>,
+    /// Objectives, all minimised.
+    #[arg(long, value_enum, value_delimiter = ',', default_value = "accuracy,macs")]
+    pub objectives: Vec<SearchObjective>,
     /// R-NSGA-II reference points in objective space: `e1,m1;e2,m2`.
     #[arg(long)]
     pub ref_points: Option<String>,
@@ -51,7 +74,7 @@ pub struct SearchArgs {
 
 struct SubAdapterProblem<'a> {
     vars: Vec<Variable>,
-    objectives: Vec<String>,
+    objectives: Vec<SearchObjective>,
     model: &'a AdaptedLm<Cpu>,
     ranks: &'a RankControl,
     tok: &'a TextTokenizer,
@@ -95,10 +118,10 @@ impl Problem for SubAdapterProblem<'_> {
     fn objective_names(&self) -> Vec<String> {
         self.objectives
             .iter()
-            .map(|o| match o.as_str() {
-                "accuracy" => "validation error (1 - accuracy)".to_string(),
-                "macs" => format!("MACs per token (context {})", self.context),
-                other => other.to_string(),
+            .map(|o| match o {
+                SearchObjective::Accuracy => "validation error (1 - accuracy)".to_string(),
+                SearchObjective::Macs => format!("MACs per token (context {})", self.context),
+                SearchObjective::Params => "adapter parameters".to_string(),
             })
             .collect()
     }
@@ -107,8 +130,8 @@ impl Problem for SubAdapterProblem<'_> {
         let c = self.costs(&config)?;
         let mut f = Vec::with_capacity(self.objectives.len());
         for o in &self.objectives {
-            f.push(match o.as_str() {
-                "accuracy" => {
+            f.push(match o {
+                SearchObjective::Accuracy => {
                     let _guard = self.lock.lock().map_err(|e| e.to_string())?;
                     self.ranks.apply(&config).map_err(|e| e.to_string())?;
                     let device = Default::default();
@@ -116,9 +139,8 @@ impl Problem for SubAdapterProblem<'_> {
                         .map_err(|e| e.to_string())?;
                     1.0 - acc.accuracy
                 }
-                "macs" => c.macs() as f64,
-                "params" => c.adapter_params as f64,
-                other => return Err(format!("unknown objective {other}")),
+                SearchObjective::Macs => c.macs() as f64,
+                SearchObjective::Params => c.adapter_params as f64,
             });
         }
         Ok(f)
@@ -138,12 +160,24 @@ struct Chosen {
 
 /// Runs the search and returns the markdown table of the chosen configurations.
 pub fn run(args: SearchArgs) -> Result<String, CliError> {
-    for o in &args.objectives {
-        if !matches!(o.as_str(), "accuracy" | "macs" | "params") {
-            return Err(CliError::Usage(format!("unknown objective {o:?} (accuracy, macs, params)")));
-        }
+    if args.objectives.is_empty() {
+        return Err(CliError::Usage("--objectives: name at least one".into()));
     }
-    let loaded = crate::shears::load_run(&args.run)?;
+    if args.budget == 0 {
+        return Err(CliError::Usage("--budget must be at least 1".into()));
+    }
+    if matches!(args.algo, Algo::Nsga2 | Algo::Rnsga2) && args.pop < 2 {
+        return Err(CliError::Usage(format!("--pop {}: a population needs at least 2", args.pop)));
+    }
+    let refs = match (args.algo, args.ref_points.as_deref()) {
+        (Algo::Rnsga2, Some(r)) => Some(crate::parse_points(r, args.objectives.len())?),
+        (Algo::Rnsga2, None) => return Err(CliError::Usage("rnsga2 needs --ref-points".into())),
+        _ => None,
+    };
+    let (_lock, loaded) = crate::shears::load_run(&args.run)?;
+    if loaded.task.val.is_empty() {
+        return Err(CliError::Usage(format!("{}: the run has no validation split to search on", args.run.display())));
+    }
     let spec = loaded.model.spec().clone();
     let problem = SubAdapterProblem {
         vars: loaded.ranks.space.groups.iter().map(|g| Variable::Choice { n: g.choices.len() }).collect(),
@@ -157,28 +191,37 @@ pub fn run(args: SearchArgs) -> Result<String, CliError> {
         max_new_tokens: loaded.args.max_new_tokens,
         lock: Mutex::new(()),
     };
-    let out = args.run.join("search").join(&args.algo);
+    let algo = args.algo.to_possible_value().map(|v| v.get_name().to_string()).unwrap_or_default();
+    let out = args.run.join("search").join(&algo);
     std::fs::create_dir_all(&out).map_err(|e| CliError::Input { path: out.clone(), reason: e.to_string() })?;
-    let search_err = |e: secateur_search::SearchError| CliError::Usage(e.to_string());
-    let mut ev = Evaluator::persistent(&problem, &out.join("evaluations.jsonl")).map_err(search_err)?;
+    // Everything an evaluation depends on besides the configuration: a cache made under other
+    // objectives, data or adapters is not reused.
+    let context = json!({
+        "objectives": args.objectives,
+        "macs_context": args.context,
+        "split": "validation",
+        "validation_records": loaded.task.val.len(),
+        "run": std::fs::read_to_string(args.run.join(secateur_runs::MANIFEST)).ok().and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok()).map(|m| m["args"].clone()),
+        "space": loaded.ranks.space.groups.iter().map(|g| json!({"name": g.name, "choices": g.choices})).collect::<Vec<_>>(),
+    });
+    let mut ev = Evaluator::persistent(&problem, &out.join("evaluations.jsonl"), &context)?;
+    if ev.dropped_partial_line {
+        eprintln!("warning: {}: the last evaluation was cut off mid-write (a killed run) and is dropped", out.join("evaluations.jsonl").display());
+    }
     if ev.loaded > 0 {
         eprintln!("search: {} cached evaluations loaded", ev.loaded);
     }
     let vars = problem.vars.clone();
-    let front: Vec<Evaluated> = match args.algo.as_str() {
-        "heuristic" => ev.evaluate(&[heuristic(&vars), maximal(&vars), minimal(&vars)]).map_err(search_err)?,
-        "hill-climb" => HillClimb { start: None, weights: None }.run(&mut ev, args.budget).map_err(search_err)?.front,
-        "random" => RandomSearch { seed: args.seed }.run(&mut ev, args.budget).map_err(search_err)?.front,
-        "nsga2" => Nsga2::new(args.pop, args.seed).run(&mut ev, args.budget).map_err(search_err)?.front,
-        "rnsga2" => {
-            let refs = crate::parse_points(args.ref_points.as_deref().ok_or_else(|| CliError::Usage("rnsga2 needs --ref-points".into()))?)?;
-            RNsga2::new(args.pop, refs, args.seed).run(&mut ev, args.budget).map_err(search_err)?.front
-        }
-        other => return Err(CliError::Usage(format!("unknown algorithm {other:?} (heuristic, hill-climb, nsga2, rnsga2, random)"))),
+    let front: Vec<Evaluated> = match args.algo {
+        Algo::Heuristic => ev.evaluate(&[heuristic(&vars), maximal(&vars), minimal(&vars)])?,
+        Algo::HillClimb => HillClimb { start: None, weights: None }.run(&mut ev, args.budget)?.front,
+        Algo::Random => RandomSearch { seed: args.seed }.run(&mut ev, args.budget)?.front,
+        Algo::Nsga2 => Nsga2::new(args.pop, args.seed).run(&mut ev, args.budget)?.front,
+        Algo::Rnsga2 => RNsga2::new(args.pop, refs.unwrap_or_default(), args.seed).run(&mut ev, args.budget)?.front,
     };
     let history = ev.history.clone();
     drop(ev);
-    secateur_search::report::write_outputs(&out, &problem.objective_names(), &history, &front).map_err(search_err)?;
+    secateur_search::report::write_outputs(&out, &problem.objective_names(), &history, &front)?;
     eprintln!("search: {} configurations evaluated on the validation split, {} on the front", history.len(), front.len());
 
     // Test accuracy of the chosen configurations (and of the three fixed ones, for reference).
@@ -208,7 +251,7 @@ pub fn run(args: SearchArgs) -> Result<String, CliError> {
     }
     let mut table = format!(
         "Search `{}` on the validation split ({} evaluations); test accuracy of the chosen sub-adapters:\n\n| Config | Ranks | Validation objectives | MACs/token | Adapter params | Test accuracy |\n|---|---|---|---|---|---|\n",
-        args.algo,
+        algo,
         history.len()
     );
     for c in &chosen {
@@ -222,10 +265,10 @@ pub fn run(args: SearchArgs) -> Result<String, CliError> {
         let objs = c.objectives.as_ref().map_or("-".to_string(), |f| f.iter().map(|v| format!("{v:.4}")).collect::<Vec<_>>().join(", "));
         table += &format!("| {} | {} | {} | {} | {} | {:.1}% |\n", c.label, ranks, objs, c.macs_per_token, c.adapter_params, c.test_accuracy * 100.0);
     }
-    let report = json!({"algo": args.algo, "budget": args.budget, "objectives": problem.objective_names(), "evaluations": history.len(), "chosen": chosen});
+    let report = json!({"algo": algo, "budget": args.budget, "objectives": problem.objective_names(), "evaluations": history.len(), "chosen": chosen});
     secateur_models::weights::write_atomic(&out.join("report.json"), serde_json::to_string_pretty(&report).expect("JSON").as_bytes())?;
     secateur_models::weights::write_atomic(&out.join("report.md"), table.as_bytes())?;
-    add_to_run_report(&args.run.join("report.json"), &args.algo, &report)?;
+    add_to_run_report(&args.run.join("report.json"), &algo, &report)?;
     Ok(table)
 }
 

@@ -8,7 +8,8 @@ use burn::module::{AutodiffModule, Module};
 use secateur_elastic_lora::peft::export_peft;
 use secateur_elastic_lora::{attach, AdaptedLm, LoraConfig, RankControl, Scaling, SearchSpace, SubnetConfig};
 use secateur_models::weights::write_atomic;
-use secateur_models::{Cpu, CpuAutodiff, DenseLm, TextTokenizer};
+use secateur_models::{ArchSpec, Cpu, CpuAutodiff, DenseLm, TextTokenizer};
+use secateur_runs::{Manifest, OpenMode, RunDir, StagedDir};
 use secateur_sparsity::{prune, sample_calibration, Pattern, PruneConfig, ScoreMethod};
 use secateur_supernet::data::{self, Example, Record};
 use secateur_supernet::eval::{accuracy, AnswerKind};
@@ -72,12 +73,100 @@ pub struct ShearsArgs {
     /// Save a training checkpoint every N steps.
     #[arg(long, default_value_t = 50)]
     pub checkpoint_every: usize,
-    /// Continue a killed run in `--out` from its checkpoints.
+    /// Continue a killed run in `--out` from its checkpoints (the arguments that change
+    /// results must equal the recorded ones).
     #[arg(long)]
     pub resume: bool,
-    /// Run directory.
-    #[arg(long, default_value = "runs/shears")]
-    pub out: PathBuf,
+    /// Replace whatever `--out` holds (another run, other files), whole.
+    #[arg(long, conflicts_with = "resume")]
+    pub force: bool,
+    /// Run directory (default: `runs/<command>`).
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+}
+
+/// Arguments that do not change a run's results: a resumed run may give other values.
+pub const NOT_RESULTS: &[&str] = &["out", "resume", "force", "checkpoint_every"];
+
+/// Largest rank choice, learning rate and alpha accepted (larger ones are typos).
+const MAX_ALPHA: f64 = 1e6;
+
+impl ShearsArgs {
+    /// The run directory: `--out`, else `runs/<command>`.
+    pub fn out_dir(&self, command: &str) -> PathBuf {
+        self.out.clone().unwrap_or_else(|| PathBuf::from("runs").join(command))
+    }
+
+    /// Checks every setting that needs no file, before any work starts.
+    pub fn validate(&self) -> Result<(), CliError> {
+        let usage = |m: String| Err(CliError::Usage(m));
+        if !(self.sparsity.is_finite() && (0.0..1.0).contains(&self.sparsity)) {
+            return usage(format!("--sparsity {}: must be in [0, 1)", self.sparsity));
+        }
+        if let Some(r) = &self.ranks {
+            if r.is_empty() || r.contains(&0) || r.windows(2).any(|w| w[0] <= w[1]) {
+                return usage(format!("--ranks {r:?}: give positive ranks in strictly descending order, e.g. 32,24,16 (the first is the maximal rank)"));
+            }
+        }
+        if let Some(t) = &self.targets {
+            if SearchSpace::parse_targets(t)?.is_empty() {
+                return usage(format!("--targets {t:?}: name at least one projection, e.g. q,k,v,up,down"));
+            }
+        }
+        if let Some(a) = self.alpha
+            && !(a.is_finite() && a > 0.0 && a <= MAX_ALPHA)
+        {
+            return usage(format!("--alpha {a}: must be a positive number of at most {MAX_ALPHA}"));
+        }
+        if self.cutoff < 2 {
+            return usage(format!("--cutoff {}: an example needs at least 2 tokens", self.cutoff));
+        }
+        if self.val_size == 0 || self.test_size == 0 {
+            return usage("--val-size and --test-size must be at least 1 (the search uses validation, the report test)".into());
+        }
+        if self.max_new_tokens == 0 {
+            return usage("--max-new-tokens must be at least 1".into());
+        }
+        secateur_sparsity::check_calibration_size(self.calibration_samples, 64)?;
+        train_config(self, Strategy::Fixed).validate()?;
+        Ok(())
+    }
+
+    /// Checks the settings that need the base model's architecture (ranks against the adapted
+    /// projections' widths, targets against its sites), before any work starts. Returns the
+    /// LoRA search space.
+    pub fn validate_for(&self, spec: &ArchSpec, ranks: &[usize]) -> Result<SearchSpace, CliError> {
+        let targets = self.targets.as_deref().map(SearchSpace::parse_targets).transpose()?;
+        let space = SearchSpace::preset(spec, targets.as_deref(), ranks)?;
+        check_ranks_fit(spec, &space)?;
+        Ok(space)
+    }
+
+    /// Opens the run directory of `command` with these arguments (and `extra`, the command's
+    /// own), refusing to clobber anything (see [`RunDir::open`]).
+    pub fn open_run(&self, command: &str, extra: serde_json::Value) -> Result<RunDir, CliError> {
+        let mut args = serde_json::to_value(self).expect("JSON");
+        if let (Some(a), Some(e)) = (args.as_object_mut(), extra.as_object()) {
+            a.extend(e.clone());
+        }
+        let inputs: Vec<&Path> = self.model.iter().chain(self.dataset.iter()).map(PathBuf::as_path).collect();
+        let mode = OpenMode::from_flags(self.resume, self.force);
+        Ok(RunDir::open(&self.out_dir(command), &Manifest::new(command, &args), NOT_RESULTS, mode, &inputs)?)
+    }
+}
+
+/// Checks that no rank choice exceeds the smaller side of a projection it adapts.
+pub fn check_ranks_fit(spec: &ArchSpec, space: &SearchSpace) -> Result<(), CliError> {
+    for g in &space.groups {
+        let max = g.choices.iter().copied().max().unwrap_or(0);
+        for s in &g.sites {
+            let [o, i] = spec.site_shape(s.layer, s.kind);
+            if max > o.min(i) {
+                return Err(CliError::Usage(format!("--ranks: rank {max} exceeds the width of {s} ({o} x {i}); the largest rank there is {}", o.min(i))));
+            }
+        }
+    }
+    Ok(())
 }
 
 /// One row of the report.
@@ -110,6 +199,8 @@ pub struct Task {
 }
 
 /// The splits a run with `args` uses (regenerated or re-split identically from the seed).
+/// Every record needs the fields that training and evaluation read (`instruction`, `output`,
+/// `answer`), and each split must keep at least one record.
 pub fn load_task(args: &ShearsArgs) -> Result<Task, CliError> {
     match &args.dataset {
         None => {
@@ -117,12 +208,27 @@ pub fn load_task(args: &ShearsArgs) -> Result<Task, CliError> {
             Ok(Task { train, val, test, calibration_docs: toy::corpus(512, 1) })
         }
         Some(path) => {
-            let records = data::read_records(path).map_err(|e| err(path, e))?;
+            let records = data::read_records(path)?;
+            for (i, r) in records.iter().enumerate() {
+                for (field, value) in [("instruction", &r.instruction), ("output", &r.output), ("answer", &r.answer)] {
+                    if value.trim().is_empty() {
+                        return Err(err(path, format!("record {} has no `{field}` (training needs `instruction` and `output`, exact-match evaluation `answer`)", i + 1)));
+                    }
+                }
+            }
+            let n = records.len();
+            if n <= args.val_size + args.test_size {
+                let (v, t) = ((n / 10).max(1), (n / 5).max(1));
+                return Err(err(
+                    path,
+                    format!(
+                        "{n} records cannot be split into --val-size {} and --test-size {} with any left for training; size the splits to the data, e.g. --val-size {v} --test-size {t}",
+                        args.val_size, args.test_size
+                    ),
+                ));
+            }
             let (rest, test) = data::split(&records, args.test_size, args.seed);
             let (train, val) = data::split(&rest, args.val_size, args.seed.wrapping_add(1));
-            if train.is_empty() {
-                return Err(err(path, "no records left for training after the validation and test splits"));
-            }
             let calibration_docs = train.iter().map(|r| format!("{}{}", data::alpaca_prompt(&r.instruction, &r.input), r.output)).collect();
             Ok(Task { train, val, test, calibration_docs })
         }
@@ -135,10 +241,11 @@ pub fn materialize_base(args: &ShearsArgs, out: &Path) -> Result<PathBuf, CliErr
         Some(d) => Ok(d.clone()),
         None => {
             let d = out.join("base");
-            std::fs::create_dir_all(&d).map_err(|e| err(&d, e))?;
+            let staged = StagedDir::new(&d)?;
             for (name, bytes) in [("config.json", TINY_CONFIG), ("model.safetensors", TINY_WEIGHTS), ("tokenizer.json", TINY_TOKENIZER)] {
-                write_atomic(&d.join(name), bytes)?;
+                write_atomic(&staged.path().join(name), bytes)?;
             }
+            staged.publish()?;
             Ok(d)
         }
     }
@@ -190,7 +297,9 @@ pub fn wanda(
     let clock = Instant::now();
     let pruned = prune(dense, &calibration, &cfg)?;
     let seconds = clock.elapsed().as_secs_f64();
-    let report = secateur_sparsity::checkpoint::write_pruned(base_dir, wanda_dir, &pruned.model, &pruned.masks, &cfg)?;
+    let staged = StagedDir::new(wanda_dir)?;
+    let report = secateur_sparsity::checkpoint::write_pruned(base_dir, staged.path(), &pruned.model, &pruned.masks, &cfg)?;
+    staged.publish()?;
     let sparsity = report["total_sparsity"].as_f64().unwrap_or(0.0);
     let nonzero = report["nonzero_parameters"].as_u64().unwrap_or(0) as usize;
     eprintln!("wanda: sparsity {sparsity:.3} in {seconds:.1}s");
@@ -200,24 +309,18 @@ pub fn wanda(
 /// Runs the whole pipeline and writes `report.json` and `report.md` into the run directory.
 pub fn run(args: ShearsArgs) -> Result<String, CliError> {
     let total_clock = Instant::now();
-    let out = args.out.clone();
-    std::fs::create_dir_all(&out).map_err(|e| err(&out, e))?;
-    let started = out.join("run.json");
-    if started.is_file() && !args.resume {
-        return Err(CliError::Usage(format!(
-            "{} already holds a run: pass --resume to continue it, or choose another --out",
-            out.display()
-        )));
-    }
-    let base_dir = materialize_base(&args, &out)?;
+    args.validate()?;
     let (ranks, alpha) = ranks_and_alpha(&args);
-    write_atomic(&started, serde_json::to_string_pretty(&json!({
-        "base": base_dir, "ranks": ranks, "alpha": alpha, "args": args,
-    })).expect("JSON").as_bytes())?;
+    if let Some(m) = &args.model {
+        args.validate_for(&ArchSpec::from_config_file(&m.join("config.json"))?, &ranks)?;
+    }
+    let task = load_task(&args)?;
+    let run_dir = args.open_run("shears", json!({}))?;
+    let out = run_dir.path().to_path_buf();
+    let base_dir = materialize_base(&args, &out)?;
 
     let device = Default::default();
     let tok = TextTokenizer::from_file(&base_dir.join("tokenizer.json"))?;
-    let task = load_task(&args)?;
     eprintln!(
         "shears: {} train / {} validation / {} test examples",
         task.train.len(),
@@ -229,8 +332,9 @@ pub fn run(args: ShearsArgs) -> Result<String, CliError> {
     // 1. The dense base, untuned.
     let dense = DenseLm::<Cpu>::load(&base_dir, &device)?;
     let spec = dense.spec().clone();
+    let space = args.validate_for(&spec, &ranks)?;
     let dense_params = dense.num_params();
-    let acc = accuracy(&dense, &tok, &task.test, AnswerKind::Math, args.max_new_tokens, 64, &device).map_err(|e| err(&base_dir, e))?;
+    let acc = accuracy(&dense, &tok, &task.test, AnswerKind::Math, args.max_new_tokens, 64, &device)?;
     eprintln!("dense base: accuracy {:.3}", acc.accuracy);
     rows.push(Row {
         name: "Dense base (no tuning)".into(),
@@ -247,7 +351,7 @@ pub fn run(args: ShearsArgs) -> Result<String, CliError> {
     // 2. Wanda.
     let wanda_dir = out.join("wanda");
     let (pruned, sparsity, nonzero, prune_seconds) = wanda(&args, &base_dir, &wanda_dir, dense, &tok, &task)?;
-    let acc = accuracy(&pruned, &tok, &task.test, AnswerKind::Math, args.max_new_tokens, 64, &device).map_err(|e| err(&wanda_dir, e))?;
+    let acc = accuracy(&pruned, &tok, &task.test, AnswerKind::Math, args.max_new_tokens, 64, &device)?;
     eprintln!("wanda: accuracy {:.3}", acc.accuracy);
     rows.push(Row {
         name: format!("Wanda {:.0}% (no tuning)", args.sparsity * 100.0),
@@ -263,16 +367,13 @@ pub fn run(args: ShearsArgs) -> Result<String, CliError> {
     drop(pruned);
 
     // 3. Adapters on the sparse base: plain LoRA at the maximal rank, then NLS.
-    let targets = args.targets.as_deref().map(SearchSpace::parse_targets).transpose()?;
-    let space = SearchSpace::preset(&spec, targets.as_deref(), &ranks)?;
     space.to_file(&out.join("search_space.json"))?;
     let eos = spec.eos_token_ids.first().copied();
     let examples: Vec<Example> = task
         .train
         .iter()
         .map(|r| data::tokenize(r, &tok, eos, args.cutoff, args.train_on_inputs))
-        .collect::<Result<_, _>>()
-        .map_err(|e| err(&out, e))?;
+        .collect::<Result<_, _>>()?;
     let pad = eos.unwrap_or(0);
     let lora_cfg = LoraConfig { alpha, scaling: Scaling::MaxRank, seed: args.seed };
     let train_cfg = |strategy| train_config(&args, strategy);
@@ -281,7 +382,7 @@ pub fn run(args: ShearsArgs) -> Result<String, CliError> {
         let sparse = DenseLm::<CpuAutodiff>::load(&wanda_dir, &device)?.no_grad();
         let (model, ctl) = attach(sparse, &space, &lora_cfg, &device)?;
         let ckpt = out.join(format!("train-{label}"));
-        let (model, report) = train(model, &ctl, &examples, &train_cfg(strategy), pad, Some(&ckpt)).map_err(|e| err(&ckpt, e))?;
+        let (model, report) = train(model, &ctl, &examples, &train_cfg(strategy), pad, Some(&ckpt))?;
         eprintln!("{label}: {} steps in {:.1}s, final loss {:.4}", report.steps, report.seconds, report.losses.last().copied().unwrap_or(f64::NAN));
         write_atomic(&ckpt.join("report.json"), serde_json::to_string(&report).expect("JSON").as_bytes())?;
         adapters.push((label.to_string(), model.valid(), ctl, report.seconds, report.trainable_params));
@@ -290,7 +391,7 @@ pub fn run(args: ShearsArgs) -> Result<String, CliError> {
         ctl.apply(config)?;
         let ranks = ctl.space.ranks(config)?;
         let active = secateur_elastic_lora::adapter_params(&model.sites(), &ctl.ranks());
-        let acc = accuracy(model, &tok, &task.test, AnswerKind::Math, args.max_new_tokens, 64, &device).map_err(|e| err(&out, e))?;
+        let acc = accuracy(model, &tok, &task.test, AnswerKind::Math, args.max_new_tokens, 64, &device)?;
         eprintln!("{name}: accuracy {:.3}", acc.accuracy);
         rows.push(Row {
             name,
@@ -314,7 +415,9 @@ pub fn run(args: ShearsArgs) -> Result<String, CliError> {
     }
     // The heuristic sub-adapter in PEFT format, with its true ranks.
     nls_ctl.apply(&space.heuristic())?;
-    export_peft(nls, &out.join("nls-heuristic-adapter"), &wanda_dir.to_string_lossy())?;
+    let peft = StagedDir::new(&out.join("nls-heuristic-adapter"))?;
+    export_peft(nls, peft.path(), &wanda_dir.to_string_lossy())?;
+    peft.publish()?;
 
     let table = markdown(&rows);
     let report = json!({
@@ -340,27 +443,24 @@ pub struct LoadedRun {
     pub ranks: RankControl,
 }
 
-/// Loads `dir/wanda`, `dir/search_space.json` and the NLS adapters of `dir/train-nls`.
-pub fn load_run(dir: &Path) -> Result<LoadedRun, CliError> {
-    let run_json = dir.join("run.json");
-    let text = std::fs::read_to_string(&run_json).map_err(|e| err(&run_json, e))?;
-    let v: serde_json::Value = serde_json::from_str(&text).map_err(|e| err(&run_json, e))?;
-    let args: ShearsArgs = serde_json::from_value(v["args"].clone()).map_err(|e| err(&run_json, format!("field `args`: {e}")))?;
-    let alpha = v["alpha"].as_f64().ok_or_else(|| err(&run_json, "field `alpha` missing"))?;
-    let base_dir = PathBuf::from(v["base"].as_str().ok_or_else(|| err(&run_json, "field `base` missing"))?);
-    let adapters = dir.join("train-nls/adapters.safetensors");
-    if !adapters.is_file() {
-        return Err(err(&adapters, "no trained NLS super-adapter: run `secateur shears` to the end first"));
-    }
+/// Loads `dir/wanda`, `dir/search_space.json` and the NLS adapters of `dir/train-nls` of a
+/// finished `secateur shears` run, holding the run directory's lock.
+pub fn load_run(dir: &Path) -> Result<(RunDir, LoadedRun), CliError> {
+    let (run_dir, manifest) = RunDir::attach(dir, "shears")?;
+    let manifest_path = dir.join(secateur_runs::MANIFEST);
+    let args: ShearsArgs = serde_json::from_value(manifest.args).map_err(|e| err(&manifest_path, format!("field `args`: {e}")))?;
+    let (_, alpha) = ranks_and_alpha(&args);
+    let base_dir = args.model.clone().unwrap_or_else(|| dir.join("base"));
+    let adapters = secateur_supernet::train::final_adapters(&dir.join("train-nls"))?;
     let device = Default::default();
     let tokenizer = TextTokenizer::from_file(&base_dir.join("tokenizer.json"))?;
     let space = SearchSpace::from_file(&dir.join("search_space.json"))?;
     let sparse = DenseLm::<Cpu>::load(&dir.join("wanda"), &device)?;
     let lora_cfg = LoraConfig { alpha, scaling: Scaling::MaxRank, seed: args.seed };
     let (model, ranks) = attach(sparse, &space, &lora_cfg, &device)?;
-    let model = secateur_supernet::train::load_adapters(model, &adapters, &device).map_err(|e| err(&adapters, e))?;
+    let model = secateur_supernet::train::load_adapters(model, &adapters, &device)?;
     let task = load_task(&args)?;
-    Ok(LoadedRun { args, tokenizer, task, model, ranks })
+    Ok((run_dir, LoadedRun { args, tokenizer, task, model, ranks }))
 }
 
 fn markdown(rows: &[Row]) -> String {

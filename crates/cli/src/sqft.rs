@@ -12,13 +12,14 @@ use std::path::{Path, PathBuf};
 
 use burn::module::{AutodiffModule, Module};
 use secateur_elastic_lora::sparse_peft::{attach_sparse_peft, merge_quantized, merge_sparse};
-use secateur_elastic_lora::{attach, LoraConfig, Scaling, SearchSpace};
+use secateur_elastic_lora::{attach, LoraConfig, Scaling};
 use secateur_models::weights::write_atomic;
 use secateur_models::{Cpu, CpuAutodiff, DenseLm, TextTokenizer};
 use secateur_quant::checkpoint::{load_quantized, quantize_model, write_quantized};
 use secateur_quant::QuantConfig;
 use secateur_supernet::data::{self, Example};
 use secateur_supernet::eval::{accuracy, AnswerKind};
+use secateur_runs::StagedDir;
 use secateur_supernet::train::{save_adapters, train, Strategy};
 use serde::Serialize;
 use serde_json::json;
@@ -26,12 +27,37 @@ use serde_json::json;
 use crate::shears::{load_task, materialize_base, ranks_and_alpha, train_config, wanda, ShearsArgs};
 use crate::CliError;
 
+/// Which SQFT pipelines to run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Pipeline {
+    /// NLS on the quantized sparse base (adapters kept separate).
+    NlsQuantized,
+    /// SparsePEFT, merged into a sparse FP32 model.
+    Sparsepeft,
+    /// QA-SparsePEFT, merged into an INT-n model.
+    QaSparsepeft,
+    /// All three.
+    All,
+}
+
+impl Pipeline {
+    fn name(self) -> &'static str {
+        match self {
+            Pipeline::NlsQuantized => "nls-quantized",
+            Pipeline::Sparsepeft => "sparsepeft",
+            Pipeline::QaSparsepeft => "qa-sparsepeft",
+            Pipeline::All => "all",
+        }
+    }
+}
+
 /// Options of `secateur sqft`.
 #[derive(Debug, Clone, clap::Args)]
 pub struct SqftArgs {
-    /// nls-quantized, sparsepeft, qa-sparsepeft, or all.
-    #[arg(long, default_value = "all")]
-    pub pipeline: String,
+    #[arg(long, value_enum, default_value = "all")]
+    pub pipeline: Pipeline,
+    /// Bits of the quantized base: 2, 4 or 8 (the GPTQ packings).
     #[arg(long, default_value_t = 4)]
     pub bits: u32,
     /// Inputs per quantization group (0: one group per row).
@@ -39,6 +65,20 @@ pub struct SqftArgs {
     pub group_size: usize,
     #[command(flatten)]
     pub common: ShearsArgs,
+}
+
+/// Checks bits and group size against the model's projection widths.
+pub fn check_quant(spec: &secateur_models::ArchSpec, bits: u32, group_size: Option<usize>) -> Result<(), CliError> {
+    if !matches!(bits, 2 | 4 | 8) {
+        return Err(CliError::Usage(format!("--bits {bits}: the GPTQ checkpoint format packs 2, 4 or 8 bits")));
+    }
+    let widest = (0..spec.num_layers).flat_map(|l| spec.block_site_kinds().into_iter().map(move |k| spec.site_shape(l, k)[1])).max().unwrap_or(0);
+    if let Some(g) = group_size
+        && g > widest
+    {
+        return Err(CliError::Usage(format!("--group-size {g}: larger than the widest projection input ({widest}); use -1 or 0 for one group per row")));
+    }
+    Ok(())
 }
 
 /// One row of the SQFT table.
@@ -71,28 +111,31 @@ fn sparsity_of(weights: impl Iterator<Item = Vec<f32>>) -> f64 {
     zeros as f64 / total.max(1) as f64
 }
 
-fn io(path: &Path, e: impl std::fmt::Display) -> CliError {
-    CliError::Input { path: path.to_path_buf(), reason: e.to_string() }
-}
-
 /// Runs the selected pipelines and writes `report.json` and `report.md` into the run directory.
 pub fn run(args: SqftArgs) -> Result<String, CliError> {
-    let pipelines: Vec<&str> = match args.pipeline.as_str() {
-        "all" => vec!["nls-quantized", "sparsepeft", "qa-sparsepeft"],
-        p @ ("nls-quantized" | "sparsepeft" | "qa-sparsepeft") => vec![p],
-        other => return Err(CliError::Usage(format!("unknown pipeline {other:?} (nls-quantized, sparsepeft, qa-sparsepeft, all)"))),
+    let pipelines: Vec<&str> = match args.pipeline {
+        Pipeline::All => vec!["nls-quantized", "sparsepeft", "qa-sparsepeft"],
+        p => vec![p.name()],
     };
     let a = &args.common;
-    let out = a.out.clone();
-    std::fs::create_dir_all(&out).map_err(|e| io(&out, e))?;
+    a.validate()?;
     let qc = QuantConfig { bits: args.bits, group_size: (args.group_size > 0).then_some(args.group_size) };
-    let base_dir = materialize_base(a, &out)?;
     let (ranks, alpha) = ranks_and_alpha(a);
+    if let Some(m) = &a.model {
+        let spec = secateur_models::ArchSpec::from_config_file(&m.join("config.json"))?;
+        a.validate_for(&spec, &ranks)?;
+        check_quant(&spec, args.bits, qc.group_size)?;
+    } else if !matches!(args.bits, 2 | 4 | 8) {
+        return Err(CliError::Usage(format!("--bits {}: the GPTQ checkpoint format packs 2, 4 or 8 bits", args.bits)));
+    }
+    let task = load_task(a)?;
+    let run_dir = a.open_run("sqft", json!({"pipeline": args.pipeline, "bits": args.bits, "group_size": args.group_size}))?;
+    let out = run_dir.path().to_path_buf();
+    let base_dir = materialize_base(a, &out)?;
     let device = Default::default();
     let tok = TextTokenizer::from_file(&base_dir.join("tokenizer.json"))?;
-    let task = load_task(a)?;
     let acc_of = |name: &str, r: Result<secateur_supernet::eval::Accuracy, secateur_supernet::TrainError>| -> Result<f64, CliError> {
-        let acc = r.map_err(|e| io(&out, e))?.accuracy;
+        let acc = r?.accuracy;
         eprintln!("{name}: accuracy {acc:.3}");
         Ok(acc)
     };
@@ -101,6 +144,8 @@ pub fn run(args: SqftArgs) -> Result<String, CliError> {
 
     let dense = DenseLm::<Cpu>::load(&base_dir, &device)?;
     let spec = dense.spec().clone();
+    let space = a.validate_for(&spec, &ranks)?;
+    check_quant(&spec, args.bits, qc.group_size)?;
     let acc = acc_of("dense", test(&|r| accuracy(&dense, &tok, r, AnswerKind::Math, a.max_new_tokens, 64, &device)))?;
     rows.push(SqftRow { name: "Dense base (no tuning)".into(), accuracy: acc, sparsity: 0.0, base_precision: "FP32".into(), adapter_precision: "-".into(), mergeable: "-".into(), size_bytes: dir_bytes(&base_dir), train_seconds: None });
 
@@ -109,20 +154,19 @@ pub fn run(args: SqftArgs) -> Result<String, CliError> {
     // The compressed base, untuned: sparse and INT-n.
     let int_dir = out.join(format!("wanda-int{}", args.bits));
     let sparse_q = quantize_model(sparse.clone(), qc)?;
-    write_quantized(&wanda_dir, &int_dir, &sparse_q)?;
+    let staged = StagedDir::new(&int_dir)?;
+    write_quantized(&wanda_dir, staged.path(), &sparse_q)?;
+    staged.publish()?;
     let acc = acc_of("sparse int", test(&|r| accuracy(&sparse_q, &tok, r, AnswerKind::Math, a.max_new_tokens, 64, &device)))?;
     rows.push(SqftRow { name: format!("Wanda {:.0}% + INT{} (no tuning)", a.sparsity * 100.0, args.bits), accuracy: acc, sparsity, base_precision: format!("INT{}", args.bits), adapter_precision: "-".into(), mergeable: "-".into(), size_bytes: dir_bytes(&int_dir), train_seconds: None });
     drop((sparse, sparse_q));
 
-    let targets = a.targets.as_deref().map(SearchSpace::parse_targets).transpose()?;
-    let space = SearchSpace::preset(&spec, targets.as_deref(), &ranks)?;
     let eos = spec.eos_token_ids.first().copied();
     let examples: Vec<Example> = task
         .train
         .iter()
         .map(|r| data::tokenize(r, &tok, eos, a.cutoff, a.train_on_inputs))
-        .collect::<Result<_, _>>()
-        .map_err(|e| io(&out, e))?;
+        .collect::<Result<_, _>>()?;
     let pad = eos.unwrap_or(0);
     let lora_cfg = LoraConfig { alpha, scaling: Scaling::MaxRank, seed: a.seed };
     let ckpt = |name: &str| -> PathBuf { out.join(format!("train-{name}")) };
@@ -131,10 +175,10 @@ pub fn run(args: SqftArgs) -> Result<String, CliError> {
     {
         let base = DenseLm::<CpuAutodiff>::load(&wanda_dir, &device)?.no_grad();
         let (m, ctl) = attach(base, &space, &lora_cfg, &device)?;
-        let (m, rep) = train(m, &ctl, &examples, &train_config(a, Strategy::Fixed), pad, Some(&ckpt("lora"))).map_err(|e| io(&out, e))?;
+        let (m, rep) = train(m, &ctl, &examples, &train_config(a, Strategy::Fixed), pad, Some(&ckpt("lora")))?;
         let m = m.valid();
         let acc = acc_of("lora", test(&|r| accuracy(&m, &tok, r, AnswerKind::Math, a.max_new_tokens, 64, &device)))?;
-        save_adapters(&m, &out.join("lora-adapters.safetensors")).map_err(|e| io(&out, e))?;
+        save_adapters(&m, &out.join("lora-adapters.safetensors"))?;
         let size = dir_bytes(&wanda_dir) + std::fs::metadata(out.join("lora-adapters.safetensors")).map(|m| m.len()).unwrap_or(0);
         rows.push(SqftRow { name: format!("Wanda {:.0}% + LoRA (rank {})", a.sparsity * 100.0, ranks[0]), accuracy: acc, sparsity, base_precision: "FP32".into(), adapter_precision: "FP32".into(), mergeable: "no (sparsity lost)".into(), size_bytes: size, train_seconds: Some(rep.seconds) });
     }
@@ -144,12 +188,12 @@ pub fn run(args: SqftArgs) -> Result<String, CliError> {
             "nls-quantized" => {
                 let base = load_quantized::<CpuAutodiff>(&int_dir, &device)?.no_grad();
                 let (m, ctl) = attach(base, &space, &lora_cfg, &device)?;
-                let (m, rep) = train(m, &ctl, &examples, &train_config(a, Strategy::Nls), pad, Some(&ckpt(pipeline))).map_err(|e| io(&out, e))?;
+                let (m, rep) = train(m, &ctl, &examples, &train_config(a, Strategy::Nls), pad, Some(&ckpt(pipeline)))?;
                 let m = m.valid();
                 ctl.apply(&space.heuristic())?;
                 let acc = acc_of(pipeline, test(&|r| accuracy(&m, &tok, r, AnswerKind::Math, a.max_new_tokens, 64, &device)))?;
                 let adapters = out.join("nls-quantized-adapters.safetensors");
-                save_adapters(&m, &adapters).map_err(|e| io(&out, e))?;
+                save_adapters(&m, &adapters)?;
                 let size = dir_bytes(&int_dir) + std::fs::metadata(&adapters).map(|m| m.len()).unwrap_or(0);
                 rows.push(SqftRow { name: "SQFT: NLS on the quantized base (heuristic)".into(), accuracy: acc, sparsity, base_precision: format!("INT{}", args.bits), adapter_precision: "FP32".into(), mergeable: "no".into(), size_bytes: size, train_seconds: Some(rep.seconds) });
             }
@@ -157,20 +201,24 @@ pub fn run(args: SqftArgs) -> Result<String, CliError> {
                 let qa = pipeline == "qa-sparsepeft";
                 let base = DenseLm::<CpuAutodiff>::load(&wanda_dir, &device)?.no_grad();
                 let (m, ctl) = attach_sparse_peft(base, &space, &lora_cfg, qa.then_some(qc), &device)?;
-                let (m, rep) = train(m, &ctl, &examples, &train_config(a, Strategy::Nls), pad, Some(&ckpt(pipeline))).map_err(|e| io(&out, e))?;
+                let (m, rep) = train(m, &ctl, &examples, &train_config(a, Strategy::Nls), pad, Some(&ckpt(pipeline)))?;
                 let m = m.valid();
                 ctl.apply(&space.heuristic())?;
                 let merged_dir = out.join(format!("{pipeline}-merged"));
                 let (acc, merged_sparsity, size, precision) = if qa {
                     let merged = merge_quantized(m)?;
                     let acc = acc_of(pipeline, test(&|r| accuracy(&merged, &tok, r, AnswerKind::Math, a.max_new_tokens, 64, &device)))?;
-                    write_quantized(&wanda_dir, &merged_dir, &merged)?;
+                    let staged = StagedDir::new(&merged_dir)?;
+                    write_quantized(&wanda_dir, staged.path(), &merged)?;
+                    staged.publish()?;
                     let s = sparsity_of(merged.projections().iter().map(|(_, p)| p.dequantized()));
                     (acc, s, dir_bytes(&merged_dir), format!("INT{}", args.bits))
                 } else {
                     let merged = merge_sparse(m);
                     let acc = acc_of(pipeline, test(&|r| accuracy(&merged, &tok, r, AnswerKind::Math, a.max_new_tokens, 64, &device)))?;
-                    secateur_models::weights::save_like(&merged, &wanda_dir, &merged_dir)?;
+                    let staged = StagedDir::new(&merged_dir)?;
+                    secateur_models::weights::save_like(&merged, &wanda_dir, staged.path())?;
+                    staged.publish()?;
                     let s = sparsity_of(merged.projections().iter().map(|(_, p)| p.weight.val().into_data().convert::<f32>().to_vec().expect("f32")));
                     (acc, s, dir_bytes(&merged_dir), "FP32".to_string())
                 };

@@ -38,6 +38,9 @@ pub enum ModelError {
     /// A tensor the architecture needs is not in the checkpoint.
     #[error("{path}: tensor `{name}` is missing from the checkpoint")]
     MissingTensor { path: PathBuf, name: String },
+    /// A quantized (GPTQ) checkpoint where a dense one is needed.
+    #[error("{path}: the checkpoint is quantized (GPTQ `qweight` tensors); this needs a dense checkpoint: use its unquantized source")]
+    Quantized { path: PathBuf },
     /// A tensor has a shape other than the config implies.
     #[error("{path}: tensor `{name}` has shape {found:?}, expected {expected:?}")]
     ShapeMismatch {
@@ -53,9 +56,20 @@ pub enum ModelError {
         name: String,
         dtype: String,
     },
+    /// A tensor holds NaN or an infinity.
+    #[error("{path}: tensor `{name}` holds a non-finite value ({value} at element {index})")]
+    NonFinite {
+        path: PathBuf,
+        name: String,
+        index: usize,
+        value: f32,
+    },
     /// The tokenizer file could not be loaded or used.
     #[error("{path}: tokenizer error: {reason}")]
     Tokenizer { path: PathBuf, reason: String },
+    /// An output could not be written (see [`secateur_runs::RunError`]).
+    #[error(transparent)]
+    Run(#[from] secateur_runs::RunError),
     /// Input (token ids, masks, generation options) that the model cannot run.
     #[error("invalid input: {0}")]
     InvalidInput(String),

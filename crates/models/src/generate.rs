@@ -63,6 +63,13 @@ pub fn generate<B: Backend, P: Projection<B>>(
     }
     let b = prompts.len();
     let width = prompts.iter().map(Vec::len).max().unwrap_or(0);
+    let context = model.spec().context_length();
+    if width.saturating_add(opts.max_new_tokens) > context {
+        return Err(ModelError::InvalidInput(format!(
+            "a prompt of {width} tokens plus {} new tokens exceeds the model's context window of {context} tokens",
+            opts.max_new_tokens
+        )));
+    }
     // Left padding: every row's last slot is a real token.
     let mut ids: Vec<Vec<u32>> = prompts
         .iter()

@@ -204,6 +204,7 @@ impl ArchSpec {
             path: path.to_path_buf(),
             source,
         };
+        check_sizes(path, &value)?;
         let extension = match value.get(SUBNET_EXTENSION_KEY) {
             None => None,
             Some(v) => Some(serde_json::from_value::<SubnetExtension>(v.clone()).map_err(parse_err)?),
@@ -269,6 +270,12 @@ impl ArchSpec {
         Ok(())
     }
 
+    /// The context window: `max_position_embeddings` (or its family's name), else 2048 (the
+    /// training length of the ALiBi families, whose configs do not state one).
+    pub fn context_length(&self) -> usize {
+        self.max_position_embeddings.unwrap_or(2048)
+    }
+
     /// The sizes of block `layer`.
     pub fn layer(&self, layer: usize) -> LayerDims {
         match &self.layer_dims {
@@ -283,6 +290,25 @@ impl ArchSpec {
 
     /// Checks the invariants the decoder relies on.
     pub fn validate(&self, path: &Path) -> Result<()> {
+        let mut bounded = vec![
+            ("vocab_size", self.vocab_size, MAX_WIDTH),
+            ("hidden_size", self.hidden_size, MAX_WIDTH),
+            ("num_hidden_layers", self.num_layers, MAX_COUNT),
+            ("num_attention_heads", self.num_heads, MAX_COUNT),
+            ("head_dim", self.head_dim, MAX_WIDTH),
+            ("intermediate_size", self.intermediate_size, MAX_WIDTH),
+            ("attention width (heads x head_dim)", self.num_heads.saturating_mul(self.head_dim), MAX_WIDTH),
+            ("max_position_embeddings", self.context_length(), MAX_CONTEXT),
+        ];
+        for d in self.layer_dims.iter().flatten() {
+            bounded.push(("secateur_subnet.layers[].intermediate_size", d.intermediate_size, MAX_WIDTH));
+            bounded.push(("secateur_subnet.layers[].num_attention_heads", d.num_heads, MAX_COUNT));
+        }
+        for (field, v, max) in bounded {
+            if v > max {
+                return Err(ModelError::config(path, field, format!("{v} is larger than secateur supports ({max})")));
+            }
+        }
         let positive = [
             ("vocab_size", self.vocab_size),
             ("hidden_size", self.hidden_size),
@@ -500,4 +526,56 @@ pub(crate) fn parse_rope_scaling(
             format!("unsupported rope scaling {other:?} (supported: linear, llama3)"),
         )),
     }
+}
+
+/// Largest width (vocabulary, hidden, MLP, head) a config may declare.
+pub const MAX_WIDTH: usize = 1 << 20;
+/// Largest number of layers or heads a config may declare.
+pub const MAX_COUNT: usize = 1 << 12;
+/// Largest context window a config may declare.
+pub const MAX_CONTEXT: usize = 1 << 24;
+
+/// Checks the size fields of a raw `config.json` before any arithmetic uses them: each must be
+/// a positive integer no larger than secateur supports (so no division by zero, no overflow, no
+/// allocation sized by a hostile file).
+fn check_sizes(path: &Path, value: &serde_json::Value) -> Result<()> {
+    const FIELDS: &[(&str, usize)] = &[
+        ("hidden_size", MAX_WIDTH),
+        ("d_model", MAX_WIDTH),
+        ("n_embed", MAX_WIDTH),
+        ("intermediate_size", MAX_WIDTH),
+        ("head_dim", MAX_WIDTH),
+        ("vocab_size", MAX_WIDTH),
+        ("num_attention_heads", MAX_COUNT),
+        ("num_key_value_heads", MAX_COUNT),
+        ("n_head", MAX_COUNT),
+        ("n_heads", MAX_COUNT),
+        ("num_hidden_layers", MAX_COUNT),
+        ("n_layer", MAX_COUNT),
+        ("n_layers", MAX_COUNT),
+        ("max_position_embeddings", MAX_CONTEXT),
+        ("max_seq_len", MAX_CONTEXT),
+        ("sliding_window", MAX_CONTEXT),
+    ];
+    for (field, max) in FIELDS {
+        let Some(v) = value.get(*field) else { continue };
+        if v.is_null() {
+            continue;
+        }
+        match v.as_u64() {
+            Some(n) if n >= 1 && n <= *max as u64 => {}
+            _ => return Err(ModelError::config(path, field, format!("{v} is not an integer in 1..={max}"))),
+        }
+    }
+    if let Some(e) = value.get("attn_config").and_then(|a| a.get("kv_n_heads"))
+        && !e.as_u64().is_some_and(|n| n >= 1 && n <= MAX_COUNT as u64)
+    {
+        return Err(ModelError::config(path, "attn_config.kv_n_heads", format!("{e} is not an integer in 1..={MAX_COUNT}")));
+    }
+    if let Some(r) = value.get("expansion_ratio")
+        && !r.as_f64().is_some_and(|r| r > 0.0 && r <= 1024.0)
+    {
+        return Err(ModelError::config(path, "expansion_ratio", format!("{r} is not a number in (0, 1024]")));
+    }
+    Ok(())
 }

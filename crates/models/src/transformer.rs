@@ -657,7 +657,11 @@ impl<B: Backend> CausalLm<B, Dense<B>> {
         CausalLm::from_checkpoint_with(spec, ckpt, device, |spec, ckpt, site, device| {
             let module = spec.hf_module(site.layer, site.kind);
             let shape = spec.site_shape(site.layer, site.kind);
-            let data = ckpt.read_f32(&format!("{module}.weight"), &shape)?;
+            let name = format!("{module}.weight");
+            if !ckpt.contains(&name) && ckpt.contains(&format!("{module}.qweight")) {
+                return Err(ModelError::Quantized { path: ckpt.path_of(&name).to_path_buf() });
+            }
+            let data = ckpt.read_f32(&name, &shape)?;
             let w = Tensor::from_data(TensorData::new(data, shape), device);
             let b = if spec.site_has_bias(site.kind) {
                 let data = ckpt.read_f32(&format!("{module}.bias"), &[shape[0]])?;

@@ -107,11 +107,20 @@ impl Checkpoint {
         }
         let (a, b) = info.data_offsets;
         let bytes = &shard.map[shard.data_start + a..shard.data_start + b];
-        decode_f32(bytes, info.dtype).ok_or_else(|| ModelError::UnsupportedDtype {
+        let values = decode_f32(bytes, info.dtype).ok_or_else(|| ModelError::UnsupportedDtype {
             path: shard.path.clone(),
             name: name.to_string(),
             dtype: format!("{:?}", info.dtype),
-        })
+        })?;
+        if let Some(at) = values.iter().position(|v| !v.is_finite()) {
+            return Err(ModelError::NonFinite {
+                path: shard.path.clone(),
+                name: name.to_string(),
+                index: at,
+                value: values[at],
+            });
+        }
+        Ok(values)
     }
 }
 
@@ -160,16 +169,9 @@ pub fn write_safetensors(path: &Path, tensors: &[RawTensor], metadata: Option<Ha
     write_atomic(path, &bytes)
 }
 
-/// Writes bytes to `path` through a temporary file in the same directory and a rename.
+/// Writes bytes to `path` atomically (see [`secateur_runs::write_atomic`]).
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
-    let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
-    let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("out");
-    let tmp = dir.join(format!(".{name}.tmp-{}", std::process::id()));
-    std::fs::write(&tmp, bytes).map_err(|e| ModelError::io(&tmp, e))?;
-    std::fs::rename(&tmp, path).map_err(|e| {
-        let _ = std::fs::remove_file(&tmp);
-        ModelError::io(path, e)
-    })
+    Ok(secateur_runs::write_atomic(path, bytes)?)
 }
 
 fn read_index(index: &Path) -> Result<Vec<String>> {
@@ -198,6 +200,9 @@ fn read_index(index: &Path) -> Result<Vec<String>> {
             files.push(file.to_string());
         }
     }
+    if files.is_empty() {
+        return Err(ModelError::config(index, "weight_map", "lists no tensors"));
+    }
     files.sort();
     Ok(files)
 }
@@ -207,6 +212,14 @@ fn open_shard(path: &Path) -> Result<Shard> {
     // SAFETY: the checkpoint is read-only for the life of the map; secateur never writes to a
     // file it has mapped (outputs go to a temporary file that is then renamed).
     let map = unsafe { Mmap::map(&file) }.map_err(|e| ModelError::io(path, e))?;
+    // A header that runs past the end of the file is a truncated file, whatever the parser says.
+    let announced = map.get(..8).map(|b| u64::from_le_bytes(b.try_into().expect("8 bytes")));
+    if announced.is_none_or(|n| n.saturating_add(8) > map.len() as u64) {
+        return Err(ModelError::Safetensors {
+            path: path.to_path_buf(),
+            reason: format!("file is truncated ({} bytes; its header does not fit)", map.len()),
+        });
+    }
     let (header, metadata) =
         SafeTensors::read_metadata(&map).map_err(|e| ModelError::Safetensors {
             path: path.to_path_buf(),

@@ -116,8 +116,20 @@ pub fn quant_config(dir: &Path) -> Result<Option<QuantConfig>, QuantError> {
     {
         return Err(bad("checkpoint_format", "only the gptq (v1) format is read"));
     }
-    let bits = q.get("bits").and_then(|b| b.as_u64()).ok_or_else(|| bad("bits", "missing"))? as u32;
-    let group = q.get("group_size").and_then(|g| g.as_i64()).unwrap_or(-1);
+    let bits = match q.get("bits") {
+        None => return Err(bad("bits", "missing")),
+        Some(b) => match b.as_u64() {
+            Some(n @ (2 | 4 | 8)) => n as u32,
+            _ => return Err(bad("bits", &format!("{b} is not one of 2, 4, 8 (the packings GPTQ checkpoints use)"))),
+        },
+    };
+    let group = match q.get("group_size") {
+        None => -1,
+        Some(g) => match g.as_i64() {
+            Some(n) if n == -1 || (1..=1 << 20).contains(&n) => n,
+            _ => return Err(bad("group_size", &format!("{g} is neither -1 (one group per row) nor a positive group size"))),
+        },
+    };
     Ok(Some(QuantConfig { bits, group_size: (group > 0).then_some(group as usize) }))
 }
 
@@ -155,7 +167,11 @@ fn load_projection<B: Backend>(spec: &ArchSpec, ckpt: &Checkpoint, site: Site, c
     let scales = raw(format!("{module}.scales"), Dtype::F16, vec![groups, o])?
         .chunks_exact(2)
         .map(|c| half::f16::from_le_bytes([c[0], c[1]]))
-        .collect();
+        .collect::<Vec<_>>();
+    if let Some(at) = scales.iter().position(|s| !s.is_finite()) {
+        let name = format!("{module}.scales");
+        return Err(ModelError::NonFinite { path: ckpt.path_of(&name).to_path_buf(), value: scales[at].to_f32(), name, index: at });
+    }
     let g_idx: Vec<i32> = words(raw(format!("{module}.g_idx"), Dtype::I32, vec![i])?).into_iter().map(|w| w as i32).collect();
     if g_idx.iter().enumerate().any(|(c, &gi)| gi as usize != c / g) {
         return Err(ModelError::InvalidConfig { path: ckpt.path_of(&format!("{module}.g_idx")).to_path_buf(), field: format!("{module}.g_idx"), reason: "act-order group indices are not supported".into() });

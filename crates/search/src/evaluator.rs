@@ -1,8 +1,8 @@
 //! The evaluation cache: no configuration is evaluated twice, and the cache persists.
 
 use std::collections::HashMap;
-use std::io::{BufRead, Write};
 use std::path::{Path, PathBuf};
+use std::sync::Mutex;
 
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
@@ -42,7 +42,15 @@ pub struct Evaluator<'a, P: Problem> {
     pub hits: usize,
     /// Evaluations loaded from a persisted cache.
     pub loaded: usize,
+    /// Whether the persisted cache ended in a partial line (a kill mid-append), now dropped.
+    pub dropped_partial_line: bool,
     persist: Option<PathBuf>,
+}
+
+/// The first line of a persisted cache: what defines its evaluations.
+#[derive(Serialize, Deserialize)]
+struct Header {
+    context: serde_json::Value,
 }
 
 impl<'a, P: Problem> Evaluator<'a, P> {
@@ -54,37 +62,49 @@ impl<'a, P: Problem> Evaluator<'a, P> {
             history: Vec::new(),
             hits: 0,
             loaded: 0,
+            dropped_partial_line: false,
             persist: None,
         }
     }
 
     /// A cache persisted as JSON lines at `path`; existing lines are loaded first, so a search
-    /// restarted on the same file repeats no evaluation.
-    pub fn persistent(problem: &'a P, path: &Path) -> Result<Self, SearchError> {
+    /// restarted on the same file repeats no evaluation. `context` is everything that defines an
+    /// evaluation besides the configuration (objectives, data split, model, search space): it is
+    /// the file's first line, and a file written under another context is an error naming the
+    /// fields that differ. A partial last line (a kill during an append) is dropped.
+    pub fn persistent(problem: &'a P, path: &Path, context: &serde_json::Value) -> Result<Self, SearchError> {
         let mut ev = Self::new(problem);
-        if path.is_file() {
-            let file = std::fs::File::open(path).map_err(|source| SearchError::Io { path: path.to_path_buf(), source })?;
-            for (i, line) in std::io::BufReader::new(file).lines().enumerate() {
-                let line = line.map_err(|source| SearchError::Io { path: path.to_path_buf(), source })?;
-                if line.trim().is_empty() {
-                    continue;
-                }
-                let e: Evaluated = serde_json::from_str(&line).map_err(|e| SearchError::Cache {
+        let (lines, partial) = secateur_runs::read_jsonl::<serde_json::Value>(path)?;
+        if let Some(offset) = partial {
+            secateur_runs::truncate_jsonl(path, offset)?;
+            ev.dropped_partial_line = true;
+        }
+        let mut lines = lines.into_iter();
+        match lines.next() {
+            None => secateur_runs::append_jsonl(path, &Header { context: context.clone() })?,
+            Some(first) => {
+                let header: Header = serde_json::from_value(first).map_err(|_| SearchError::Cache {
                     path: path.to_path_buf(),
-                    line: i + 1,
-                    reason: e.to_string(),
+                    line: 1,
+                    reason: "no evaluation context (a cache from an older secateur?): delete it".into(),
                 })?;
-                if e.x.len() != problem.variables().len() {
-                    return Err(SearchError::Cache {
-                        path: path.to_path_buf(),
-                        line: i + 1,
-                        reason: format!("{} variables, the problem has {}", e.x.len(), problem.variables().len()),
-                    });
+                let diffs = differences(&header.context, context);
+                if !diffs.is_empty() {
+                    return Err(SearchError::CacheMismatch { path: path.to_path_buf(), diffs: diffs.join("; ") });
                 }
+            }
+        }
+        for (i, line) in lines.enumerate() {
+            let bad = |reason: String| SearchError::Cache { path: path.to_path_buf(), line: i + 2, reason };
+            let e: Evaluated = serde_json::from_value(line).map_err(|e| bad(e.to_string()))?;
+            if e.x.len() != problem.variables().len() {
+                return Err(bad(format!("{} variables, the problem has {}", e.x.len(), problem.variables().len())));
+            }
+            if !ev.contains(&e.x) {
                 ev.insert(e);
             }
-            ev.loaded = ev.history.len();
         }
+        ev.loaded = ev.history.len();
         ev.persist = Some(path.to_path_buf());
         Ok(ev)
     }
@@ -124,39 +144,53 @@ impl<'a, P: Problem> Evaluator<'a, P> {
             }
         }
         let problem = self.problem;
+        // Each result is appended as soon as it exists: a kill repeats no finished evaluation.
+        let sink = Mutex::new(Ok::<(), SearchError>(()));
         let run = |x: &Vec<f64>| {
             let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| problem.evaluate(x)))
                 .unwrap_or_else(|_| Err("the evaluation panicked".to_string()));
-            match r {
+            let e = match r {
                 Ok(f) if f.len() == problem.n_objectives() && f.iter().all(|v| !v.is_nan()) => Evaluated { x: x.clone(), f: Some(f), error: None },
                 Ok(f) => Evaluated { x: x.clone(), f: None, error: Some(format!("{} objective values (NaN or wrong count)", f.len())) },
                 Err(e) => Evaluated { x: x.clone(), f: None, error: Some(e) },
+            };
+            if let Some(path) = &self.persist
+                && let Ok(mut status) = sink.lock()
+                && status.is_ok()
+            {
+                *status = secateur_runs::append_jsonl(path, &e).map_err(SearchError::from);
             }
+            e
         };
         let results: Vec<Evaluated> = if problem.parallel() && todo.len() > 1 {
             todo.par_iter().map(run).collect()
         } else {
             todo.iter().map(run).collect()
         };
-        if let Some(path) = &self.persist
-            && !results.is_empty()
-        {
-            let mut file = std::fs::OpenOptions::new()
-                .create(true)
-                .append(true)
-                .open(path)
-                .map_err(|source| SearchError::Io { path: path.clone(), source })?;
-            let mut text = String::new();
-            for r in &results {
-                text += &serde_json::to_string(r).expect("JSON");
-                text.push('\n');
-            }
-            file.write_all(text.as_bytes()).map_err(|source| SearchError::Io { path: path.clone(), source })?;
-        }
+        sink.into_inner().unwrap_or(Ok(()))?;
         for r in results {
             self.insert(r);
         }
         Ok(xs.iter().map(|x| self.history[self.cache[&key(x)]].clone()).collect())
+    }
+}
+
+/// The fields of two contexts that differ, as `name: cached A, now B`.
+fn differences(old: &serde_json::Value, new: &serde_json::Value) -> Vec<String> {
+    match (old.as_object(), new.as_object()) {
+        (Some(a), Some(b)) => {
+            let mut keys: Vec<&String> = a.keys().chain(b.keys()).collect();
+            keys.sort();
+            keys.dedup();
+            keys.into_iter()
+                .filter_map(|k| {
+                    let (x, y) = (a.get(k).unwrap_or(&serde_json::Value::Null), b.get(k).unwrap_or(&serde_json::Value::Null));
+                    (x != y).then(|| format!("{k}: cached {x}, now {y}"))
+                })
+                .collect()
+        }
+        _ if old != new => vec![format!("cached {old}, now {new}")],
+        _ => Vec::new(),
     }
 }
 
@@ -192,7 +226,8 @@ mod tests {
         let p = Counting { vars: vec![Variable::Choice { n: 4 }, Variable::Choice { n: 3 }], calls: AtomicUsize::new(0) };
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("evals.jsonl");
-        let mut ev = Evaluator::persistent(&p, &path).unwrap();
+        let ctx = serde_json::json!({"objectives": ["accuracy", "macs"]});
+        let mut ev = Evaluator::persistent(&p, &path, &ctx).unwrap();
         let r = ev.evaluate(&[vec![1.0, 2.0], vec![3.0, 0.0], vec![1.0, 2.0]]).unwrap();
         assert_eq!(p.calls.load(Ordering::SeqCst), 2);
         assert_eq!(r[0].f, Some(vec![1.0, -2.0]));
@@ -202,11 +237,24 @@ mod tests {
         assert_eq!(p.calls.load(Ordering::SeqCst), 2);
         assert_eq!(ev.hits, 2);
         // A new evaluator on the same file repeats nothing.
-        let mut again = Evaluator::persistent(&p, &path).unwrap();
+        let mut again = Evaluator::persistent(&p, &path, &ctx).unwrap();
         assert_eq!(again.loaded, 2);
         again.evaluate(&[vec![3.0, 0.0], vec![0.0, 0.0]]).unwrap();
         assert_eq!(p.calls.load(Ordering::SeqCst), 3);
+        drop(again);
+        // Other objectives: the cached values are not theirs.
+        let other = serde_json::json!({"objectives": ["accuracy", "params"]});
+        let e = Evaluator::persistent(&p, &path, &other).err().unwrap().to_string();
+        assert!(e.contains("objectives: cached"), "{e}");
+        // A kill mid-append leaves a partial last line: dropped, and the rest resumes.
+        let mut bytes = std::fs::read(&path).unwrap();
+        bytes.extend_from_slice(b"{\"x\": [2.0, 1");
+        std::fs::write(&path, &bytes).unwrap();
+        let resumed = Evaluator::persistent(&p, &path, &ctx).unwrap();
+        assert!(resumed.dropped_partial_line);
+        assert_eq!(resumed.loaded, 3);
+        drop(resumed);
         std::fs::write(&path, "{not json\n").unwrap();
-        assert!(matches!(Evaluator::persistent(&p, &path), Err(SearchError::Cache { line: 1, .. })));
+        assert!(matches!(Evaluator::persistent(&p, &path, &ctx), Err(SearchError::Run(_))));
     }
 }

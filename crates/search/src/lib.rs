@@ -4,7 +4,8 @@
 //!   sub-network widths) or a bounded real (benchmark problems); `k` objectives, all minimised;
 //!   an evaluation may fail (recorded, never a panic).
 //! - [`Evaluator`]: every evaluation goes through a cache keyed by the configuration, persisted
-//!   as JSON lines so that a killed search resumes without repeating evaluations; parallel
+//!   as JSON lines (each appended as it finishes, under a first line that records what defines
+//!   the evaluation), so that a killed search resumes without repeating evaluations; parallel
 //!   evaluation (rayon) gives the same results as serial.
 //! - Algorithms, seeded and deterministic: [`nsga2::Nsga2`], [`rnsga2::RNsga2`],
 //!   [`local::HillClimb`], [`local::RandomSearch`], and the maximal / minimal / heuristic configs.
@@ -41,6 +42,11 @@ pub enum SearchError {
         line: usize,
         reason: String,
     },
+    /// A persisted cache made for another evaluation (other objectives, split, model or space).
+    #[error("{path} holds evaluations of another search ({diffs}); delete it or search into another run")]
+    CacheMismatch { path: std::path::PathBuf, diffs: String },
+    #[error(transparent)]
+    Run(#[from] secateur_runs::RunError),
     #[error("invalid search setting: {0}")]
     Config(String),
 }

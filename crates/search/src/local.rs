@@ -74,6 +74,12 @@ impl HillClimb {
     pub fn run<P: Problem>(&self, ev: &mut Evaluator<P>, budget: usize) -> Result<LocalResult, SearchError> {
         let vars = ev.problem().variables().to_vec();
         let k = ev.problem().n_objectives();
+        if budget == 0 {
+            return Err(SearchError::Config("a budget of 0 evaluations".into()));
+        }
+        if vars.iter().any(|v| matches!(v, Variable::Real { .. })) {
+            return Err(SearchError::Config("hill climbing steps between neighbouring choices: it needs choice variables, and this problem has real ones (use nsga2, rnsga2 or random)".into()));
+        }
         let w = self.weights.clone().unwrap_or_else(|| {
             let mut w = vec![0.0; k];
             w[0] = 1.0;
@@ -135,6 +141,9 @@ impl RandomSearch {
     pub fn run<P: Problem>(&self, ev: &mut Evaluator<P>, budget: usize) -> Result<LocalResult, SearchError> {
         let vars = ev.problem().variables().to_vec();
         let k = ev.problem().n_objectives();
+        if budget == 0 {
+            return Err(SearchError::Config("a budget of 0 evaluations".into()));
+        }
         let mut rng = StdRng::seed_from_u64(self.seed);
         let mut seen = HashSet::new();
         let mut xs = Vec::new();

@@ -92,6 +92,9 @@ impl Nsga2 {
         if self.pop_size < 2 {
             return Err(SearchError::Config("population size must be at least 2".into()));
         }
+        if budget == 0 {
+            return Err(SearchError::Config("a budget of 0 evaluations".into()));
+        }
         let vars = ev.problem().variables().to_vec();
         let k = ev.problem().n_objectives();
         let mut rng = StdRng::seed_from_u64(self.seed);

@@ -66,11 +66,12 @@ fn a_resumed_search_repeats_no_evaluation() {
     let p = Benchmark::by_name("zdt1-discrete").unwrap();
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("evals.jsonl");
-    let mut ev = Evaluator::persistent(&p, &path).unwrap();
+    let ctx = serde_json::json!({"problem": "zdt1-discrete"});
+    let mut ev = Evaluator::persistent(&p, &path, &ctx).unwrap();
     let first = Nsga2::new(10, 1).run(&mut ev, 120).unwrap();
     // "Killed" after 120 evaluations; the restarted search with a larger budget replays the first
     // 120 configurations from the cache and evaluates only the new ones.
-    let mut ev = Evaluator::persistent(&p, &path).unwrap();
+    let mut ev = Evaluator::persistent(&p, &path, &ctx).unwrap();
     assert_eq!(ev.loaded, 120);
     let resumed = Nsga2::new(10, 1).run(&mut ev, 200).unwrap();
     assert_eq!(ev.evaluations(), 200);
@@ -78,6 +79,17 @@ fn a_resumed_search_repeats_no_evaluation() {
     let fresh = Nsga2::new(10, 1).run(&mut ev, 200).unwrap();
     assert_eq!(serde_json::to_string(&resumed).unwrap(), serde_json::to_string(&fresh).unwrap());
     assert!(first.evaluations == 120);
+    // Killed in the middle of a generation's batch (after 57 evaluations and half a line): each
+    // finished evaluation was appended on its own, so the resume keeps all 57 and ends the same.
+    let text = std::fs::read_to_string(&path).unwrap();
+    let mut cut: String = text.lines().take(58).map(|l| format!("{l}\n")).collect();
+    cut.push_str(&text.lines().nth(58).unwrap()[..10]);
+    std::fs::write(&path, cut).unwrap();
+    let mut ev = Evaluator::persistent(&p, &path, &ctx).unwrap();
+    assert_eq!(ev.loaded, 57);
+    assert!(ev.dropped_partial_line);
+    let again = Nsga2::new(10, 1).run(&mut ev, 200).unwrap();
+    assert_eq!(serde_json::to_string(&again).unwrap(), serde_json::to_string(&fresh).unwrap());
 }
 
 #[test]

@@ -68,26 +68,49 @@ impl CalibrationSource {
     }
 }
 
-/// Draws `samples` windows of `seq_len` tokens: a random document longer than `seq_len`, then a
-/// random window inside it (the Wanda reference's C4 sampling). When no document is that long,
-/// whole documents are drawn instead (and batches are padded). Deterministic for a seed.
+/// Most calibration tokens a run may ask for (`samples x seq_len`): 16 times Wanda's setting of
+/// 128 x 2048, so that a typo cannot exhaust memory.
+pub const MAX_CALIBRATION_TOKENS: usize = 1 << 22;
+
+/// Checks a calibration request before any work: at least one sample of at least 2 tokens, and
+/// at most [`MAX_CALIBRATION_TOKENS`] in all.
+pub fn check_calibration_size(samples: usize, seq_len: usize) -> Result<(), SparsityError> {
+    if samples == 0 || seq_len < 2 {
+        return Err(SparsityError::Config(format!("calibration needs at least 1 sample of at least 2 tokens (got {samples} x {seq_len})")));
+    }
+    if samples.saturating_mul(seq_len) > MAX_CALIBRATION_TOKENS {
+        return Err(SparsityError::Config(format!(
+            "{samples} calibration samples of {seq_len} tokens exceed {MAX_CALIBRATION_TOKENS} tokens; Wanda uses 128 x 2048"
+        )));
+    }
+    Ok(())
+}
+
+/// Picks `samples` calibration sequences of `seq_len` tokens from `docs`:
+///
+/// 1. rows that already have exactly `seq_len` tokens are used as given, in order (a user's
+///    fixed calibration set runs as it is);
+/// 2. if more are needed, windows are drawn from the documents longer than `seq_len`: a random
+///    document, then a random window inside it (the Wanda reference's C4 sampling);
+/// 3. if no document is longer, the shorter rows are used as given, in order (batches are
+///    padded), so fewer than `samples` sequences may come back.
+///
+/// Deterministic for a seed.
 pub fn sample_calibration(docs: &[Vec<u32>], samples: usize, seq_len: usize, seed: u64) -> Vec<Vec<u32>> {
-    let mut rng = StdRng::seed_from_u64(seed);
+    let mut out: Vec<Vec<u32>> = docs.iter().filter(|d| d.len() == seq_len).take(samples).cloned().collect();
+    let need = samples - out.len();
     let long: Vec<&Vec<u32>> = docs.iter().filter(|d| d.len() > seq_len).collect();
-    let short: Vec<&Vec<u32>> = docs.iter().filter(|d| !d.is_empty()).collect();
-    (0..samples)
-        .filter_map(|_| {
-            if !long.is_empty() {
-                let d = long[rng.random_range(0..long.len())];
-                let start = rng.random_range(0..d.len() - seq_len);
-                Some(d[start..start + seq_len].to_vec())
-            } else if !short.is_empty() {
-                Some(short[rng.random_range(0..short.len())].clone())
-            } else {
-                None
-            }
-        })
-        .collect()
+    if long.is_empty() {
+        out.extend(docs.iter().filter(|d| !d.is_empty() && d.len() < seq_len).take(need).cloned());
+        return out;
+    }
+    let mut rng = StdRng::seed_from_u64(seed);
+    out.extend((0..need).map(|_| {
+        let d = long[rng.random_range(0..long.len())];
+        let start = rng.random_range(0..d.len() - seq_len);
+        d[start..start + seq_len].to_vec()
+    }));
+    out
 }
 
 #[cfg(test)]
@@ -104,7 +127,18 @@ mod tests {
             assert_eq!(w.len(), 32);
             assert!(w.windows(2).all(|p| p[1] == p[0] + 1), "a contiguous window");
         }
-        let short = sample_calibration(&[vec![1, 2, 3]], 2, 32, 0);
-        assert_eq!(short, vec![vec![1, 2, 3]; 2]);
+        // Rows shorter than the window are used as given, once each.
+        let short = sample_calibration(&[vec![1, 2, 3], vec![4, 5]], 4, 32, 0);
+        assert_eq!(short, vec![vec![1, 2, 3], vec![4, 5]]);
+    }
+
+    #[test]
+    fn rows_of_exactly_the_window_are_used_as_given_in_order() {
+        let rows: Vec<Vec<u32>> = (0..8).map(|r| (0..32).map(|t| r * 100 + t).collect()).collect();
+        assert_eq!(sample_calibration(&rows, 8, 32, 7), rows, "all eight, in order, no repeats");
+        assert_eq!(sample_calibration(&rows, 3, 32, 7), rows[..3].to_vec());
+        assert!(check_calibration_size(100_000_000, 64).is_err());
+        assert!(check_calibration_size(0, 64).is_err());
+        assert!(check_calibration_size(128, 2048).is_ok());
     }
 }

@@ -10,7 +10,7 @@ pub mod checkpoint;
 pub mod mask;
 pub mod prune;
 
-pub use calibration::{sample_calibration, CalibrationSource};
+pub use calibration::{check_calibration_size, sample_calibration, CalibrationSource, MAX_CALIBRATION_TOKENS};
 pub use mask::{select_mask, Pattern, ScoreMethod};
 pub use prune::{input_norms, prune, PruneConfig, PruneOutcome, SiteMask};
 

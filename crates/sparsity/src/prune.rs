@@ -5,7 +5,6 @@ use std::sync::{Arc, Mutex};
 
 use burn::module::{Module, Param};
 use burn::prelude::*;
-use indicatif::{ProgressBar, ProgressStyle};
 use serde::Serialize;
 use secateur_models::{AttnContext, Block, Dense, DenseLm, Projection, Site, SiteKind};
 
@@ -120,13 +119,7 @@ pub fn prune<B: Backend>(
     let spec = model.spec.clone();
     let mut batches: Vec<Batch<B>> = if wanda { embed_batches(&model, calibration, cfg.batch_size) } else { Vec::new() };
 
-    let bar = if cfg.progress {
-        ProgressBar::new(spec.num_layers as u64).with_style(
-            ProgressStyle::with_template("pruning {bar:30} {pos}/{len} blocks [{elapsed_precise}]").expect("template"),
-        )
-    } else {
-        ProgressBar::hidden()
-    };
+    let bar = secateur_runs::Progress::new("pruning", "blocks", spec.num_layers, 0, cfg.progress);
     let secateur_models::CausalLm {
         embed,
         embed_norm,
@@ -163,7 +156,7 @@ pub fn prune<B: Backend>(
         pruned_blocks.push(block);
         bar.inc(1);
     }
-    bar.finish_and_clear();
+    bar.finish();
     Ok(PruneOutcome {
         model: secateur_models::CausalLm {
             embed,

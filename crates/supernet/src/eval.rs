@@ -88,20 +88,43 @@ pub fn accuracy<B: Backend, P: Projection<B>>(
     batch_size: usize,
     device: &B::Device,
 ) -> Result<Accuracy, TrainError> {
+    if records.is_empty() {
+        return Err(TrainError::Config("no examples to evaluate (the split is empty)".into()));
+    }
+    let context = model.spec().context_length();
+    if max_new_tokens == 0 || max_new_tokens >= context {
+        return Err(TrainError::Config(format!("--max-new-tokens {max_new_tokens} must be in 1..{context} (the context window)")));
+    }
     let opts = GenerateOptions {
         max_new_tokens,
         eos_token_ids: model.spec().eos_token_ids.clone(),
         ..Default::default()
     };
+    // Prompts longer than the window keep their last tokens (the question comes last).
+    let room = context - max_new_tokens;
+    let mut truncated = 0;
+    let bar = secateur_runs::Progress::new("evaluating", "examples", records.len(), 0, records.len() >= 32);
     let mut outputs = Vec::with_capacity(records.len());
     for chunk in records.chunks(batch_size.max(1)) {
         let prompts = chunk
             .iter()
-            .map(|r| tok.encode(&alpaca_prompt(&r.instruction, &r.input)))
-            .collect::<Result<Vec<_>, _>>()?;
+            .map(|r| {
+                let ids = tok.encode(&alpaca_prompt(&r.instruction, &r.input))?;
+                if ids.len() > room {
+                    truncated += 1;
+                    return Ok(ids[ids.len() - room..].to_vec());
+                }
+                Ok(ids)
+            })
+            .collect::<Result<Vec<_>, secateur_models::ModelError>>()?;
         for ids in generate(model, &prompts, &opts, device)? {
             outputs.push(tok.decode(&ids)?);
         }
+        bar.inc(chunk.len() as u64);
+    }
+    bar.finish();
+    if truncated > 0 {
+        eprintln!("warning: {truncated} prompts were longer than the context window ({room} tokens left for the prompt) and keep only their last tokens");
     }
     let correct = records.iter().zip(&outputs).filter(|(r, o)| is_correct(o, &r.answer, kind)).count();
     Ok(Accuracy {

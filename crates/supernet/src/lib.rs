@@ -39,4 +39,9 @@ pub enum TrainError {
     Config(String),
     #[error("checkpoint {path}: {reason}")]
     Checkpoint { path: std::path::PathBuf, reason: String },
+    #[error(transparent)]
+    Run(#[from] secateur_runs::RunError),
+    /// The loss stopped being a finite number: training diverged.
+    #[error("training diverged at step {step}: the loss is {loss} (lower the learning rate, or check the data)")]
+    Diverged { step: usize, loss: f64 },
 }

@@ -14,7 +14,7 @@ use burn::optim::{GradientsAccumulator, GradientsParams, Optimizer};
 use burn::prelude::*;
 use burn::record::{BinFileRecorder, FullPrecisionSettings, Recorder};
 use secateur_elastic_lora::{RankControl, SearchSpace, SubnetConfig};
-use secateur_models::weights::write_atomic;
+use secateur_runs::StepCheckpoints;
 use burn::tensor::backend::AutodiffBackend;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
@@ -23,7 +23,7 @@ use secateur_models::{ArchSpec, CausalLm, DenseLm, LayerStructure, Sliceable, Su
 use serde::{Deserialize, Serialize};
 
 use crate::data::{Batch, Example};
-use crate::train::{adamw, clip_global_norm, lm_loss, lr_at, TrainConfig};
+use crate::train::{adamw, checkpoint_err, clip_global_norm, lm_loss, lr_at, TrainConfig};
 use crate::TrainError;
 
 /// Choices of the structural search space (each list descending; index 0 is the largest).
@@ -290,37 +290,21 @@ pub fn step_ranks(kind: SamplerKind, space: &SearchSpace, seed: u64, step: usize
 #[derive(Serialize, Deserialize)]
 struct NasState {
     step: usize,
-    /// The sub-directory holding this step's model and optimizer records.
-    files: String,
     report: NasReport,
 }
 
-fn checkpoint_err(path: &Path, e: impl std::fmt::Display) -> TrainError {
-    TrainError::Checkpoint { path: path.to_path_buf(), reason: e.to_string() }
-}
-
-/// Writes the model and optimizer records into a fresh `step-N` directory, then points
-/// `state.json` at it (written atomically, last) and removes older step directories, so a run
-/// killed at any moment leaves a complete checkpoint behind.
-fn save_nas_checkpoint<B: AutodiffBackend, P: Sliceable<B>, O: Optimizer<CausalLm<B, P>, B>>(dir: &Path, model: &CausalLm<B, P>, optim: &O, step: usize, report: &NasReport) -> Result<(), TrainError>
+/// Saves the model and optimizer records as one all-or-nothing step checkpoint
+/// ([`StepCheckpoints`]): a run killed at any moment leaves a complete checkpoint behind.
+fn save_nas_checkpoint<B: AutodiffBackend, P: Sliceable<B>, O: Optimizer<CausalLm<B, P>, B>>(checkpoints: &StepCheckpoints, model: &CausalLm<B, P>, optim: &O, step: usize, report: &NasReport) -> Result<(), TrainError>
 where
     CausalLm<B, P>: AutodiffModule<B>,
 {
-    let files = format!("step-{step}");
-    let sub = dir.join(&files);
-    std::fs::create_dir_all(&sub).map_err(|e| checkpoint_err(&sub, e))?;
-    let recorder = BinFileRecorder::<FullPrecisionSettings>::new();
-    model.clone().save_file(sub.join("model"), &recorder).map_err(|e| checkpoint_err(&sub, e))?;
-    recorder.record(optim.to_record(), sub.join("optimizer")).map_err(|e| checkpoint_err(&sub, e))?;
-    let state = NasState { step, files: files.clone(), report: report.clone() };
-    write_atomic(&dir.join("state.json"), serde_json::to_string(&state).expect("JSON").as_bytes())?;
-    for entry in std::fs::read_dir(dir).map_err(|e| checkpoint_err(dir, e))?.flatten() {
-        let name = entry.file_name().to_string_lossy().to_string();
-        if name.starts_with("step-") && name != files {
-            let _ = std::fs::remove_dir_all(entry.path());
-        }
-    }
-    Ok(())
+    let state = NasState { step, report: report.clone() };
+    checkpoints.save(step, &state, |sub: &Path| {
+        let recorder = BinFileRecorder::<FullPrecisionSettings>::new();
+        model.clone().save_file(sub.join("model"), &recorder).map_err(|e| TrainError::Checkpoint { path: sub.join("model.bin"), reason: e.to_string() })?;
+        recorder.record(optim.to_record(), sub.join("optimizer")).map_err(|e| TrainError::Checkpoint { path: sub.join("optimizer.bin"), reason: e.to_string() })
+    })
 }
 
 /// Trains `model` as a super-network: per optimizer step, the sampler's sub-networks each run
@@ -345,29 +329,28 @@ pub fn train_supernet<B: AutodiffBackend, P: Sliceable<B>>(
 where
     CausalLm<B, P>: AutodiffModule<B>,
 {
-    if examples.is_empty() || cfg.batch_size == 0 {
-        return Err(TrainError::Config("no examples or zero batch size".into()));
+    if examples.is_empty() {
+        return Err(TrainError::Config("no training examples".into()));
     }
+    cfg.validate()?;
     let device = model.embed.val().device();
     let per_epoch = examples.len().div_ceil(cfg.batch_size);
     let total = per_epoch * cfg.epochs;
     let mut optim = adamw(cfg).init::<B, CausalLm<B, P>>();
     let mut report = NasReport { grid_size: sampler.grid.len(), ..Default::default() };
     let mut start = 0;
-    if let Some(dir) = checkpoint_dir {
-        let path = dir.join("state.json");
-        if path.is_file() {
-            let text = std::fs::read_to_string(&path).map_err(|source| TrainError::Io { path: path.clone(), source })?;
-            let state: NasState = serde_json::from_str(&text).map_err(|e| checkpoint_err(&path, e))?;
-            let sub = dir.join(&state.files);
-            let recorder = BinFileRecorder::<FullPrecisionSettings>::new();
-            model = model.load_file(sub.join("model"), &recorder, &device).map_err(|e| checkpoint_err(&sub, e))?;
-            let record = recorder.load(sub.join("optimizer"), &device).map_err(|e| checkpoint_err(&sub, e))?;
-            optim = optim.load_record(record);
-            start = state.step;
-            report = state.report;
-            report.resumed_from = Some(start);
-        }
+    let checkpoints = checkpoint_dir.map(StepCheckpoints::new);
+    if let Some(c) = &checkpoints
+        && let Some((_, sub, state)) = c.latest::<NasState>()?
+    {
+        c.clean()?;
+        let recorder = BinFileRecorder::<FullPrecisionSettings>::new();
+        model = model.load_file(sub.join("model"), &recorder, &device).map_err(|e| checkpoint_err(&sub.join("model.bin"), e))?;
+        let record = recorder.load(sub.join("optimizer"), &device).map_err(|e| checkpoint_err(&sub.join("optimizer.bin"), e))?;
+        optim = optim.load_record(record);
+        start = state.step;
+        report = state.report;
+        report.resumed_from = Some(start);
     }
     let bar = crate::train::step_bar("super-network", total, start, cfg.progress);
     let clock = std::time::Instant::now();
@@ -390,6 +373,7 @@ where
             loss_sum += loss.clone().into_scalar().elem::<f64>();
             acc.accumulate(&model, GradientsParams::from_grads(loss.backward(), &model));
         }
+        crate::train::check_loss(step, loss_sum)?;
         let mut grads = acc.grads();
         if let Some(max) = cfg.max_grad_norm {
             clip_global_norm(&model, &mut grads, max);
@@ -399,14 +383,14 @@ where
         report.steps = step + 1;
         bar.set_message(format!("loss {loss_sum:.3}"));
         bar.inc(1);
-        if let Some(dir) = checkpoint_dir
+        if let Some(c) = &checkpoints
             && ((cfg.checkpoint_every > 0 && (step + 1) % cfg.checkpoint_every == 0) || step + 1 == end)
         {
             report.seconds = seconds_before + clock.elapsed().as_secs_f64();
-            save_nas_checkpoint(dir, &model, &optim, step + 1, &report)?;
+            save_nas_checkpoint(c, &model, &optim, step + 1, &report)?;
         }
     }
-    bar.finish_and_clear();
+    bar.finish();
     if let Some(r) = ranks {
         r.apply(&r.space.maximal())?;
     }

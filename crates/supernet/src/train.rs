@@ -9,14 +9,14 @@ use burn::prelude::*;
 use burn::record::{BinFileRecorder, FullPrecisionSettings, Recorder};
 use burn::tensor::activation::log_softmax;
 use burn::tensor::backend::AutodiffBackend;
-use indicatif::{ProgressBar, ProgressStyle};
 use rand::rngs::StdRng;
 use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
 use secateur_elastic_lora::{stable_param, Adapted, RankControl, SubnetConfig};
 use secateur_models::{CausalLm, Projection};
 use secateur_models::generate::token_tensor;
-use secateur_models::weights::{write_atomic, write_safetensors, Checkpoint, Dtype, RawTensor};
+use secateur_models::weights::{write_safetensors, Checkpoint, Dtype, RawTensor};
+use secateur_runs::{Progress, StepCheckpoints};
 use serde::{Deserialize, Serialize};
 
 use crate::data::{Batch, Example};
@@ -81,6 +81,45 @@ impl Default for TrainConfig {
             progress: false,
         }
     }
+}
+
+impl TrainConfig {
+    /// Checks every setting (before any work starts): positive epochs and batch sizes that
+    /// divide, a finite positive learning rate of at most 1, finite optimizer values.
+    pub fn validate(&self) -> Result<(), TrainError> {
+        let bad = |m: String| Err(TrainError::Config(m));
+        if self.epochs == 0 {
+            return bad("--epochs must be at least 1".into());
+        }
+        if self.batch_size == 0 || self.micro_batch_size == 0 || self.batch_size % self.micro_batch_size != 0 {
+            return bad(format!("batch size {} must be a positive multiple of the micro-batch size {}", self.batch_size, self.micro_batch_size));
+        }
+        if !(self.lr.is_finite() && self.lr > 0.0 && self.lr <= 1.0) {
+            return bad(format!("learning rate {} must be a number in (0, 1]", self.lr));
+        }
+        if !(self.weight_decay.is_finite() && self.weight_decay >= 0.0) {
+            return bad(format!("weight decay {} must be finite and non-negative", self.weight_decay));
+        }
+        if !((0.0..1.0).contains(&self.beta1) && (0.0..1.0).contains(&self.beta2) && self.eps.is_finite() && self.eps > 0.0) {
+            return bad("AdamW needs betas in [0, 1) and a positive eps".into());
+        }
+        if let Some(m) = self.max_grad_norm
+            && !(m.is_finite() && m > 0.0)
+        {
+            return bad(format!("max gradient norm {m} must be finite and positive"));
+        }
+        if let Strategy::Sandwich { random } = self.strategy
+            && random > 64
+        {
+            return bad(format!("sandwich with {random} random sub-networks per step"));
+        }
+        Ok(())
+    }
+}
+
+/// Stops training with an error naming the step when its loss is not finite.
+pub(crate) fn check_loss(step: usize, loss: f64) -> Result<(), TrainError> {
+    if loss.is_finite() { Ok(()) } else { Err(TrainError::Diverged { step: step + 1, loss }) }
 }
 
 /// What a training run did.
@@ -226,15 +265,9 @@ impl<'a> Schedule<'a> {
     }
 }
 
-/// A progress bar over `total` steps labelled `label` (hidden unless `show`), starting at `start`.
-pub(crate) fn step_bar(label: &str, total: usize, start: usize, show: bool) -> ProgressBar {
-    let bar = if show {
-        ProgressBar::new(total as u64).with_style(ProgressStyle::with_template(&format!("{label} {{bar:30}} {{pos}}/{{len}} steps [{{elapsed_precise}}<{{eta_precise}}] {{msg}}")).expect("template"))
-    } else {
-        ProgressBar::hidden()
-    };
-    bar.set_position(start as u64);
-    bar
+/// Progress over `total` steps labelled `label` (hidden unless `show`), starting at `start`.
+pub(crate) fn step_bar(label: &str, total: usize, start: usize, show: bool) -> Progress {
+    Progress::new(label, "steps", total, start, show)
 }
 
 /// Trains the adapters of `model` (its base must be frozen) on `examples`.
@@ -257,12 +290,7 @@ where
     if examples.is_empty() {
         return Err(TrainError::Config("no training examples".into()));
     }
-    if cfg.batch_size == 0 || cfg.micro_batch_size == 0 || cfg.batch_size % cfg.micro_batch_size != 0 {
-        return Err(TrainError::Config(format!(
-            "batch size {} must be a positive multiple of the micro-batch size {}",
-            cfg.batch_size, cfg.micro_batch_size
-        )));
-    }
+    cfg.validate()?;
     let device = model.embed.val().device();
     let steps_per_epoch = examples.len().div_ceil(cfg.batch_size);
     let total = steps_per_epoch * cfg.epochs;
@@ -273,16 +301,15 @@ where
         ..Default::default()
     };
     let mut start = 0;
-    if let Some(dir) = checkpoint_dir
-        && let Some(state) = read_state(dir)?
+    let checkpoints = checkpoint_dir.map(StepCheckpoints::new);
+    if let Some(c) = &checkpoints
+        && let Some((_, sub, state)) = c.latest::<State>()?
     {
-        model = load_adapters(model, &dir.join("adapters.safetensors"), &device)?;
+        c.clean()?;
+        model = load_adapters(model, &sub.join("adapters.safetensors"), &device)?;
         let record = BinFileRecorder::<FullPrecisionSettings>::new()
-            .load(dir.join("optimizer"), &device)
-            .map_err(|e| TrainError::Checkpoint {
-                path: dir.to_path_buf(),
-                reason: e.to_string(),
-            })?;
+            .load(sub.join("optimizer"), &device)
+            .map_err(|e| checkpoint_err(&sub.join("optimizer.bin"), e))?;
         optim = optim.load_record(record);
         start = state.step;
         report = state.report;
@@ -314,6 +341,7 @@ where
         if let Some(max) = cfg.max_grad_norm {
             clip_global_norm(&model, &mut grads, max);
         }
+        check_loss(step, step_loss)?;
         model = optim.step(lr_at(cfg, step, total), model, grads);
         report.losses.push(step_loss);
         report.configs.push(configs[0].clone());
@@ -321,14 +349,14 @@ where
         bar.set_message(format!("loss {step_loss:.4}"));
         bar.inc(1);
         let last = step + 1 == end;
-        if let Some(dir) = checkpoint_dir
+        if let Some(c) = &checkpoints
             && ((cfg.checkpoint_every > 0 && (step + 1) % cfg.checkpoint_every == 0) || last)
         {
             report.seconds = seconds_before + clock.elapsed().as_secs_f64();
-            save_checkpoint(dir, &model, &optim, step + 1, &report)?;
+            save_checkpoint(c, &model, &optim, step + 1, &report)?;
         }
     }
-    bar.finish_and_clear();
+    bar.finish();
     report.seconds = seconds_before + clock.elapsed().as_secs_f64();
     ranks.apply(&ranks.space.maximal())?;
     Ok((model, report))
@@ -343,20 +371,27 @@ pub fn trainable_params<B: Backend, P: Projection<B> + Adapted<B>>(model: &Causa
         .sum()
 }
 
-fn read_state(dir: &Path) -> Result<Option<State>, TrainError> {
-    let path = dir.join("state.json");
-    if !path.is_file() {
-        return Ok(None);
-    }
-    let text = std::fs::read_to_string(&path).map_err(|source| TrainError::Io { path: path.clone(), source })?;
-    serde_json::from_str(&text).map(Some).map_err(|e| TrainError::Checkpoint {
-        path,
-        reason: e.to_string(),
-    })
+/// A checkpoint failure, naming the file, with the recorder's message on one line.
+pub(crate) fn checkpoint_err(path: &Path, e: impl std::fmt::Display) -> TrainError {
+    let reason = e.to_string().replace("\\n", " ").replace('\n', " ");
+    TrainError::Checkpoint { path: path.to_path_buf(), reason: format!("unreadable or truncated ({reason}); remove the run directory or rerun with --force") }
 }
 
+/// The adapters of the finished training run checkpointed in `dir` (its last step directory).
+pub fn final_adapters(dir: &Path) -> Result<PathBuf, TrainError> {
+    match StepCheckpoints::new(dir).latest::<State>()? {
+        Some((_, sub, state)) if state.report.steps == state.report.total_steps => Ok(sub.join("adapters.safetensors")),
+        Some((step, _, state)) => Err(TrainError::Checkpoint {
+            path: dir.to_path_buf(),
+            reason: format!("training stopped at step {step} of {}: finish it with --resume first", state.report.total_steps),
+        }),
+        None => Err(TrainError::Checkpoint { path: dir.to_path_buf(), reason: "no trained adapters: run the training to the end first".into() }),
+    }
+}
+
+/// Saves adapters, optimizer state and progress as one all-or-nothing step checkpoint.
 fn save_checkpoint<B: AutodiffBackend, P: Projection<B> + Adapted<B>, O: Optimizer<CausalLm<B, P>, B>>(
-    dir: &Path,
+    checkpoints: &StepCheckpoints,
     model: &CausalLm<B, P>,
     optim: &O,
     step: usize,
@@ -365,23 +400,13 @@ fn save_checkpoint<B: AutodiffBackend, P: Projection<B> + Adapted<B>, O: Optimiz
 where
     CausalLm<B, P>: AutodiffModule<B>,
 {
-    let err = |path: PathBuf, reason: String| TrainError::Checkpoint { path, reason };
-    std::fs::create_dir_all(dir).map_err(|e| err(dir.to_path_buf(), e.to_string()))?;
-    save_adapters(model, &dir.join("adapters.safetensors"))?;
-    // The optimizer state goes to a temporary name first; state.json, written last, is what
-    // marks the checkpoint complete.
-    let tmp = dir.join("optimizer-tmp"); // the recorder adds `.bin`
-    BinFileRecorder::<FullPrecisionSettings>::new()
-        .record(optim.to_record(), tmp.clone())
-        .map_err(|e| err(tmp.clone(), e.to_string()))?;
-    std::fs::rename(dir.join("optimizer-tmp.bin"), dir.join("optimizer.bin"))
-        .map_err(|e| err(dir.join("optimizer.bin"), e.to_string()))?;
-    let state = State {
-        step,
-        report: report.clone(),
-    };
-    write_atomic(&dir.join("state.json"), serde_json::to_string(&state).expect("JSON").as_bytes())?;
-    Ok(())
+    let state = State { step, report: report.clone() };
+    checkpoints.save(step, &state, |dir: &Path| {
+        save_adapters(model, &dir.join("adapters.safetensors"))?;
+        BinFileRecorder::<FullPrecisionSettings>::new()
+            .record(optim.to_record(), dir.join("optimizer"))
+            .map_err(|e| TrainError::Checkpoint { path: dir.join("optimizer.bin"), reason: e.to_string() })
+    })
 }
 
 /// Writes the full (maximal-rank) adapter factors, named `<site>.lora_A` / `<site>.lora_B`.
@@ -427,19 +452,13 @@ pub fn pretrain<B: AutodiffBackend>(
     steps: usize,
     cfg: &TrainConfig,
 ) -> Result<(secateur_models::DenseLm<B>, Vec<f64>), TrainError> {
-    if seqs.is_empty() || cfg.batch_size == 0 {
-        return Err(TrainError::Config("no sequences or zero batch size".into()));
+    if seqs.is_empty() || steps == 0 {
+        return Err(TrainError::Config("no sequences or no steps".into()));
     }
+    cfg.validate()?;
     let device = model.embed.val().device();
     let mut optim = adamw(cfg).init::<B, secateur_models::DenseLm<B>>();
-    let bar = if cfg.progress {
-        ProgressBar::new(steps as u64).with_style(
-            ProgressStyle::with_template("pretraining {bar:30} {pos}/{len} steps [{elapsed_precise}<{eta_precise}] {msg}")
-                .expect("template"),
-        )
-    } else {
-        ProgressBar::hidden()
-    };
+    let bar = step_bar("pretraining", steps, 0, cfg.progress);
     let examples: Vec<Example> = seqs
         .iter()
         .map(|s| Example { ids: s.clone(), target: vec![true; s.len()] })
@@ -457,6 +476,7 @@ pub fn pretrain<B: AutodiffBackend>(
         let logits = model.forward(token_tensor::<B>(&batch.ids, &device), &batch.mask)?;
         let loss = lm_loss(logits, &batch, batch.target_tokens().max(1) as f64);
         let value = loss.clone().into_scalar().elem::<f64>();
+        check_loss(step, value)?;
         let mut grads = GradientsParams::from_grads(loss.backward(), &model);
         if let Some(max) = cfg.max_grad_norm {
             clip_global_norm(&model, &mut grads, max);
@@ -466,6 +486,6 @@ pub fn pretrain<B: AutodiffBackend>(
         bar.set_message(format!("loss {value:.3}"));
         bar.inc(1);
     }
-    bar.finish_and_clear();
+    bar.finish();
     Ok((model, losses))
 }
