@@ -128,17 +128,32 @@ fn lock(path: &Path) -> Result<File, RunError> {
     }
 }
 
-/// Entries of `dir` other than the lock file, sorted (an absent directory is empty).
+/// Whether `name` is a temporary that a killed secateur process left behind (see
+/// [`crate::temp_sibling`]).
+fn is_leftover(name: &str) -> bool {
+    name.starts_with('.') && [".tmp-", ".partial-", ".old-"].iter().any(|k| name.contains(k))
+}
+
+/// Entries of `dir` other than the lock file, sorted (an absent directory is empty). Leftover
+/// temporaries of killed processes are removed (the caller holds the lock, so no live process
+/// is writing them).
 fn contents(dir: &Path) -> Result<Vec<String>, RunError> {
     if !dir.exists() {
         return Ok(Vec::new());
     }
-    let mut names: Vec<String> = std::fs::read_dir(dir)
-        .map_err(|e| RunError::read(dir, e))?
-        .filter_map(|e| e.ok())
-        .map(|e| e.file_name().to_string_lossy().to_string())
-        .filter(|n| n != LOCK)
-        .collect();
+    let mut names = Vec::new();
+    for entry in std::fs::read_dir(dir).map_err(|e| RunError::read(dir, e))?.flatten() {
+        let name = entry.file_name().to_string_lossy().to_string();
+        if name == LOCK {
+            continue;
+        }
+        if is_leftover(&name) {
+            let p = entry.path();
+            let _ = if p.is_dir() { std::fs::remove_dir_all(&p) } else { std::fs::remove_file(&p) };
+            continue;
+        }
+        names.push(name);
+    }
     names.sort();
     Ok(names)
 }
@@ -264,6 +279,13 @@ impl OutputDir {
         })?;
         if dest.exists() && !dest.is_dir() {
             return Err(RunError::Refused { path: dest.to_path_buf(), reason: "is a file, not a directory".into() });
+        }
+        // Staging directories of killed processes for this destination (we hold its lock).
+        for entry in std::fs::read_dir(parent).map_err(|e| RunError::read(parent, e))?.flatten() {
+            let n = entry.file_name().to_string_lossy().to_string();
+            if n.starts_with(&format!(".{name}.")) && is_leftover(&n) {
+                let _ = std::fs::remove_dir_all(entry.path());
+            }
         }
         let names = contents(dest)?;
         if !names.is_empty() && !force {
