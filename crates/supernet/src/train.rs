@@ -371,10 +371,18 @@ pub fn trainable_params<B: Backend, P: Projection<B> + Adapted<B>>(model: &Causa
         .sum()
 }
 
-/// A checkpoint failure, naming the file, with the recorder's message on one line.
+/// A checkpoint that cannot be loaded, named, with the recorder's nested message reduced to one
+/// plain line.
 pub(crate) fn checkpoint_err(path: &Path, e: impl std::fmt::Display) -> TrainError {
-    let reason = e.to_string().replace("\\n", " ").replace('\n', " ");
-    TrainError::Checkpoint { path: path.to_path_buf(), reason: format!("unreadable or truncated ({reason}); remove the run directory or rerun with --force") }
+    let text = e.to_string();
+    let reason = if text.contains("UnexpectedEof") || text.contains("failed to fill whole buffer") {
+        "the file is truncated".to_string()
+    } else {
+        let head = text.split("The internal data format").next().unwrap_or(&text);
+        let plain: String = head.chars().filter(|c| !matches!(c, '\\' | '"')).collect();
+        plain.split_whitespace().collect::<Vec<_>>().join(" ")
+    };
+    TrainError::Checkpoint { path: path.to_path_buf(), reason: format!("cannot be loaded ({reason}); remove the run directory or rerun with --force") }
 }
 
 /// The adapters of the finished training run checkpointed in `dir` (its last step directory).
