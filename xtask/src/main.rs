@@ -176,9 +176,8 @@ fn main() -> ExitCode {
                 if name == "sqft" {
                     cmd.args(["--pipeline", "all"]);
                 }
-                if std::path::Path::new(&root.join(&out).join("run.json")).is_file() || root.join(&out).join("report.json").is_file() {
-                    cmd.arg("--resume");
-                }
+                // `--resume` continues a run made with these arguments, or starts one.
+                cmd.arg("--resume");
                 let ok = run(cmd.current_dir(&root));
                 if ok {
                     eprintln!("table: {out}/report.md");
@@ -199,9 +198,7 @@ fn main() -> ExitCode {
                         if importance {
                             cmd.arg("--importance");
                         }
-                        if root.join(&out).join("supernet-checkpoint/state.json").is_file() {
-                            cmd.arg("--resume");
-                        }
+                        cmd.arg("--resume");
                         ok &= run(cmd.current_dir(&root));
                         tables += &std::fs::read_to_string(root.join(&out).join("report.md")).unwrap_or_default();
                         tables.push('\n');
@@ -222,9 +219,7 @@ fn main() -> ExitCode {
                 let out = "runs/recipe-lonas";
                 let mut cmd = Command::new("cargo");
                 cmd.args(["run", "--release", "-p", "secateur-cli", "--", "nas", "--lora", "--per-layer", "--strategy", "sandwich", "--budget", "24", "--out", out]);
-                if root.join(out).join("supernet-checkpoint/state.json").is_file() {
-                    cmd.arg("--resume");
-                }
+                cmd.arg("--resume");
                 let ok = run(cmd.current_dir(&root));
                 if ok {
                     eprintln!("table: {out}/report.md");

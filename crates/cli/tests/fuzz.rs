@@ -2,8 +2,9 @@
 //! and indexes, `config.json`, GPTQ `quantization_config`, `tokenizer.json`, datasets,
 //! calibration files, search caches and run records. The property is always the same: the
 //! parser returns a value or a typed error, and never panics. Each target prints how many
-//! inputs it ran; proptest keeps any failing case it finds in `proptest-regressions/`, and the
-//! cases found so far are kept as plain regression tests at the end.
+//! inputs it ran. The defects of this kind found so far (a `head_dim` that overflows, an index
+//! with an empty `weight_map`, GPTQ `bits` of 0 or 64) are kept as plain regression tests in
+//! `tests/faults.rs`; proptest shrinks and prints any new failing input.
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -15,10 +16,13 @@ fn fixture(variant: &str) -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../models/tests/fixtures").join(variant)
 }
 
-const CASES: u32 = 192;
+/// Inputs per target: 192 in CI (bounded time), `SECATEUR_FUZZ_CASES` for longer local runs.
+fn cases() -> u32 {
+    std::env::var("SECATEUR_FUZZ_CASES").ok().and_then(|s| s.parse().ok()).unwrap_or(192)
+}
 
 fn config() -> ProptestConfig {
-    ProptestConfig { cases: CASES, failure_persistence: None, ..ProptestConfig::default() }
+    ProptestConfig { cases: cases(), failure_persistence: None, ..ProptestConfig::default() }
 }
 
 /// A JSON value of the kinds hostile files hold.
@@ -63,7 +67,7 @@ fn edits() -> impl Strategy<Value = (Option<usize>, Vec<(usize, u8)>, Option<u64
 
 fn count(name: &str, c: &AtomicUsize) {
     let n = c.fetch_add(1, Ordering::Relaxed) + 1;
-    if n == CASES as usize {
+    if n == cases() as usize {
         println!("fuzz target {name}: {n} inputs");
     }
 }
@@ -242,5 +246,21 @@ proptest! {
         let _ = secateur_runs::StepCheckpoints::new(&ck).latest::<serde_json::Value>();
         std::fs::write(ck.join("state.json"), pointer.to_string()).unwrap();
         let _ = secateur_runs::StepCheckpoints::new(&ck).latest::<serde_json::Value>();
+    }
+}
+
+/// Found by `tokenizer_json` (3,000 inputs): the tokenizers crate panicked in its decoder
+/// deserialiser on a truncated `tokenizer.json` (minimal input: a cut at byte
+/// 16800793969433357083 mod (len + 1)). Every truncation point is now a typed error.
+#[test]
+fn regression_truncated_tokenizer_json() {
+    let tmp = tempfile::tempdir().unwrap();
+    let bytes = std::fs::read(fixture("llama_gqa").join("tokenizer.json")).unwrap();
+    let p = tmp.path().join("tokenizer.json");
+    let found = (16800793969433357083u64 % (bytes.len() as u64 + 1)) as usize;
+    for cut in (0..bytes.len()).step_by(13).chain([found]) {
+        std::fs::write(&p, &bytes[..cut]).unwrap();
+        let e = TextTokenizer::from_file(&p).err().expect("a truncated tokenizer.json is refused");
+        assert!(e.to_string().contains("tokenizer.json"), "{e}");
     }
 }

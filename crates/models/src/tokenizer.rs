@@ -19,10 +19,15 @@ impl TextTokenizer {
                 std::io::Error::new(std::io::ErrorKind::NotFound, "tokenizer.json not found"),
             ));
         }
-        let inner = tokenizers::Tokenizer::from_file(path).map_err(|e| ModelError::Tokenizer {
-            path: path.to_path_buf(),
-            reason: e.to_string(),
-        })?;
+        let bad = |reason: String| ModelError::Tokenizer { path: path.to_path_buf(), reason };
+        let bytes = std::fs::read(path).map_err(|e| ModelError::io(path, e))?;
+        // The tokenizers crate panics on some malformed files (an `unwrap` in its decoder
+        // deserialiser, found by tests/fuzz.rs): check the JSON first, and turn any panic left
+        // into an error.
+        serde_json::from_slice::<serde_json::Value>(&bytes).map_err(|e| bad(format!("not valid JSON: {e}")))?;
+        let inner = std::panic::catch_unwind(|| tokenizers::Tokenizer::from_bytes(&bytes))
+            .map_err(|_| bad("malformed tokenizer (the tokenizers crate could not read it)".into()))?
+            .map_err(|e| bad(e.to_string()))?;
         Ok(Self {
             inner,
             path: path.to_path_buf(),

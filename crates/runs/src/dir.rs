@@ -261,8 +261,20 @@ impl RunDir {
 #[derive(Debug)]
 pub struct OutputDir {
     staged: Option<StagedDir>,
-    lock_path: PathBuf,
-    _lock: File,
+    _lock: SiblingLock,
+}
+
+/// A lock file beside a destination, removed with the claim (on every path).
+#[derive(Debug)]
+struct SiblingLock {
+    path: PathBuf,
+    _file: File,
+}
+
+impl Drop for SiblingLock {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.path);
+    }
 }
 
 impl OutputDir {
@@ -273,10 +285,11 @@ impl OutputDir {
         let parent = dest.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
         std::fs::create_dir_all(parent).map_err(|e| RunError::write(parent, e))?;
         let lock_path = parent.join(format!(".{name}.lock"));
-        let lock = lock(&lock_path).map_err(|e| match e {
+        let file = lock(&lock_path).map_err(|e| match e {
             RunError::Locked { .. } => RunError::Locked { path: dest.to_path_buf() },
             e => e,
         })?;
+        let lock = SiblingLock { path: lock_path, _file: file };
         if dest.exists() && !dest.is_dir() {
             return Err(RunError::Refused { path: dest.to_path_buf(), reason: "is a file, not a directory".into() });
         }
@@ -302,7 +315,7 @@ impl OutputDir {
         }
         let staged = StagedDir::new(dest)?;
         manifest.write(staged.path())?;
-        Ok(Self { staged: Some(staged), lock_path, _lock: lock })
+        Ok(Self { staged: Some(staged), _lock: lock })
     }
 
     /// Where to write the checkpoint's files.
@@ -318,13 +331,6 @@ impl OutputDir {
     /// Replaces the destination with what was written.
     pub fn publish(mut self) -> Result<(), RunError> {
         self.staged.take().expect("staged until published").publish()
-    }
-}
-
-impl Drop for OutputDir {
-    fn drop(&mut self) {
-        // Published or not, the lock file goes with the process's claim on the destination.
-        let _ = std::fs::remove_file(&self.lock_path);
     }
 }
 
@@ -353,7 +359,7 @@ mod tests {
         assert!(e.contains("holds a `secateur shears` run"), "{e}");
         let changed = m("shears", json!({"sparsity": 0.3, "epochs": 3, "out": "b"}));
         let e = RunDir::open(&dir, &changed, &["out"], OpenMode::Resume, &[]).unwrap_err().to_string();
-        assert!(e.contains("--sparsity: recorded 0.5, given 0.3") && !e.contains("--out"), "{e}");
+        assert!(e.contains("--sparsity: recorded 0.5, given 0.3") && !e.contains("--out:"), "{e}");
         let same = m("shears", json!({"sparsity": 0.5, "epochs": 3, "out": "c"}));
         assert!(RunDir::open(&dir, &same, &["out"], OpenMode::Resume, &[]).unwrap().resumed());
         // A user's directory is refused; --force empties it.
