@@ -85,10 +85,10 @@ enum Command {
         /// Semi-structured N:M sparsity: keep N of every M consecutive inputs (e.g. 2:4).
         #[arg(long)]
         nm: Option<String>,
-        /// JSON array of token-id arrays, or JSONL records with a `text` field. Rows of exactly
-        /// `--seq-len` tokens are used as given, in order; further samples are random windows of
-        /// the longer documents (as Wanda samples C4); shorter rows are used whole when no
-        /// document is longer.
+        /// JSON array of token-id arrays, or JSONL records with a `text` field. When documents are
+        /// longer than `--seq-len`, samples are random windows of them (as Wanda samples C4);
+        /// otherwise the file is taken as a calibration set cut to size: its rows are used as
+        /// given, in order, each once.
         #[arg(long)]
         calibration: Option<PathBuf>,
         #[arg(long, default_value_t = 128)]
@@ -297,8 +297,9 @@ fn run_on<B: Backend>(cmd: Command, device: B::Device) -> Result<(), CliError> {
             let m = AnyLm::<B>::load(&model.model, &device)?;
             let seqs = read_input_ids(&input_ids, m.spec().vocab_size, m.spec().context_length())?;
             let v = m.spec().vocab_size;
-            // Bounded memory: sequences run in batches of about LOGITS_BATCH_TOKENS tokens, and
-            // each batch's rows are written out before the next one runs.
+            // Bounded memory: sequences run in batches of at most LOGITS_BATCH_FLOATS logits (one
+            // sequence at least), and each batch's rows are written out before the next one runs.
+            let batch_tokens = (LOGITS_BATCH_FLOATS / v).max(1);
             use std::io::Write;
             let stdout = std::io::stdout();
             let mut out = std::io::BufWriter::new(stdout.lock());
@@ -310,7 +311,7 @@ fn run_on<B: Backend>(cmd: Command, device: B::Device) -> Result<(), CliError> {
             while at < seqs.len() && !failed {
                 let mut end = at + 1;
                 let mut longest = seqs[at].len();
-                while end < seqs.len() && longest.max(seqs[end].len()) * (end + 1 - at) <= LOGITS_BATCH_TOKENS {
+                while end < seqs.len() && longest.max(seqs[end].len()) * (end + 1 - at) <= batch_tokens {
                     longest = longest.max(seqs[end].len());
                     end += 1;
                 }
@@ -501,8 +502,8 @@ fn parse_points(s: &str, k: usize) -> Result<Vec<Vec<f64>>, CliError> {
         .collect()
 }
 
-/// Most tokens one `logits` forward batch holds.
-const LOGITS_BATCH_TOKENS: usize = 4096;
+/// Most logits (tokens x vocabulary) one `logits` forward batch holds: 64 MB of f32.
+const LOGITS_BATCH_FLOATS: usize = 1 << 24;
 
 fn moo_bench(
     problem: BenchProblem,

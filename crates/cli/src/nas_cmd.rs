@@ -254,10 +254,7 @@ pub fn run(args: NasArgs) -> Result<String, CliError> {
         return Err(CliError::Usage(format!("--bins {} and --budget {}: both must be at least 1", args.bins, args.budget)));
     }
     let lonas_ranks = a.ranks.clone().unwrap_or_else(|| if a.model.is_none() { vec![16, 14] } else { vec![32, 28] });
-    if let (Some(m), true) = (&a.model, args.lora) {
-        let spec = ArchSpec::from_config_file(&m.join("config.json"))?;
-        lonas_space(a, &spec, &lonas_ranks)?;
-    }
+    let lspace = if args.lora { Some(lonas_space(a, &crate::shears::base_spec(a)?, &lonas_ranks)?) } else { None };
     let task = load_task(a)?;
     let extra = serde_json::json!({"strategy": args.strategy, "importance": args.importance, "lora": args.lora, "per_layer": args.per_layer, "fixed_embedding": args.fixed_embedding, "metric": kebab(&args.metric), "objective": args.objective, "bins": args.bins, "budget": args.budget});
     let run_dir = a.open_run("nas", extra)?;
@@ -274,7 +271,6 @@ pub fn run(args: NasArgs) -> Result<String, CliError> {
     let tokenize = |r: &data::Record| data::tokenize(r, &tok, eos, a.cutoff, a.train_on_inputs);
     let train: Vec<Example> = task.train.iter().map(tokenize).collect::<Result<_, _>>()?;
     let val: Vec<Example> = task.val.iter().map(tokenize).collect::<Result<_, _>>()?;
-    let lspace = if args.lora { Some(lonas_space(a, &spec, &lonas_ranks)?) } else { None };
     let mut block_order = None;
     if args.importance {
         let docs = task.calibration_docs.iter().map(|d| tok.encode(d)).collect::<Result<Vec<_>, _>>()?;

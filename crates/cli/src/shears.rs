@@ -251,6 +251,19 @@ pub fn materialize_base(args: &ShearsArgs, out: &Path) -> Result<PathBuf, CliErr
     }
 }
 
+/// The architecture of the run's base (the user's `--model`, or the embedded tiny model),
+/// read from its config alone: settings are checked against it before any work.
+pub fn base_spec(args: &ShearsArgs) -> Result<ArchSpec, CliError> {
+    Ok(match &args.model {
+        Some(m) => ArchSpec::from_config_file(&m.join("config.json"))?,
+        None => {
+            let path = Path::new("<embedded tiny-llama>/config.json");
+            let value = serde_json::from_slice(TINY_CONFIG).map_err(|e| err(path, e))?;
+            ArchSpec::from_config_value(path, value)?
+        }
+    })
+}
+
 /// Rank choices and alpha of a run (defaults depend on whether the base is the embedded one).
 pub fn ranks_and_alpha(args: &ShearsArgs) -> (Vec<usize>, f64) {
     let ranks = args.ranks.clone().unwrap_or_else(|| if args.model.is_none() { vec![16, 12, 8] } else { vec![32, 24, 16] });
@@ -311,9 +324,7 @@ pub fn run(args: ShearsArgs) -> Result<String, CliError> {
     let total_clock = Instant::now();
     args.validate()?;
     let (ranks, alpha) = ranks_and_alpha(&args);
-    if let Some(m) = &args.model {
-        args.validate_for(&ArchSpec::from_config_file(&m.join("config.json"))?, &ranks)?;
-    }
+    let space = args.validate_for(&base_spec(&args)?, &ranks)?;
     let task = load_task(&args)?;
     let run_dir = args.open_run("shears", json!({}))?;
     let out = run_dir.path().to_path_buf();
@@ -332,7 +343,6 @@ pub fn run(args: ShearsArgs) -> Result<String, CliError> {
     // 1. The dense base, untuned.
     let dense = DenseLm::<Cpu>::load(&base_dir, &device)?;
     let spec = dense.spec().clone();
-    let space = args.validate_for(&spec, &ranks)?;
     let dense_params = dense.num_params();
     let acc = accuracy(&dense, &tok, &task.test, AnswerKind::Math, args.max_new_tokens, 64, &device)?;
     eprintln!("dense base: accuracy {:.3}", acc.accuracy);

@@ -24,7 +24,7 @@ use secateur_supernet::train::{save_adapters, train, Strategy};
 use serde::Serialize;
 use serde_json::json;
 
-use crate::shears::{load_task, materialize_base, ranks_and_alpha, train_config, wanda, ShearsArgs};
+use crate::shears::{base_spec, load_task, materialize_base, ranks_and_alpha, train_config, wanda, ShearsArgs};
 use crate::CliError;
 
 /// Which SQFT pipelines to run.
@@ -121,13 +121,9 @@ pub fn run(args: SqftArgs) -> Result<String, CliError> {
     a.validate()?;
     let qc = QuantConfig { bits: args.bits, group_size: (args.group_size > 0).then_some(args.group_size) };
     let (ranks, alpha) = ranks_and_alpha(a);
-    if let Some(m) = &a.model {
-        let spec = secateur_models::ArchSpec::from_config_file(&m.join("config.json"))?;
-        a.validate_for(&spec, &ranks)?;
-        check_quant(&spec, args.bits, qc.group_size)?;
-    } else if !matches!(args.bits, 2 | 4 | 8) {
-        return Err(CliError::Usage(format!("--bits {}: the GPTQ checkpoint format packs 2, 4 or 8 bits", args.bits)));
-    }
+    let spec = base_spec(a)?;
+    let space = a.validate_for(&spec, &ranks)?;
+    check_quant(&spec, args.bits, qc.group_size)?;
     let task = load_task(a)?;
     let run_dir = a.open_run("sqft", json!({"pipeline": args.pipeline, "bits": args.bits, "group_size": args.group_size}))?;
     let out = run_dir.path().to_path_buf();
@@ -143,9 +139,6 @@ pub fn run(args: SqftArgs) -> Result<String, CliError> {
     let mut rows = Vec::new();
 
     let dense = DenseLm::<Cpu>::load(&base_dir, &device)?;
-    let spec = dense.spec().clone();
-    let space = a.validate_for(&spec, &ranks)?;
-    check_quant(&spec, args.bits, qc.group_size)?;
     let acc = acc_of("dense", test(&|r| accuracy(&dense, &tok, r, AnswerKind::Math, a.max_new_tokens, 64, &device)))?;
     rows.push(SqftRow { name: "Dense base (no tuning)".into(), accuracy: acc, sparsity: 0.0, base_precision: "FP32".into(), adapter_precision: "-".into(), mergeable: "-".into(), size_bytes: dir_bytes(&base_dir), train_seconds: None });
 

@@ -188,6 +188,17 @@ fn small_run<'a>(model: &'a str, data: &'a str, epochs: &'a str) -> Vec<&'a str>
     ]
 }
 
+/// A one-epoch Shears run of `model` on 40 records in `tmp`, into `tmp/run`: its arguments and
+/// run directory.
+fn one_epoch_shears(tmp: &Path, model: &Path) -> (Vec<String>, PathBuf) {
+    let data = records(tmp, 40, true);
+    let out = tmp.join("run");
+    let mut args = vec!["shears".to_string()];
+    args.extend(small_run(model.to_str().unwrap(), data.to_str().unwrap(), "1").iter().map(|s| s.to_string()));
+    args.extend(["--out".to_string(), out.display().to_string()]);
+    (args, out)
+}
+
 #[test]
 fn kill_9_at_random_instants_then_resume_equals_an_uninterrupted_run() {
     let seed = seed();
@@ -459,12 +470,8 @@ fn training_that_diverges_stops_with_an_error_naming_the_step() {
     copy_dir(&fixture("llama_gqa"), &model);
     scale_tensor(&model.join("model.safetensors"), "model.norm.weight", 1e30);
     scale_tensor(&model.join("model.safetensors"), "lm_head.weight", 1e30);
-    let data = records(tmp.path(), 40, true);
-    let mut args = vec!["shears"];
-    args.extend(small_run(model.to_str().unwrap(), data.to_str().unwrap(), "1"));
-    let out = tmp.path().join("run");
-    args.extend(["--out", out.to_str().unwrap()]);
-    refused(&args, "training diverged at step 1");
+    let (args, _) = one_epoch_shears(tmp.path(), &model);
+    refused(&args.iter().map(String::as_str).collect::<Vec<_>>(), "training diverged at step 1");
 }
 
 /// Rewrites one f32 tensor of a safetensors file multiplied by `factor`.
@@ -543,12 +550,8 @@ fn hostile_checkpoints_get_typed_errors_naming_the_field_or_tensor() {
 #[test]
 fn a_truncated_optimizer_state_is_named_on_one_line() {
     let tmp = tempfile::tempdir().unwrap();
-    let data = records(tmp.path(), 40, true);
-    let model = fixture("llama_gqa");
-    let out = tmp.path().join("run");
-    let mut args = vec!["shears"];
-    args.extend(small_run(model.to_str().unwrap(), data.to_str().unwrap(), "1"));
-    args.extend(["--out", out.to_str().unwrap()]);
+    let (args, out) = one_epoch_shears(tmp.path(), &fixture("llama_gqa"));
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
     let (ok, _, stderr) = secateur(&args);
     assert!(ok, "{stderr}");
     let state: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(out.join("train-lora/state.json")).unwrap()).unwrap();
@@ -593,12 +596,7 @@ fn wanda_uses_a_given_calibration_set_as_it_is() {
 #[test]
 fn logs_show_progress_when_stderr_is_not_a_terminal() {
     let tmp = tempfile::tempdir().unwrap();
-    let data = records(tmp.path(), 40, true);
-    let model = fixture("llama_gqa");
-    let out = tmp.path().join("run");
-    let mut args = vec!["shears"];
-    args.extend(small_run(model.to_str().unwrap(), data.to_str().unwrap(), "1"));
-    args.extend(["--out", out.to_str().unwrap()]);
+    let (args, _) = one_epoch_shears(tmp.path(), &fixture("llama_gqa"));
     let o = bin().args(&args).env("SECATEUR_PROGRESS_SECS", "0").output().unwrap();
     let stderr = String::from_utf8_lossy(&o.stderr);
     assert!(o.status.success(), "{stderr}");

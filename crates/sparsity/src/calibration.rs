@@ -86,31 +86,28 @@ pub fn check_calibration_size(samples: usize, seq_len: usize) -> Result<(), Spar
     Ok(())
 }
 
-/// Picks `samples` calibration sequences of `seq_len` tokens from `docs`:
+/// Picks `samples` calibration sequences of at most `seq_len` tokens from `docs`:
 ///
-/// 1. rows that already have exactly `seq_len` tokens are used as given, in order (a user's
-///    fixed calibration set runs as it is);
-/// 2. if more are needed, windows are drawn from the documents longer than `seq_len`: a random
-///    document, then a random window inside it (the Wanda reference's C4 sampling);
-/// 3. if no document is longer, the shorter rows are used as given, in order (batches are
-///    padded), so fewer than `samples` sequences may come back.
+/// - when some documents are longer than `seq_len`, windows are drawn from them: a random
+///   document, then a random window inside it (the Wanda reference's C4 sampling);
+/// - otherwise the rows are a calibration set already cut to size (e.g. 8 rows of exactly 32
+///   tokens): they are used as given, in order, each once (batches are padded), so fewer than
+///   `samples` sequences come back when the file holds fewer rows.
 ///
 /// Deterministic for a seed.
 pub fn sample_calibration(docs: &[Vec<u32>], samples: usize, seq_len: usize, seed: u64) -> Vec<Vec<u32>> {
-    let mut out: Vec<Vec<u32>> = docs.iter().filter(|d| d.len() == seq_len).take(samples).cloned().collect();
-    let need = samples - out.len();
     let long: Vec<&Vec<u32>> = docs.iter().filter(|d| d.len() > seq_len).collect();
     if long.is_empty() {
-        out.extend(docs.iter().filter(|d| !d.is_empty() && d.len() < seq_len).take(need).cloned());
-        return out;
+        return docs.iter().filter(|d| !d.is_empty()).take(samples).cloned().collect();
     }
     let mut rng = StdRng::seed_from_u64(seed);
-    out.extend((0..need).map(|_| {
-        let d = long[rng.random_range(0..long.len())];
-        let start = rng.random_range(0..d.len() - seq_len);
-        d[start..start + seq_len].to_vec()
-    }));
-    out
+    (0..samples)
+        .map(|_| {
+            let d = long[rng.random_range(0..long.len())];
+            let start = rng.random_range(0..d.len() - seq_len);
+            d[start..start + seq_len].to_vec()
+        })
+        .collect()
 }
 
 #[cfg(test)]
@@ -127,16 +124,17 @@ mod tests {
             assert_eq!(w.len(), 32);
             assert!(w.windows(2).all(|p| p[1] == p[0] + 1), "a contiguous window");
         }
-        // Rows shorter than the window are used as given, once each.
+        // Without a longer document, rows shorter than the window are used as given, once each.
         let short = sample_calibration(&[vec![1, 2, 3], vec![4, 5]], 4, 32, 0);
         assert_eq!(short, vec![vec![1, 2, 3], vec![4, 5]]);
     }
 
     #[test]
-    fn rows_of_exactly_the_window_are_used_as_given_in_order() {
+    fn rows_already_cut_to_the_window_are_used_as_given_in_order() {
         let rows: Vec<Vec<u32>> = (0..8).map(|r| (0..32).map(|t| r * 100 + t).collect()).collect();
         assert_eq!(sample_calibration(&rows, 8, 32, 7), rows, "all eight, in order, no repeats");
         assert_eq!(sample_calibration(&rows, 3, 32, 7), rows[..3].to_vec());
+        assert_eq!(sample_calibration(&rows, 20, 32, 7), rows, "never repeated to fill the count");
         assert!(check_calibration_size(100_000_000, 64).is_err());
         assert!(check_calibration_size(0, 64).is_err());
         assert!(check_calibration_size(128, 2048).is_ok());
