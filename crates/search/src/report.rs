@@ -9,10 +9,8 @@ use crate::evaluator::Evaluated;
 use crate::SearchError;
 
 fn write(path: &Path, text: &str) -> Result<(), SearchError> {
-    // Temporary file and rename: never a half-written output.
-    let tmp = path.with_extension("tmp");
-    std::fs::write(&tmp, text).map_err(|source| SearchError::Io { path: tmp.clone(), source })?;
-    std::fs::rename(&tmp, path).map_err(|source| SearchError::Io { path: path.to_path_buf(), source })
+    // A unique temporary file and a rename: never a half-written output.
+    Ok(secateur_runs::write_atomic(path, text.as_bytes())?)
 }
 
 /// Writes `evaluations.json`, `front.json`, `points.csv` and `front.svg` into `dir`.
