@@ -49,7 +49,7 @@ fn bench(c: &mut Criterion) {
     };
     g.throughput(Throughput::Elements(DECODE_NEW as u64));
     g.bench_function("greedy_decode_b1_64tok_kv_cache", |b| {
-        b.iter(|| generate(&model, &[prompt.clone()], &opts, &device).unwrap())
+        b.iter(|| generate(&model, std::slice::from_ref(&prompt), &opts, &device).unwrap())
     });
 
     // The same model quantized to INT4 (group 128): decoding reads packed weights.
@@ -62,7 +62,7 @@ fn bench(c: &mut Criterion) {
         (int4_bytes + rest) as f64 / (f32_bytes + rest) as f64
     );
     g.bench_function("greedy_decode_b1_64tok_kv_cache_int4", |b| {
-        b.iter(|| generate(&q, &[prompt.clone()], &opts, &device).unwrap())
+        b.iter(|| generate(&q, std::slice::from_ref(&prompt), &opts, &device).unwrap())
     });
     g.finish();
 }

@@ -62,7 +62,7 @@ fn bench(c: &mut Criterion) {
             b.iter(|| small.forward(token_tensor::<Cpu>(&ids, &device), &mask).unwrap().narrow(1, PREFILL_LEN - 1, 1).into_data())
         });
         g.throughput(Throughput::Elements(DECODE_NEW as u64));
-        g.bench_function(format!("{name}/greedy_decode_b1_64tok"), |b| b.iter(|| generate(&small, &[prompt.clone()], &opts, &device).unwrap()));
+        g.bench_function(format!("{name}/greedy_decode_b1_64tok"), |b| b.iter(|| generate(&small, std::slice::from_ref(&prompt), &opts, &device).unwrap()));
     }
     g.finish();
 }

@@ -340,7 +340,7 @@ fn run_on<B: Backend>(cmd: Command, device: B::Device) -> Result<(), CliError> {
             seed,
             no_cache,
         } => {
-            if !(temperature.is_finite() && temperature >= 0.0) || !(top_p > 0.0 && top_p <= 1.0) || max_new_tokens == 0 {
+            if !(temperature.is_finite() && temperature >= 0.0 && top_p > 0.0 && top_p <= 1.0) || max_new_tokens == 0 {
                 return Err(CliError::Usage(format!("--temperature {temperature} must be >= 0, --top-p {top_p} in (0, 1] and --max-new-tokens at least 1")));
             }
             let m = AnyLm::<B>::load(&model.model, &device)?;

@@ -103,16 +103,14 @@ impl ShearsArgs {
         if !(self.sparsity.is_finite() && (0.0..1.0).contains(&self.sparsity)) {
             return usage(format!("--sparsity {}: must be in [0, 1)", self.sparsity));
         }
-        if let Some(r) = &self.ranks {
-            if r.is_empty() || r.contains(&0) || r.windows(2).any(|w| w[0] <= w[1]) {
+        if let Some(r) = &self.ranks
+            && (r.is_empty() || r.contains(&0) || r.windows(2).any(|w| w[0] <= w[1])) {
                 return usage(format!("--ranks {r:?}: give positive ranks in strictly descending order, e.g. 32,24,16 (the first is the maximal rank)"));
             }
-        }
-        if let Some(t) = &self.targets {
-            if SearchSpace::parse_targets(t)?.is_empty() {
+        if let Some(t) = &self.targets
+            && SearchSpace::parse_targets(t)?.is_empty() {
                 return usage(format!("--targets {t:?}: name at least one projection, e.g. q,k,v,up,down"));
             }
-        }
         if let Some(a) = self.alpha
             && !(a.is_finite() && a > 0.0 && a <= MAX_ALPHA)
         {

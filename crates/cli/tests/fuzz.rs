@@ -45,7 +45,7 @@ fn any_json() -> impl Strategy<Value = serde_json::Value> {
 fn mutate(bytes: &[u8], cut: Option<usize>, edits: &[(usize, u8)], prefix: Option<u64>) -> Vec<u8> {
     let mut b = bytes.to_vec();
     for &(at, v) in edits {
-        let at = at % b.len().min(512).max(1);
+        let at = at % b.len().clamp(1, 512);
         if at < b.len() {
             b[at] = v;
         }

@@ -56,7 +56,7 @@ pub fn alibi_slopes(num_heads: usize) -> Vec<f64> {
 impl BloomConfig {
     /// The architecture this config describes.
     pub fn spec(self, path: &Path) -> Result<ArchSpec> {
-        if self.n_head == 0 || self.hidden_size % self.n_head != 0 {
+        if self.n_head == 0 || !self.hidden_size.is_multiple_of(self.n_head) {
             return Err(ModelError::config(
                 path,
                 "n_head",

@@ -56,7 +56,7 @@ pub fn generate<B: Backend, P: Projection<B>>(
             "token id {t} is outside the vocabulary of {vocab}"
         )));
     }
-    if !(opts.temperature >= 0.0) || !(opts.top_p > 0.0 && opts.top_p <= 1.0) {
+    if !(opts.temperature >= 0.0 && opts.top_p > 0.0 && opts.top_p <= 1.0) {
         return Err(ModelError::InvalidInput(
             "temperature must be >= 0 and top_p in (0, 1]".into(),
         ));

@@ -58,7 +58,7 @@ fn yes() -> bool {
 impl GptNeoxConfig {
     /// The architecture this config describes.
     pub fn spec(self, path: &Path) -> Result<ArchSpec> {
-        if self.num_attention_heads == 0 || self.hidden_size % self.num_attention_heads != 0 {
+        if self.num_attention_heads == 0 || !self.hidden_size.is_multiple_of(self.num_attention_heads) {
             return Err(ModelError::config(
                 path,
                 "num_attention_heads",

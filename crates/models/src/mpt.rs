@@ -95,7 +95,7 @@ pub fn alibi_slopes(num_heads: usize, alibi_bias_max: f64) -> Vec<f64> {
 impl MptConfig {
     /// The architecture this config describes.
     pub fn spec(self, path: &Path) -> Result<ArchSpec> {
-        if self.n_heads == 0 || self.d_model % self.n_heads != 0 {
+        if self.n_heads == 0 || !self.d_model.is_multiple_of(self.n_heads) {
             return Err(ModelError::config(
                 path,
                 "n_heads",
@@ -112,11 +112,11 @@ impl MptConfig {
         if self.attn_config.qk_ln {
             return Err(ModelError::config(path, "attn_config.qk_ln", "qk LayerNorm is not supported"));
         }
-        if !(self.attn_config.alibi_bias_max > 0.0) {
+        if self.attn_config.alibi_bias_max.is_nan() || self.attn_config.alibi_bias_max <= 0.0 {
             return Err(ModelError::config(path, "attn_config.alibi_bias_max", "must be positive"));
         }
         if let Some(c) = self.attn_config.clip_qkv
-            && !(c > 0.0)
+            && (c.is_nan() || c <= 0.0)
         {
             return Err(ModelError::config(path, "attn_config.clip_qkv", "must be positive"));
         }
@@ -125,7 +125,7 @@ impl MptConfig {
             let w = self.expansion_ratio * self.d_model as f64;
             if (w - w.round()).abs() < 1e-6 { w.round() } else { w }
         };
-        if !(width >= 1.0) || width.fract() != 0.0 {
+        if width.is_nan() || width < 1.0 || width.fract() != 0.0 {
             return Err(ModelError::config(
                 path,
                 "expansion_ratio",

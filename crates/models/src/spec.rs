@@ -323,7 +323,7 @@ impl ArchSpec {
                 return Err(ModelError::config(path, field, "must be positive"));
             }
         }
-        if self.num_heads % self.num_kv_heads != 0 {
+        if !self.num_heads.is_multiple_of(self.num_kv_heads) {
             return Err(ModelError::config(
                 path,
                 "num_key_value_heads",
@@ -350,7 +350,7 @@ impl ArchSpec {
             theta, rotary_dim, ..
         } = &self.position
         {
-            if !(*theta > 0.0) {
+            if theta.is_nan() || *theta <= 0.0 {
                 return Err(ModelError::config(path, "rope_theta", "must be positive"));
             }
             if *rotary_dim == 0 || rotary_dim % 2 != 0 || *rotary_dim > self.head_dim {
@@ -492,7 +492,7 @@ pub(crate) fn parse_rope_scaling(
         "default" => Ok(None),
         "linear" => {
             let factor = num("factor")?;
-            if !(factor > 0.0) {
+            if factor.is_nan() || factor <= 0.0 {
                 return Err(ModelError::config(path, "rope_scaling.factor", "must be positive"));
             }
             Ok(Some(RopeScaling::Linear { factor }))

@@ -78,7 +78,8 @@ fn unsupported_model_type() {
 
 #[test]
 fn config_fields_out_of_range_name_the_field() {
-    let cases: Vec<(&str, Box<dyn Fn(&mut serde_json::Value)>, &str)> = vec![
+    type Edit = Box<dyn Fn(&mut serde_json::Value)>;
+    let cases: Vec<(&str, Edit, &str)> = vec![
         ("llama_gqa", Box::new(|v| v["num_key_value_heads"] = 3.into()), "num_key_value_heads"),
         ("llama_gqa", Box::new(|v| v["num_attention_heads"] = 0.into()), "num_attention_heads"),
         ("llama_gqa", Box::new(|v| v["rms_norm_eps"] = (-1.0).into()), "norm eps"),

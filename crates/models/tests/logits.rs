@@ -25,8 +25,8 @@ fn max_diff_at_real_tokens(variant: &str) -> f32 {
                 continue;
             }
             let at = (b * s + t) * v;
-            for i in at..at + v {
-                worst = worst.max((ours[i] - r.logits[i]).abs());
+            for (x, y) in ours[at..at + v].iter().zip(&r.logits[at..at + v]) {
+                worst = worst.max((x - y).abs());
             }
         }
     }
@@ -56,7 +56,7 @@ fn greedy_generation_matches_transformers_with_and_without_cache() {
                 use_cache,
                 ..Default::default()
             };
-            let out = generate(&model, &[r.gen_prompt.clone()], &opts, &device).unwrap();
+            let out = generate(&model, std::slice::from_ref(&r.gen_prompt), &opts, &device).unwrap();
             assert_eq!(out[0], r.gen_greedy, "{variant} (cache: {use_cache})");
         }
     }
@@ -74,7 +74,7 @@ fn batched_generation_with_left_padding_equals_one_by_one() {
         };
         let batched = generate(&model, &prompts, &opts, &device).unwrap();
         for (p, out) in prompts.iter().zip(&batched) {
-            let single = generate(&model, &[p.clone()], &opts, &device).unwrap();
+            let single = generate(&model, std::slice::from_ref(p), &opts, &device).unwrap();
             assert_eq!(&single[0], out, "{variant}, prompt {p:?}");
         }
     }

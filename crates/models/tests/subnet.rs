@@ -158,8 +158,11 @@ fn a_bad_config_extension_is_a_typed_error_naming_the_field() {
     assert!(err.contains("extra"), "{err}");
 }
 
+/// A sliced reference: the super-network variant, the structure, ids, mask and logits.
+type SubnetReference = (String, SubnetStructure, Vec<Vec<u32>>, Vec<Vec<bool>>, Vec<f32>);
+
 /// Reads `fixtures/subnets/<stem>.{json,safetensors}` written by scripts/make_subnet_fixtures.py.
-fn subnet_reference(stem: &str) -> (String, SubnetStructure, Vec<Vec<u32>>, Vec<Vec<bool>>, Vec<f32>) {
+fn subnet_reference(stem: &str) -> SubnetReference {
     use safetensors::tensor::SafeTensors;
     let dir = fixtures().join("subnets");
     let meta: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(dir.join(format!("{stem}.json"))).unwrap()).unwrap();

@@ -76,6 +76,7 @@ impl<B: Backend> QuantLinear<B> {
                 let o0 = ci * CHUNK;
                 let n = out.len();
                 let mut acc = vec![0f32; n];
+                #[allow(clippy::needless_range_loop)] // `gi` indexes words, zeros and scales too
                 for gi in 0..groups {
                     acc.iter_mut().for_each(|a| *a = 0.0);
                     for w in (gi * g / v)..(((gi + 1) * g).min(i) / v) {

@@ -44,7 +44,7 @@ impl Packed {
         let v = vals(bits)?;
         let (o, i) = (q.out_features, q.in_features);
         let g = q.config.group(i);
-        if i % v != 0 || o % v != 0 || (g % v != 0 && g != i) {
+        if i % v != 0 || o % v != 0 || (!g.is_multiple_of(v) && g != i) {
             return Err(QuantError::Config(format!("a {o}x{i} matrix in groups of {g} cannot be packed {v} values per word")));
         }
         let groups = q.groups();

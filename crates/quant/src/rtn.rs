@@ -164,7 +164,7 @@ mod tests {
     fn hand_computed_group() {
         // Range [-1, 2] over 15 steps: scale 0.2 (0.199951171875 in f16), zero round(5.0012) = 5.
         let (s, z) = group_params(&[-1.0, 0.5, 2.0], 15);
-        assert_eq!(s, 0.199951171875);
+        assert_eq!(s as f64, 0.199951171875);
         assert_eq!(z, 5);
         assert_eq!(quantize_value(0.5, s, z, 15), 8); // 0.5/s = 2.5006 -> 3? no: round(2.5006) = 3 -> 8
         assert_eq!(quantize_value(-0.1, s, z, 15), 4); // -0.5001 -> -1 + 5

@@ -32,11 +32,7 @@ pub fn non_dominated_sort(points: &[Vec<f64>]) -> Vec<Vec<usize>> {
             }
         }
     }
-    for i in 0..n {
-        if count[i] == 0 {
-            fronts[0].push(i);
-        }
-    }
+    fronts[0].extend(count.iter().enumerate().filter(|(_, c)| **c == 0).map(|(i, _)| i));
     let mut k = 0;
     while !fronts[k].is_empty() {
         let mut next = Vec::new();
@@ -80,6 +76,7 @@ pub fn crowding_distance(points: &[&[f64]]) -> Vec<f64> {
         return vec![f64::INFINITY; n];
     }
     let mut order: Vec<usize> = (0..n).collect();
+    #[allow(clippy::needless_range_loop)] // `k` is the objective: points[a][k]
     for k in 0..m {
         order.sort_by(|&a, &b| points[a][k].total_cmp(&points[b][k]).then(a.cmp(&b)));
         let (lo, hi) = (points[order[0]][k], points[order[n - 1]][k]);
@@ -133,7 +130,7 @@ mod tests {
     fn brute_force_ranks(points: &[Vec<f64>]) -> Vec<usize> {
         let mut rank = vec![usize::MAX; points.len()];
         let mut k = 0;
-        while rank.iter().any(|r| *r == usize::MAX) {
+        while rank.contains(&usize::MAX) {
             let remaining: Vec<usize> = (0..points.len()).filter(|&i| rank[i] == usize::MAX).collect();
             let front: Vec<usize> = remaining
                 .iter()

@@ -36,7 +36,7 @@ impl Pattern {
                 Err(format!("sparsity ratio {ratio} must be in [0, 1)"))
             }
             Self::NM { n, m } if n == 0 || n >= m => Err(format!("{n}:{m} must keep 0 < N < M")),
-            Self::NM { m, .. } if in_features % m != 0 => {
+            Self::NM { m, .. } if !in_features.is_multiple_of(m) => {
                 Err(format!("{in_features} input features are not divisible into groups of {m}"))
             }
             _ => Ok(()),

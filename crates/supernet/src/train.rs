@@ -91,7 +91,7 @@ impl TrainConfig {
         if self.epochs == 0 {
             return bad("--epochs must be at least 1".into());
         }
-        if self.batch_size == 0 || self.micro_batch_size == 0 || self.batch_size % self.micro_batch_size != 0 {
+        if self.batch_size == 0 || self.micro_batch_size == 0 || !self.batch_size.is_multiple_of(self.micro_batch_size) {
             return bad(format!("batch size {} must be a positive multiple of the micro-batch size {}", self.batch_size, self.micro_batch_size));
         }
         if !(self.lr.is_finite() && self.lr > 0.0 && self.lr <= 1.0) {
