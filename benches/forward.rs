@@ -7,11 +7,11 @@
 use std::path::Path;
 use std::time::Duration;
 
-use criterion::{criterion_group, criterion_main, Criterion, Throughput};
+use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use secateur_models::generate::token_tensor;
-use secateur_models::{generate, ArchSpec, Cpu, DenseLm, GenerateOptions};
-use secateur_quant::checkpoint::quantize_model;
+use secateur_models::{ArchSpec, Cpu, DenseLm, GenerateOptions, generate};
 use secateur_quant::QuantConfig;
+use secateur_quant::checkpoint::quantize_model;
 
 const PREFILL_BATCH: usize = 8;
 const PREFILL_LEN: usize = 128;
@@ -27,9 +27,7 @@ fn model() -> DenseLm<Cpu> {
 fn bench(c: &mut Criterion) {
     let device = Default::default();
     let model = model();
-    let ids: Vec<Vec<u32>> = (0..PREFILL_BATCH)
-        .map(|b| (0..PREFILL_LEN).map(|t| ((b * 131 + t * 17) % 4096) as u32).collect())
-        .collect();
+    let ids: Vec<Vec<u32>> = (0..PREFILL_BATCH).map(|b| (0..PREFILL_LEN).map(|t| ((b * 131 + t * 17) % 4096) as u32).collect()).collect();
     let mask = vec![vec![true; PREFILL_LEN]; PREFILL_BATCH];
 
     let mut g = c.benchmark_group("llama-h256-l4");
@@ -43,10 +41,7 @@ fn bench(c: &mut Criterion) {
         })
     });
     let prompt: Vec<u32> = (0..DECODE_PROMPT as u32).map(|t| 3 + t * 7).collect();
-    let opts = GenerateOptions {
-        max_new_tokens: DECODE_NEW,
-        ..Default::default()
-    };
+    let opts = GenerateOptions { max_new_tokens: DECODE_NEW, ..Default::default() };
     g.throughput(Throughput::Elements(DECODE_NEW as u64));
     g.bench_function("greedy_decode_b1_64tok_kv_cache", |b| {
         b.iter(|| generate(&model, std::slice::from_ref(&prompt), &opts, &device).unwrap())

@@ -10,12 +10,12 @@ use std::path::Path;
 use std::time::Duration;
 
 use burn::module::Module;
-use criterion::{criterion_group, criterion_main, BatchSize, Criterion};
-use secateur_elastic_lora::{attach, LoraConfig, SearchSpace};
+use criterion::{BatchSize, Criterion, criterion_group, criterion_main};
+use secateur_elastic_lora::{LoraConfig, SearchSpace, attach};
 use secateur_models::{ArchSpec, Cpu, CpuAutodiff, DenseLm, SiteKind};
-use secateur_sparsity::{prune, Pattern, PruneConfig, ScoreMethod};
+use secateur_sparsity::{Pattern, PruneConfig, ScoreMethod, prune};
 use secateur_supernet::data::Example;
-use secateur_supernet::train::{train, Strategy, TrainConfig};
+use secateur_supernet::train::{Strategy, TrainConfig, train};
 
 fn spec() -> ArchSpec {
     let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../benches/llama_bench_config.json");
@@ -32,10 +32,7 @@ fn bench(c: &mut Criterion) {
     g.sample_size(10).measurement_time(Duration::from_secs(10)).warm_up_time(Duration::from_secs(2));
 
     let all = [SiteKind::Q, SiteKind::K, SiteKind::V, SiteKind::O, SiteKind::Gate, SiteKind::Up, SiteKind::Down];
-    let examples: Vec<Example> = tokens(8, 128)
-        .into_iter()
-        .map(|ids| Example { target: vec![true; ids.len()], ids })
-        .collect();
+    let examples: Vec<Example> = tokens(8, 128).into_iter().map(|ids| Example { target: vec![true; ids.len()], ids }).collect();
     let base = DenseLm::<CpuAutodiff>::init_random(spec(), 0.02, 0, &device).no_grad();
     for (name, strategy, choices) in [
         ("train_step_fixed_r16", Strategy::Fixed, vec![16]),
@@ -44,31 +41,15 @@ fn bench(c: &mut Criterion) {
     ] {
         let space = SearchSpace::preset(base.spec(), Some(&all), &choices).unwrap();
         let (model, ranks) = attach(base.clone(), &space, &LoraConfig { alpha: 32.0, ..Default::default() }, &device).unwrap();
-        let cfg = TrainConfig {
-            strategy,
-            epochs: 1,
-            batch_size: 8,
-            micro_batch_size: 8,
-            lr: 1e-4,
-            ..Default::default()
-        };
+        let cfg = TrainConfig { strategy, epochs: 1, batch_size: 8, micro_batch_size: 8, lr: 1e-4, ..Default::default() };
         g.bench_function(name, |b| {
-            b.iter_batched(
-                || model.clone(),
-                |m| train(m, &ranks, &examples, &cfg, 0, None).unwrap(),
-                BatchSize::LargeInput,
-            )
+            b.iter_batched(|| model.clone(), |m| train(m, &ranks, &examples, &cfg, 0, None).unwrap(), BatchSize::LargeInput)
         });
     }
 
     let dense = DenseLm::<Cpu>::init_random(spec(), 0.02, 0, &device);
     let calibration = tokens(32, 128);
-    let cfg = PruneConfig {
-        method: ScoreMethod::Wanda,
-        pattern: Pattern::Unstructured { ratio: 0.5 },
-        batch_size: 8,
-        progress: false,
-    };
+    let cfg = PruneConfig { method: ScoreMethod::Wanda, pattern: Pattern::Unstructured { ratio: 0.5 }, batch_size: 8, progress: false };
     g.bench_function("wanda_50pct_32x128", |b| {
         b.iter_batched(|| dense.clone(), |m| prune(m, &calibration, &cfg).unwrap(), BatchSize::LargeInput)
     });

@@ -4,7 +4,7 @@
 
 use std::path::PathBuf;
 
-use secateur_models::{generate, Cpu, DenseLm, GenerateOptions, TextTokenizer};
+use secateur_models::{Cpu, DenseLm, GenerateOptions, TextTokenizer, generate};
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut args = std::env::args().skip(1);
@@ -13,11 +13,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let device = Default::default();
     let model = DenseLm::<Cpu>::load(&dir, &device)?;
     let tokenizer = TextTokenizer::from_file(&dir.join("tokenizer.json"))?;
-    let opts = GenerateOptions {
-        max_new_tokens: 24,
-        eos_token_ids: model.spec().eos_token_ids.clone(),
-        ..Default::default()
-    };
+    let opts = GenerateOptions { max_new_tokens: 24, eos_token_ids: model.spec().eos_token_ids.clone(), ..Default::default() };
     let out = generate(&model, &[tokenizer.encode(&prompt)?], &opts, &device)?;
     println!("{prompt}{}", tokenizer.decode(&out[0])?);
     Ok(())

@@ -19,7 +19,7 @@ use std::time::Instant;
 use burn::module::AutodiffModule;
 use secateur_models::{ArchSpec, CpuAutodiff, DenseLm, TextTokenizer};
 use secateur_supernet::toy;
-use secateur_supernet::train::{pretrain, TrainConfig};
+use secateur_supernet::train::{TrainConfig, pretrain};
 
 fn run(cmd: &mut Command) -> bool {
     eprintln!("$ {cmd:?}");
@@ -110,7 +110,9 @@ fn front_points(report: &serde_json::Value) -> Vec<(f64, f64)> {
 
 /// One line per run: the front's size, parameter range, and test accuracy at its ends.
 fn nas_summary(runs: &[(String, serde_json::Value)]) -> String {
-    let mut t = String::from("Summary (NAS-paper ablation): the NSGA-II front of each run, test accuracy of its extracted sub-networks.\n\n| Run | Front size | Parameters (min - max) | Accuracy at the smallest | Best accuracy | Mean accuracy |\n|---|---|---|---|---|---|\n");
+    let mut t = String::from(
+        "Summary (NAS-paper ablation): the NSGA-II front of each run, test accuracy of its extracted sub-networks.\n\n| Run | Front size | Parameters (min - max) | Accuracy at the smallest | Best accuracy | Mean accuracy |\n|---|---|---|---|---|---|\n",
+    );
     for (name, report) in runs {
         let pts = front_points(report);
         if pts.is_empty() {
@@ -118,7 +120,13 @@ fn nas_summary(runs: &[(String, serde_json::Value)]) -> String {
         }
         let best = pts.iter().map(|p| p.1).fold(f64::MIN, f64::max);
         let mean = pts.iter().map(|p| p.1).sum::<f64>() / pts.len() as f64;
-        t += &format!("| {name} | {} | {:.0} - {:.0} | {:.1}% | {best:.1}% | {mean:.1}% |\n", pts.len(), pts[0].0, pts[pts.len() - 1].0, pts[0].1);
+        t += &format!(
+            "| {name} | {} | {:.0} - {:.0} | {:.1}% | {best:.1}% | {mean:.1}% |\n",
+            pts.len(),
+            pts[0].0,
+            pts[pts.len() - 1].0,
+            pts[0].1
+        );
     }
     t
 }
@@ -134,14 +142,28 @@ fn pareto_svg(runs: &[(String, serde_json::Value)]) -> String {
     let span = (x1 - x0).max(1.0);
     let px = |x: f64| m + (x - x0) / span * (w - 2.0 * m - 160.0);
     let py = |y: f64| h - m - (y - y0) / (y1 - y0) * (h - 2.0 * m);
-    let mut svg = format!("<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{w}\" height=\"{h}\" font-family=\"sans-serif\" font-size=\"11\">\n<rect width=\"100%\" height=\"100%\" fill=\"white\"/>\n");
-    svg += &format!("<line x1=\"{m}\" y1=\"{}\" x2=\"{}\" y2=\"{}\" stroke=\"black\"/><line x1=\"{m}\" y1=\"{m}\" x2=\"{m}\" y2=\"{}\" stroke=\"black\"/>\n", h - m, w - m - 160.0, h - m, h - m);
+    let mut svg = format!(
+        "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{w}\" height=\"{h}\" font-family=\"sans-serif\" font-size=\"11\">\n<rect width=\"100%\" height=\"100%\" fill=\"white\"/>\n"
+    );
+    svg += &format!(
+        "<line x1=\"{m}\" y1=\"{}\" x2=\"{}\" y2=\"{}\" stroke=\"black\"/><line x1=\"{m}\" y1=\"{m}\" x2=\"{m}\" y2=\"{}\" stroke=\"black\"/>\n",
+        h - m,
+        w - m - 160.0,
+        h - m,
+        h - m
+    );
     for k in 0..=4 {
         let (xv, yv) = (x0 + span * k as f64 / 4.0, y0 + (y1 - y0) * k as f64 / 4.0);
         svg += &format!("<text x=\"{:.1}\" y=\"{}\" text-anchor=\"middle\">{:.0}k</text>", px(xv), h - m + 16.0, xv / 1000.0);
         svg += &format!("<text x=\"{}\" y=\"{:.1}\" text-anchor=\"end\">{yv:.0}%</text>\n", m - 6.0, py(yv) + 4.0);
     }
-    svg += &format!("<text x=\"{:.1}\" y=\"{}\" text-anchor=\"middle\">parameters</text><text x=\"14\" y=\"{:.1}\" transform=\"rotate(-90 14 {:.1})\" text-anchor=\"middle\">test accuracy</text>\n", (w - 160.0) / 2.0, h - 18.0, h / 2.0, h / 2.0);
+    svg += &format!(
+        "<text x=\"{:.1}\" y=\"{}\" text-anchor=\"middle\">parameters</text><text x=\"14\" y=\"{:.1}\" transform=\"rotate(-90 14 {:.1})\" text-anchor=\"middle\">test accuracy</text>\n",
+        (w - 160.0) / 2.0,
+        h - 18.0,
+        h / 2.0,
+        h / 2.0
+    );
     for (i, (name, pts)) in series.iter().enumerate() {
         let c = COLORS[i % COLORS.len()];
         let dashed = if name.ends_with("importance") { " stroke-dasharray=\"4 3\"" } else { "" };
@@ -151,7 +173,13 @@ fn pareto_svg(runs: &[(String, serde_json::Value)]) -> String {
             svg += &format!("<circle cx=\"{:.1}\" cy=\"{:.1}\" r=\"3\" fill=\"{c}\"/>", px(p.0), py(p.1));
         }
         let ly = m + 16.0 * i as f64;
-        svg += &format!("\n<line x1=\"{}\" y1=\"{ly}\" x2=\"{}\" y2=\"{ly}\" stroke=\"{c}\"{dashed}/><text x=\"{}\" y=\"{:.1}\">{name}</text>\n", w - 150.0, w - 130.0, w - 125.0, ly + 4.0);
+        svg += &format!(
+            "\n<line x1=\"{}\" y1=\"{ly}\" x2=\"{}\" y2=\"{ly}\" stroke=\"{c}\"{dashed}/><text x=\"{}\" y=\"{:.1}\">{name}</text>\n",
+            w - 150.0,
+            w - 130.0,
+            w - 125.0,
+            ly + 4.0
+        );
     }
     svg + "</svg>\n"
 }
@@ -194,7 +222,20 @@ fn main() -> ExitCode {
                         let name = format!("{strategy}{}", if importance { "-importance" } else { "" });
                         let out = format!("runs/recipe-nas/{name}");
                         let mut cmd = Command::new("cargo");
-                        cmd.args(["run", "--release", "-p", "secateur-cli", "--", "nas", "--strategy", strategy, "--epochs", "1", "--out", &out]);
+                        cmd.args([
+                            "run",
+                            "--release",
+                            "-p",
+                            "secateur-cli",
+                            "--",
+                            "nas",
+                            "--strategy",
+                            strategy,
+                            "--epochs",
+                            "1",
+                            "--out",
+                            &out,
+                        ]);
                         if importance {
                             cmd.arg("--importance");
                         }
@@ -218,7 +259,22 @@ fn main() -> ExitCode {
             Some("lonas") => {
                 let out = "runs/recipe-lonas";
                 let mut cmd = Command::new("cargo");
-                cmd.args(["run", "--release", "-p", "secateur-cli", "--", "nas", "--lora", "--per-layer", "--strategy", "sandwich", "--budget", "24", "--out", out]);
+                cmd.args([
+                    "run",
+                    "--release",
+                    "-p",
+                    "secateur-cli",
+                    "--",
+                    "nas",
+                    "--lora",
+                    "--per-layer",
+                    "--strategy",
+                    "sandwich",
+                    "--budget",
+                    "24",
+                    "--out",
+                    out,
+                ]);
                 cmd.arg("--resume");
                 let ok = run(cmd.current_dir(&root));
                 if ok {

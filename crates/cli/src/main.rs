@@ -11,7 +11,7 @@ use std::process::ExitCode;
 use burn::prelude::*;
 use clap::{Parser, Subcommand, ValueEnum};
 use secateur_models::generate::token_tensor;
-use secateur_models::{generate, DenseLm, GenerateOptions, ModelError, TextTokenizer};
+use secateur_models::{DenseLm, GenerateOptions, ModelError, TextTokenizer, generate};
 use secateur_runs::{Manifest, OutputDir};
 use serde_json::json;
 
@@ -319,7 +319,8 @@ fn run_on<B: Backend>(cmd: Command, device: B::Device) -> Result<(), CliError> {
                 let (ids, mask) = secateur_models::generate::right_pad(batch, 0);
                 let width = mask[0].len();
                 let logits = with_lm!(&m, |m| m.forward(token_tensor::<B>(&ids, &device), &mask))?;
-                let flat: Vec<f32> = logits.into_data().convert::<f32>().to_vec().map_err(|e| CliError::Usage(format!("cannot read logits: {e:?}")))?;
+                let flat: Vec<f32> =
+                    logits.into_data().convert::<f32>().to_vec().map_err(|e| CliError::Usage(format!("cannot read logits: {e:?}")))?;
                 for (b, s) in batch.iter().enumerate() {
                     let rows: Vec<&[f32]> = (0..s.len()).map(|t| &flat[(b * width + t) * v..(b * width + t + 1) * v]).collect();
                     let sep = if first { "" } else { ", " };
@@ -331,27 +332,27 @@ fn run_on<B: Backend>(cmd: Command, device: B::Device) -> Result<(), CliError> {
             let _ = write("]}\n");
             let _ = piped(out.flush());
         }
-        Command::Generate {
-            model,
-            prompt,
-            max_new_tokens,
-            temperature,
-            top_p,
-            seed,
-            no_cache,
-        } => {
+        Command::Generate { model, prompt, max_new_tokens, temperature, top_p, seed, no_cache } => {
             if !(temperature.is_finite() && temperature >= 0.0 && top_p > 0.0 && top_p <= 1.0) || max_new_tokens == 0 {
-                return Err(CliError::Usage(format!("--temperature {temperature} must be >= 0, --top-p {top_p} in (0, 1] and --max-new-tokens at least 1")));
+                return Err(CliError::Usage(format!(
+                    "--temperature {temperature} must be >= 0, --top-p {top_p} in (0, 1] and --max-new-tokens at least 1"
+                )));
             }
             let m = AnyLm::<B>::load(&model.model, &device)?;
             let tok = TextTokenizer::from_file(&model.model.join("tokenizer.json"))?;
             let context = m.spec().context_length();
             if prompt.len() > 64 * context {
-                return Err(CliError::Usage(format!("--prompt of {} bytes cannot fit the model's context window of {context} tokens", prompt.len())));
+                return Err(CliError::Usage(format!(
+                    "--prompt of {} bytes cannot fit the model's context window of {context} tokens",
+                    prompt.len()
+                )));
             }
             let ids = tok.encode(&prompt)?;
             if ids.len() + max_new_tokens > context {
-                return Err(CliError::Usage(format!("--prompt is {} tokens; with --max-new-tokens {max_new_tokens} that exceeds the model's context window of {context} tokens", ids.len())));
+                return Err(CliError::Usage(format!(
+                    "--prompt is {} tokens; with --max-new-tokens {max_new_tokens} that exceeds the model's context window of {context} tokens",
+                    ids.len()
+                )));
             }
             let opts = GenerateOptions {
                 max_new_tokens,
@@ -366,7 +367,9 @@ fn run_on<B: Backend>(cmd: Command, device: B::Device) -> Result<(), CliError> {
         }
         Command::Quantize { model, bits, group_size, out, force } => {
             if group_size < -1 {
-                return Err(CliError::Usage(format!("--group-size {group_size}: give a positive group size, or -1 / 0 for one group per row")));
+                return Err(CliError::Usage(format!(
+                    "--group-size {group_size}: give a positive group size, or -1 / 0 for one group per row"
+                )));
             }
             let cfg = secateur_quant::QuantConfig { bits, group_size: (group_size > 0).then_some(group_size as usize) };
             let spec = secateur_models::ArchSpec::from_config_file(&model.model.join("config.json"))?;
@@ -378,25 +381,26 @@ fn run_on<B: Backend>(cmd: Command, device: B::Device) -> Result<(), CliError> {
             let bytes = secateur_quant::checkpoint::write_quantized(&model.model, staged.path(), &q)?;
             staged.publish()?;
             let source: u64 = std::fs::read_dir(&model.model)
-                .map(|d| d.filter_map(|e| e.ok()).filter(|e| e.file_name().to_string_lossy().ends_with(".safetensors")).filter_map(|e| e.metadata().ok()).map(|m| m.len()).sum())
+                .map(|d| {
+                    d.filter_map(|e| e.ok())
+                        .filter(|e| e.file_name().to_string_lossy().ends_with(".safetensors"))
+                        .filter_map(|e| e.metadata().ok())
+                        .map(|m| m.len())
+                        .sum()
+                })
                 .unwrap_or(0);
-            emit(&serde_json::to_string(&json!({"out": out, "bits": bits, "group_size": group_size, "weights_bytes": bytes, "source_weights_bytes": source})).expect("JSON"));
+            emit(
+                &serde_json::to_string(
+                    &json!({"out": out, "bits": bits, "group_size": group_size, "weights_bytes": bytes, "source_weights_bytes": source}),
+                )
+                .expect("JSON"),
+            );
         }
-        Command::Shears(_) | Command::Sqft(_) | Command::Nas(_) | Command::Search(_) | Command::MooBench { .. } => unreachable!("handled in run"),
-        Command::Prune {
-            model,
-            method,
-            sparsity,
-            nm,
-            calibration,
-            calibration_samples,
-            seq_len,
-            seed,
-            batch_size,
-            out,
-            force,
-        } => {
-            use secateur_sparsity::{prune, sample_calibration, CalibrationSource, Pattern, PruneConfig, ScoreMethod};
+        Command::Shears(_) | Command::Sqft(_) | Command::Nas(_) | Command::Search(_) | Command::MooBench { .. } => {
+            unreachable!("handled in run")
+        }
+        Command::Prune { model, method, sparsity, nm, calibration, calibration_samples, seq_len, seed, batch_size, out, force } => {
+            use secateur_sparsity::{CalibrationSource, Pattern, PruneConfig, ScoreMethod, prune, sample_calibration};
             if let Some(r) = sparsity
                 && !(r.is_finite() && (0.0..1.0).contains(&r))
             {
@@ -408,16 +412,23 @@ fn run_on<B: Backend>(cmd: Command, device: B::Device) -> Result<(), CliError> {
             let spec = secateur_models::ArchSpec::from_config_file(&model.model.join("config.json"))?;
             let len = seq_len.unwrap_or_else(|| spec.context_length().min(2048));
             if len > spec.context_length() {
-                return Err(CliError::Usage(format!("--seq-len {len}: longer than the model's context window of {}", spec.context_length())));
+                return Err(CliError::Usage(format!(
+                    "--seq-len {len}: longer than the model's context window of {}",
+                    spec.context_length()
+                )));
             }
             if calibration.is_some() {
                 secateur_sparsity::check_calibration_size(calibration_samples, len)?;
             }
-            let manifest = Manifest::new("prune", &json!({"model": model.model, "method": method, "sparsity": sparsity, "nm": nm, "calibration": calibration, "calibration_samples": calibration_samples, "seq_len": len, "seed": seed}));
+            let manifest = Manifest::new(
+                "prune",
+                &json!({"model": model.model, "method": method, "sparsity": sparsity, "nm": nm, "calibration": calibration, "calibration_samples": calibration_samples, "seq_len": len, "seed": seed}),
+            );
             let pattern = match (sparsity, nm.as_deref()) {
                 (Some(ratio), None) => Pattern::Unstructured { ratio },
-                (None, Some(s)) => Pattern::parse_nm(s)
-                    .ok_or_else(|| CliError::Usage(format!("--nm {s:?}: expected N:M with 0 < N < M, e.g. 2:4")))?,
+                (None, Some(s)) => {
+                    Pattern::parse_nm(s).ok_or_else(|| CliError::Usage(format!("--nm {s:?}: expected N:M with 0 < N < M, e.g. 2:4")))?
+                }
                 _ => return Err(CliError::Usage("give exactly one of --sparsity and --nm".into())),
             };
             let method = match method {
@@ -436,23 +447,21 @@ fn run_on<B: Backend>(cmd: Command, device: B::Device) -> Result<(), CliError> {
                 }
                 None => Vec::new(),
             };
-            let cfg = PruneConfig {
-                method,
-                pattern,
-                batch_size,
-                progress: true,
-            };
+            let cfg = PruneConfig { method, pattern, batch_size, progress: true };
             let staged = OutputDir::create(&out, &manifest, force, &[&model.model])?;
             let m = DenseLm::<B>::load(&model.model, &device)?;
             let outcome = prune(m, &samples, &cfg)?;
             let report = secateur_sparsity::checkpoint::write_pruned(&model.model, staged.path(), &outcome.model, &outcome.masks, &cfg)?;
             staged.publish()?;
-            emit(&serde_json::to_string(&json!({
-                "out": out,
-                "total_sparsity": report["total_sparsity"],
-                "nonzero_parameters": report["nonzero_parameters"],
-                "calibration_samples": samples.len(),
-            })).expect("JSON"));
+            emit(
+                &serde_json::to_string(&json!({
+                    "out": out,
+                    "total_sparsity": report["total_sparsity"],
+                    "nonzero_parameters": report["nonzero_parameters"],
+                    "calibration_samples": samples.len(),
+                }))
+                .expect("JSON"),
+            );
         }
     }
     Ok(())
@@ -524,7 +533,9 @@ fn moo_bench(
         return Err(CliError::Usage("--evals must be at least 1".into()));
     }
     if matches!(algo, BenchAlgo::HillClimb) && p.variables().iter().any(|v| matches!(v, secateur_search::Variable::Real { .. })) {
-        return Err(CliError::Usage(format!("--algo hill-climb steps between choices: {name} has real variables (use zdt1-discrete, or nsga2 / rnsga2 / random)")));
+        return Err(CliError::Usage(format!(
+            "--algo hill-climb steps between choices: {name} has real variables (use zdt1-discrete, or nsga2 / rnsga2 / random)"
+        )));
     }
     let clock = std::time::Instant::now();
     let mut ev = Evaluator::new(&p);
@@ -555,15 +566,18 @@ fn moo_bench(
     if let Some(dir) = out {
         secateur_search::report::write_outputs(dir, &p.objective_names(), &ev.history, &front)?;
     }
-    emit(&serde_json::to_string(&json!({
-        "problem": name,
-        "algo": value_name(&algo),
-        "hypervolume": hv,
-        "optimal_hypervolume": p.optimal_hypervolume(),
-        "evaluations": ev.evaluations(),
-        "seconds": seconds,
-        "seed": seed,
-    })).expect("JSON"));
+    emit(
+        &serde_json::to_string(&json!({
+            "problem": name,
+            "algo": value_name(&algo),
+            "hypervolume": hv,
+            "optimal_hypervolume": p.optimal_hypervolume(),
+            "evaluations": ev.evaluations(),
+            "seconds": seconds,
+            "seed": seed,
+        }))
+        .expect("JSON"),
+    );
     Ok(())
 }
 
@@ -604,13 +618,9 @@ fn info<B: Backend, P: secateur_models::Projection<B>>(m: &secateur_models::Caus
 }
 
 fn read_input_ids(path: &Path, vocab: usize, context: usize) -> Result<Vec<Vec<u32>>, CliError> {
-    let bad = |reason: String| CliError::Input {
-        path: path.to_path_buf(),
-        reason,
-    };
+    let bad = |reason: String| CliError::Input { path: path.to_path_buf(), reason };
     let text = std::fs::read_to_string(path).map_err(|e| bad(e.to_string()))?;
-    let seqs: Vec<Vec<u32>> =
-        serde_json::from_str(&text).map_err(|e| bad(format!("expected an array of token-id arrays: {e}")))?;
+    let seqs: Vec<Vec<u32>> = serde_json::from_str(&text).map_err(|e| bad(format!("expected an array of token-id arrays: {e}")))?;
     if seqs.is_empty() {
         return Err(bad("no sequences".into()));
     }

@@ -8,21 +8,21 @@ use burn::module::{AutodiffModule, Module};
 use secateur_elastic_lora::peft::merge;
 use secateur_elastic_lora::{AdaptedLm, RankControl, SearchSpace, SubnetConfig};
 use secateur_models::extract::extract;
-use secateur_models::latency::{measure, measure_many, LatencySetup};
+use secateur_models::latency::{LatencySetup, measure, measure_many};
 use secateur_models::weights::{save_new, write_atomic};
-use secateur_runs::StagedDir;
 use secateur_models::{ArchSpec, Cpu, CpuAutodiff, DenseLm, PositionKind, SubnetStructure, TextTokenizer};
+use secateur_runs::StagedDir;
 use secateur_search::nsga2::Nsga2;
 use secateur_search::{Evaluator, Problem, Variable};
 use secateur_supernet::data::{self, Example};
-use secateur_supernet::eval::{accuracy, AnswerKind};
-use secateur_supernet::nas::{structure_cost, train_supernet, validation_loss, Sampler, SamplerKind, StructureChoice, StructureSpace};
+use secateur_supernet::eval::{AnswerKind, accuracy};
+use secateur_supernet::nas::{Sampler, SamplerKind, StructureChoice, StructureSpace, structure_cost, train_supernet, validation_loss};
 use secateur_supernet::reorder::{descending, importance, reorder};
 use secateur_supernet::train::Strategy;
 use serde_json::json;
 
-use crate::shears::{load_task, materialize_base, train_config, ShearsArgs};
 use crate::CliError;
+use crate::shears::{ShearsArgs, load_task, materialize_base, train_config};
 
 /// The super-network's sampler (the paper's strategies).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
@@ -110,7 +110,12 @@ impl Trained {
 
     /// The standalone model of `s` and its config; with LoNAS, the adapters are merged at
     /// `ranks` first.
-    fn extract(&self, s: &SubnetStructure, ranks: Option<&SubnetConfig>, config: &serde_json::Value) -> Result<(DenseLm<Cpu>, serde_json::Value), CliError> {
+    fn extract(
+        &self,
+        s: &SubnetStructure,
+        ranks: Option<&SubnetConfig>,
+        config: &serde_json::Value,
+    ) -> Result<(DenseLm<Cpu>, serde_json::Value), CliError> {
         Ok(match self {
             Trained::Full(m) => extract(m, s, config)?,
             Trained::Lora(m, c) => {
@@ -200,12 +205,16 @@ impl Problem for SpaceProblem<'_> {
             None
         };
         let loss = match (self.accuracy, &small) {
-            (Some((tok, records, max_new)), Some(small)) => 1.0 - accuracy(small, tok, records, AnswerKind::Math, max_new, 64, &Default::default()).map_err(|e| e.to_string())?.accuracy,
+            (Some((tok, records, max_new)), Some(small)) => {
+                1.0 - accuracy(small, tok, records, AnswerKind::Math, max_new, 64, &Default::default()).map_err(|e| e.to_string())?.accuracy
+            }
             _ => self.trained.loss(&s, c.ranks.as_ref(), self.val, self.pad)?,
         };
         let spec = self.trained.spec();
         let cost = match (self.objective, &small) {
-            (Objective::Latency, Some(small)) => measure(small, &SEARCH_LATENCY, &Default::default()).map_err(|e| e.to_string())?.decode_ms_per_token,
+            (Objective::Latency, Some(small)) => {
+                measure(small, &SEARCH_LATENCY, &Default::default()).map_err(|e| e.to_string())?.decode_ms_per_token
+            }
             (Objective::Macs, _) => structure_cost(spec, &s, 128).1 as f64,
             _ => structure_cost(spec, &s, 0).0 as f64,
         };
@@ -263,7 +272,9 @@ pub fn run(args: NasArgs) -> Result<String, CliError> {
     let base_dir = materialize_base(a, &out)?;
     let device = Default::default();
     let tok = TextTokenizer::from_file(&base_dir.join("tokenizer.json"))?;
-    let config: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(base_dir.join("config.json")).map_err(|e| io(&base_dir, e))?).map_err(|e| io(&base_dir, e))?;
+    let config: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(base_dir.join("config.json")).map_err(|e| io(&base_dir, e))?)
+            .map_err(|e| io(&base_dir, e))?;
     let mut model = DenseLm::<CpuAutodiff>::load(&base_dir, &device)?;
     let spec = model.spec().clone();
     let eos = spec.eos_token_ids.first().copied();
@@ -306,7 +317,8 @@ pub fn run(args: NasArgs) -> Result<String, CliError> {
         vars.extend(rs.groups.iter().map(|g| Variable::Choice { n: g.choices.len() }));
     }
     let accuracy_metric = (args.metric == Metric::Accuracy).then_some((&tok, task.val.as_slice(), a.max_new_tokens));
-    let problem = SpaceProblem { vars, space: &space, trained: &trained, config: &config, val: &val, pad, objective, accuracy: accuracy_metric };
+    let problem =
+        SpaceProblem { vars, space: &space, trained: &trained, config: &config, val: &val, pad, objective, accuracy: accuracy_metric };
     let mut ev = Evaluator::new(&problem);
     let result = Nsga2::new(8, a.seed).run(&mut ev, args.budget)?;
     let mut front = result.front.clone();

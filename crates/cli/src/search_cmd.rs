@@ -14,7 +14,7 @@ use secateur_search::problem::{heuristic, maximal, minimal};
 use secateur_search::rnsga2::RNsga2;
 use secateur_search::{Evaluated, Evaluator, Problem, Variable};
 use secateur_supernet::data::Record;
-use secateur_supernet::eval::{accuracy, AnswerKind};
+use secateur_supernet::eval::{AnswerKind, accuracy};
 use serde::Serialize;
 use serde_json::json;
 
@@ -93,14 +93,7 @@ impl SubAdapterProblem<'_> {
 
     fn costs(&self, config: &SubnetConfig) -> Result<secateur_elastic_lora::cost::Cost, String> {
         let ranks = self.ranks.space.ranks(config).map_err(|e| e.to_string())?;
-        let per_site = self
-            .ranks
-            .space
-            .groups
-            .iter()
-            .zip(&ranks)
-            .flat_map(|(g, &r)| g.sites.iter().map(move |s| (*s, r)))
-            .collect();
+        let per_site = self.ranks.space.groups.iter().zip(&ranks).flat_map(|(g, &r)| g.sites.iter().map(move |s| (*s, r))).collect();
         Ok(cost(self.spec, &per_site, self.context))
     }
 }
@@ -206,7 +199,10 @@ pub fn run(args: SearchArgs) -> Result<String, CliError> {
     });
     let mut ev = Evaluator::persistent(&problem, &out.join("evaluations.jsonl"), &context)?;
     if ev.dropped_partial_line {
-        eprintln!("warning: {}: the last evaluation was cut off mid-write (a killed run) and is dropped", out.join("evaluations.jsonl").display());
+        eprintln!(
+            "warning: {}: the last evaluation was cut off mid-write (a killed run) and is dropped",
+            out.join("evaluations.jsonl").display()
+        );
     }
     if ev.loaded > 0 {
         eprintln!("search: {} cached evaluations loaded", ev.loaded);
@@ -263,7 +259,15 @@ pub fn run(args: SearchArgs) -> Result<String, CliError> {
             u.join("/")
         };
         let objs = c.objectives.as_ref().map_or("-".to_string(), |f| f.iter().map(|v| format!("{v:.4}")).collect::<Vec<_>>().join(", "));
-        table += &format!("| {} | {} | {} | {} | {} | {:.1}% |\n", c.label, ranks, objs, c.macs_per_token, c.adapter_params, c.test_accuracy * 100.0);
+        table += &format!(
+            "| {} | {} | {} | {} | {} | {:.1}% |\n",
+            c.label,
+            ranks,
+            objs,
+            c.macs_per_token,
+            c.adapter_params,
+            c.test_accuracy * 100.0
+        );
     }
     let report = json!({"algo": algo, "budget": args.budget, "objectives": problem.objective_names(), "evaluations": history.len(), "chosen": chosen});
     secateur_models::weights::write_atomic(&out.join("report.json"), serde_json::to_string_pretty(&report).expect("JSON").as_bytes())?;
@@ -275,7 +279,8 @@ pub fn run(args: SearchArgs) -> Result<String, CliError> {
 /// Adds the search's chosen configurations to the run's `report.json` under `search.<algo>`.
 fn add_to_run_report(path: &Path, algo: &str, search: &serde_json::Value) -> Result<(), CliError> {
     let Ok(text) = std::fs::read_to_string(path) else { return Ok(()) };
-    let mut report: serde_json::Value = serde_json::from_str(&text).map_err(|e| CliError::Input { path: path.to_path_buf(), reason: e.to_string() })?;
+    let mut report: serde_json::Value =
+        serde_json::from_str(&text).map_err(|e| CliError::Input { path: path.to_path_buf(), reason: e.to_string() })?;
     if let Some(obj) = report.as_object_mut() {
         let entry = obj.entry("search").or_insert_with(|| json!({}));
         entry[algo] = search.clone();

@@ -6,15 +6,15 @@ use std::time::Instant;
 
 use burn::module::{AutodiffModule, Module};
 use secateur_elastic_lora::peft::export_peft;
-use secateur_elastic_lora::{attach, AdaptedLm, LoraConfig, RankControl, Scaling, SearchSpace, SubnetConfig};
+use secateur_elastic_lora::{AdaptedLm, LoraConfig, RankControl, Scaling, SearchSpace, SubnetConfig, attach};
 use secateur_models::weights::write_atomic;
 use secateur_models::{ArchSpec, Cpu, CpuAutodiff, DenseLm, TextTokenizer};
 use secateur_runs::{Manifest, OpenMode, RunDir, StagedDir};
-use secateur_sparsity::{prune, sample_calibration, Pattern, PruneConfig, ScoreMethod};
+use secateur_sparsity::{Pattern, PruneConfig, ScoreMethod, prune, sample_calibration};
 use secateur_supernet::data::{self, Example, Record};
-use secateur_supernet::eval::{accuracy, AnswerKind};
+use secateur_supernet::eval::{AnswerKind, accuracy};
 use secateur_supernet::toy;
-use secateur_supernet::train::{train, Strategy, TrainConfig};
+use secateur_supernet::train::{Strategy, TrainConfig, train};
 use serde::Serialize;
 use serde_json::json;
 
@@ -104,13 +104,17 @@ impl ShearsArgs {
             return usage(format!("--sparsity {}: must be in [0, 1)", self.sparsity));
         }
         if let Some(r) = &self.ranks
-            && (r.is_empty() || r.contains(&0) || r.windows(2).any(|w| w[0] <= w[1])) {
-                return usage(format!("--ranks {r:?}: give positive ranks in strictly descending order, e.g. 32,24,16 (the first is the maximal rank)"));
-            }
+            && (r.is_empty() || r.contains(&0) || r.windows(2).any(|w| w[0] <= w[1]))
+        {
+            return usage(format!(
+                "--ranks {r:?}: give positive ranks in strictly descending order, e.g. 32,24,16 (the first is the maximal rank)"
+            ));
+        }
         if let Some(t) = &self.targets
-            && SearchSpace::parse_targets(t)?.is_empty() {
-                return usage(format!("--targets {t:?}: name at least one projection, e.g. q,k,v,up,down"));
-            }
+            && SearchSpace::parse_targets(t)?.is_empty()
+        {
+            return usage(format!("--targets {t:?}: name at least one projection, e.g. q,k,v,up,down"));
+        }
         if let Some(a) = self.alpha
             && !(a.is_finite() && a > 0.0 && a <= MAX_ALPHA)
         {
@@ -160,7 +164,10 @@ pub fn check_ranks_fit(spec: &ArchSpec, space: &SearchSpace) -> Result<(), CliEr
         for s in &g.sites {
             let [o, i] = spec.site_shape(s.layer, s.kind);
             if max > o.min(i) {
-                return Err(CliError::Usage(format!("--ranks: rank {max} exceeds the width of {s} ({o} x {i}); the largest rank there is {}", o.min(i))));
+                return Err(CliError::Usage(format!(
+                    "--ranks: rank {max} exceeds the width of {s} ({o} x {i}); the largest rank there is {}",
+                    o.min(i)
+                )));
             }
         }
     }
@@ -182,10 +189,7 @@ pub struct Row {
 }
 
 fn err(path: &Path, e: impl std::fmt::Display) -> CliError {
-    CliError::Input {
-        path: path.to_path_buf(),
-        reason: e.to_string(),
-    }
+    CliError::Input { path: path.to_path_buf(), reason: e.to_string() }
 }
 
 /// The splits of a run's task.
@@ -210,7 +214,13 @@ pub fn load_task(args: &ShearsArgs) -> Result<Task, CliError> {
             for (i, r) in records.iter().enumerate() {
                 for (field, value) in [("instruction", &r.instruction), ("output", &r.output), ("answer", &r.answer)] {
                     if value.trim().is_empty() {
-                        return Err(err(path, format!("record {} has no `{field}` (training needs `instruction` and `output`, exact-match evaluation `answer`)", i + 1)));
+                        return Err(err(
+                            path,
+                            format!(
+                                "record {} has no `{field}` (training needs `instruction` and `output`, exact-match evaluation `answer`)",
+                                i + 1
+                            ),
+                        ));
                     }
                 }
             }
@@ -296,12 +306,8 @@ pub fn wanda(
     tok: &TextTokenizer,
     task: &Task,
 ) -> Result<(DenseLm<Cpu>, f64, usize, f64), CliError> {
-    let cfg = PruneConfig {
-        method: ScoreMethod::Wanda,
-        pattern: Pattern::Unstructured { ratio: args.sparsity },
-        batch_size: 8,
-        progress: true,
-    };
+    let cfg =
+        PruneConfig { method: ScoreMethod::Wanda, pattern: Pattern::Unstructured { ratio: args.sparsity }, batch_size: 8, progress: true };
     let docs = task.calibration_docs.iter().map(|d| tok.encode(d)).collect::<Result<Vec<_>, _>>()?;
     let seq_len = if args.model.is_none() { 64 } else { dense.spec().max_position_embeddings.unwrap_or(2048).min(2048) };
     let calibration = sample_calibration(&docs, args.calibration_samples, seq_len, args.seed);
@@ -330,12 +336,7 @@ pub fn run(args: ShearsArgs) -> Result<String, CliError> {
 
     let device = Default::default();
     let tok = TextTokenizer::from_file(&base_dir.join("tokenizer.json"))?;
-    eprintln!(
-        "shears: {} train / {} validation / {} test examples",
-        task.train.len(),
-        task.val.len(),
-        task.test.len()
-    );
+    eprintln!("shears: {} train / {} validation / {} test examples", task.train.len(), task.val.len(), task.test.len());
     let mut rows = Vec::new();
 
     // 1. The dense base, untuned.
@@ -377,11 +378,8 @@ pub fn run(args: ShearsArgs) -> Result<String, CliError> {
     // 3. Adapters on the sparse base: plain LoRA at the maximal rank, then NLS.
     space.to_file(&out.join("search_space.json"))?;
     let eos = spec.eos_token_ids.first().copied();
-    let examples: Vec<Example> = task
-        .train
-        .iter()
-        .map(|r| data::tokenize(r, &tok, eos, args.cutoff, args.train_on_inputs))
-        .collect::<Result<_, _>>()?;
+    let examples: Vec<Example> =
+        task.train.iter().map(|r| data::tokenize(r, &tok, eos, args.cutoff, args.train_on_inputs)).collect::<Result<_, _>>()?;
     let pad = eos.unwrap_or(0);
     let lora_cfg = LoraConfig { alpha, scaling: Scaling::MaxRank, seed: args.seed };
     let train_cfg = |strategy| train_config(&args, strategy);
@@ -391,11 +389,22 @@ pub fn run(args: ShearsArgs) -> Result<String, CliError> {
         let (model, ctl) = attach(sparse, &space, &lora_cfg, &device)?;
         let ckpt = out.join(format!("train-{label}"));
         let (model, report) = train(model, &ctl, &examples, &train_cfg(strategy), pad, Some(&ckpt))?;
-        eprintln!("{label}: {} steps in {:.1}s, final loss {:.4}", report.steps, report.seconds, report.losses.last().copied().unwrap_or(f64::NAN));
+        eprintln!(
+            "{label}: {} steps in {:.1}s, final loss {:.4}",
+            report.steps,
+            report.seconds,
+            report.losses.last().copied().unwrap_or(f64::NAN)
+        );
         write_atomic(&ckpt.join("report.json"), serde_json::to_string(&report).expect("JSON").as_bytes())?;
         adapters.push((label.to_string(), model.valid(), ctl, report.seconds, report.trainable_params));
     }
-    let mut evaluate = |name: String, model: &AdaptedLm<Cpu>, ctl: &RankControl, config: &SubnetConfig, seconds: f64, trainable: usize| -> Result<(), CliError> {
+    let mut evaluate = |name: String,
+                        model: &AdaptedLm<Cpu>,
+                        ctl: &RankControl,
+                        config: &SubnetConfig,
+                        seconds: f64,
+                        trainable: usize|
+     -> Result<(), CliError> {
         ctl.apply(config)?;
         let ranks = ctl.space.ranks(config)?;
         let active = secateur_elastic_lora::adapter_params(&model.sites(), &ctl.ranks());

@@ -12,20 +12,20 @@ use std::path::{Path, PathBuf};
 
 use burn::module::{AutodiffModule, Module};
 use secateur_elastic_lora::sparse_peft::{attach_sparse_peft, merge_quantized, merge_sparse};
-use secateur_elastic_lora::{attach, LoraConfig, Scaling};
+use secateur_elastic_lora::{LoraConfig, Scaling, attach};
 use secateur_models::weights::write_atomic;
 use secateur_models::{Cpu, CpuAutodiff, DenseLm, TextTokenizer};
-use secateur_quant::checkpoint::{load_quantized, quantize_model, write_quantized};
 use secateur_quant::QuantConfig;
-use secateur_supernet::data::{self, Example};
-use secateur_supernet::eval::{accuracy, AnswerKind};
+use secateur_quant::checkpoint::{load_quantized, quantize_model, write_quantized};
 use secateur_runs::StagedDir;
-use secateur_supernet::train::{save_adapters, train, Strategy};
+use secateur_supernet::data::{self, Example};
+use secateur_supernet::eval::{AnswerKind, accuracy};
+use secateur_supernet::train::{Strategy, save_adapters, train};
 use serde::Serialize;
 use serde_json::json;
 
-use crate::shears::{base_spec, load_task, materialize_base, ranks_and_alpha, train_config, wanda, ShearsArgs};
 use crate::CliError;
+use crate::shears::{ShearsArgs, base_spec, load_task, materialize_base, ranks_and_alpha, train_config, wanda};
 
 /// Which SQFT pipelines to run.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Serialize)]
@@ -72,11 +72,14 @@ pub fn check_quant(spec: &secateur_models::ArchSpec, bits: u32, group_size: Opti
     if !matches!(bits, 2 | 4 | 8) {
         return Err(CliError::Usage(format!("--bits {bits}: the GPTQ checkpoint format packs 2, 4 or 8 bits")));
     }
-    let widest = (0..spec.num_layers).flat_map(|l| spec.block_site_kinds().into_iter().map(move |k| spec.site_shape(l, k)[1])).max().unwrap_or(0);
+    let widest =
+        (0..spec.num_layers).flat_map(|l| spec.block_site_kinds().into_iter().map(move |k| spec.site_shape(l, k)[1])).max().unwrap_or(0);
     if let Some(g) = group_size
         && g > widest
     {
-        return Err(CliError::Usage(format!("--group-size {g}: larger than the widest projection input ({widest}); use -1 or 0 for one group per row")));
+        return Err(CliError::Usage(format!(
+            "--group-size {g}: larger than the widest projection input ({widest}); use -1 or 0 for one group per row"
+        )));
     }
     Ok(())
 }
@@ -97,7 +100,13 @@ pub struct SqftRow {
 
 fn dir_bytes(dir: &Path) -> u64 {
     std::fs::read_dir(dir)
-        .map(|d| d.filter_map(|e| e.ok()).filter(|e| e.file_name().to_string_lossy().ends_with(".safetensors")).filter_map(|e| e.metadata().ok()).map(|m| m.len()).sum())
+        .map(|d| {
+            d.filter_map(|e| e.ok())
+                .filter(|e| e.file_name().to_string_lossy().ends_with(".safetensors"))
+                .filter_map(|e| e.metadata().ok())
+                .map(|m| m.len())
+                .sum()
+        })
         .unwrap_or(0)
 }
 
@@ -140,7 +149,16 @@ pub fn run(args: SqftArgs) -> Result<String, CliError> {
 
     let dense = DenseLm::<Cpu>::load(&base_dir, &device)?;
     let acc = acc_of("dense", test(&|r| accuracy(&dense, &tok, r, AnswerKind::Math, a.max_new_tokens, 64, &device)))?;
-    rows.push(SqftRow { name: "Dense base (no tuning)".into(), accuracy: acc, sparsity: 0.0, base_precision: "FP32".into(), adapter_precision: "-".into(), mergeable: "-".into(), size_bytes: dir_bytes(&base_dir), train_seconds: None });
+    rows.push(SqftRow {
+        name: "Dense base (no tuning)".into(),
+        accuracy: acc,
+        sparsity: 0.0,
+        base_precision: "FP32".into(),
+        adapter_precision: "-".into(),
+        mergeable: "-".into(),
+        size_bytes: dir_bytes(&base_dir),
+        train_seconds: None,
+    });
 
     let wanda_dir = out.join("wanda");
     let (sparse, sparsity, _, _) = wanda(a, &base_dir, &wanda_dir, dense, &tok, &task)?;
@@ -151,15 +169,21 @@ pub fn run(args: SqftArgs) -> Result<String, CliError> {
     write_quantized(&wanda_dir, staged.path(), &sparse_q)?;
     staged.publish()?;
     let acc = acc_of("sparse int", test(&|r| accuracy(&sparse_q, &tok, r, AnswerKind::Math, a.max_new_tokens, 64, &device)))?;
-    rows.push(SqftRow { name: format!("Wanda {:.0}% + INT{} (no tuning)", a.sparsity * 100.0, args.bits), accuracy: acc, sparsity, base_precision: format!("INT{}", args.bits), adapter_precision: "-".into(), mergeable: "-".into(), size_bytes: dir_bytes(&int_dir), train_seconds: None });
+    rows.push(SqftRow {
+        name: format!("Wanda {:.0}% + INT{} (no tuning)", a.sparsity * 100.0, args.bits),
+        accuracy: acc,
+        sparsity,
+        base_precision: format!("INT{}", args.bits),
+        adapter_precision: "-".into(),
+        mergeable: "-".into(),
+        size_bytes: dir_bytes(&int_dir),
+        train_seconds: None,
+    });
     drop((sparse, sparse_q));
 
     let eos = spec.eos_token_ids.first().copied();
-    let examples: Vec<Example> = task
-        .train
-        .iter()
-        .map(|r| data::tokenize(r, &tok, eos, a.cutoff, a.train_on_inputs))
-        .collect::<Result<_, _>>()?;
+    let examples: Vec<Example> =
+        task.train.iter().map(|r| data::tokenize(r, &tok, eos, a.cutoff, a.train_on_inputs)).collect::<Result<_, _>>()?;
     let pad = eos.unwrap_or(0);
     let lora_cfg = LoraConfig { alpha, scaling: Scaling::MaxRank, seed: a.seed };
     let ckpt = |name: &str| -> PathBuf { out.join(format!("train-{name}")) };
@@ -173,7 +197,16 @@ pub fn run(args: SqftArgs) -> Result<String, CliError> {
         let acc = acc_of("lora", test(&|r| accuracy(&m, &tok, r, AnswerKind::Math, a.max_new_tokens, 64, &device)))?;
         save_adapters(&m, &out.join("lora-adapters.safetensors"))?;
         let size = dir_bytes(&wanda_dir) + std::fs::metadata(out.join("lora-adapters.safetensors")).map(|m| m.len()).unwrap_or(0);
-        rows.push(SqftRow { name: format!("Wanda {:.0}% + LoRA (rank {})", a.sparsity * 100.0, ranks[0]), accuracy: acc, sparsity, base_precision: "FP32".into(), adapter_precision: "FP32".into(), mergeable: "no (sparsity lost)".into(), size_bytes: size, train_seconds: Some(rep.seconds) });
+        rows.push(SqftRow {
+            name: format!("Wanda {:.0}% + LoRA (rank {})", a.sparsity * 100.0, ranks[0]),
+            accuracy: acc,
+            sparsity,
+            base_precision: "FP32".into(),
+            adapter_precision: "FP32".into(),
+            mergeable: "no (sparsity lost)".into(),
+            size_bytes: size,
+            train_seconds: Some(rep.seconds),
+        });
     }
 
     for pipeline in pipelines {
@@ -188,7 +221,16 @@ pub fn run(args: SqftArgs) -> Result<String, CliError> {
                 let adapters = out.join("nls-quantized-adapters.safetensors");
                 save_adapters(&m, &adapters)?;
                 let size = dir_bytes(&int_dir) + std::fs::metadata(&adapters).map(|m| m.len()).unwrap_or(0);
-                rows.push(SqftRow { name: "SQFT: NLS on the quantized base (heuristic)".into(), accuracy: acc, sparsity, base_precision: format!("INT{}", args.bits), adapter_precision: "FP32".into(), mergeable: "no".into(), size_bytes: size, train_seconds: Some(rep.seconds) });
+                rows.push(SqftRow {
+                    name: "SQFT: NLS on the quantized base (heuristic)".into(),
+                    accuracy: acc,
+                    sparsity,
+                    base_precision: format!("INT{}", args.bits),
+                    adapter_precision: "FP32".into(),
+                    mergeable: "no".into(),
+                    size_bytes: size,
+                    train_seconds: Some(rep.seconds),
+                });
             }
             "sparsepeft" | "qa-sparsepeft" => {
                 let qa = pipeline == "qa-sparsepeft";
@@ -212,17 +254,30 @@ pub fn run(args: SqftArgs) -> Result<String, CliError> {
                     let staged = StagedDir::new(&merged_dir)?;
                     secateur_models::weights::save_like(&merged, &wanda_dir, staged.path())?;
                     staged.publish()?;
-                    let s = sparsity_of(merged.projections().iter().map(|(_, p)| p.weight.val().into_data().convert::<f32>().to_vec().expect("f32")));
+                    let s = sparsity_of(
+                        merged.projections().iter().map(|(_, p)| p.weight.val().into_data().convert::<f32>().to_vec().expect("f32")),
+                    );
                     (acc, s, dir_bytes(&merged_dir), "FP32".to_string())
                 };
                 eprintln!("{pipeline}: sparsity after merging {merged_sparsity:.4} (base {sparsity:.4})");
                 let name = if qa { "SQFT + QA-SparsePEFT (heuristic, merged)" } else { "SQFT + SparsePEFT (heuristic, merged)" };
-                rows.push(SqftRow { name: name.into(), accuracy: acc, sparsity: merged_sparsity, base_precision: precision, adapter_precision: "merged".into(), mergeable: "yes".into(), size_bytes: size, train_seconds: Some(rep.seconds) });
+                rows.push(SqftRow {
+                    name: name.into(),
+                    accuracy: acc,
+                    sparsity: merged_sparsity,
+                    base_precision: precision,
+                    adapter_precision: "merged".into(),
+                    mergeable: "yes".into(),
+                    size_bytes: size,
+                    train_seconds: Some(rep.seconds),
+                });
             }
             _ => unreachable!(),
         }
     }
-    let mut table = String::from("| Pipeline | Accuracy | Sparsity | Base | Adapter | Mergeable | Size on disk (KB) | Train time (s) |\n|---|---|---|---|---|---|---|---|\n");
+    let mut table = String::from(
+        "| Pipeline | Accuracy | Sparsity | Base | Adapter | Mergeable | Size on disk (KB) | Train time (s) |\n|---|---|---|---|---|---|---|---|\n",
+    );
     for r in &rows {
         table += &format!(
             "| {} | {:.1}% | {:.1}% | {} | {} | {} | {:.0} | {} |\n",

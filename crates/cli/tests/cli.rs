@@ -11,11 +11,7 @@ fn fixture(variant: &str) -> PathBuf {
 
 fn secateur(args: &[&str]) -> (bool, String, String) {
     let out = Command::new(env!("CARGO_BIN_EXE_secateur")).args(args).output().unwrap();
-    (
-        out.status.success(),
-        String::from_utf8(out.stdout).unwrap(),
-        String::from_utf8(out.stderr).unwrap(),
-    )
+    (out.status.success(), String::from_utf8(out.stdout).unwrap(), String::from_utf8(out.stderr).unwrap())
 }
 
 /// A small LLM-Adapters JSONL dataset in `dir`.
@@ -65,15 +61,13 @@ fn logits_of_unequal_lengths_match_transformers() {
     let bytes = std::fs::read(fixture(variant).join("reference.safetensors")).unwrap();
     let st = SafeTensors::deserialize(&bytes).unwrap();
     let ids: Vec<i64> = st.tensor("input_ids").unwrap().data().chunks_exact(8).map(|c| i64::from_le_bytes(c.try_into().unwrap())).collect();
-    let mask: Vec<i64> = st.tensor("attention_mask").unwrap().data().chunks_exact(8).map(|c| i64::from_le_bytes(c.try_into().unwrap())).collect();
+    let mask: Vec<i64> =
+        st.tensor("attention_mask").unwrap().data().chunks_exact(8).map(|c| i64::from_le_bytes(c.try_into().unwrap())).collect();
     let lt = st.tensor("logits").unwrap();
     let [_, s, v] = [lt.shape()[0], lt.shape()[1], lt.shape()[2]];
     let reference: Vec<f32> = lt.data().chunks_exact(4).map(|c| f32::from_le_bytes(c.try_into().unwrap())).collect();
-    let seqs: Vec<Vec<i64>> = ids
-        .chunks(s)
-        .zip(mask.chunks(s))
-        .map(|(i, m)| i.iter().zip(m).filter(|(_, m)| **m == 1).map(|(i, _)| *i).collect())
-        .collect();
+    let seqs: Vec<Vec<i64>> =
+        ids.chunks(s).zip(mask.chunks(s)).map(|(i, m)| i.iter().zip(m).filter(|(_, m)| **m == 1).map(|(i, _)| *i).collect()).collect();
     let tmp = tempfile::tempdir().unwrap();
     let input = tmp.path().join("ids.json");
     std::fs::write(&input, serde_json::to_string(&seqs).unwrap()).unwrap();
@@ -139,15 +133,26 @@ fn prune_writes_a_sparse_checkpoint_with_masks() {
     for (flag, value, out_name) in [("--sparsity", "0.5", "half"), ("--nm", "2:4", "two_four")] {
         let out = tmp.path().join(out_name);
         let (ok, stdout, stderr) = secateur(&[
-            "prune", "--model", dir.to_str().unwrap(), "--method", "wanda", flag, value,
-            "--calibration", calib.to_str().unwrap(), "--calibration-samples", "8", "--seq-len", "8",
-            "--out", out.to_str().unwrap(),
+            "prune",
+            "--model",
+            dir.to_str().unwrap(),
+            "--method",
+            "wanda",
+            flag,
+            value,
+            "--calibration",
+            calib.to_str().unwrap(),
+            "--calibration-samples",
+            "8",
+            "--seq-len",
+            "8",
+            "--out",
+            out.to_str().unwrap(),
         ]);
         assert!(ok, "{stderr}");
         let summary: serde_json::Value = serde_json::from_str(&stdout).unwrap();
         assert_eq!(summary["total_sparsity"], 0.5);
-        let report: serde_json::Value =
-            serde_json::from_str(&std::fs::read_to_string(out.join("sparsity.json")).unwrap()).unwrap();
+        let report: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(out.join("sparsity.json")).unwrap()).unwrap();
         assert_eq!(report["sites"].as_object().unwrap().len(), 14);
         // The zeros of the written weights are exactly the masks' pruned entries.
         let weights = std::fs::read(out.join("model.safetensors")).unwrap();
@@ -185,10 +190,31 @@ fn shears_runs_end_to_end_on_a_user_model_and_resumes() {
     let out = tmp.path().join("run");
     let dir = fixture("llama_gqa");
     let args = [
-        "shears", "--model", dir.to_str().unwrap(), "--dataset", data.to_str().unwrap(),
-        "--epochs", "1", "--batch-size", "8", "--micro-batch-size", "4", "--ranks", "4,2",
-        "--test-size", "6", "--val-size", "4", "--calibration-samples", "4",
-        "--max-new-tokens", "3", "--checkpoint-every", "2", "--out", out.to_str().unwrap(),
+        "shears",
+        "--model",
+        dir.to_str().unwrap(),
+        "--dataset",
+        data.to_str().unwrap(),
+        "--epochs",
+        "1",
+        "--batch-size",
+        "8",
+        "--micro-batch-size",
+        "4",
+        "--ranks",
+        "4,2",
+        "--test-size",
+        "6",
+        "--val-size",
+        "4",
+        "--calibration-samples",
+        "4",
+        "--max-new-tokens",
+        "3",
+        "--checkpoint-every",
+        "2",
+        "--out",
+        out.to_str().unwrap(),
     ];
     let (ok, stdout, stderr) = secateur(&args);
     assert!(ok, "{stderr}");
@@ -247,9 +273,31 @@ fn sqft_runs_the_three_pipelines_and_keeps_sparsity_and_precision() {
     let out = tmp.path().join("sqft");
     let dir = fixture("llama_gqa");
     let (ok, stdout, stderr) = secateur(&[
-        "sqft", "--model", dir.to_str().unwrap(), "--dataset", data.to_str().unwrap(), "--epochs", "1",
-        "--batch-size", "8", "--micro-batch-size", "4", "--ranks", "4,2", "--test-size", "6", "--val-size", "4",
-        "--calibration-samples", "4", "--max-new-tokens", "3", "--group-size", "16", "--out", out.to_str().unwrap(),
+        "sqft",
+        "--model",
+        dir.to_str().unwrap(),
+        "--dataset",
+        data.to_str().unwrap(),
+        "--epochs",
+        "1",
+        "--batch-size",
+        "8",
+        "--micro-batch-size",
+        "4",
+        "--ranks",
+        "4,2",
+        "--test-size",
+        "6",
+        "--val-size",
+        "4",
+        "--calibration-samples",
+        "4",
+        "--max-new-tokens",
+        "3",
+        "--group-size",
+        "16",
+        "--out",
+        out.to_str().unwrap(),
     ]);
     assert!(ok, "{stderr}");
     assert!(stdout.contains("QA-SparsePEFT"), "{stdout}");
@@ -275,7 +323,8 @@ fn quantize_writes_a_checkpoint_that_runs() {
     let tmp = tempfile::tempdir().unwrap();
     let out = tmp.path().join("q");
     let dir = fixture("llama_gqa");
-    let (ok, stdout, stderr) = secateur(&["quantize", "--model", dir.to_str().unwrap(), "--bits", "4", "--group-size", "16", "--out", out.to_str().unwrap()]);
+    let (ok, stdout, stderr) =
+        secateur(&["quantize", "--model", dir.to_str().unwrap(), "--bits", "4", "--group-size", "16", "--out", out.to_str().unwrap()]);
     assert!(ok, "{stderr}");
     let v: serde_json::Value = serde_json::from_str(&stdout).unwrap();
     assert!(v["weights_bytes"].as_u64().unwrap() < v["source_weights_bytes"].as_u64().unwrap());
@@ -309,7 +358,22 @@ fn nas_trains_searches_and_extracts_a_front() {
     let data = toy_dataset(tmp.path());
     let out = tmp.path().join("nas");
     let dir = fixture("llama_gqa");
-    let common = ["--model", dir.to_str().unwrap(), "--dataset", data.to_str().unwrap(), "--epochs", "1", "--batch-size", "8", "--test-size", "6", "--val-size", "4", "--max-new-tokens", "3"];
+    let common = [
+        "--model",
+        dir.to_str().unwrap(),
+        "--dataset",
+        data.to_str().unwrap(),
+        "--epochs",
+        "1",
+        "--batch-size",
+        "8",
+        "--test-size",
+        "6",
+        "--val-size",
+        "4",
+        "--max-new-tokens",
+        "3",
+    ];
     let nas = |extra: &[&str], name: &str| {
         let o = out.join(name);
         let mut a = vec!["nas"];

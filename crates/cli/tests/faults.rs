@@ -58,9 +58,10 @@ fn records(dir: &Path, n: usize, answer: bool) -> PathBuf {
 }
 
 fn seed() -> u64 {
-    std::env::var("SECATEUR_FAULT_SEED").ok().and_then(|s| s.parse().ok()).unwrap_or_else(|| {
-        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos() as u64
-    })
+    std::env::var("SECATEUR_FAULT_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos() as u64)
 }
 
 /// A small deterministic generator (splitmix64) for kill instants.
@@ -183,8 +184,28 @@ fn timed(args: &[&str]) -> Duration {
 /// The common settings of a small Shears-family run on the llama_gqa fixture.
 fn small_run<'a>(model: &'a str, data: &'a str, epochs: &'a str) -> Vec<&'a str> {
     vec![
-        "--model", model, "--dataset", data, "--epochs", epochs, "--batch-size", "8", "--micro-batch-size", "4", "--ranks", "4,2",
-        "--test-size", "6", "--val-size", "4", "--calibration-samples", "4", "--max-new-tokens", "3", "--checkpoint-every", "1",
+        "--model",
+        model,
+        "--dataset",
+        data,
+        "--epochs",
+        epochs,
+        "--batch-size",
+        "8",
+        "--micro-batch-size",
+        "4",
+        "--ranks",
+        "4,2",
+        "--test-size",
+        "6",
+        "--val-size",
+        "4",
+        "--calibration-samples",
+        "4",
+        "--max-new-tokens",
+        "3",
+        "--checkpoint-every",
+        "1",
     ]
 }
 
@@ -208,11 +229,8 @@ fn kill_9_at_random_instants_then_resume_equals_an_uninterrupted_run() {
     let data = records(tmp.path(), 40, true);
     let model = fixture("llama_gqa");
     let (m, d) = (model.to_str().unwrap(), data.to_str().unwrap());
-    let cases: Vec<(&str, Vec<&str>)> = vec![
-        ("shears", vec![]),
-        ("sqft", vec!["--group-size", "16"]),
-        ("nas", vec!["--budget", "4", "--strategy", "sandwich"]),
-    ];
+    let cases: Vec<(&str, Vec<&str>)> =
+        vec![("shears", vec![]), ("sqft", vec!["--group-size", "16"]), ("nas", vec!["--budget", "4", "--strategy", "sandwich"])];
     let mut total = 0;
     for (command, extra) in cases {
         let run = |name: &str| {
@@ -246,7 +264,9 @@ fn kill_9_at_random_instants_then_resume_equals_an_uninterrupted_run() {
     let landed = run_with_kills(&search(&c), &[], span, 3, &mut rng);
     println!("search: {landed} kills landed in a {span:?} run");
     total += landed;
-    let front = |d: &Path| -> serde_json::Value { serde_json::from_str(&std::fs::read_to_string(d.join("search/nsga2/front.json")).unwrap()).unwrap() };
+    let front = |d: &Path| -> serde_json::Value {
+        serde_json::from_str(&std::fs::read_to_string(d.join("search/nsga2/front.json")).unwrap()).unwrap()
+    };
     assert_eq!(front(&run), front(&copy));
     println!("{total} kills in all (seed {seed})");
 }
@@ -268,7 +288,13 @@ struct Tmpfs(PathBuf);
 impl Tmpfs {
     fn mount(at: &Path, bytes: usize) -> Option<Self> {
         std::fs::create_dir_all(at).unwrap();
-        let ok = Command::new("mount").args(["-t", "tmpfs", "-o", &format!("size={bytes}"), "tmpfs"]).arg(at).stderr(Stdio::null()).status().map(|s| s.success()).unwrap_or(false);
+        let ok = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={bytes}"), "tmpfs"])
+            .arg(at)
+            .stderr(Stdio::null())
+            .status()
+            .map(|s| s.success())
+            .unwrap_or(false);
         ok.then(|| Self(at.to_path_buf()))
     }
 }
@@ -399,10 +425,30 @@ fn degenerate_data_and_nonsense_settings_are_refused_before_any_work() {
     let out = tmp.path().join("never");
     let o = out.to_str().unwrap();
     let sixty = records(tmp.path(), 60, true);
-    let e = refused(&["shears", "--model", m, "--dataset", sixty.to_str().unwrap(), "--ranks", "4,2", "--out", o], "60 records cannot be split");
+    let e = refused(
+        &["shears", "--model", m, "--dataset", sixty.to_str().unwrap(), "--ranks", "4,2", "--out", o],
+        "60 records cannot be split",
+    );
     assert!(e.contains("--val-size 6 --test-size 12"), "says how to size them: {e}");
     let no_answer = records(tmp.path(), 40, false);
-    refused(&["shears", "--model", m, "--dataset", no_answer.to_str().unwrap(), "--ranks", "4,2", "--out", o, "--val-size", "4", "--test-size", "4"], "record 1 has no `answer`");
+    refused(
+        &[
+            "shears",
+            "--model",
+            m,
+            "--dataset",
+            no_answer.to_str().unwrap(),
+            "--ranks",
+            "4,2",
+            "--out",
+            o,
+            "--val-size",
+            "4",
+            "--test-size",
+            "4",
+        ],
+        "record 1 has no `answer`",
+    );
     let data = records(tmp.path(), 40, true);
     let d = data.to_str().unwrap();
     let base = ["--model", m, "--dataset", d, "--val-size", "4", "--test-size", "4", "--out", o];
@@ -486,7 +532,8 @@ fn scale_tensor(path: &Path, name: &str, factor: f32) {
         }
         owned.push((n, t.dtype(), t.shape().to_vec(), data));
     }
-    let views: Vec<(String, TensorView)> = owned.iter().map(|(n, d, s, b)| (n.clone(), TensorView::new(*d, s.clone(), b).unwrap())).collect();
+    let views: Vec<(String, TensorView)> =
+        owned.iter().map(|(n, d, s, b)| (n.clone(), TensorView::new(*d, s.clone(), b).unwrap())).collect();
     std::fs::write(path, safetensors::tensor::serialize(views, None).unwrap()).unwrap();
 }
 
@@ -529,7 +576,8 @@ fn hostile_checkpoints_get_typed_errors_naming_the_field_or_tensor() {
     info(&d, "lists no tensors");
     // GPTQ configs with impossible bits.
     let q = tmp.path().join("q");
-    let (ok, _, stderr) = secateur(&["quantize", "--model", fixture("llama_gqa").to_str().unwrap(), "--group-size", "16", "--out", q.to_str().unwrap()]);
+    let (ok, _, stderr) =
+        secateur(&["quantize", "--model", fixture("llama_gqa").to_str().unwrap(), "--group-size", "16", "--out", q.to_str().unwrap()]);
     assert!(ok, "{stderr}");
     for bits in [serde_json::json!(0), serde_json::json!(64), serde_json::json!(-4)] {
         edit_config(&q, &|v| v["quantization_config"]["bits"] = bits.clone());
@@ -539,11 +587,37 @@ fn hostile_checkpoints_get_typed_errors_naming_the_field_or_tensor() {
     // A quantized checkpoint where a dense one is needed.
     let calib = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../sparsity/tests/fixtures/calibration.json");
     let out = tmp.path().join("pq");
-    refused(&["prune", "--model", q.to_str().unwrap(), "--sparsity", "0.5", "--calibration", calib.to_str().unwrap(), "--out", out.to_str().unwrap()], "the checkpoint is quantized");
+    refused(
+        &[
+            "prune",
+            "--model",
+            q.to_str().unwrap(),
+            "--sparsity",
+            "0.5",
+            "--calibration",
+            calib.to_str().unwrap(),
+            "--out",
+            out.to_str().unwrap(),
+        ],
+        "the checkpoint is quantized",
+    );
     // A dataset error names its file once.
     let bad = tmp.path().join("bad.jsonl");
     std::fs::write(&bad, "{\"instruction\": 1}\n").unwrap();
-    let e = refused(&["shears", "--model", fixture("llama_gqa").to_str().unwrap(), "--dataset", bad.to_str().unwrap(), "--ranks", "4,2", "--out", out.to_str().unwrap()], "line 1");
+    let e = refused(
+        &[
+            "shears",
+            "--model",
+            fixture("llama_gqa").to_str().unwrap(),
+            "--dataset",
+            bad.to_str().unwrap(),
+            "--ranks",
+            "4,2",
+            "--out",
+            out.to_str().unwrap(),
+        ],
+        "line 1",
+    );
     assert_eq!(e.matches(bad.to_str().unwrap()).count(), 1, "{e}");
 }
 
@@ -572,8 +646,21 @@ fn wanda_uses_a_given_calibration_set_as_it_is() {
     let fixtures = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../sparsity/tests/fixtures");
     let out = tmp.path().join("p");
     let (ok, stdout, stderr) = secateur(&[
-        "prune", "--model", fixture("llama_gqa").to_str().unwrap(), "--sparsity", "0.5", "--calibration",
-        fixtures.join("calibration.json").to_str().unwrap(), "--calibration-samples", "8", "--seq-len", "16", "--batch-size", "3", "--out", out.to_str().unwrap(),
+        "prune",
+        "--model",
+        fixture("llama_gqa").to_str().unwrap(),
+        "--sparsity",
+        "0.5",
+        "--calibration",
+        fixtures.join("calibration.json").to_str().unwrap(),
+        "--calibration-samples",
+        "8",
+        "--seq-len",
+        "16",
+        "--batch-size",
+        "3",
+        "--out",
+        out.to_str().unwrap(),
     ]);
     assert!(ok, "{stderr}");
     assert!(stdout.contains("\"calibration_samples\":8"), "{stdout}");

@@ -62,7 +62,11 @@ fn mutate(bytes: &[u8], cut: Option<usize>, edits: &[(usize, u8)], prefix: Optio
 }
 
 fn edits() -> impl Strategy<Value = (Option<usize>, Vec<(usize, u8)>, Option<u64>)> {
-    (proptest::option::of(any::<usize>()), proptest::collection::vec((any::<usize>(), any::<u8>()), 0..6), proptest::option::weighted(0.2, any::<u64>()))
+    (
+        proptest::option::of(any::<usize>()),
+        proptest::collection::vec((any::<usize>(), any::<u8>()), 0..6),
+        proptest::option::weighted(0.2, any::<u64>()),
+    )
 }
 
 fn count(name: &str, c: &AtomicUsize) {

@@ -14,7 +14,9 @@ pub mod peft;
 pub mod space;
 pub mod sparse_peft;
 
-pub use lora::{adapter_params, attach, stable_param, Adapted, AdaptedLm, ElasticLoraLinear, LoraAdapter, LoraConfig, RankControl, Scaling};
+pub use lora::{
+    Adapted, AdaptedLm, ElasticLoraLinear, LoraAdapter, LoraConfig, RankControl, Scaling, adapter_params, attach, stable_param,
+};
 pub use space::{SearchGroup, SearchSpace, SubnetConfig};
 
 /// Errors of adapters, search spaces and PEFT files.

@@ -1,16 +1,16 @@
 //! The elastic LoRA projection and its attachment to a model.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 use burn::module::{Module, Param, ParamId};
 use burn::prelude::*;
 use secateur_models::{CausalLm, Dense, Projection, Site};
 use serde::{Deserialize, Serialize};
 
-use crate::space::{SearchSpace, SubnetConfig};
 use crate::LoraError;
+use crate::space::{SearchSpace, SubnetConfig};
 
 /// How the adapter output is scaled.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
@@ -121,11 +121,7 @@ pub struct LoraConfig {
 
 impl Default for LoraConfig {
     fn default() -> Self {
-        Self {
-            alpha: 64.0,
-            scaling: Scaling::MaxRank,
-            seed: 0,
-        }
+        Self { alpha: 64.0, scaling: Scaling::MaxRank, seed: 0 }
     }
 }
 
@@ -209,19 +205,10 @@ pub fn attach<B: Backend, P: Projection<B>>(
     let shapes: HashMap<Site, [usize; 2]> = model.sites().into_iter().collect();
     let adapted = model.map_projections(|site, base: P| {
         let adapter = adapters.make(site, shapes[&site], device);
-        Ok::<_, LoraError>(ElasticLoraLinear {
-            base: base.no_grad(),
-            adapter,
-        })
+        Ok::<_, LoraError>(ElasticLoraLinear { base: base.no_grad(), adapter })
     })?;
     let cells = adapters.cells;
-    Ok((
-        adapted,
-        RankControl {
-            space: space.clone(),
-            cells,
-        },
-    ))
+    Ok((adapted, RankControl { space: space.clone(), cells }))
 }
 
 fn site_hash(site: Site, name: &str) -> u64 {
@@ -249,10 +236,7 @@ pub fn stable_param<B: Backend>(site: Site, name: &str, tensor: Tensor<B, 2>) ->
 
 /// Number of trainable adapter parameters at the given ranks (`r·(in + out)` per site).
 pub fn adapter_params(shapes: &[(Site, [usize; 2])], ranks: &HashMap<Site, usize>) -> usize {
-    shapes
-        .iter()
-        .filter_map(|(s, [o, i])| ranks.get(s).map(|r| r * (o + i)))
-        .sum()
+    shapes.iter().filter_map(|(s, [o, i])| ranks.get(s).map(|r| r * (o + i))).sum()
 }
 
 /// LoNAS (Mode B): the adapter's output rows follow the sliced weight's rows, and its A's input

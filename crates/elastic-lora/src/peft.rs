@@ -3,17 +3,17 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
-use std::sync::atomic::AtomicUsize;
 use std::sync::Arc;
+use std::sync::atomic::AtomicUsize;
 
 use burn::module::Param;
 use burn::prelude::*;
-use secateur_models::weights::{write_atomic, write_safetensors, Checkpoint, Dtype, RawTensor};
+use secateur_models::weights::{Checkpoint, Dtype, RawTensor, write_atomic, write_safetensors};
 use secateur_models::{Dense, DenseLm, Projection};
 use serde_json::json;
 
-use crate::lora::{AdaptedLm, ElasticLoraLinear, LoraAdapter, Scaling};
 use crate::LoraError;
+use crate::lora::{AdaptedLm, ElasticLoraLinear, LoraAdapter, Scaling};
 
 /// PEFT's adapter weights file.
 pub const ADAPTER_WEIGHTS: &str = "adapter_model.safetensors";
@@ -37,10 +37,7 @@ pub fn export_peft<B: Backend, P: Projection<B>>(
     dir: &Path,
     base_model_name_or_path: &str,
 ) -> Result<serde_json::Value, LoraError> {
-    std::fs::create_dir_all(dir).map_err(|source| LoraError::Io {
-        path: dir.to_path_buf(),
-        source,
-    })?;
+    std::fs::create_dir_all(dir).map_err(|source| LoraError::Io { path: dir.to_path_buf(), source })?;
     let spec = model.spec();
     let mut tensors: Vec<RawTensor> = Vec::new();
     let mut modules: Vec<(String, usize, f64)> = Vec::new();
@@ -108,11 +105,7 @@ pub fn export_peft<B: Backend, P: Projection<B>>(
 /// name is the key or ends with `.key` (PEFT matches `(.*\.)?key$` as a regex; keys here are
 /// taken literally).
 fn pattern_value(pattern: Option<&serde_json::Value>, module: &str) -> Option<f64> {
-    pattern?
-        .as_object()?
-        .iter()
-        .find(|(k, _)| module == k.as_str() || module.ends_with(&format!(".{k}")))
-        .and_then(|(_, v)| v.as_f64())
+    pattern?.as_object()?.iter().find(|(k, _)| module == k.as_str() || module.ends_with(&format!(".{k}"))).and_then(|(_, v)| v.as_f64())
 }
 
 /// Loads a PEFT LoRA adapter directory onto a dense model. Each site with `lora_A`/`lora_B`
@@ -120,14 +113,8 @@ fn pattern_value(pattern: Option<&serde_json::Value>, module: &str) -> Option<f6
 /// from `rank_pattern` and `alpha_pattern`).
 pub fn import_peft<B: Backend>(model: DenseLm<B>, dir: &Path, device: &B::Device) -> Result<AdaptedLm<B>, LoraError> {
     let cfg_path = dir.join(ADAPTER_CONFIG);
-    let text = std::fs::read_to_string(&cfg_path).map_err(|source| LoraError::Io {
-        path: cfg_path.clone(),
-        source,
-    })?;
-    let bad = |reason: String| LoraError::File {
-        path: cfg_path.clone(),
-        reason,
-    };
+    let text = std::fs::read_to_string(&cfg_path).map_err(|source| LoraError::Io { path: cfg_path.clone(), source })?;
+    let bad = |reason: String| LoraError::File { path: cfg_path.clone(), reason };
     let cfg: serde_json::Value = serde_json::from_str(&text).map_err(|e| bad(e.to_string()))?;
     if cfg.get("peft_type").and_then(|v| v.as_str()) != Some("LORA") {
         return Err(bad("`peft_type` is not LORA".into()));
@@ -183,10 +170,9 @@ pub fn import_peft<B: Backend>(model: DenseLm<B>, dir: &Path, device: &B::Device
 pub fn merge<B: Backend>(model: AdaptedLm<B>) -> DenseLm<B> {
     let merged: Result<DenseLm<B>, std::convert::Infallible> = model.map_projections(|_, p: ElasticLoraLinear<B, Dense<B>>| {
         Ok(match p.adapter {
-            Some(ad) if ad.active_rank() > 0 => Dense {
-                weight: Param::from_tensor(p.base.weight.val() + ad.delta_weight()),
-                bias: p.base.bias,
-            },
+            Some(ad) if ad.active_rank() > 0 => {
+                Dense { weight: Param::from_tensor(p.base.weight.val() + ad.delta_weight()), bias: p.base.bias }
+            }
             _ => p.base,
         })
     });

@@ -61,16 +61,9 @@ impl SearchSpace {
                 .map(|&k| Site::new(layer, k))
                 .collect();
             if !attn.is_empty() {
-                groups.push(SearchGroup {
-                    name: format!("layers.{layer}.attn_in"),
-                    sites: attn,
-                    choices: choices.clone(),
-                });
+                groups.push(SearchGroup { name: format!("layers.{layer}.attn_in"), sites: attn, choices: choices.clone() });
             }
-            for &k in targets
-                .iter()
-                .filter(|k| !matches!(k, SiteKind::Q | SiteKind::K | SiteKind::V | SiteKind::Qkv))
-            {
+            for &k in targets.iter().filter(|k| !matches!(k, SiteKind::Q | SiteKind::K | SiteKind::V | SiteKind::Qkv)) {
                 groups.push(SearchGroup {
                     name: format!("layers.{layer}.{k}"),
                     sites: vec![Site::new(layer, k)],
@@ -100,7 +93,11 @@ impl SearchSpace {
                 sites: pick(|k| matches!(k, SiteKind::Q | SiteKind::K | SiteKind::V | SiteKind::Qkv)),
                 choices: choices.clone(),
             });
-            groups.push(SearchGroup { name: format!("layers.{layer}.mlp_in"), sites: pick(|k| matches!(k, SiteKind::Gate | SiteKind::Up)), choices: choices.clone() });
+            groups.push(SearchGroup {
+                name: format!("layers.{layer}.mlp_in"),
+                sites: pick(|k| matches!(k, SiteKind::Gate | SiteKind::Up)),
+                choices: choices.clone(),
+            });
         }
         let space = Self { groups };
         space.validate()?;
@@ -153,18 +150,9 @@ impl SearchSpace {
 
     /// Reads a space from JSON.
     pub fn from_file(path: &Path) -> Result<Self, LoraError> {
-        let text = std::fs::read_to_string(path).map_err(|source| LoraError::Io {
-            path: path.to_path_buf(),
-            source,
-        })?;
-        let space: Self = serde_json::from_str(&text).map_err(|e| LoraError::File {
-            path: path.to_path_buf(),
-            reason: e.to_string(),
-        })?;
-        space.validate().map_err(|e| LoraError::File {
-            path: path.to_path_buf(),
-            reason: e.to_string(),
-        })?;
+        let text = std::fs::read_to_string(path).map_err(|source| LoraError::Io { path: path.to_path_buf(), source })?;
+        let space: Self = serde_json::from_str(&text).map_err(|e| LoraError::File { path: path.to_path_buf(), reason: e.to_string() })?;
+        space.validate().map_err(|e| LoraError::File { path: path.to_path_buf(), reason: e.to_string() })?;
         Ok(space)
     }
 
@@ -193,19 +181,16 @@ impl SearchSpace {
     /// The rank of each group under `config`.
     pub fn ranks(&self, config: &SubnetConfig) -> Result<Vec<usize>, LoraError> {
         if config.0.len() != self.groups.len() {
-            return Err(LoraError::Config(format!(
-                "{} choices for {} groups",
-                config.0.len(),
-                self.groups.len()
-            )));
+            return Err(LoraError::Config(format!("{} choices for {} groups", config.0.len(), self.groups.len())));
         }
         self.groups
             .iter()
             .zip(&config.0)
             .map(|(g, &i)| {
-                g.choices.get(i).copied().ok_or_else(|| {
-                    LoraError::Config(format!("group `{}`: index {i} out of {} choices", g.name, g.choices.len()))
-                })
+                g.choices
+                    .get(i)
+                    .copied()
+                    .ok_or_else(|| LoraError::Config(format!("group `{}`: index {i} out of {} choices", g.name, g.choices.len())))
             })
             .collect()
     }

@@ -15,13 +15,13 @@
 use burn::module::{Module, Param};
 use burn::prelude::*;
 use secateur_models::{CausalLm, Dense, DenseLm, Projection};
+use secateur_quant::QuantLinear;
 use secateur_quant::pack::Packed;
 use secateur_quant::rtn::{QuantConfig, Quantized};
-use secateur_quant::QuantLinear;
 
+use crate::LoraError;
 use crate::lora::{Adapted, AdapterFactory, LoraAdapter, LoraConfig, RankControl};
 use crate::space::SearchSpace;
-use crate::LoraError;
 
 /// Frozen quantization parameters of a weight, expanded to its shape.
 #[derive(Module, Debug)]
@@ -118,7 +118,8 @@ pub fn attach_sparse_peft<B: Backend>(
                 let expand = |v: &[f32]| -> Vec<f32> { (0..o * i).map(|k| v[(k / i) * groups + (k % i) / g]).collect() };
                 let zeros: Vec<f32> = q.zeros.iter().map(|&z| z as f32).collect();
                 let fq = FakeQuant {
-                    scales: Param::from_tensor(Tensor::from_data(TensorData::new(expand(&q.scales), [o, i]), device)).set_require_grad(false),
+                    scales: Param::from_tensor(Tensor::from_data(TensorData::new(expand(&q.scales), [o, i]), device))
+                        .set_require_grad(false),
                     zeros: Param::from_tensor(Tensor::from_data(TensorData::new(expand(&zeros), [o, i]), device)).set_require_grad(false),
                     maxq: qc.maxq() as f64,
                     config: qc,
@@ -140,9 +141,8 @@ pub fn attach_sparse_peft<B: Backend>(
 
 /// SparsePEFT merge: `W + s·(B·A) ⊙ M` at the active ranks, a dense model with the base's zeros.
 pub fn merge_sparse<B: Backend>(model: SparsePeftLm<B>) -> DenseLm<B> {
-    let merged: Result<DenseLm<B>, std::convert::Infallible> = model.map_projections(|_, p: SparsePeftLinear<B>| {
-        Ok(Dense { weight: Param::from_tensor(p.merged_weight()), bias: p.bias })
-    });
+    let merged: Result<DenseLm<B>, std::convert::Infallible> =
+        model.map_projections(|_, p: SparsePeftLinear<B>| Ok(Dense { weight: Param::from_tensor(p.merged_weight()), bias: p.bias }));
     match merged {
         Ok(m) => m,
         Err(never) => match never {},

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use burn::prelude::*;
 use safetensors::tensor::SafeTensors;
 use secateur_elastic_lora::peft::{export_peft, import_peft, merge};
-use secateur_elastic_lora::{attach, LoraConfig, Scaling, SearchSpace, SubnetConfig};
+use secateur_elastic_lora::{LoraConfig, Scaling, SearchSpace, SubnetConfig, attach};
 use secateur_models::generate::token_tensor;
 use secateur_models::{Cpu, DenseLm, Projection};
 
@@ -26,9 +26,8 @@ fn f32s(st: &SafeTensors, name: &str) -> Vec<f32> {
 fn inputs(variant: &str) -> (Vec<Vec<u32>>, Vec<Vec<bool>>) {
     let bytes = std::fs::read(models().join(variant).join("reference.safetensors")).unwrap();
     let st = SafeTensors::deserialize(&bytes).unwrap();
-    let i64s = |n: &str| -> Vec<i64> {
-        st.tensor(n).unwrap().data().chunks_exact(8).map(|c| i64::from_le_bytes(c.try_into().unwrap())).collect()
-    };
+    let i64s =
+        |n: &str| -> Vec<i64> { st.tensor(n).unwrap().data().chunks_exact(8).map(|c| i64::from_le_bytes(c.try_into().unwrap())).collect() };
     let s = st.tensor("input_ids").unwrap().shape()[1];
     let ids = i64s("input_ids").chunks(s).map(|r| r.iter().map(|&x| x as u32).collect()).collect();
     let mask = i64s("attention_mask").chunks(s).map(|r| r.iter().map(|&x| x != 0).collect()).collect();

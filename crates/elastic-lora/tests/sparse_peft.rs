@@ -5,8 +5,8 @@ use std::path::PathBuf;
 use burn::module::Param;
 use burn::prelude::*;
 use burn::tensor::Distribution;
-use secateur_elastic_lora::sparse_peft::{attach_sparse_peft, merge_quantized, merge_sparse, SparsePeftLm};
-use secateur_elastic_lora::{stable_param, LoraConfig, SearchSpace};
+use secateur_elastic_lora::sparse_peft::{SparsePeftLm, attach_sparse_peft, merge_quantized, merge_sparse};
+use secateur_elastic_lora::{LoraConfig, SearchSpace, stable_param};
 use secateur_models::generate::token_tensor;
 use secateur_models::{Cpu, CpuAutodiff, Dense, DenseLm, Projection};
 use secateur_quant::QuantConfig;
@@ -127,5 +127,7 @@ fn straight_through_gradients_equal_the_unquantized_gradients() {
     assert!(pa.iter().any(|v| *v != 0.0) && pb.iter().any(|v| *v != 0.0));
     assert!(max_diff(&pa, &qa_) < 1e-5 && max_diff(&pb, &qb) < 1e-5, "{} {}", max_diff(&pa, &qa_), max_diff(&pb, &qb));
     // The forward values do differ: the quantized path is really quantized.
-    assert!(max_diff(&p.forward(x.clone()).into_data().to_vec::<f32>().unwrap(), &q.forward(x).into_data().to_vec::<f32>().unwrap()) > 1e-4);
+    assert!(
+        max_diff(&p.forward(x.clone()).into_data().to_vec::<f32>().unwrap(), &q.forward(x).into_data().to_vec::<f32>().unwrap()) > 1e-4
+    );
 }

@@ -8,10 +8,7 @@ use serde::Deserialize;
 
 use crate::error::{ModelError, Result};
 use crate::site::SiteKind;
-use crate::spec::{
-    Activation, ArchSpec, Family, NormKind, OneOrMany, PositionKind, QkvLayout, Residual,
-    WeightNames,
-};
+use crate::spec::{Activation, ArchSpec, Family, NormKind, OneOrMany, PositionKind, QkvLayout, Residual, WeightNames};
 
 /// `config.json` of a BLOOM checkpoint, as transformers writes it.
 #[derive(Debug, Clone, Deserialize)]
@@ -76,17 +73,11 @@ impl BloomConfig {
             intermediate_size: 4 * self.hidden_size,
             norm: NormKind::Layer { bias: true },
             norm_eps: self.layer_norm_epsilon,
-            position: PositionKind::Alibi {
-                slopes: alibi_slopes(self.n_head),
-            },
+            position: PositionKind::Alibi { slopes: alibi_slopes(self.n_head) },
             activation: Activation::GeluTanh,
             gated_mlp: false,
             qkv: QkvLayout::FusedPerHead,
-            residual: if self.apply_residual_connection_post_layernorm {
-                Residual::SequentialPostNorm
-            } else {
-                Residual::Sequential
-            },
+            residual: if self.apply_residual_connection_post_layernorm { Residual::SequentialPostNorm } else { Residual::Sequential },
             attention_bias: true,
             mlp_bias: true,
             embed_norm: true,
@@ -117,12 +108,7 @@ pub(crate) fn weight_names(spec: &ArchSpec) -> WeightNames {
         embed: "transformer.word_embeddings.weight".into(),
         embed_norm: Some("transformer.word_embeddings_layernorm".into()),
         block_norms: (0..spec.num_layers)
-            .map(|l| {
-                (
-                    format!("transformer.h.{l}.input_layernorm"),
-                    format!("transformer.h.{l}.post_attention_layernorm"),
-                )
-            })
+            .map(|l| (format!("transformer.h.{l}.input_layernorm"), format!("transformer.h.{l}.post_attention_layernorm")))
             .collect(),
         final_norm: "transformer.ln_f".into(),
         lm_head: (!spec.tie_word_embeddings).then(|| "lm_head.weight".into()),

@@ -24,11 +24,7 @@ pub enum ModelError {
     UnsupportedModelType { path: PathBuf, model_type: String },
     /// A config field holds a value secateur cannot use.
     #[error("{path}: field `{field}`: {reason}")]
-    InvalidConfig {
-        path: PathBuf,
-        field: String,
-        reason: String,
-    },
+    InvalidConfig { path: PathBuf, field: String, reason: String },
     /// No weights file: neither `model.safetensors` nor `model.safetensors.index.json`.
     #[error("{dir}: no model.safetensors or model.safetensors.index.json")]
     NoWeights { dir: PathBuf },
@@ -43,27 +39,13 @@ pub enum ModelError {
     Quantized { path: PathBuf },
     /// A tensor has a shape other than the config implies.
     #[error("{path}: tensor `{name}` has shape {found:?}, expected {expected:?}")]
-    ShapeMismatch {
-        path: PathBuf,
-        name: String,
-        expected: Vec<usize>,
-        found: Vec<usize>,
-    },
+    ShapeMismatch { path: PathBuf, name: String, expected: Vec<usize>, found: Vec<usize> },
     /// A tensor is stored in a dtype secateur does not read (f32, f16, bf16 and f64 are read).
     #[error("{path}: tensor `{name}` has unsupported dtype {dtype}")]
-    UnsupportedDtype {
-        path: PathBuf,
-        name: String,
-        dtype: String,
-    },
+    UnsupportedDtype { path: PathBuf, name: String, dtype: String },
     /// A tensor holds NaN or an infinity.
     #[error("{path}: tensor `{name}` holds a non-finite value ({value} at element {index})")]
-    NonFinite {
-        path: PathBuf,
-        name: String,
-        index: usize,
-        value: f32,
-    },
+    NonFinite { path: PathBuf, name: String, index: usize, value: f32 },
     /// The tokenizer file could not be loaded or used.
     #[error("{path}: tokenizer error: {reason}")]
     Tokenizer { path: PathBuf, reason: String },
@@ -80,17 +62,10 @@ pub type Result<T> = std::result::Result<T, ModelError>;
 
 impl ModelError {
     pub(crate) fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
-        Self::Io {
-            path: path.into(),
-            source,
-        }
+        Self::Io { path: path.into(), source }
     }
 
     pub(crate) fn config(path: impl Into<PathBuf>, field: &str, reason: impl Into<String>) -> Self {
-        Self::InvalidConfig {
-            path: path.into(),
-            field: field.to_string(),
-            reason: reason.into(),
-        }
+        Self::InvalidConfig { path: path.into(), field: field.to_string(), reason: reason.into() }
     }
 }

@@ -15,11 +15,11 @@ use std::path::Path;
 use burn::module::Param;
 use burn::prelude::*;
 
+use crate::Dense;
 use crate::error::{ModelError, Result};
 use crate::nn::Norm;
-use crate::spec::{ArchSpec, Family, LayerDims, SubnetExtension, SUBNET_EXTENSION_KEY};
+use crate::spec::{ArchSpec, Family, LayerDims, SUBNET_EXTENSION_KEY, SubnetExtension};
 use crate::transformer::{Block, CausalLm, SubnetStructure};
-use crate::Dense;
 
 /// A contiguous copy: narrowed views keep the parent's strides, and strided weights make every
 /// later matmul slow on the CPU backend.
@@ -104,7 +104,11 @@ fn extension_config(spec: &ArchSpec, config: &serde_json::Value, e: usize, dims:
 ///
 /// The config uses the family's own fields when they can describe the sub-network (then
 /// transformers loads it too) and the documented [`SubnetExtension`] otherwise.
-pub fn extract<B: Backend>(model: &CausalLm<B, Dense<B>>, structure: &SubnetStructure, config: &serde_json::Value) -> Result<(CausalLm<B, Dense<B>>, serde_json::Value)> {
+pub fn extract<B: Backend>(
+    model: &CausalLm<B, Dense<B>>,
+    structure: &SubnetStructure,
+    config: &serde_json::Value,
+) -> Result<(CausalLm<B, Dense<B>>, serde_json::Value)> {
     let spec = model.spec();
     structure.validate(spec)?;
     let e = structure.hidden(spec);

@@ -25,14 +25,7 @@ pub struct GenerateOptions {
 
 impl Default for GenerateOptions {
     fn default() -> Self {
-        Self {
-            max_new_tokens: 32,
-            temperature: 0.0,
-            top_p: 1.0,
-            seed: 0,
-            eos_token_ids: Vec::new(),
-            use_cache: true,
-        }
+        Self { max_new_tokens: 32, temperature: 0.0, top_p: 1.0, seed: 0, eos_token_ids: Vec::new(), use_cache: true }
     }
 }
 
@@ -52,14 +45,10 @@ pub fn generate<B: Backend, P: Projection<B>>(
         return Err(ModelError::InvalidInput("a prompt is empty".into()));
     }
     if let Some(&t) = prompts.iter().flatten().find(|&&t| t as usize >= vocab) {
-        return Err(ModelError::InvalidInput(format!(
-            "token id {t} is outside the vocabulary of {vocab}"
-        )));
+        return Err(ModelError::InvalidInput(format!("token id {t} is outside the vocabulary of {vocab}")));
     }
     if !(opts.temperature >= 0.0 && opts.top_p > 0.0 && opts.top_p <= 1.0) {
-        return Err(ModelError::InvalidInput(
-            "temperature must be >= 0 and top_p in (0, 1]".into(),
-        ));
+        return Err(ModelError::InvalidInput("temperature must be >= 0 and top_p in (0, 1]".into()));
     }
     let b = prompts.len();
     let width = prompts.iter().map(Vec::len).max().unwrap_or(0);
@@ -71,14 +60,10 @@ pub fn generate<B: Backend, P: Projection<B>>(
         )));
     }
     // Left padding: every row's last slot is a real token.
-    let mut ids: Vec<Vec<u32>> = prompts
-        .iter()
-        .map(|p| std::iter::repeat_n(0, width - p.len()).chain(p.iter().copied()).collect())
-        .collect();
-    let mut mask: Vec<Vec<bool>> = prompts
-        .iter()
-        .map(|p| std::iter::repeat_n(false, width - p.len()).chain(std::iter::repeat_n(true, p.len())).collect())
-        .collect();
+    let mut ids: Vec<Vec<u32>> =
+        prompts.iter().map(|p| std::iter::repeat_n(0, width - p.len()).chain(p.iter().copied()).collect()).collect();
+    let mut mask: Vec<Vec<bool>> =
+        prompts.iter().map(|p| std::iter::repeat_n(false, width - p.len()).chain(std::iter::repeat_n(true, p.len())).collect()).collect();
     let mut rng = StdRng::seed_from_u64(opts.seed);
     let mut out: Vec<Vec<u32>> = vec![Vec::new(); b];
     let mut done = vec![false; b];
@@ -87,11 +72,8 @@ pub fn generate<B: Backend, P: Projection<B>>(
     let mut step_mask = mask.clone();
     for _ in 0..opts.max_new_tokens {
         let tensor = token_tensor::<B>(&step_ids, device);
-        let logits = if opts.use_cache {
-            model.forward_cached(tensor, &step_mask, &mut cache)?
-        } else {
-            model.forward(tensor, &step_mask)?
-        };
+        let logits =
+            if opts.use_cache { model.forward_cached(tensor, &step_mask, &mut cache)? } else { model.forward(tensor, &step_mask)? };
         let [_, s, v] = logits.dims();
         let last: Vec<f32> = logits
             .narrow(1, s - 1, 1)
@@ -161,11 +143,7 @@ fn pick(logits: &[f32], opts: &GenerateOptions, rng: &mut StdRng) -> u32 {
     }
     let t = opts.temperature as f64;
     let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max) as f64;
-    let mut probs: Vec<(usize, f64)> = logits
-        .iter()
-        .enumerate()
-        .map(|(i, &x)| (i, ((x as f64 - max) / t).exp()))
-        .collect();
+    let mut probs: Vec<(usize, f64)> = logits.iter().enumerate().map(|(i, &x)| (i, ((x as f64 - max) / t).exp())).collect();
     let z: f64 = probs.iter().map(|p| p.1).sum();
     probs.iter_mut().for_each(|p| p.1 /= z);
     probs.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
@@ -196,11 +174,7 @@ mod tests {
 
     #[test]
     fn nucleus_keeps_only_the_head() {
-        let opts = GenerateOptions {
-            temperature: 1.0,
-            top_p: 0.5,
-            ..Default::default()
-        };
+        let opts = GenerateOptions { temperature: 1.0, top_p: 0.5, ..Default::default() };
         // Token 2 holds ~0.84 of the mass: with top_p 0.5 it is the only candidate.
         let logits = [0.0, 0.0, 3.0, 1.0];
         let mut rng = StdRng::seed_from_u64(1);
@@ -213,11 +187,7 @@ mod tests {
 
     #[test]
     fn sampling_follows_the_distribution() {
-        let opts = GenerateOptions {
-            temperature: 1.0,
-            top_p: 1.0,
-            ..Default::default()
-        };
+        let opts = GenerateOptions { temperature: 1.0, top_p: 1.0, ..Default::default() };
         let logits = [0.0f32, (3.0f32).ln()];
         let mut rng = StdRng::seed_from_u64(7);
         let n = 20000;

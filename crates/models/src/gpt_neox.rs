@@ -8,10 +8,7 @@ use serde::Deserialize;
 
 use crate::error::{ModelError, Result};
 use crate::site::SiteKind;
-use crate::spec::{
-    parse_rope_scaling, Activation, ArchSpec, Family, NormKind, OneOrMany, PositionKind, QkvLayout,
-    Residual, WeightNames,
-};
+use crate::spec::{Activation, ArchSpec, Family, NormKind, OneOrMany, PositionKind, QkvLayout, Residual, WeightNames, parse_rope_scaling};
 
 /// `config.json` of a GPT-NeoX checkpoint, as transformers writes it.
 #[derive(Debug, Clone, Deserialize)]
@@ -62,10 +59,7 @@ impl GptNeoxConfig {
             return Err(ModelError::config(
                 path,
                 "num_attention_heads",
-                format!(
-                    "hidden_size {} is not divisible by {} heads",
-                    self.hidden_size, self.num_attention_heads
-                ),
+                format!("hidden_size {} is not divisible by {} heads", self.hidden_size, self.num_attention_heads),
             ));
         }
         if !(self.rotary_pct > 0.0 && self.rotary_pct <= 1.0) {
@@ -92,11 +86,7 @@ impl GptNeoxConfig {
             activation: Activation::parse(path, "hidden_act", &self.hidden_act)?,
             gated_mlp: false,
             qkv: QkvLayout::FusedPerHead,
-            residual: if self.use_parallel_residual {
-                Residual::Parallel
-            } else {
-                Residual::Sequential
-            },
+            residual: if self.use_parallel_residual { Residual::Parallel } else { Residual::Sequential },
             attention_bias: self.attention_bias,
             mlp_bias: true,
             embed_norm: false,
@@ -127,12 +117,7 @@ pub(crate) fn weight_names(spec: &ArchSpec) -> WeightNames {
         embed: "gpt_neox.embed_in.weight".into(),
         embed_norm: None,
         block_norms: (0..spec.num_layers)
-            .map(|l| {
-                (
-                    format!("gpt_neox.layers.{l}.input_layernorm"),
-                    format!("gpt_neox.layers.{l}.post_attention_layernorm"),
-                )
-            })
+            .map(|l| (format!("gpt_neox.layers.{l}.input_layernorm"), format!("gpt_neox.layers.{l}.post_attention_layernorm")))
             .collect(),
         final_norm: "gpt_neox.final_layer_norm".into(),
         lm_head: (!spec.tie_word_embeddings).then(|| "embed_out.weight".into()),

@@ -8,7 +8,7 @@ use burn::prelude::*;
 use serde::Serialize;
 
 use crate::error::Result;
-use crate::generate::{generate, token_tensor, GenerateOptions};
+use crate::generate::{GenerateOptions, generate, token_tensor};
 use crate::nn::Projection;
 use crate::transformer::CausalLm;
 
@@ -56,7 +56,11 @@ pub fn measure<B: Backend, P: Projection<B>>(model: &CausalLm<B, P>, setup: &Lat
 
 /// Times several models round-robin (one warm-up round, then `repeats` rounds, each timing every
 /// model once), so that drift of the machine's speed during the run affects all of them alike.
-pub fn measure_many<B: Backend, P: Projection<B>>(models: &[&CausalLm<B, P>], setup: &LatencySetup, device: &B::Device) -> Result<Vec<Latency>> {
+pub fn measure_many<B: Backend, P: Projection<B>>(
+    models: &[&CausalLm<B, P>],
+    setup: &LatencySetup,
+    device: &B::Device,
+) -> Result<Vec<Latency>> {
     let mut prefill = vec![Vec::new(); models.len()];
     let mut decode = vec![Vec::new(); models.len()];
     for round in 0..=setup.repeats.max(1) {
@@ -74,7 +78,9 @@ pub fn measure_many<B: Backend, P: Projection<B>>(models: &[&CausalLm<B, P>], se
 /// One timing of the prefill and of decoding, in milliseconds (decoding: per token).
 fn time_once<B: Backend, P: Projection<B>>(model: &CausalLm<B, P>, setup: &LatencySetup, device: &B::Device) -> Result<(f64, f64)> {
     let vocab = model.spec().vocab_size as u32;
-    let ids = |rows: usize, len: usize| -> Vec<Vec<u32>> { (0..rows).map(|r| (0..len).map(|t| ((r * 131 + t * 31 + 7) as u32) % vocab).collect()).collect() };
+    let ids = |rows: usize, len: usize| -> Vec<Vec<u32>> {
+        (0..rows).map(|r| (0..len).map(|t| ((r * 131 + t * 31 + 7) as u32) % vocab).collect()).collect()
+    };
     let (batch, prompt) = (setup.batch.max(1), setup.prompt.max(1));
     let prompts = ids(batch, prompt);
     let mask = vec![vec![true; prompt]; batch];

@@ -10,8 +10,8 @@ pub mod bloom;
 pub mod error;
 pub mod extract;
 pub mod generate;
-pub mod latency;
 pub mod gpt_neox;
+pub mod latency;
 pub mod llama;
 pub mod mpt;
 pub mod nn;
@@ -22,12 +22,12 @@ pub mod transformer;
 pub mod weights;
 
 pub use error::{ModelError, Result};
-pub use generate::{generate, GenerateOptions};
+pub use generate::{GenerateOptions, generate};
 pub use nn::{Dense, Norm, Projection, Sliceable};
 pub use site::{Site, SiteKind};
 pub use spec::{ArchSpec, Family, LayerDims, PositionKind, QkvLayout};
 pub use tokenizer::TextTokenizer;
-pub use transformer::{positions_of, AttnContext, Block, CausalLm, DenseLm, KvCache, LayerStructure, SubnetStructure};
+pub use transformer::{AttnContext, Block, CausalLm, DenseLm, KvCache, LayerStructure, SubnetStructure, positions_of};
 pub use weights::Checkpoint;
 
 /// The CPU backend secateur uses by default.

@@ -9,10 +9,7 @@ use serde::Deserialize;
 
 use crate::error::{ModelError, Result};
 use crate::site::SiteKind;
-use crate::spec::{
-    parse_rope_scaling, Activation, ArchSpec, Family, NormKind, OneOrMany, PositionKind, QkvLayout,
-    Residual, WeightNames,
-};
+use crate::spec::{Activation, ArchSpec, Family, NormKind, OneOrMany, PositionKind, QkvLayout, Residual, WeightNames, parse_rope_scaling};
 
 /// `config.json` of a LLaMA or Mistral checkpoint, as transformers writes it.
 #[derive(Debug, Clone, Deserialize)]
@@ -60,17 +57,12 @@ impl LlamaConfig {
         if self.num_attention_heads == 0 {
             return Err(ModelError::config(path, "num_attention_heads", "must be positive"));
         }
-        let head_dim = self
-            .head_dim
-            .unwrap_or(self.hidden_size / self.num_attention_heads);
+        let head_dim = self.head_dim.unwrap_or(self.hidden_size / self.num_attention_heads);
         if self.head_dim.is_none() && !self.hidden_size.is_multiple_of(self.num_attention_heads) {
             return Err(ModelError::config(
                 path,
                 "num_attention_heads",
-                format!(
-                    "hidden_size {} is not divisible by {} heads and no head_dim is given",
-                    self.hidden_size, self.num_attention_heads
-                ),
+                format!("hidden_size {} is not divisible by {} heads and no head_dim is given", self.hidden_size, self.num_attention_heads),
             ));
         }
         Ok(ArchSpec {
@@ -100,11 +92,7 @@ impl LlamaConfig {
             tie_word_embeddings: self.tie_word_embeddings,
             attn_scale: 1.0 / (head_dim as f64).sqrt(),
             clip_qkv: None,
-            sliding_window: if model_type == "mistral" {
-                self.sliding_window
-            } else {
-                None
-            },
+            sliding_window: if model_type == "mistral" { self.sliding_window } else { None },
             bos_token_id: self.bos_token_id,
             eos_token_ids: OneOrMany::into_vec(self.eos_token_id),
             max_position_embeddings: self.max_position_embeddings,
@@ -132,12 +120,7 @@ pub(crate) fn weight_names(spec: &ArchSpec) -> WeightNames {
         embed: "model.embed_tokens.weight".into(),
         embed_norm: None,
         block_norms: (0..spec.num_layers)
-            .map(|l| {
-                (
-                    format!("model.layers.{l}.input_layernorm"),
-                    format!("model.layers.{l}.post_attention_layernorm"),
-                )
-            })
+            .map(|l| (format!("model.layers.{l}.input_layernorm"), format!("model.layers.{l}.post_attention_layernorm")))
             .collect(),
         final_norm: "model.norm".into(),
         lm_head: (!spec.tie_word_embeddings).then(|| "lm_head.weight".into()),

@@ -12,10 +12,7 @@ use serde::Deserialize;
 
 use crate::error::{ModelError, Result};
 use crate::site::SiteKind;
-use crate::spec::{
-    Activation, ArchSpec, Family, NormKind, OneOrMany, PositionKind, QkvLayout, Residual,
-    WeightNames,
-};
+use crate::spec::{Activation, ArchSpec, Family, NormKind, OneOrMany, PositionKind, QkvLayout, Residual, WeightNames};
 
 /// `attn_config` of an MPT config.
 #[derive(Debug, Clone, Deserialize)]
@@ -32,13 +29,7 @@ pub struct MptAttnConfig {
 
 impl Default for MptAttnConfig {
     fn default() -> Self {
-        Self {
-            alibi: true,
-            alibi_bias_max: 8.0,
-            clip_qkv: None,
-            softmax_scale: None,
-            qk_ln: false,
-        }
+        Self { alibi: true, alibi_bias_max: 8.0, clip_qkv: None, softmax_scale: None, qk_ln: false }
     }
 }
 
@@ -81,9 +72,7 @@ fn default_eps() -> f64 {
 /// MPT's ALiBi slopes (transformers' `build_mpt_alibi_tensor`).
 pub fn alibi_slopes(num_heads: usize, alibi_bias_max: f64) -> Vec<f64> {
     let n2 = num_heads.next_power_of_two();
-    let slopes: Vec<f64> = (1..=n2)
-        .map(|i| 1.0 / 2f64.powf(i as f64 * alibi_bias_max / n2 as f64))
-        .collect();
+    let slopes: Vec<f64> = (1..=n2).map(|i| 1.0 / 2f64.powf(i as f64 * alibi_bias_max / n2 as f64)).collect();
     if n2 == num_heads {
         return slopes;
     }
@@ -145,9 +134,7 @@ impl MptConfig {
             intermediate_size: width as usize,
             norm: NormKind::Layer { bias: !self.no_bias },
             norm_eps: self.layer_norm_epsilon,
-            position: PositionKind::Alibi {
-                slopes: alibi_slopes(self.n_heads, self.attn_config.alibi_bias_max),
-            },
+            position: PositionKind::Alibi { slopes: alibi_slopes(self.n_heads, self.attn_config.alibi_bias_max) },
             activation: Activation::Gelu,
             gated_mlp: false,
             qkv: QkvLayout::FusedBlocks,
@@ -156,10 +143,7 @@ impl MptConfig {
             mlp_bias: !self.no_bias,
             embed_norm: false,
             tie_word_embeddings: true,
-            attn_scale: self
-                .attn_config
-                .softmax_scale
-                .unwrap_or(1.0 / (head_dim as f64).sqrt()),
+            attn_scale: self.attn_config.softmax_scale.unwrap_or(1.0 / (head_dim as f64).sqrt()),
             clip_qkv: self.attn_config.clip_qkv,
             sliding_window: None,
             bos_token_id: self.bos_token_id,
@@ -185,12 +169,7 @@ pub(crate) fn weight_names(spec: &ArchSpec) -> WeightNames {
         embed: "transformer.wte.weight".into(),
         embed_norm: None,
         block_norms: (0..spec.num_layers)
-            .map(|l| {
-                (
-                    format!("transformer.blocks.{l}.norm_1"),
-                    format!("transformer.blocks.{l}.norm_2"),
-                )
-            })
+            .map(|l| (format!("transformer.blocks.{l}.norm_1"), format!("transformer.blocks.{l}.norm_2")))
             .collect(),
         final_norm: "transformer.norm_f".into(),
         lm_head: None,

@@ -27,10 +27,7 @@ pub struct Dense<B: Backend> {
 impl<B: Backend> Dense<B> {
     /// Wraps a `[out, in]` weight and an optional `[out]` bias.
     pub fn new(weight: Tensor<B, 2>, bias: Option<Tensor<B, 1>>) -> Self {
-        Self {
-            weight: Param::from_tensor(weight),
-            bias: bias.map(Param::from_tensor),
-        }
+        Self { weight: Param::from_tensor(weight), bias: bias.map(Param::from_tensor) }
     }
 
     /// `[out, in]`.
@@ -104,19 +101,11 @@ pub fn activate<B: Backend, const D: usize>(x: Tensor<B, D>, act: Activation) ->
 
 /// Inverse frequencies of rotate-half RoPE, computed as transformers does (f32), with scaling.
 pub fn rope_inv_freq(theta: f64, rotary_dim: usize, scaling: Option<&RopeScaling>) -> Vec<f32> {
-    let base: Vec<f32> = (0..rotary_dim)
-        .step_by(2)
-        .map(|i| 1.0 / (theta as f32).powf(i as f32 / rotary_dim as f32))
-        .collect();
+    let base: Vec<f32> = (0..rotary_dim).step_by(2).map(|i| 1.0 / (theta as f32).powf(i as f32 / rotary_dim as f32)).collect();
     match scaling {
         None => base,
         Some(RopeScaling::Linear { factor }) => base.iter().map(|f| f / *factor as f32).collect(),
-        Some(RopeScaling::Llama3 {
-            factor,
-            low_freq_factor,
-            high_freq_factor,
-            original_max_position_embeddings: old,
-        }) => base
+        Some(RopeScaling::Llama3 { factor, low_freq_factor, high_freq_factor, original_max_position_embeddings: old }) => base
             .iter()
             .map(|&f| {
                 let f = f as f64;
@@ -180,17 +169,8 @@ impl<B: Backend> RopeTables<B> {
     /// The tables repeated for `heads` heads: `[batch * seq * heads, head_dim]`.
     pub fn per_head(&self, heads: usize) -> Self {
         let [rows, d] = self.cos.dims();
-        let rep = |t: &Tensor<B, 2>| {
-            t.clone()
-                .unsqueeze_dim::<3>(1)
-                .repeat_dim(1, heads)
-                .reshape([rows * heads, d])
-        };
-        Self {
-            cos: rep(&self.cos),
-            sin: rep(&self.sin),
-            rotate: self.rotate.clone(),
-        }
+        let rep = |t: &Tensor<B, 2>| t.clone().unsqueeze_dim::<3>(1).repeat_dim(1, heads).reshape([rows * heads, d]);
+        Self { cos: rep(&self.cos), sin: rep(&self.sin), rotate: self.rotate.clone() }
     }
 
     /// Applies rotate-half RoPE to `x: [batch, seq, heads, head_dim]` (tables from
@@ -209,12 +189,7 @@ pub const MASKED: f32 = -1e30;
 /// Additive attention bias `[batch, 1 or heads, seq, keys]`: causal and padding masks, the
 /// sliding window, and ALiBi. `key_mask[b]` covers every key slot (cache and new tokens);
 /// the new queries are the last `seq` slots.
-pub fn attention_bias<B: Backend>(
-    spec: &ArchSpec,
-    key_mask: &[Vec<bool>],
-    seq: usize,
-    device: &B::Device,
-) -> Tensor<B, 4> {
+pub fn attention_bias<B: Backend>(spec: &ArchSpec, key_mask: &[Vec<bool>], seq: usize, device: &B::Device) -> Tensor<B, 4> {
     let b = key_mask.len();
     let t = key_mask.first().map_or(0, |m| m.len());
     let past = t - seq;

@@ -53,9 +53,7 @@ impl SiteKind {
             "k" | "k_proj" | "key" => Self::K,
             "v" | "v_proj" | "value" => Self::V,
             "qkv" | "query_key_value" | "Wqkv" | "wqkv" | "qkv_proj" => Self::Qkv,
-            "o" | "o_proj" | "out_proj" | "dense" | "attention.dense" | "self_attention.dense" => {
-                Self::O
-            }
+            "o" | "o_proj" | "out_proj" | "dense" | "attention.dense" | "self_attention.dense" => Self::O,
             "gate" | "gate_proj" | "w1" => Self::Gate,
             "up" | "up_proj" | "dense_h_to_4h" | "w3" => Self::Up,
             "down" | "down_proj" | "dense_4h_to_h" | "w2" => Self::Down,
@@ -117,10 +115,7 @@ impl FromStr for Site {
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         let err = || ParseSiteError(s.to_string());
         let parts: Vec<&str> = s.split('.').collect();
-        let at = parts
-            .iter()
-            .position(|p| matches!(*p, "layers" | "h" | "blocks"))
-            .ok_or_else(err)?;
+        let at = parts.iter().position(|p| matches!(*p, "layers" | "h" | "blocks")).ok_or_else(err)?;
         let layer: usize = parts.get(at + 1).ok_or_else(err)?.parse().map_err(|_| err())?;
         let rest = &parts[at + 2..];
         let kind = match rest {

@@ -53,11 +53,7 @@ impl Activation {
             "gelu" => Ok(Self::Gelu),
             "gelu_new" | "gelu_pytorch_tanh" | "gelu_fast" => Ok(Self::GeluTanh),
             "relu" => Ok(Self::Relu),
-            other => Err(ModelError::config(
-                path,
-                field,
-                format!("unsupported activation {other:?}"),
-            )),
+            other => Err(ModelError::config(path, field, format!("unsupported activation {other:?}"))),
         }
     }
 }
@@ -68,23 +64,14 @@ pub enum RopeScaling {
     /// Positions divided by `factor`.
     Linear { factor: f64 },
     /// LLaMA 3.x wavelength-dependent scaling.
-    Llama3 {
-        factor: f64,
-        low_freq_factor: f64,
-        high_freq_factor: f64,
-        original_max_position_embeddings: f64,
-    },
+    Llama3 { factor: f64, low_freq_factor: f64, high_freq_factor: f64, original_max_position_embeddings: f64 },
 }
 
 /// How positions enter attention.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub enum PositionKind {
     /// Rotate-half rotary embedding on the first `rotary_dim` channels of each head.
-    Rope {
-        theta: f64,
-        rotary_dim: usize,
-        scaling: Option<RopeScaling>,
-    },
+    Rope { theta: f64, rotary_dim: usize, scaling: Option<RopeScaling> },
     /// ALiBi: an additive bias `slope_h * (key - query)` per head.
     Alibi { slopes: Vec<f64> },
 }
@@ -186,10 +173,7 @@ impl ArchSpec {
     pub fn from_config_file(path: &Path) -> Result<Self> {
         let text = std::fs::read_to_string(path).map_err(|e| ModelError::io(path, e))?;
         let value: serde_json::Value =
-            serde_json::from_str(&text).map_err(|source| ModelError::Json {
-                path: path.to_path_buf(),
-                source,
-            })?;
+            serde_json::from_str(&text).map_err(|source| ModelError::Json { path: path.to_path_buf(), source })?;
         Self::from_config_value(path, value)
     }
 
@@ -200,33 +184,19 @@ impl ArchSpec {
             .and_then(|v| v.as_str())
             .ok_or_else(|| ModelError::config(path, "model_type", "missing or not a string"))?
             .to_string();
-        let parse_err = |source| ModelError::Json {
-            path: path.to_path_buf(),
-            source,
-        };
+        let parse_err = |source| ModelError::Json { path: path.to_path_buf(), source };
         check_sizes(path, &value)?;
         let extension = match value.get(SUBNET_EXTENSION_KEY) {
             None => None,
             Some(v) => Some(serde_json::from_value::<SubnetExtension>(v.clone()).map_err(parse_err)?),
         };
         let mut spec = match model_type.as_str() {
-            "llama" | "mistral" => serde_json::from_value::<llama::LlamaConfig>(value)
-                .map_err(parse_err)?
-                .spec(path, &model_type)?,
-            "gpt_neox" => serde_json::from_value::<gpt_neox::GptNeoxConfig>(value)
-                .map_err(parse_err)?
-                .spec(path)?,
-            "bloom" => serde_json::from_value::<bloom::BloomConfig>(value)
-                .map_err(parse_err)?
-                .spec(path)?,
-            "mpt" => serde_json::from_value::<mpt::MptConfig>(value)
-                .map_err(parse_err)?
-                .spec(path)?,
+            "llama" | "mistral" => serde_json::from_value::<llama::LlamaConfig>(value).map_err(parse_err)?.spec(path, &model_type)?,
+            "gpt_neox" => serde_json::from_value::<gpt_neox::GptNeoxConfig>(value).map_err(parse_err)?.spec(path)?,
+            "bloom" => serde_json::from_value::<bloom::BloomConfig>(value).map_err(parse_err)?.spec(path)?,
+            "mpt" => serde_json::from_value::<mpt::MptConfig>(value).map_err(parse_err)?.spec(path)?,
             _ => {
-                return Err(ModelError::UnsupportedModelType {
-                    path: path.to_path_buf(),
-                    model_type,
-                });
+                return Err(ModelError::UnsupportedModelType { path: path.to_path_buf(), model_type });
             }
         };
         if let Some(ext) = extension {
@@ -239,11 +209,7 @@ impl ArchSpec {
     fn apply_extension(&mut self, path: &Path, ext: SubnetExtension) -> Result<()> {
         let field = |f: &str| format!("{SUBNET_EXTENSION_KEY}.{f}");
         if ext.layers.len() != self.num_layers {
-            return Err(ModelError::config(
-                path,
-                &field("layers"),
-                format!("{} entries for {} layers", ext.layers.len(), self.num_layers),
-            ));
+            return Err(ModelError::config(path, &field("layers"), format!("{} entries for {} layers", ext.layers.len(), self.num_layers)));
         }
         if ext.hidden_size == 0 {
             return Err(ModelError::config(path, &field("hidden_size"), "must be positive"));
@@ -280,11 +246,7 @@ impl ArchSpec {
     pub fn layer(&self, layer: usize) -> LayerDims {
         match &self.layer_dims {
             Some(dims) => dims[layer],
-            None => LayerDims {
-                num_heads: self.num_heads,
-                num_kv_heads: self.num_kv_heads,
-                intermediate_size: self.intermediate_size,
-            },
+            None => LayerDims { num_heads: self.num_heads, num_kv_heads: self.num_kv_heads, intermediate_size: self.intermediate_size },
         }
     }
 
@@ -327,29 +289,20 @@ impl ArchSpec {
             return Err(ModelError::config(
                 path,
                 "num_key_value_heads",
-                format!(
-                    "{} attention heads are not divisible into {} key/value groups",
-                    self.num_heads, self.num_kv_heads
-                ),
+                format!("{} attention heads are not divisible into {} key/value groups", self.num_heads, self.num_kv_heads),
             ));
         }
         if self.qkv != QkvLayout::Separate && self.layer_dims.is_none() && self.num_heads * self.head_dim != self.hidden_size {
             return Err(ModelError::config(
                 path,
                 "num_attention_heads",
-                format!(
-                    "hidden size {} is not divisible by {} heads",
-                    self.hidden_size, self.num_heads
-                ),
+                format!("hidden size {} is not divisible by {} heads", self.hidden_size, self.num_heads),
             ));
         }
         if !(self.norm_eps > 0.0 && self.norm_eps.is_finite()) {
             return Err(ModelError::config(path, "norm eps", "must be positive"));
         }
-        if let PositionKind::Rope {
-            theta, rotary_dim, ..
-        } = &self.position
-        {
+        if let PositionKind::Rope { theta, rotary_dim, .. } = &self.position {
             if theta.is_nan() || *theta <= 0.0 {
                 return Err(ModelError::config(path, "rope_theta", "must be positive"));
             }
@@ -357,10 +310,7 @@ impl ArchSpec {
                 return Err(ModelError::config(
                     path,
                     "rotary_pct",
-                    format!(
-                        "rotary dimension {rotary_dim} must be even and in 2..={}",
-                        self.head_dim
-                    ),
+                    format!("rotary dimension {rotary_dim} must be even and in 2..={}", self.head_dim),
                 ));
             }
         }
@@ -409,9 +359,7 @@ impl ArchSpec {
     /// Whether the projection at `kind` carries a bias.
     pub fn site_has_bias(&self, kind: SiteKind) -> bool {
         match kind {
-            SiteKind::Q | SiteKind::K | SiteKind::V | SiteKind::Qkv | SiteKind::O => {
-                self.attention_bias
-            }
+            SiteKind::Q | SiteKind::K | SiteKind::V | SiteKind::Qkv | SiteKind::O => self.attention_bias,
             SiteKind::Gate | SiteKind::Up | SiteKind::Down => self.mlp_bias,
         }
     }
@@ -469,10 +417,7 @@ impl OneOrMany {
 }
 
 /// Parses an HF `rope_scaling` object (keys `rope_type` or legacy `type`).
-pub(crate) fn parse_rope_scaling(
-    path: &Path,
-    value: Option<&serde_json::Value>,
-) -> Result<Option<RopeScaling>> {
+pub(crate) fn parse_rope_scaling(path: &Path, value: Option<&serde_json::Value>) -> Result<Option<RopeScaling>> {
     let Some(v) = value else { return Ok(None) };
     if v.is_null() {
         return Ok(None);
@@ -504,19 +449,10 @@ pub(crate) fn parse_rope_scaling(
                 high_freq_factor: num("high_freq_factor")?,
                 original_max_position_embeddings: num("original_max_position_embeddings")?,
             };
-            if let RopeScaling::Llama3 {
-                factor,
-                low_freq_factor,
-                high_freq_factor,
-                ..
-            } = s
+            if let RopeScaling::Llama3 { factor, low_freq_factor, high_freq_factor, .. } = s
                 && (factor <= 0.0 || high_freq_factor <= low_freq_factor)
             {
-                return Err(ModelError::config(
-                    path,
-                    field,
-                    "llama3 scaling needs factor > 0 and high_freq_factor > low_freq_factor",
-                ));
+                return Err(ModelError::config(path, field, "llama3 scaling needs factor > 0 and high_freq_factor > low_freq_factor"));
             }
             Ok(Some(s))
         }

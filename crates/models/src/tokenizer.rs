@@ -14,10 +14,7 @@ impl TextTokenizer {
     /// Loads `path` (a `tokenizer.json`).
     pub fn from_file(path: &Path) -> Result<Self> {
         if !path.is_file() {
-            return Err(ModelError::io(
-                path,
-                std::io::Error::new(std::io::ErrorKind::NotFound, "tokenizer.json not found"),
-            ));
+            return Err(ModelError::io(path, std::io::Error::new(std::io::ErrorKind::NotFound, "tokenizer.json not found")));
         }
         let bad = |reason: String| ModelError::Tokenizer { path: path.to_path_buf(), reason };
         let bytes = std::fs::read(path).map_err(|e| ModelError::io(path, e))?;
@@ -28,18 +25,12 @@ impl TextTokenizer {
         let inner = std::panic::catch_unwind(|| tokenizers::Tokenizer::from_bytes(&bytes))
             .map_err(|_| bad("malformed tokenizer (the tokenizers crate could not read it)".into()))?
             .map_err(|e| bad(e.to_string()))?;
-        Ok(Self {
-            inner,
-            path: path.to_path_buf(),
-        })
+        Ok(Self { inner, path: path.to_path_buf() })
     }
 
     /// Token ids of `text`, with the tokenizer's special tokens (e.g. BOS) when it adds any.
     pub fn encode(&self, text: &str) -> Result<Vec<u32>> {
-        self.inner
-            .encode(text, true)
-            .map(|e| e.get_ids().to_vec())
-            .map_err(|e| self.err(e))
+        self.inner.encode(text, true).map(|e| e.get_ids().to_vec()).map_err(|e| self.err(e))
     }
 
     /// Text of `ids`, special tokens skipped.
@@ -53,9 +44,6 @@ impl TextTokenizer {
     }
 
     fn err(&self, e: tokenizers::Error) -> ModelError {
-        ModelError::Tokenizer {
-            path: self.path.clone(),
-            reason: e.to_string(),
-        }
+        ModelError::Tokenizer { path: self.path.clone(), reason: e.to_string() }
     }
 }

@@ -9,7 +9,7 @@ use burn::prelude::*;
 use burn::tensor::ops::AttentionModuleOptions;
 
 use crate::error::{ModelError, Result};
-use crate::nn::{activate, attention_bias, rope_inv_freq, Dense, Norm, Projection, RopeTables, Sliceable};
+use crate::nn::{Dense, Norm, Projection, RopeTables, Sliceable, activate, attention_bias, rope_inv_freq};
 use crate::site::{Site, SiteKind};
 use crate::spec::{ArchSpec, LayerDims, NormKind, PositionKind, QkvLayout, Residual};
 use crate::weights::Checkpoint;
@@ -58,11 +58,7 @@ pub struct KvCache<B: Backend> {
 impl<B: Backend> KvCache<B> {
     /// An empty cache for `batch` rows of a model with `layers` blocks.
     pub fn new(layers: usize, batch: usize) -> Self {
-        Self {
-            layers: vec![None; layers],
-            key_mask: vec![Vec::new(); batch],
-            next_pos: vec![0; batch],
-        }
+        Self { layers: vec![None; layers], key_mask: vec![Vec::new(); batch], next_pos: vec![0; batch] }
     }
 
     /// Number of cached key slots.
@@ -93,11 +89,7 @@ impl<B: Backend> AttnContext<B> {
     pub fn new(spec: Arc<ArchSpec>, key_mask: &[Vec<bool>], positions: &[Vec<usize>], device: &B::Device) -> Self {
         let seq = positions.first().map_or(0, |p| p.len());
         let rope = match &spec.position {
-            PositionKind::Rope {
-                theta,
-                rotary_dim,
-                scaling,
-            } => {
+            PositionKind::Rope { theta, rotary_dim, scaling } => {
                 let inv = rope_inv_freq(*theta, *rotary_dim, scaling.as_ref());
                 let tables = RopeTables::<B>::new(&inv, spec.head_dim, positions, device);
                 Some(tables)
@@ -182,10 +174,7 @@ pub fn attend<B: Backend>(
     // key/value head g, so [b, h, s, d] is viewed as [b, kvh, rep*s, d]; the context's
     // bias is already laid out to match (ALiBi biases, one per head, keep the first h).
     let bias = if ctx.bias.dims()[1] > 1 && h < spec.num_heads { ctx.bias.clone().narrow(1, 0, kvh) } else { ctx.bias.clone() };
-    let options = AttentionModuleOptions {
-        scale: Some(spec.attn_scale),
-        ..Default::default()
-    };
+    let options = AttentionModuleOptions { scale: Some(spec.attn_scale), ..Default::default() };
     let out = burn::tensor::module::attention(q.reshape([b, kvh, rep * s, d]), k, v, None, Some(bias), options);
     out.reshape([b, h, s, d]).swap_dims(1, 2).reshape([b, s, h * d])
 }
@@ -225,12 +214,7 @@ fn split_heads<B: Backend>(spec: &ArchSpec, outs: Vec<Tensor<B, 3>>, hq: usize, 
 
 impl<B: Backend, P: Projection<B>> Block<B, P> {
     /// Runs the block on `x: [batch, seq, hidden]`, appending keys and values to `kv`.
-    pub fn forward(
-        &self,
-        x: Tensor<B, 3>,
-        ctx: &AttnContext<B>,
-        kv: Option<&mut Option<(Tensor<B, 4>, Tensor<B, 4>)>>,
-    ) -> Tensor<B, 3> {
+    pub fn forward(&self, x: Tensor<B, 3>, ctx: &AttnContext<B>, kv: Option<&mut Option<(Tensor<B, 4>, Tensor<B, 4>)>>) -> Tensor<B, 3> {
         self.residual(x, &ctx.spec, |n| self.attention(n, ctx, kv), |n| self.mlp(n, &ctx.spec))
     }
 
@@ -262,12 +246,7 @@ impl<B: Backend, P: Projection<B>> Block<B, P> {
     }
 
     /// Self-attention of normalised input `x: [batch, seq, hidden]`.
-    pub fn attention(
-        &self,
-        x: Tensor<B, 3>,
-        ctx: &AttnContext<B>,
-        kv: Option<&mut Option<(Tensor<B, 4>, Tensor<B, 4>)>>,
-    ) -> Tensor<B, 3> {
+    pub fn attention(&self, x: Tensor<B, 3>, ctx: &AttnContext<B>, kv: Option<&mut Option<(Tensor<B, 4>, Tensor<B, 4>)>>) -> Tensor<B, 3> {
         let (h, kvh) = (self.dims.num_heads, self.dims.num_kv_heads);
         let outs = self.attn_in.iter().map(|p| p.forward(x.clone())).collect();
         let (q, k, v) = split_heads(&ctx.spec, outs, h, kvh);
@@ -286,7 +265,9 @@ impl<B: Backend, P: Projection<B>> Block<B, P> {
         let attn = |x: Tensor<B, 3>| self.attention_sliced(x, ctx, groups);
         let mlp = |x: Tensor<B, 3>| {
             let hidden = match &self.mlp_gate {
-                Some(g) => activate(g.forward_slice(x.clone(), 0, width, e), ctx.spec.activation) * self.mlp_up.forward_slice(x, 0, width, e),
+                Some(g) => {
+                    activate(g.forward_slice(x.clone(), 0, width, e), ctx.spec.activation) * self.mlp_up.forward_slice(x, 0, width, e)
+                }
                 None => activate(self.mlp_up.forward_slice(x, 0, width, e), ctx.spec.activation),
             };
             self.mlp_down.forward_slice(hidden, 0, e, width)
@@ -303,7 +284,9 @@ impl<B: Backend, P: Projection<B>> Block<B, P> {
         let (hq, hk) = (groups * (h / kvh), groups);
         let rows = |p: &P, start: usize, len: usize| p.forward_slice(x.clone(), start, len, e);
         let outs = match ctx.spec.qkv {
-            QkvLayout::Separate => vec![rows(&self.attn_in[0], 0, hq * d), rows(&self.attn_in[1], 0, hk * d), rows(&self.attn_in[2], 0, hk * d)],
+            QkvLayout::Separate => {
+                vec![rows(&self.attn_in[0], 0, hq * d), rows(&self.attn_in[1], 0, hk * d), rows(&self.attn_in[2], 0, hk * d)]
+            }
             QkvLayout::FusedPerHead => vec![rows(&self.attn_in[0], 0, hq * 3 * d)],
             // The kept rows of the q, k and v blocks of the fused output.
             QkvLayout::FusedBlocks => {
@@ -460,19 +443,13 @@ impl<B: Backend, P: Module<B>> CausalLm<B, P> {
     where
         P: Projection<B>,
     {
-        self.blocks
-            .iter()
-            .enumerate()
-            .flat_map(|(l, b)| b.projections().into_iter().map(move |(k, p)| (Site::new(l, k), p)))
-            .collect()
+        self.blocks.iter().enumerate().flat_map(|(l, b)| b.projections().into_iter().map(move |(k, p)| (Site::new(l, k), p))).collect()
     }
 
     /// Every projection site with its `[out, in]` shape, in forward order.
     pub fn sites(&self) -> Vec<(Site, [usize; 2])> {
         let kinds = self.spec.block_site_kinds();
-        (0..self.spec.num_layers)
-            .flat_map(|l| kinds.iter().map(move |&k| (Site::new(l, k), self.spec.site_shape(l, k))))
-            .collect()
+        (0..self.spec.num_layers).flat_map(|l| kinds.iter().map(move |&k| (Site::new(l, k), self.spec.site_shape(l, k)))).collect()
     }
 
     /// Replaces every projection through `f` (called in forward order with its site).
@@ -564,12 +541,7 @@ impl<B: Backend, P: Projection<B>> CausalLm<B, P> {
     }
 
     /// Like [`Self::forward`], but attends to and extends `cache`.
-    pub fn forward_cached(
-        &self,
-        ids: Tensor<B, 2, Int>,
-        mask: &[Vec<bool>],
-        cache: &mut KvCache<B>,
-    ) -> Result<Tensor<B, 3>> {
+    pub fn forward_cached(&self, ids: Tensor<B, 2, Int>, mask: &[Vec<bool>], cache: &mut KvCache<B>) -> Result<Tensor<B, 3>> {
         if cache.layers.len() != self.blocks.len() {
             if cache.is_empty() {
                 cache.layers = vec![None; self.blocks.len()];
@@ -584,24 +556,13 @@ impl<B: Backend, P: Projection<B>> CausalLm<B, P> {
         self.forward_impl(ids, mask, cache, true)
     }
 
-    fn forward_impl(
-        &self,
-        ids: Tensor<B, 2, Int>,
-        mask: &[Vec<bool>],
-        cache: &mut KvCache<B>,
-        use_cache: bool,
-    ) -> Result<Tensor<B, 3>> {
+    fn forward_impl(&self, ids: Tensor<B, 2, Int>, mask: &[Vec<bool>], cache: &mut KvCache<B>, use_cache: bool) -> Result<Tensor<B, 3>> {
         let [b, s] = ids.dims();
         if mask.len() != b || mask.iter().any(|m| m.len() != s) {
-            return Err(ModelError::InvalidInput(format!(
-                "attention mask must be [{b}][{s}] like the input ids"
-            )));
+            return Err(ModelError::InvalidInput(format!("attention mask must be [{b}][{s}] like the input ids")));
         }
         if cache.key_mask.len() != b {
-            return Err(ModelError::InvalidInput(format!(
-                "KV cache holds {} rows, the batch has {b}",
-                cache.key_mask.len()
-            )));
+            return Err(ModelError::InvalidInput(format!("KV cache holds {} rows, the batch has {b}", cache.key_mask.len())));
         }
         let positions: Vec<Vec<usize>> = mask
             .iter()

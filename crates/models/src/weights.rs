@@ -37,14 +37,9 @@ impl Checkpoint {
         let files = if single.is_file() {
             vec![single]
         } else if index.is_file() {
-            read_index(&index)?
-                .into_iter()
-                .map(|f| dir.join(f))
-                .collect()
+            read_index(&index)?.into_iter().map(|f| dir.join(f)).collect()
         } else {
-            return Err(ModelError::NoWeights {
-                dir: dir.to_path_buf(),
-            });
+            return Err(ModelError::NoWeights { dir: dir.to_path_buf() });
         };
         Self::from_files(&files)
     }
@@ -90,10 +85,7 @@ impl Checkpoint {
     /// Reads a tensor as f32, checking that its shape is `expected`.
     pub fn read_f32(&self, name: &str, expected: &[usize]) -> Result<Vec<f32>> {
         let Some(&i) = self.by_name.get(name) else {
-            return Err(ModelError::MissingTensor {
-                path: self.path_of(name).to_path_buf(),
-                name: name.to_string(),
-            });
+            return Err(ModelError::MissingTensor { path: self.path_of(name).to_path_buf(), name: name.to_string() });
         };
         let shard = &self.shards[i];
         let info = &shard.infos[name];
@@ -113,12 +105,7 @@ impl Checkpoint {
             dtype: format!("{:?}", info.dtype),
         })?;
         if let Some(at) = values.iter().position(|v| !v.is_finite()) {
-            return Err(ModelError::NonFinite {
-                path: shard.path.clone(),
-                name: name.to_string(),
-                index: at,
-                value: values[at],
-            });
+            return Err(ModelError::NonFinite { path: shard.path.clone(), name: name.to_string(), index: at, value: values[at] });
         }
         Ok(values)
     }
@@ -156,16 +143,11 @@ pub fn write_safetensors(path: &Path, tensors: &[RawTensor], metadata: Option<Ha
         .map(|(name, dtype, shape, bytes)| {
             safetensors::tensor::TensorView::new(*dtype, shape.clone(), bytes)
                 .map(|v| (name.clone(), v))
-                .map_err(|e| ModelError::Safetensors {
-                    path: path.to_path_buf(),
-                    reason: format!("tensor `{name}`: {e}"),
-                })
+                .map_err(|e| ModelError::Safetensors { path: path.to_path_buf(), reason: format!("tensor `{name}`: {e}") })
         })
         .collect::<Result<Vec<_>>>()?;
-    let bytes = safetensors::tensor::serialize(views, metadata).map_err(|e| ModelError::Safetensors {
-        path: path.to_path_buf(),
-        reason: e.to_string(),
-    })?;
+    let bytes = safetensors::tensor::serialize(views, metadata)
+        .map_err(|e| ModelError::Safetensors { path: path.to_path_buf(), reason: e.to_string() })?;
     write_atomic(path, &bytes)
 }
 
@@ -176,19 +158,14 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
 
 fn read_index(index: &Path) -> Result<Vec<String>> {
     let text = std::fs::read_to_string(index).map_err(|e| ModelError::io(index, e))?;
-    let value: serde_json::Value = serde_json::from_str(&text).map_err(|source| ModelError::Json {
-        path: index.to_path_buf(),
-        source,
-    })?;
+    let value: serde_json::Value = serde_json::from_str(&text).map_err(|source| ModelError::Json { path: index.to_path_buf(), source })?;
     let map = value
         .get("weight_map")
         .and_then(|m| m.as_object())
         .ok_or_else(|| ModelError::config(index, "weight_map", "missing or not an object"))?;
     let mut files: Vec<String> = Vec::new();
     for (tensor, file) in map {
-        let file = file.as_str().ok_or_else(|| {
-            ModelError::config(index, &format!("weight_map.{tensor}"), "not a file name")
-        })?;
+        let file = file.as_str().ok_or_else(|| ModelError::config(index, &format!("weight_map.{tensor}"), "not a file name"))?;
         if file.contains('/') || file.contains("..") {
             return Err(ModelError::config(
                 index,
@@ -221,10 +198,7 @@ fn open_shard(path: &Path) -> Result<Shard> {
         });
     }
     let (header, metadata) =
-        SafeTensors::read_metadata(&map).map_err(|e| ModelError::Safetensors {
-            path: path.to_path_buf(),
-            reason: e.to_string(),
-        })?;
+        SafeTensors::read_metadata(&map).map_err(|e| ModelError::Safetensors { path: path.to_path_buf(), reason: e.to_string() })?;
     let data_start = 8 + header;
     if data_start + metadata.data_len() > map.len() {
         return Err(ModelError::Safetensors {
@@ -236,59 +210,29 @@ fn open_shard(path: &Path) -> Result<Shard> {
             ),
         });
     }
-    let infos = metadata
-        .tensors()
-        .into_iter()
-        .map(|(k, v)| (k, v.clone()))
-        .collect();
-    Ok(Shard {
-        path: path.to_path_buf(),
-        map,
-        data_start,
-        infos,
-    })
+    let infos = metadata.tensors().into_iter().map(|(k, v)| (k, v.clone())).collect();
+    Ok(Shard { path: path.to_path_buf(), map, data_start, infos })
 }
 
 fn decode_f32(bytes: &[u8], dtype: Dtype) -> Option<Vec<f32>> {
     Some(match dtype {
-        Dtype::F32 => bytes
-            .chunks_exact(4)
-            .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
-            .collect(),
-        Dtype::F16 => bytes
-            .chunks_exact(2)
-            .map(|c| half::f16::from_le_bytes([c[0], c[1]]).to_f32())
-            .collect(),
-        Dtype::BF16 => bytes
-            .chunks_exact(2)
-            .map(|c| half::bf16::from_le_bytes([c[0], c[1]]).to_f32())
-            .collect(),
-        Dtype::F64 => bytes
-            .chunks_exact(8)
-            .map(|c| f64::from_le_bytes(c.try_into().expect("8 bytes")) as f32)
-            .collect(),
+        Dtype::F32 => bytes.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect(),
+        Dtype::F16 => bytes.chunks_exact(2).map(|c| half::f16::from_le_bytes([c[0], c[1]]).to_f32()).collect(),
+        Dtype::BF16 => bytes.chunks_exact(2).map(|c| half::bf16::from_le_bytes([c[0], c[1]]).to_f32()).collect(),
+        Dtype::F64 => bytes.chunks_exact(8).map(|c| f64::from_le_bytes(c.try_into().expect("8 bytes")) as f32).collect(),
         _ => return None,
     })
 }
 
 /// Files copied unchanged from a source checkpoint by [`save_like`] when present.
-pub const COPIED_FILES: &[&str] = &[
-    "config.json",
-    "generation_config.json",
-    "tokenizer.json",
-    "tokenizer_config.json",
-    "special_tokens_map.json",
-];
+pub const COPIED_FILES: &[&str] =
+    &["config.json", "generation_config.json", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"];
 
 /// Saves a dense model as a Hugging Face checkpoint in `out`, laid out like its source `src`:
 /// every tensor of `src` is kept (in its stored dtype), with the projection weights and biases
 /// replaced by the model's; config and tokenizer files are copied. Written atomically, as one
 /// `model.safetensors`.
-pub fn save_like<B: burn::prelude::Backend>(
-    model: &crate::DenseLm<B>,
-    src: &Path,
-    out: &Path,
-) -> Result<()> {
+pub fn save_like<B: burn::prelude::Backend>(model: &crate::DenseLm<B>, src: &Path, out: &Path) -> Result<()> {
     std::fs::create_dir_all(out).map_err(|e| ModelError::io(out, e))?;
     let ckpt = Checkpoint::open(src)?;
     let spec = model.spec();

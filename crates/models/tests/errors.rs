@@ -5,7 +5,7 @@ mod common;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
-use common::{fixtures, B};
+use common::{B, fixtures};
 use safetensors::tensor::{Dtype, SafeTensors, TensorView};
 use secateur_models::{DenseLm, ModelError, TextTokenizer};
 
@@ -25,16 +25,11 @@ fn rewrite_weights(dir: &Path, edit: impl FnOnce(&mut HashMap<String, (Dtype, Ve
     let path = dir.join("model.safetensors");
     let bytes = std::fs::read(&path).unwrap();
     let st = SafeTensors::deserialize(&bytes).unwrap();
-    let mut tensors: HashMap<String, (Dtype, Vec<usize>, Vec<u8>)> = st
-        .tensors()
-        .into_iter()
-        .map(|(n, v)| (n, (v.dtype(), v.shape().to_vec(), v.data().to_vec())))
-        .collect();
+    let mut tensors: HashMap<String, (Dtype, Vec<usize>, Vec<u8>)> =
+        st.tensors().into_iter().map(|(n, v)| (n, (v.dtype(), v.shape().to_vec(), v.data().to_vec()))).collect();
     edit(&mut tensors);
-    let views: Vec<(String, TensorView)> = tensors
-        .iter()
-        .map(|(n, (d, s, b))| (n.clone(), TensorView::new(*d, s.clone(), b).unwrap()))
-        .collect();
+    let views: Vec<(String, TensorView)> =
+        tensors.iter().map(|(n, (d, s, b))| (n.clone(), TensorView::new(*d, s.clone(), b).unwrap())).collect();
     safetensors::serialize_to_file(views, None, &path).unwrap();
 }
 
@@ -84,11 +79,7 @@ fn config_fields_out_of_range_name_the_field() {
         ("llama_gqa", Box::new(|v| v["num_attention_heads"] = 0.into()), "num_attention_heads"),
         ("llama_gqa", Box::new(|v| v["rms_norm_eps"] = (-1.0).into()), "norm eps"),
         ("llama_gqa", Box::new(|v| v["hidden_act"] = "swoosh".into()), "hidden_act"),
-        (
-            "llama_gqa",
-            Box::new(|v| v["rope_scaling"] = serde_json::json!({"rope_type": "yarn", "factor": 2.0})),
-            "rope_scaling.rope_type",
-        ),
+        ("llama_gqa", Box::new(|v| v["rope_scaling"] = serde_json::json!({"rope_type": "yarn", "factor": 2.0})), "rope_scaling.rope_type"),
         ("neox_parallel", Box::new(|v| v["rotary_pct"] = 0.0.into()), "rotary_pct"),
         ("bloom_4heads", Box::new(|v| v["n_head"] = 5.into()), "n_head"),
         ("mpt_4heads", Box::new(|v| v["attn_config"]["alibi"] = false.into()), "attn_config.alibi"),

@@ -2,9 +2,9 @@
 
 mod common;
 
-use common::{fixtures, reference, B, VARIANTS};
+use common::{B, VARIANTS, fixtures, reference};
 use secateur_models::generate::token_tensor;
-use secateur_models::{generate, DenseLm, GenerateOptions};
+use secateur_models::{DenseLm, GenerateOptions, generate};
 
 const TOL: f32 = 1e-4;
 
@@ -12,9 +12,7 @@ fn max_diff_at_real_tokens(variant: &str) -> f32 {
     let device = Default::default();
     let model = DenseLm::<B>::load(&fixtures().join(variant), &device).unwrap();
     let r = reference(variant);
-    let logits = model
-        .forward(token_tensor::<B>(&r.ids, &device), &r.mask)
-        .unwrap();
+    let logits = model.forward(token_tensor::<B>(&r.ids, &device), &r.mask).unwrap();
     assert_eq!(logits.dims(), r.shape, "{variant}: logits shape");
     let ours: Vec<f32> = logits.into_data().to_vec().unwrap();
     let [_, s, v] = r.shape;
@@ -51,11 +49,7 @@ fn greedy_generation_matches_transformers_with_and_without_cache() {
         let model = DenseLm::<B>::load(&fixtures().join(variant), &device).unwrap();
         let r = reference(variant);
         for use_cache in [true, false] {
-            let opts = GenerateOptions {
-                max_new_tokens: r.gen_greedy.len(),
-                use_cache,
-                ..Default::default()
-            };
+            let opts = GenerateOptions { max_new_tokens: r.gen_greedy.len(), use_cache, ..Default::default() };
             let out = generate(&model, std::slice::from_ref(&r.gen_prompt), &opts, &device).unwrap();
             assert_eq!(out[0], r.gen_greedy, "{variant} (cache: {use_cache})");
         }
@@ -68,10 +62,7 @@ fn batched_generation_with_left_padding_equals_one_by_one() {
     let prompts = vec![vec![5, 40, 12, 77, 3, 9], vec![7, 21], vec![30, 31, 32]];
     for variant in ["llama_gqa", "neox_parallel", "bloom_6heads_postln", "mpt_6heads_clip", "mistral_window"] {
         let model = DenseLm::<B>::load(&fixtures().join(variant), &device).unwrap();
-        let opts = GenerateOptions {
-            max_new_tokens: 6,
-            ..Default::default()
-        };
+        let opts = GenerateOptions { max_new_tokens: 6, ..Default::default() };
         let batched = generate(&model, &prompts, &opts, &device).unwrap();
         for (p, out) in prompts.iter().zip(&batched) {
             let single = generate(&model, std::slice::from_ref(p), &opts, &device).unwrap();
@@ -84,13 +75,7 @@ fn batched_generation_with_left_padding_equals_one_by_one() {
 fn sampling_is_reproducible_for_a_seed_and_stops_at_eos() {
     let device = Default::default();
     let model = DenseLm::<B>::load(&fixtures().join("llama_gqa"), &device).unwrap();
-    let opts = |seed| GenerateOptions {
-        max_new_tokens: 12,
-        temperature: 1.0,
-        top_p: 0.9,
-        seed,
-        ..Default::default()
-    };
+    let opts = |seed| GenerateOptions { max_new_tokens: 12, temperature: 1.0, top_p: 0.9, seed, ..Default::default() };
     let prompts = vec![vec![5, 40, 12], vec![8, 9]];
     let a = generate(&model, &prompts, &opts(3), &device).unwrap();
     let b = generate(&model, &prompts, &opts(3), &device).unwrap();
@@ -99,9 +84,6 @@ fn sampling_is_reproducible_for_a_seed_and_stops_at_eos() {
     assert!(runs.iter().any(|r| r != &a), "different seeds should give different samples");
     // Stop on EOS: declare the first greedy token an EOS, and generation stops right there.
     let greedy = generate(&model, &prompts[..1], &GenerateOptions::default(), &device).unwrap();
-    let eos = GenerateOptions {
-        eos_token_ids: vec![greedy[0][0]],
-        ..Default::default()
-    };
+    let eos = GenerateOptions { eos_token_ids: vec![greedy[0][0]], ..Default::default() };
     assert_eq!(generate(&model, &prompts[..1], &eos, &device).unwrap()[0], vec![greedy[0][0]]);
 }

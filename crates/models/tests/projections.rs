@@ -4,7 +4,7 @@ mod common;
 
 use burn::module::Module;
 use burn::prelude::*;
-use common::{fixtures, reference, B};
+use common::{B, fixtures, reference};
 use secateur_models::generate::token_tensor;
 use secateur_models::{Dense, DenseLm, Projection, Site, SiteKind};
 
@@ -44,10 +44,7 @@ fn sites_are_named_and_shaped_per_family() {
 
 #[test]
 fn parameter_count_matches_transformers() {
-    let summary: serde_json::Value = serde_json::from_str(
-        &std::fs::read_to_string(fixtures().join("summary.json")).unwrap(),
-    )
-    .unwrap();
+    let summary: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(fixtures().join("summary.json")).unwrap()).unwrap();
     let device = Default::default();
     for variant in common::VARIANTS {
         let model = DenseLm::<B>::load(&fixtures().join(variant), &device).unwrap();
@@ -61,12 +58,7 @@ fn swapping_projections_changes_the_model_exactly_where_asked() {
     let device = Default::default();
     let model = DenseLm::<B>::load(&fixtures().join("llama_gqa"), &device).unwrap();
     let r = reference("llama_gqa");
-    let base: Vec<f32> = model
-        .forward(token_tensor::<B>(&r.ids, &device), &r.mask)
-        .unwrap()
-        .into_data()
-        .to_vec()
-        .unwrap();
+    let base: Vec<f32> = model.forward(token_tensor::<B>(&r.ids, &device), &r.mask).unwrap().into_data().to_vec().unwrap();
     let mut seen = Vec::new();
     let identity = model
         .clone()
@@ -76,12 +68,7 @@ fn swapping_projections_changes_the_model_exactly_where_asked() {
         })
         .unwrap();
     assert_eq!(seen.len(), 14);
-    let same: Vec<f32> = identity
-        .forward(token_tensor::<B>(&r.ids, &device), &r.mask)
-        .unwrap()
-        .into_data()
-        .to_vec()
-        .unwrap();
+    let same: Vec<f32> = identity.forward(token_tensor::<B>(&r.ids, &device), &r.mask).unwrap().into_data().to_vec().unwrap();
     assert_eq!(base, same);
     // Zeroing the last block's down projection must change the logits.
     let zeroed = model
@@ -90,12 +77,7 @@ fn swapping_projections_changes_the_model_exactly_where_asked() {
             Ok::<_, ()>(Scaled { inner, factor })
         })
         .unwrap();
-    let changed: Vec<f32> = zeroed
-        .forward(token_tensor::<B>(&r.ids, &device), &r.mask)
-        .unwrap()
-        .into_data()
-        .to_vec()
-        .unwrap();
+    let changed: Vec<f32> = zeroed.forward(token_tensor::<B>(&r.ids, &device), &r.mask).unwrap().into_data().to_vec().unwrap();
     assert!(base.iter().zip(&changed).any(|(a, b)| (a - b).abs() > 1e-3));
 }
 

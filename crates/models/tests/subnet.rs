@@ -3,7 +3,7 @@
 
 mod common;
 
-use common::{fixtures, reference, B, VARIANTS};
+use common::{B, VARIANTS, fixtures, reference};
 use secateur_models::extract::extract;
 use secateur_models::generate::token_tensor;
 use secateur_models::{DenseLm, Family, LayerStructure, SubnetStructure};
@@ -40,7 +40,8 @@ fn check_extraction(variant: &str, model: &DenseLm<B>, structure: &SubnetStructu
     let (small, small_cfg) = extract(model, structure, &config_of(&fixtures().join(variant))).unwrap();
     assert!(small.num_params() < model.num_params(), "{variant}");
     let r = reference(variant);
-    let sliced: Vec<f32> = model.forward_subnet(token_tensor::<B>(&r.ids, &device), &r.mask, structure).unwrap().into_data().to_vec().unwrap();
+    let sliced: Vec<f32> =
+        model.forward_subnet(token_tensor::<B>(&r.ids, &device), &r.mask, structure).unwrap().into_data().to_vec().unwrap();
     // Saved and loaded back as an ordinary checkpoint with the smaller config.
     let tmp = tempfile::tempdir().unwrap();
     secateur_models::weights::save_new(&small, &small_cfg, tmp.path()).unwrap();
@@ -115,7 +116,8 @@ fn invalid_structures_are_rejected_with_a_reason() {
     let model = DenseLm::<B>::load(&fixtures().join("llama_gqa"), &device).unwrap();
     let ids = token_tensor::<B>(&[vec![1, 2, 3]], &device);
     let mask = vec![vec![true; 3]];
-    let one = |layer, mlp_width, kv_groups| SubnetStructure { layers: vec![LayerStructure { layer, mlp_width, kv_groups }], hidden_size: None };
+    let one =
+        |layer, mlp_width, kv_groups| SubnetStructure { layers: vec![LayerStructure { layer, mlp_width, kv_groups }], hidden_size: None };
     let cases = [
         (SubnetStructure { layers: vec![], hidden_size: None }, "no block"),
         (one(5, 8, 1), "does not exist"),
@@ -125,7 +127,10 @@ fn invalid_structures_are_rejected_with_a_reason() {
         (SubnetStructure { hidden_size: Some(model.spec().hidden_size + 1), ..one(0, 8, 1) }, "embedding width"),
         (
             SubnetStructure {
-                layers: vec![LayerStructure { layer: 1, mlp_width: 8, kv_groups: 1 }, LayerStructure { layer: 0, mlp_width: 8, kv_groups: 1 }],
+                layers: vec![
+                    LayerStructure { layer: 1, mlp_width: 8, kv_groups: 1 },
+                    LayerStructure { layer: 0, mlp_width: 8, kv_groups: 1 },
+                ],
                 hidden_size: None,
             },
             "in order",
@@ -186,7 +191,8 @@ fn sub_networks_match_transformers_built_from_independently_sliced_weights() {
     for stem in ["llama_gqa-hetero", "llama_gqa-one-block", "llama_mha_tied_bias_llama3-hetero", "llama_mha_tied_bias_llama3-one-block"] {
         let (variant, structure, ids, mask, expected) = subnet_reference(stem);
         let model = DenseLm::<B>::load(&fixtures().join(&variant), &device).unwrap();
-        let sliced: Vec<f32> = model.forward_subnet(token_tensor::<B>(&ids, &device), &mask, &structure).unwrap().into_data().to_vec().unwrap();
+        let sliced: Vec<f32> =
+            model.forward_subnet(token_tensor::<B>(&ids, &device), &mask, &structure).unwrap().into_data().to_vec().unwrap();
         let (small, _) = extract(&model, &structure, &config_of(&fixtures().join(&variant))).unwrap();
         let standalone: Vec<f32> = small.forward(token_tensor::<B>(&ids, &device), &mask).unwrap().into_data().to_vec().unwrap();
         // Compare real (unpadded) positions only.

@@ -5,14 +5,14 @@
 use std::path::Path;
 
 use burn::prelude::*;
-use secateur_models::weights::{encode_f32, write_atomic, write_safetensors, Checkpoint, Dtype, RawTensor, COPIED_FILES, WEIGHTS_FILE};
+use secateur_models::weights::{COPIED_FILES, Checkpoint, Dtype, RawTensor, WEIGHTS_FILE, encode_f32, write_atomic, write_safetensors};
 use secateur_models::{ArchSpec, Dense, DenseLm, ModelError, Site};
 use serde_json::json;
 
+use crate::QuantError;
 use crate::linear::{QuantLinear, QuantLm};
 use crate::pack::Packed;
-use crate::rtn::{quantize, QuantConfig, Quantized};
-use crate::QuantError;
+use crate::rtn::{QuantConfig, Quantized, quantize};
 
 /// Quantizes every projection of a dense model (embeddings, norms and the head stay f32).
 pub fn quantize_model<B: Backend>(model: DenseLm<B>, cfg: QuantConfig) -> Result<QuantLm<B>, QuantError> {
@@ -53,9 +53,24 @@ pub fn write_quantized<B: Backend>(src: &Path, out: &Path, model: &QuantLm<B>) -
         cfg = Some(pk.config);
         let v = 32 / pk.config.bits as usize;
         let groups = pk.scales.len() / pk.out_features;
-        tensors.push((format!("{module}.qweight"), Dtype::I32, vec![pk.in_features / v, pk.out_features], i32_bytes(pk.qweight.iter().map(|&w| w as i32))));
-        tensors.push((format!("{module}.qzeros"), Dtype::I32, vec![groups, pk.out_features / v], i32_bytes(pk.qzeros.iter().map(|&w| w as i32))));
-        tensors.push((format!("{module}.scales"), Dtype::F16, vec![groups, pk.out_features], pk.scales.iter().flat_map(|s| s.to_le_bytes()).collect()));
+        tensors.push((
+            format!("{module}.qweight"),
+            Dtype::I32,
+            vec![pk.in_features / v, pk.out_features],
+            i32_bytes(pk.qweight.iter().map(|&w| w as i32)),
+        ));
+        tensors.push((
+            format!("{module}.qzeros"),
+            Dtype::I32,
+            vec![groups, pk.out_features / v],
+            i32_bytes(pk.qzeros.iter().map(|&w| w as i32)),
+        ));
+        tensors.push((
+            format!("{module}.scales"),
+            Dtype::F16,
+            vec![groups, pk.out_features],
+            pk.scales.iter().flat_map(|s| s.to_le_bytes()).collect(),
+        ));
         tensors.push((format!("{module}.g_idx"), Dtype::I32, vec![pk.in_features], i32_bytes(pk.g_idx.iter().copied())));
         if let Some(b) = &p.bias {
             let name = format!("{module}.bias");
@@ -77,7 +92,8 @@ pub fn write_quantized<B: Backend>(src: &Path, out: &Path, model: &QuantLm<B>) -
     let cfg = cfg.ok_or_else(|| QuantError::Config("the model has no projections".into()))?;
     let config_path = src.join("config.json");
     let text = std::fs::read_to_string(&config_path).map_err(|e| ModelError::Io { path: config_path.clone(), source: e })?;
-    let mut config: serde_json::Value = serde_json::from_str(&text).map_err(|e| ModelError::Json { path: config_path.clone(), source: e })?;
+    let mut config: serde_json::Value =
+        serde_json::from_str(&text).map_err(|e| ModelError::Json { path: config_path.clone(), source: e })?;
     config["quantization_config"] = json!({
         "quant_method": "gptq",
         "bits": cfg.bits,
@@ -104,7 +120,8 @@ pub fn quant_config(dir: &Path) -> Result<Option<QuantConfig>, QuantError> {
     let text = std::fs::read_to_string(&path).map_err(|e| ModelError::Io { path: path.clone(), source: e })?;
     let v: serde_json::Value = serde_json::from_str(&text).map_err(|e| ModelError::Json { path: path.clone(), source: e })?;
     let Some(q) = v.get("quantization_config") else { return Ok(None) };
-    let bad = |field: &str, reason: &str| QuantError::Checkpoint { path: path.clone(), reason: format!("quantization_config.{field}: {reason}") };
+    let bad =
+        |field: &str, reason: &str| QuantError::Checkpoint { path: path.clone(), reason: format!("quantization_config.{field}: {reason}") };
     if q.get("quant_method").and_then(|m| m.as_str()) != Some("gptq") {
         return Err(bad("quant_method", "only gptq checkpoints are read"));
     }
@@ -136,7 +153,8 @@ pub fn quant_config(dir: &Path) -> Result<Option<QuantConfig>, QuantError> {
 /// Loads a quantized checkpoint written by [`write_quantized`] (or by GPTQ tools with
 /// `sym: false`, `desc_act: false`, 2/4/8 bits).
 pub fn load_quantized<B: Backend>(dir: &Path, device: &B::Device) -> Result<QuantLm<B>, QuantError> {
-    let cfg = quant_config(dir)?.ok_or_else(|| QuantError::Checkpoint { path: dir.join("config.json"), reason: "no quantization_config".into() })?;
+    let cfg = quant_config(dir)?
+        .ok_or_else(|| QuantError::Checkpoint { path: dir.join("config.json"), reason: "no quantization_config".into() })?;
     let spec = ArchSpec::from_config_file(&dir.join("config.json"))?;
     let ckpt = Checkpoint::open(dir)?;
     let model = secateur_models::CausalLm::from_checkpoint_with(spec, &ckpt, device, |spec, ckpt, site, device| {
@@ -145,19 +163,30 @@ pub fn load_quantized<B: Backend>(dir: &Path, device: &B::Device) -> Result<Quan
     Ok(model)
 }
 
-fn load_projection<B: Backend>(spec: &ArchSpec, ckpt: &Checkpoint, site: Site, cfg: QuantConfig, device: &B::Device) -> Result<QuantLinear<B>, ModelError> {
+fn load_projection<B: Backend>(
+    spec: &ArchSpec,
+    ckpt: &Checkpoint,
+    site: Site,
+    cfg: QuantConfig,
+    device: &B::Device,
+) -> Result<QuantLinear<B>, ModelError> {
     let module = spec.hf_module(site.layer, site.kind);
     let [o, i] = spec.site_shape(site.layer, site.kind);
     let v = 32 / cfg.bits as usize;
     let g = cfg.group(i);
     let groups = i.div_ceil(g);
     let raw = |name: String, dtype: Dtype, shape: Vec<usize>| -> Result<Vec<u8>, ModelError> {
-        let (d, s, bytes) = ckpt.raw(&name).ok_or_else(|| ModelError::MissingTensor { path: ckpt.path_of(&name).to_path_buf(), name: name.clone() })?;
+        let (d, s, bytes) =
+            ckpt.raw(&name).ok_or_else(|| ModelError::MissingTensor { path: ckpt.path_of(&name).to_path_buf(), name: name.clone() })?;
         if s != shape.as_slice() {
             return Err(ModelError::ShapeMismatch { path: ckpt.path_of(&name).to_path_buf(), name, expected: shape, found: s.to_vec() });
         }
         if d != dtype {
-            return Err(ModelError::UnsupportedDtype { path: ckpt.path_of(&name).to_path_buf(), name, dtype: format!("{d:?} (expected {dtype:?})") });
+            return Err(ModelError::UnsupportedDtype {
+                path: ckpt.path_of(&name).to_path_buf(),
+                name,
+                dtype: format!("{d:?} (expected {dtype:?})"),
+            });
         }
         Ok(bytes.to_vec())
     };
@@ -174,7 +203,11 @@ fn load_projection<B: Backend>(spec: &ArchSpec, ckpt: &Checkpoint, site: Site, c
     }
     let g_idx: Vec<i32> = words(raw(format!("{module}.g_idx"), Dtype::I32, vec![i])?).into_iter().map(|w| w as i32).collect();
     if g_idx.iter().enumerate().any(|(c, &gi)| gi as usize != c / g) {
-        return Err(ModelError::InvalidConfig { path: ckpt.path_of(&format!("{module}.g_idx")).to_path_buf(), field: format!("{module}.g_idx"), reason: "act-order group indices are not supported".into() });
+        return Err(ModelError::InvalidConfig {
+            path: ckpt.path_of(&format!("{module}.g_idx")).to_path_buf(),
+            field: format!("{module}.g_idx"),
+            reason: "act-order group indices are not supported".into(),
+        });
     }
     let bias = if spec.site_has_bias(site.kind) {
         let data = ckpt.read_f32(&format!("{module}.bias"), &[o])?;

@@ -14,7 +14,7 @@ pub mod pack;
 pub mod rtn;
 
 pub use linear::{QuantLinear, QuantLm};
-pub use rtn::{quantize, QuantConfig, Quantized};
+pub use rtn::{QuantConfig, Quantized, quantize};
 
 /// Errors of quantization.
 #[derive(Debug, thiserror::Error)]

@@ -40,12 +40,7 @@ impl<B: Backend> QuantLinear<B> {
                 scales[g * o + r] = q.scales[r * groups + g];
             }
         }
-        Self {
-            packed: Arc::new(packed),
-            zeros: Arc::new(zeros),
-            scales: Arc::new(scales),
-            bias: bias.map(Param::from_tensor),
-        }
+        Self { packed: Arc::new(packed), zeros: Arc::new(zeros), scales: Arc::new(scales), bias: bias.map(Param::from_tensor) }
     }
 
     /// The dequantized weight `[out, in]` (row-major).
@@ -162,7 +157,7 @@ pub type QuantLm<B> = CausalLm<B, QuantLinear<B>>;
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::rtn::{quantize, QuantConfig};
+    use crate::rtn::{QuantConfig, quantize};
 
     type B = secateur_models::Cpu;
 
@@ -170,7 +165,12 @@ mod tests {
     fn kernel_and_dequantizing_matmul_agree_with_the_dequantized_weight() {
         let (o, i) = (96, 256);
         let w: Vec<f32> = (0..o * i).map(|k| ((k * 7919 % 997) as f32 / 498.5) - 1.0).collect();
-        for cfg in [QuantConfig { bits: 4, group_size: Some(128) }, QuantConfig { bits: 4, group_size: None }, QuantConfig { bits: 8, group_size: Some(64) }, QuantConfig { bits: 4, group_size: Some(48) }] {
+        for cfg in [
+            QuantConfig { bits: 4, group_size: Some(128) },
+            QuantConfig { bits: 4, group_size: None },
+            QuantConfig { bits: 8, group_size: Some(64) },
+            QuantConfig { bits: 4, group_size: Some(48) },
+        ] {
             let q = quantize(&w, o, i, cfg).unwrap();
             let deq = q.dequantize();
             let lin = QuantLinear::<B>::new(Packed::pack(&q).unwrap(), None);

@@ -11,8 +11,8 @@
 //! own kernels then use as is: that is the known overflow of this format (fixed by
 //! `gptq_v2`). secateur reads it back modulo `2^bits`, so its own round trip is exact.
 
-use crate::rtn::{QuantConfig, Quantized};
 use crate::QuantError;
+use crate::rtn::{QuantConfig, Quantized};
 
 /// Packed tensors of one projection.
 #[derive(Debug, Clone, PartialEq)]

@@ -5,8 +5,8 @@ use std::path::PathBuf;
 use burn::prelude::*;
 use secateur_models::generate::token_tensor;
 use secateur_models::{Cpu, DenseLm, Projection};
-use secateur_quant::checkpoint::{load_quantized, quant_config, quantize_model, write_quantized};
 use secateur_quant::QuantConfig;
+use secateur_quant::checkpoint::{load_quantized, quant_config, quantize_model, write_quantized};
 
 type B = Cpu;
 

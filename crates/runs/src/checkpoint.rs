@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
-use crate::{write_atomic, RunError, StagedDir};
+use crate::{RunError, StagedDir, write_atomic};
 
 /// A directory of training checkpoints: each one a complete `step-N/` directory, published by
 /// `state.json` (written atomically, last) naming it; older step directories are removed only
@@ -45,10 +45,8 @@ impl StepCheckpoints {
             return Ok(None);
         }
         let text = std::fs::read_to_string(&path).map_err(|e| RunError::read(&path, e))?;
-        let p: Pointer<S> = serde_json::from_str(&text).map_err(|e| RunError::Invalid {
-            path: path.clone(),
-            reason: format!("not a checkpoint pointer: {e}"),
-        })?;
+        let p: Pointer<S> = serde_json::from_str(&text)
+            .map_err(|e| RunError::Invalid { path: path.clone(), reason: format!("not a checkpoint pointer: {e}") })?;
         let valid = p.dir.starts_with("step-") && !p.dir.contains(['/', '\\']) && p.dir != "step-";
         let sub = self.dir.join(&p.dir);
         if !valid || !sub.is_dir() {
@@ -61,7 +59,12 @@ impl StepCheckpoints {
     /// files; it is then renamed to `step-N`, `state.json` is pointed at it with `state`, and
     /// other step directories (and leftovers of killed saves) are removed. On any error the
     /// previous checkpoint stays current and the partial directory is removed.
-    pub fn save<S: Serialize, E: From<RunError>>(&self, step: usize, state: &S, write: impl FnOnce(&Path) -> Result<(), E>) -> Result<(), E> {
+    pub fn save<S: Serialize, E: From<RunError>>(
+        &self,
+        step: usize,
+        state: &S,
+        write: impl FnOnce(&Path) -> Result<(), E>,
+    ) -> Result<(), E> {
         std::fs::create_dir_all(&self.dir).map_err(|e| RunError::write(&self.dir, e))?;
         let name = format!("step-{step}");
         let staged = StagedDir::new(&self.dir.join(&name))?;
@@ -121,7 +124,8 @@ mod tests {
         let (step, sub, state) = c.latest::<u32>().unwrap().unwrap();
         assert_eq!((step, state), (1, 10));
         assert_eq!(std::fs::read_to_string(sub.join("w")).unwrap(), "1");
-        let names: Vec<String> = std::fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().to_string()).collect();
+        let names: Vec<String> =
+            std::fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().to_string()).collect();
         assert_eq!(names.len(), 2, "only step-1 and the pointer: {names:?}");
         c.save::<_, RunError>(3, &30u32, |d| {
             std::fs::write(d.join("w"), "3").unwrap();

@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use crate::{write_atomic, RunError, StagedDir};
+use crate::{RunError, StagedDir, write_atomic};
 
 /// The file recording which command and arguments made a directory.
 pub const MANIFEST: &str = "secateur-run.json";
@@ -110,10 +110,16 @@ pub fn check_not_input(out: &Path, inputs: &[&Path]) -> Result<(), RunError> {
     for input in inputs {
         let i = resolve(input);
         if i == o {
-            return Err(RunError::Refused { path: out.to_path_buf(), reason: "is the input model: writing there would overwrite the source weights; choose another --out".into() });
+            return Err(RunError::Refused {
+                path: out.to_path_buf(),
+                reason: "is the input model: writing there would overwrite the source weights; choose another --out".into(),
+            });
         }
         if i.starts_with(&o) {
-            return Err(RunError::Refused { path: out.to_path_buf(), reason: format!("contains the input {}: choose another --out", input.display()) });
+            return Err(RunError::Refused {
+                path: out.to_path_buf(),
+                reason: format!("contains the input {}: choose another --out", input.display()),
+            });
         }
     }
     Ok(())
@@ -204,7 +210,10 @@ impl RunDir {
                 return Err(refused(format!("holds a `secateur {}` run; choose another --out, or pass --force to replace it", m.command)));
             }
             (Some(_), OpenMode::New) => {
-                return Err(refused(format!("already holds a `secateur {}` run: pass --resume to continue it (with the same arguments), --force to replace it, or choose another --out", manifest.command)));
+                return Err(refused(format!(
+                    "already holds a `secateur {}` run: pass --resume to continue it (with the same arguments), --force to replace it, or choose another --out",
+                    manifest.command
+                )));
             }
             (Some(m), OpenMode::Resume) => {
                 let diffs = m.differences(manifest, ignored);
@@ -214,7 +223,10 @@ impl RunDir {
                 resumed = true;
             }
             (None, _) => {
-                return Err(refused(format!("is not empty and is not a secateur run (it holds {}); choose another --out, or pass --force to replace its contents", listing(&names))));
+                return Err(refused(format!(
+                    "is not empty and is not a secateur run (it holds {}); choose another --out, or pass --force to replace its contents",
+                    listing(&names)
+                )));
             }
         }
         if !resumed {
@@ -231,7 +243,10 @@ impl RunDir {
             reason: format!("is not a `secateur {command}` run directory (no {MANIFEST})"),
         })?;
         if m.command != command {
-            return Err(RunError::Refused { path: path.to_path_buf(), reason: format!("holds a `secateur {}` run, not a `secateur {command}` run", m.command) });
+            return Err(RunError::Refused {
+                path: path.to_path_buf(),
+                reason: format!("holds a `secateur {}` run, not a `secateur {command}` run", m.command),
+            });
         }
         let lock = lock(&path.join(LOCK))?;
         Ok((Self { path: path.to_path_buf(), resumed: true, _lock: lock }, m))
@@ -304,12 +319,23 @@ impl OutputDir {
         if !names.is_empty() && !force {
             match Manifest::read(dest).ok().flatten() {
                 Some(m) if m.command == manifest.command => {}
-                Some(m) => return Err(RunError::Refused { path: dest.to_path_buf(), reason: format!("holds the output of `secateur {}`; choose another --out, or pass --force to replace it", m.command) }),
+                Some(m) => {
+                    return Err(RunError::Refused {
+                        path: dest.to_path_buf(),
+                        reason: format!(
+                            "holds the output of `secateur {}`; choose another --out, or pass --force to replace it",
+                            m.command
+                        ),
+                    });
+                }
                 None => {
                     return Err(RunError::Refused {
                         path: dest.to_path_buf(),
-                        reason: format!("is not empty (it holds {}); choose another --out, or pass --force to replace it whole", listing(&names)),
-                    })
+                        reason: format!(
+                            "is not empty (it holds {}); choose another --out, or pass --force to replace it whole",
+                            listing(&names)
+                        ),
+                    });
                 }
             }
         }

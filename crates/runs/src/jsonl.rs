@@ -3,8 +3,8 @@
 use std::io::Write;
 use std::path::Path;
 
-use serde::de::DeserializeOwned;
 use serde::Serialize;
+use serde::de::DeserializeOwned;
 
 use crate::RunError;
 

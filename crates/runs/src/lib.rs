@@ -21,9 +21,9 @@ mod dir;
 mod jsonl;
 mod progress;
 
-pub use atomic::{temp_sibling, write_atomic, StagedDir};
+pub use atomic::{StagedDir, temp_sibling, write_atomic};
 pub use checkpoint::StepCheckpoints;
-pub use dir::{check_not_input, Manifest, OpenMode, OutputDir, RunDir, MANIFEST};
+pub use dir::{MANIFEST, Manifest, OpenMode, OutputDir, RunDir, check_not_input};
 pub use jsonl::{append_jsonl, read_jsonl, truncate_jsonl};
 pub use progress::Progress;
 

@@ -46,13 +46,19 @@ impl Progress {
             return Self { bar: None, plain: None };
         }
         if std::io::stderr().is_terminal() {
-            let style = ProgressStyle::with_template(&format!("{label} {{bar:30}} {{pos}}/{{len}} {unit} [{{elapsed_precise}}<{{eta_precise}}] {{msg}}"))
-                .unwrap_or_else(|_| ProgressStyle::default_bar());
+            let style = ProgressStyle::with_template(&format!(
+                "{label} {{bar:30}} {{pos}}/{{len}} {unit} [{{elapsed_precise}}<{{eta_precise}}] {{msg}}"
+            ))
+            .unwrap_or_else(|_| ProgressStyle::default_bar());
             let bar = ProgressBar::new(total as u64).with_style(style);
             bar.set_position(start as u64);
             return Self { bar: Some(bar), plain: None };
         }
-        let secs = std::env::var("SECATEUR_PROGRESS_SECS").ok().and_then(|s| s.parse::<f64>().ok()).filter(|s| s.is_finite() && *s >= 0.0).unwrap_or(10.0);
+        let secs = std::env::var("SECATEUR_PROGRESS_SECS")
+            .ok()
+            .and_then(|s| s.parse::<f64>().ok())
+            .filter(|s| s.is_finite() && *s >= 0.0)
+            .unwrap_or(10.0);
         let now = Instant::now();
         let plain = Plain {
             label: label.to_string(),

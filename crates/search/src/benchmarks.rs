@@ -36,8 +36,8 @@ impl Benchmark {
         match self.name {
             "zdt1" | "zdt1-discrete" => 1.21 - 1.0 + 2.0 / 3.0, // ∫(1.1 - 1 + √x) + 0.1·1.1
             "zdt2" => 1.21 - 1.0 + 1.0 / 3.0,
-            "zdt3" => 1.331_758,                               // numerically, 200,001 points
-            "dtlz2" => 1.331 - PI / 6.0,                       // 1.1³ minus the unit-sphere octant
+            "zdt3" => 1.331_758,         // numerically, 200,001 points
+            "dtlz2" => 1.331 - PI / 6.0, // 1.1³ minus the unit-sphere octant
             _ => f64::NAN,
         }
     }

@@ -7,8 +7,8 @@ use std::sync::Mutex;
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
-use crate::problem::Problem;
 use crate::SearchError;
+use crate::problem::Problem;
 
 /// One evaluated configuration.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -56,15 +56,7 @@ struct Header {
 impl<'a, P: Problem> Evaluator<'a, P> {
     /// An in-memory cache.
     pub fn new(problem: &'a P) -> Self {
-        Self {
-            problem,
-            cache: HashMap::new(),
-            history: Vec::new(),
-            hits: 0,
-            loaded: 0,
-            dropped_partial_line: false,
-            persist: None,
-        }
+        Self { problem, cache: HashMap::new(), history: Vec::new(), hits: 0, loaded: 0, dropped_partial_line: false, persist: None }
     }
 
     /// A cache persisted as JSON lines at `path`; existing lines are loaded first, so a search
@@ -150,7 +142,9 @@ impl<'a, P: Problem> Evaluator<'a, P> {
             let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| problem.evaluate(x)))
                 .unwrap_or_else(|_| Err("the evaluation panicked".to_string()));
             let e = match r {
-                Ok(f) if f.len() == problem.n_objectives() && f.iter().all(|v| !v.is_nan()) => Evaluated { x: x.clone(), f: Some(f), error: None },
+                Ok(f) if f.len() == problem.n_objectives() && f.iter().all(|v| !v.is_nan()) => {
+                    Evaluated { x: x.clone(), f: Some(f), error: None }
+                }
                 Ok(f) => Evaluated { x: x.clone(), f: None, error: Some(format!("{} objective values (NaN or wrong count)", f.len())) },
                 Err(e) => Evaluated { x: x.clone(), f: None, error: Some(e) },
             };
@@ -162,11 +156,8 @@ impl<'a, P: Problem> Evaluator<'a, P> {
             }
             e
         };
-        let results: Vec<Evaluated> = if problem.parallel() && todo.len() > 1 {
-            todo.par_iter().map(run).collect()
-        } else {
-            todo.iter().map(run).collect()
-        };
+        let results: Vec<Evaluated> =
+            if problem.parallel() && todo.len() > 1 { todo.par_iter().map(run).collect() } else { todo.iter().map(run).collect() };
         sink.into_inner().unwrap_or(Ok(()))?;
         for r in results {
             self.insert(r);

@@ -11,11 +11,8 @@ use crate::pareto::pareto_front;
 /// Hypervolume dominated by `points` and bounded by `reference`. Points not strictly better than
 /// the reference in every objective contribute nothing.
 pub fn hypervolume(points: &[Vec<f64>], reference: &[f64]) -> f64 {
-    let inside: Vec<Vec<f64>> = points
-        .iter()
-        .filter(|p| p.len() == reference.len() && p.iter().zip(reference).all(|(a, r)| a < r))
-        .cloned()
-        .collect();
+    let inside: Vec<Vec<f64>> =
+        points.iter().filter(|p| p.len() == reference.len() && p.iter().zip(reference).all(|(a, r)| a < r)).cloned().collect();
     let front: Vec<Vec<f64>> = pareto_front(&inside).into_iter().map(|i| inside[i].clone()).collect();
     hv(front, reference)
 }
@@ -94,9 +91,7 @@ mod tests {
             for _ in 0..20 {
                 let q = 8;
                 let n = rng.random_range(1..9);
-                let pts: Vec<Vec<f64>> = (0..n)
-                    .map(|_| (0..d).map(|_| rng.random_range(0..q) as f64 / q as f64).collect())
-                    .collect();
+                let pts: Vec<Vec<f64>> = (0..n).map(|_| (0..d).map(|_| rng.random_range(0..q) as f64 / q as f64).collect()).collect();
                 let r = vec![1.0; d];
                 let exact = hypervolume(&pts, &r);
                 let brute = grid_volume(&pts, &r, q);

@@ -37,11 +37,7 @@ pub enum SearchError {
         source: std::io::Error,
     },
     #[error("{path}: line {line}: {reason}")]
-    Cache {
-        path: std::path::PathBuf,
-        line: usize,
-        reason: String,
-    },
+    Cache { path: std::path::PathBuf, line: usize, reason: String },
     /// A persisted cache made for another evaluation (other objectives, split, model or space).
     #[error("{path} holds evaluations of another search ({diffs}); delete it or search into another run")]
     CacheMismatch { path: std::path::PathBuf, diffs: String },

@@ -2,15 +2,15 @@
 
 use std::collections::HashSet;
 
-use rand::rngs::StdRng;
 use rand::SeedableRng;
+use rand::rngs::StdRng;
 use serde::{Deserialize, Serialize};
 
+use crate::SearchError;
 use crate::evaluator::{Evaluated, Evaluator};
 use crate::operators::random_solution;
 use crate::pareto::pareto_front;
-use crate::problem::{heuristic, Problem, Variable};
-use crate::SearchError;
+use crate::problem::{Problem, Variable, heuristic};
 
 /// Scalarisation of the objectives for hill climbing: `Σ w_k f_k`, ties broken by the
 /// objectives in order (lexicographically). The default weights `[1, 0, ...]` climb on the first
@@ -95,11 +95,7 @@ impl HillClimb {
         let mut path = vec![start];
         loop {
             let room = budget.saturating_sub(asked.len());
-            let cand: Vec<Vec<f64>> = neighbours(&vars, &current.x)
-                .into_iter()
-                .filter(|x| !asked.contains(&bits(x)))
-                .take(room)
-                .collect();
+            let cand: Vec<Vec<f64>> = neighbours(&vars, &current.x).into_iter().filter(|x| !asked.contains(&bits(x))).take(room).collect();
             if cand.is_empty() {
                 break;
             }
@@ -108,10 +104,8 @@ impl HillClimb {
             }
             let results = ev.evaluate(&cand)?;
             all.extend(results.iter().cloned());
-            let step = results
-                .into_iter()
-                .reduce(|a, b| if better(&b.objectives(k), &a.objectives(k), &w) { b } else { a })
-                .expect("candidates");
+            let step =
+                results.into_iter().reduce(|a, b| if better(&b.objectives(k), &a.objectives(k), &w) { b } else { a }).expect("candidates");
             if better(&step.objectives(k), &best.objectives(k), &w) {
                 best = step.clone();
             }
@@ -122,12 +116,7 @@ impl HillClimb {
                 break;
             }
         }
-        Ok(LocalResult {
-            best,
-            path,
-            front: front_of(&all, k),
-            evaluations: asked.len(),
-        })
+        Ok(LocalResult { best, path, front: front_of(&all, k), evaluations: asked.len() })
     }
 }
 
@@ -166,11 +155,6 @@ impl RandomSearch {
             .cloned()
             .reduce(|a, b| if better(&b.objectives(k), &a.objectives(k), &w) { b } else { a })
             .ok_or_else(|| SearchError::Config("empty budget".into()))?;
-        Ok(LocalResult {
-            best,
-            path: Vec::new(),
-            front: front_of(&all, k),
-            evaluations: xs.len(),
-        })
+        Ok(LocalResult { best, path: Vec::new(), front: front_of(&all, k), evaluations: xs.len() })
     }
 }

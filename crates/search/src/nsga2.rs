@@ -21,11 +21,11 @@ use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
 use serde::{Deserialize, Serialize};
 
+use crate::SearchError;
 use crate::evaluator::{Evaluated, Evaluator};
-use crate::operators::{random_solution, Variation};
+use crate::operators::{Variation, random_solution};
 use crate::pareto::{crowding_distance, dominates, non_dominated_sort, pareto_front};
 use crate::problem::Problem;
-use crate::SearchError;
 
 /// Secondary ranking inside a front.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -55,13 +55,7 @@ pub struct Nsga2 {
 
 impl Nsga2 {
     pub fn new(pop_size: usize, seed: u64) -> Self {
-        Self {
-            pop_size,
-            variation: Variation::default(),
-            seed,
-            survival: Survival::Crowding,
-            archive_front: true,
-        }
+        Self { pop_size, variation: Variation::default(), seed, survival: Survival::Crowding, archive_front: true }
     }
 }
 
@@ -147,12 +141,7 @@ impl Nsga2 {
         let source: Vec<Evaluated> = if self.archive_front { archive } else { pop.iter().map(|m| m.e.clone()).collect() };
         let points: Vec<Vec<f64>> = source.iter().map(|e| e.objectives(k)).collect();
         let front = pareto_front(&points).into_iter().map(|i| source[i].clone()).collect();
-        Ok(SearchResult {
-            population: pop.into_iter().map(|m| m.e).collect(),
-            front,
-            evaluations: asked.len(),
-            generations,
-        })
+        Ok(SearchResult { population: pop.into_iter().map(|m| m.e).collect(), front, evaluations: asked.len(), generations })
     }
 
     /// Binary tournament as pymoo's NSGA-II runs it: contestants are drawn from random

@@ -2,8 +2,8 @@
 //! with rounding for choice variables, and the alternative uniform crossover with ±1-step
 //! mutation for choice variables.
 
-use rand::rngs::StdRng;
 use rand::Rng;
+use rand::rngs::StdRng;
 use serde::{Deserialize, Serialize};
 
 use crate::problem::Variable;
@@ -56,11 +56,7 @@ fn sbx_pair(y1: f64, y2: f64, lo: f64, hi: f64, eta: f64, rng: &mut StdRng) -> (
     let u: f64 = rng.random();
     let betaq = |beta: f64| {
         let alpha = 2.0 - beta.powf(-(eta + 1.0));
-        if u <= 1.0 / alpha {
-            (u * alpha).powf(1.0 / (eta + 1.0))
-        } else {
-            (1.0 / (2.0 - u * alpha)).powf(1.0 / (eta + 1.0))
-        }
+        if u <= 1.0 / alpha { (u * alpha).powf(1.0 / (eta + 1.0)) } else { (1.0 / (2.0 - u * alpha)).powf(1.0 / (eta + 1.0)) }
     };
     let b1 = betaq(1.0 + 2.0 * (a - lo) / (b - a));
     let c1 = 0.5 * ((a + b) - b1 * (b - a));

@@ -132,11 +132,8 @@ mod tests {
         let mut k = 0;
         while rank.contains(&usize::MAX) {
             let remaining: Vec<usize> = (0..points.len()).filter(|&i| rank[i] == usize::MAX).collect();
-            let front: Vec<usize> = remaining
-                .iter()
-                .copied()
-                .filter(|&i| !remaining.iter().any(|&j| dominates(&points[j], &points[i])))
-                .collect();
+            let front: Vec<usize> =
+                remaining.iter().copied().filter(|&i| !remaining.iter().any(|&j| dominates(&points[j], &points[i]))).collect();
             for i in front {
                 rank[i] = k;
             }

@@ -5,8 +5,8 @@ use std::path::Path;
 
 use serde_json::json;
 
-use crate::evaluator::Evaluated;
 use crate::SearchError;
+use crate::evaluator::Evaluated;
 
 fn write(path: &Path, text: &str) -> Result<(), SearchError> {
     // A unique temporary file and a rename: never a half-written output.
@@ -66,7 +66,8 @@ pub fn svg(names: &[String], all: &[Evaluated], front: &[Evaluated]) -> String {
         let _ = writeln!(s, "<text x=\"{}\" y=\"{:.1}\" text-anchor=\"end\">{:.4}</text>", pad - 6.0, py(yv) + 4.0, yv);
     }
     let esc = |t: &str| t.replace('&', "&amp;").replace('<', "&lt;");
-    let _ = writeln!(s, "<text x=\"{}\" y=\"{}\" text-anchor=\"middle\">{}</text>", w / 2.0, h - 20.0, esc(names.first().map_or("f1", |n| n)));
+    let _ =
+        writeln!(s, "<text x=\"{}\" y=\"{}\" text-anchor=\"middle\">{}</text>", w / 2.0, h - 20.0, esc(names.first().map_or("f1", |n| n)));
     let _ = writeln!(
         s,
         "<text x=\"20\" y=\"{}\" text-anchor=\"middle\" transform=\"rotate(-90 20 {})\">{}</text>",

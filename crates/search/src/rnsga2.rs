@@ -3,11 +3,11 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::SearchError;
 use crate::evaluator::Evaluator;
 use crate::nsga2::{Nsga2, SearchResult, Survival};
 use crate::operators::Variation;
 use crate::problem::Problem;
-use crate::SearchError;
 
 /// R-NSGA-II settings.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -24,14 +24,7 @@ pub struct RNsga2 {
 
 impl RNsga2 {
     pub fn new(pop_size: usize, ref_points: Vec<Vec<f64>>, seed: u64) -> Self {
-        Self {
-            pop_size,
-            ref_points,
-            epsilon: 0.001,
-            weights: None,
-            variation: Variation::default(),
-            seed,
-        }
+        Self { pop_size, ref_points, epsilon: 0.001, weights: None, variation: Variation::default(), seed }
     }
 
     pub fn run<P: Problem>(&self, ev: &mut Evaluator<P>, budget: usize) -> Result<SearchResult, SearchError> {
@@ -43,11 +36,7 @@ impl RNsga2 {
             pop_size: self.pop_size,
             variation: self.variation.clone(),
             seed: self.seed,
-            survival: Survival::Reference {
-                points: self.ref_points.clone(),
-                epsilon: self.epsilon,
-                weights: self.weights.clone(),
-            },
+            survival: Survival::Reference { points: self.ref_points.clone(), epsilon: self.epsilon, weights: self.weights.clone() },
             archive_front: true,
         }
         .run(ev, budget)

@@ -140,12 +140,7 @@ fn hill_climbing_never_returns_worse_than_it_saw() {
 fn discrete_operator_choice() {
     // The measurement behind the default for choice variables (see nsga2.rs).
     let p = Benchmark::by_name("zdt1-discrete").unwrap();
-    let mean = |integer| {
-        (0..10)
-            .map(|s| nsga2_hv(&p, 5000, s, Variation { integer, ..Variation::default() }))
-            .sum::<f64>()
-            / 10.0
-    };
+    let mean = |integer| (0..10).map(|s| nsga2_hv(&p, 5000, s, Variation { integer, ..Variation::default() })).sum::<f64>() / 10.0;
     let (step, round) = (mean(IntegerVariation::UniformStep), mean(IntegerVariation::SbxRound));
     println!("discrete ZDT1, 5000 evaluations, 10 seeds: uniform+step {step:.4}, SBX/PM rounded {round:.4}");
     // The default must be the better of the two.

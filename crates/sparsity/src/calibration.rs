@@ -21,17 +21,11 @@ pub enum CalibrationSource {
 impl CalibrationSource {
     /// Reads a JSON array of token-id arrays, or JSONL records with a `text` field.
     pub fn from_file(path: &Path) -> Result<Self, SparsityError> {
-        let text = std::fs::read_to_string(path).map_err(|source| SparsityError::Io {
-            path: path.to_path_buf(),
-            source,
-        })?;
-        let bad = |reason: String| SparsityError::Calibration {
-            path: path.to_path_buf(),
-            reason,
-        };
+        let text = std::fs::read_to_string(path).map_err(|source| SparsityError::Io { path: path.to_path_buf(), source })?;
+        let bad = |reason: String| SparsityError::Calibration { path: path.to_path_buf(), reason };
         if text.trim_start().starts_with('[') {
-            let ids: Vec<Vec<u32>> = serde_json::from_str(&text)
-                .map_err(|e| bad(format!("expected a JSON array of token-id arrays: {e}")))?;
+            let ids: Vec<Vec<u32>> =
+                serde_json::from_str(&text).map_err(|e| bad(format!("expected a JSON array of token-id arrays: {e}")))?;
             if ids.iter().all(Vec::is_empty) {
                 return Err(bad("no tokens".into()));
             }
@@ -39,12 +33,8 @@ impl CalibrationSource {
         }
         let mut texts = Vec::new();
         for (n, line) in text.lines().enumerate().filter(|(_, l)| !l.trim().is_empty()) {
-            let v: serde_json::Value =
-                serde_json::from_str(line).map_err(|e| bad(format!("line {}: {e}", n + 1)))?;
-            let t = v
-                .get("text")
-                .and_then(|t| t.as_str())
-                .ok_or_else(|| bad(format!("line {}: no string field `text`", n + 1)))?;
+            let v: serde_json::Value = serde_json::from_str(line).map_err(|e| bad(format!("line {}: {e}", n + 1)))?;
+            let t = v.get("text").and_then(|t| t.as_str()).ok_or_else(|| bad(format!("line {}: no string field `text`", n + 1)))?;
             texts.push(t.to_string());
         }
         if texts.is_empty() {

@@ -4,8 +4,8 @@ use std::path::Path;
 
 use burn::prelude::Backend;
 
-use secateur_models::weights::{write_atomic, write_safetensors, Dtype, RawTensor};
 use secateur_models::DenseLm;
+use secateur_models::weights::{Dtype, RawTensor, write_atomic, write_safetensors};
 use serde_json::json;
 
 use crate::prune::SiteMask;
@@ -21,10 +21,7 @@ pub fn write_pruned<B: Backend>(
     masks: &[SiteMask],
     cfg: &PruneConfig,
 ) -> Result<serde_json::Value, SparsityError> {
-    let write_err = |path: &Path, reason: String| SparsityError::Write {
-        path: path.to_path_buf(),
-        reason,
-    };
+    let write_err = |path: &Path, reason: String| SparsityError::Write { path: path.to_path_buf(), reason };
     std::fs::create_dir_all(out).map_err(|e| write_err(out, e.to_string()))?;
     secateur_models::weights::save_like(model, src, out)?;
 

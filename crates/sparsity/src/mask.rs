@@ -32,9 +32,7 @@ impl Pattern {
     /// Checks the pattern against a row width.
     pub fn validate(&self, in_features: usize) -> Result<(), String> {
         match *self {
-            Self::Unstructured { ratio } if !(0.0..1.0).contains(&ratio) => {
-                Err(format!("sparsity ratio {ratio} must be in [0, 1)"))
-            }
+            Self::Unstructured { ratio } if !(0.0..1.0).contains(&ratio) => Err(format!("sparsity ratio {ratio} must be in [0, 1)")),
             Self::NM { n, m } if n == 0 || n >= m => Err(format!("{n}:{m} must keep 0 < N < M")),
             Self::NM { m, .. } if !in_features.is_multiple_of(m) => {
                 Err(format!("{in_features} input features are not divisible into groups of {m}"))
@@ -51,11 +49,7 @@ pub fn scores(weight: &[f32], in_features: usize, sq_norms: Option<&[f64]>) -> V
     match sq_norms {
         Some(sq) => {
             let norms: Vec<f64> = sq.iter().map(|s| s.sqrt()).collect();
-            weight
-                .iter()
-                .enumerate()
-                .map(|(i, w)| (*w as f64).abs() * norms[i % in_features])
-                .collect()
+            weight.iter().enumerate().map(|(i, w)| (*w as f64).abs() * norms[i % in_features]).collect()
         }
         None => weight.iter().map(|w| (*w as f64).abs()).collect(),
     }

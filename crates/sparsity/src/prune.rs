@@ -5,11 +5,11 @@ use std::sync::{Arc, Mutex};
 
 use burn::module::{Module, Param};
 use burn::prelude::*;
-use serde::Serialize;
 use secateur_models::{AttnContext, Block, Dense, DenseLm, Projection, Site, SiteKind};
+use serde::Serialize;
 
-use crate::mask::{scores, select_mask, Pattern, ScoreMethod};
 use crate::SparsityError;
+use crate::mask::{Pattern, ScoreMethod, scores, select_mask};
 
 /// What to prune and how.
 #[derive(Debug, Clone, Serialize)]
@@ -95,15 +95,9 @@ struct Batch<B: Backend> {
 ///
 /// Wanda statistics of block `l` are collected on the dense block `l` whose inputs are the
 /// outputs of the pruned blocks `0..l`; magnitude pruning needs no calibration data.
-pub fn prune<B: Backend>(
-    model: DenseLm<B>,
-    calibration: &[Vec<u32>],
-    cfg: &PruneConfig,
-) -> Result<PruneOutcome<B>, SparsityError> {
+pub fn prune<B: Backend>(model: DenseLm<B>, calibration: &[Vec<u32>], cfg: &PruneConfig) -> Result<PruneOutcome<B>, SparsityError> {
     for (site, [_, inp]) in model.sites() {
-        cfg.pattern
-            .validate(inp)
-            .map_err(|e| SparsityError::Config(format!("{site}: {e}")))?;
+        cfg.pattern.validate(inp).map_err(|e| SparsityError::Config(format!("{site}: {e}")))?;
     }
     let wanda = cfg.method == ScoreMethod::Wanda;
     if wanda && calibration.iter().all(Vec::is_empty) {
@@ -111,45 +105,28 @@ pub fn prune<B: Backend>(
     }
     let vocab = model.spec().vocab_size;
     if let Some(t) = calibration.iter().flatten().find(|&&t| t as usize >= vocab) {
-        return Err(SparsityError::Config(format!(
-            "calibration token id {t} is outside the vocabulary of {vocab}"
-        )));
+        return Err(SparsityError::Config(format!("calibration token id {t} is outside the vocabulary of {vocab}")));
     }
     let device = model.embed.val().device();
     let spec = model.spec.clone();
     let mut batches: Vec<Batch<B>> = if wanda { embed_batches(&model, calibration, cfg.batch_size) } else { Vec::new() };
 
     let bar = secateur_runs::Progress::new("pruning", "blocks", spec.num_layers, 0, cfg.progress);
-    let secateur_models::CausalLm {
-        embed,
-        embed_norm,
-        blocks,
-        final_norm,
-        lm_head,
-        spec: model_spec,
-    } = model;
+    let secateur_models::CausalLm { embed, embed_norm, blocks, final_norm, lm_head, spec: model_spec } = model;
     let mut pruned_blocks = Vec::with_capacity(blocks.len());
     let mut masks = Vec::new();
     for (layer, block) in blocks.into_iter().enumerate() {
         let sq = if wanda { calibrate_block(block.clone(), layer, &batches)? } else { HashMap::new() };
-        let block = block
-            .map_projections(layer, &mut |site, dense: Dense<B>| {
-                let [out, inp] = dense.shape();
-                let w: Vec<f32> = dense.weight.val().into_data().convert::<f32>().to_vec().expect("f32 weight");
-                let s = scores(&w, inp, sq.get(&site.kind).map(Vec::as_slice));
-                let keep = select_mask(&s, inp, cfg.pattern);
-                let pruned: Vec<f32> = w.iter().zip(&keep).map(|(w, k)| if *k { *w } else { 0.0 }).collect();
-                masks.push(SiteMask {
-                    site,
-                    shape: [out, inp],
-                    keep,
-                });
-                let weight = Tensor::from_data(TensorData::new(pruned, [out, inp]), &device);
-                Ok::<_, SparsityError>(Dense {
-                    weight: Param::from_tensor(weight),
-                    bias: dense.bias,
-                })
-            })?;
+        let block = block.map_projections(layer, &mut |site, dense: Dense<B>| {
+            let [out, inp] = dense.shape();
+            let w: Vec<f32> = dense.weight.val().into_data().convert::<f32>().to_vec().expect("f32 weight");
+            let s = scores(&w, inp, sq.get(&site.kind).map(Vec::as_slice));
+            let keep = select_mask(&s, inp, cfg.pattern);
+            let pruned: Vec<f32> = w.iter().zip(&keep).map(|(w, k)| if *k { *w } else { 0.0 }).collect();
+            masks.push(SiteMask { site, shape: [out, inp], keep });
+            let weight = Tensor::from_data(TensorData::new(pruned, [out, inp]), &device);
+            Ok::<_, SparsityError>(Dense { weight: Param::from_tensor(weight), bias: dense.bias })
+        })?;
         for batch in &mut batches {
             batch.hidden = block.forward(batch.hidden.clone(), &batch.ctx, None);
         }
@@ -158,14 +135,7 @@ pub fn prune<B: Backend>(
     }
     bar.finish();
     Ok(PruneOutcome {
-        model: secateur_models::CausalLm {
-            embed,
-            embed_norm,
-            blocks: pruned_blocks,
-            final_norm,
-            lm_head,
-            spec: model_spec,
-        },
+        model: secateur_models::CausalLm { embed, embed_norm, blocks: pruned_blocks, final_norm, lm_head, spec: model_spec },
         masks,
     })
 }
@@ -214,16 +184,9 @@ fn calibrate_block<B: Backend>(
     layer: usize,
     batches: &[Batch<B>],
 ) -> Result<HashMap<SiteKind, Vec<f64>>, SparsityError> {
-    let stats = Arc::new(Mutex::new(Stats {
-        rows: None,
-        sq: HashMap::new(),
-    }));
+    let stats = Arc::new(Mutex::new(Stats { rows: None, sq: HashMap::new() }));
     let recording = block.map_projections(layer, &mut |site: Site, inner| {
-        Ok::<_, SparsityError>(Recorder {
-            inner,
-            kind: site.kind,
-            stats: stats.clone(),
-        })
+        Ok::<_, SparsityError>(Recorder { inner, kind: site.kind, stats: stats.clone() })
     })?;
     for batch in batches {
         stats.lock().expect("statistics").rows = Some(batch.rows.clone());

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 
 use safetensors::tensor::{Dtype, SafeTensors};
 use secateur_models::{Cpu, DenseLm};
-use secateur_sparsity::{prune, Pattern, PruneConfig, ScoreMethod};
+use secateur_sparsity::{Pattern, PruneConfig, ScoreMethod, prune};
 
 fn models() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../models/tests/fixtures")
@@ -18,8 +18,7 @@ fn fixtures() -> PathBuf {
 const NEAR_TIE: f64 = 1e-5;
 
 fn check(variant: &str, pname: &str, pattern: Pattern) {
-    let calib: Vec<Vec<u32>> =
-        serde_json::from_str(&std::fs::read_to_string(fixtures().join("calibration.json")).unwrap()).unwrap();
+    let calib: Vec<Vec<u32>> = serde_json::from_str(&std::fs::read_to_string(fixtures().join("calibration.json")).unwrap()).unwrap();
     let model = DenseLm::<Cpu>::load(&models().join(variant), &Default::default()).unwrap();
     let spec = model.spec().clone();
     let cfg = PruneConfig {
@@ -53,9 +52,7 @@ fn check(variant: &str, pname: &str, pattern: Pattern) {
                 Pattern::Unstructured { .. } => (i / inp) * inp..(i / inp + 1) * inp,
                 Pattern::NM { m, .. } => (i / m) * m..(i / m + 1) * m,
             };
-            let near = group.filter(|&j| j != i).any(|j| {
-                (scores[j] - scores[i]).abs() <= NEAR_TIE * scores[i].abs().max(scores[j].abs())
-            });
+            let near = group.filter(|&j| j != i).any(|j| (scores[j] - scores[i]).abs() <= NEAR_TIE * scores[i].abs().max(scores[j].abs()));
             assert!(near, "{variant} {pname} {module}[{i}]: mask differs without a near-tie");
         }
     }

@@ -2,9 +2,9 @@
 
 use std::path::Path;
 
+use rand::SeedableRng;
 use rand::rngs::StdRng;
 use rand::seq::SliceRandom;
-use rand::SeedableRng;
 use secateur_models::TextTokenizer;
 use serde::{Deserialize, Serialize};
 
@@ -26,14 +26,8 @@ pub struct Record {
 
 /// Reads a JSON array of records or JSONL (one record per line).
 pub fn read_records(path: &Path) -> Result<Vec<Record>, TrainError> {
-    let text = std::fs::read_to_string(path).map_err(|source| TrainError::Io {
-        path: path.to_path_buf(),
-        source,
-    })?;
-    let bad = |reason: String| TrainError::Data {
-        path: path.to_path_buf(),
-        reason,
-    };
+    let text = std::fs::read_to_string(path).map_err(|source| TrainError::Io { path: path.to_path_buf(), source })?;
+    let bad = |reason: String| TrainError::Data { path: path.to_path_buf(), reason };
     let records: Vec<Record> = if text.trim_start().starts_with('[') {
         serde_json::from_str(&text).map_err(|e| bad(e.to_string()))?
     } else {

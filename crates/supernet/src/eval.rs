@@ -3,11 +3,11 @@
 use burn::prelude::*;
 use burn::tensor::activation::log_softmax;
 use secateur_models::generate::token_tensor;
-use secateur_models::{generate, CausalLm, GenerateOptions, Projection, TextTokenizer};
+use secateur_models::{CausalLm, GenerateOptions, Projection, TextTokenizer, generate};
 use serde::{Deserialize, Serialize};
 
-use crate::data::{alpaca_prompt, Record};
 use crate::TrainError;
+use crate::data::{Record, alpaca_prompt};
 
 /// How an answer is read from generated text.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -95,11 +95,7 @@ pub fn accuracy<B: Backend, P: Projection<B>>(
     if max_new_tokens == 0 || max_new_tokens >= context {
         return Err(TrainError::Config(format!("--max-new-tokens {max_new_tokens} must be in 1..{context} (the context window)")));
     }
-    let opts = GenerateOptions {
-        max_new_tokens,
-        eos_token_ids: model.spec().eos_token_ids.clone(),
-        ..Default::default()
-    };
+    let opts = GenerateOptions { max_new_tokens, eos_token_ids: model.spec().eos_token_ids.clone(), ..Default::default() };
     // Prompts longer than the window keep their last tokens (the question comes last).
     let room = context - max_new_tokens;
     let mut truncated = 0;
@@ -124,15 +120,12 @@ pub fn accuracy<B: Backend, P: Projection<B>>(
     }
     bar.finish();
     if truncated > 0 {
-        eprintln!("warning: {truncated} prompts were longer than the context window ({room} tokens left for the prompt) and keep only their last tokens");
+        eprintln!(
+            "warning: {truncated} prompts were longer than the context window ({room} tokens left for the prompt) and keep only their last tokens"
+        );
     }
     let correct = records.iter().zip(&outputs).filter(|(r, o)| is_correct(o, &r.answer, kind)).count();
-    Ok(Accuracy {
-        correct,
-        total: records.len(),
-        accuracy: correct as f64 / records.len().max(1) as f64,
-        outputs,
-    })
+    Ok(Accuracy { correct, total: records.len(), accuracy: correct as f64 / records.len().max(1) as f64, outputs })
 }
 
 /// Perplexity `exp(mean NLL)` of token sequences (every next-token prediction counts).

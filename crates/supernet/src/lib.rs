@@ -17,8 +17,8 @@ pub mod reorder;
 pub mod toy;
 pub mod train;
 
-pub use data::{alpaca_prompt, Example, Record};
-pub use train::{train, Strategy, TrainConfig, TrainReport};
+pub use data::{Example, Record, alpaca_prompt};
+pub use train::{Strategy, TrainConfig, TrainReport, train};
 
 /// Errors of training and evaluation.
 #[derive(Debug, thiserror::Error)]

@@ -13,18 +13,18 @@ use burn::module::AutodiffModule;
 use burn::optim::{GradientsAccumulator, GradientsParams, Optimizer};
 use burn::prelude::*;
 use burn::record::{BinFileRecorder, FullPrecisionSettings, Recorder};
-use secateur_elastic_lora::{RankControl, SearchSpace, SubnetConfig};
-use secateur_runs::StepCheckpoints;
 use burn::tensor::backend::AutodiffBackend;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
+use secateur_elastic_lora::{RankControl, SearchSpace, SubnetConfig};
 use secateur_models::generate::token_tensor;
 use secateur_models::{ArchSpec, CausalLm, DenseLm, LayerStructure, Sliceable, SubnetStructure};
+use secateur_runs::StepCheckpoints;
 use serde::{Deserialize, Serialize};
 
-use crate::data::{Batch, Example};
-use crate::train::{adamw, checkpoint_err, clip_global_norm, lm_loss, lr_at, TrainConfig};
 use crate::TrainError;
+use crate::data::{Batch, Example};
+use crate::train::{TrainConfig, adamw, checkpoint_err, clip_global_norm, lm_loss, lr_at};
 
 /// Choices of the structural search space (each list descending; index 0 is the largest).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -129,7 +129,11 @@ impl StructureSpace {
         SubnetStructure {
             layers: kept
                 .into_iter()
-                .map(|layer| LayerStructure { layer, mlp_width: self.widths[c.widths[slot(layer)]], kv_groups: self.groups[c.groups[slot(layer)]] })
+                .map(|layer| LayerStructure {
+                    layer,
+                    mlp_width: self.widths[c.widths[slot(layer)]],
+                    kv_groups: self.groups[c.groups[slot(layer)]],
+                })
                 .collect(),
             hidden_size: (c.hidden > 0).then(|| self.hiddens[c.hidden]),
         }
@@ -251,7 +255,8 @@ pub fn structure_magnitude<B: Backend>(model: &DenseLm<B>, s: &SubnetStructure) 
         .iter()
         .map(|l| {
             let b = &model.blocks[l.layer];
-            let sum = |t: Tensor<B, 2>, rows: usize, cols: usize| t.narrow(0, 0, rows).narrow(1, 0, cols).abs().sum().into_scalar().elem::<f64>();
+            let sum =
+                |t: Tensor<B, 2>, rows: usize, cols: usize| t.narrow(0, 0, rows).narrow(1, 0, cols).abs().sum().into_scalar().elem::<f64>();
             let q = l.kv_groups * (b.dims.num_heads / b.dims.num_kv_heads) * d;
             let mut m = sum(b.mlp_up.weight.val(), l.mlp_width, e) + sum(b.mlp_down.weight.val(), e, l.mlp_width);
             if let Some(g) = &b.mlp_gate {
@@ -295,15 +300,26 @@ struct NasState {
 
 /// Saves the model and optimizer records as one all-or-nothing step checkpoint
 /// ([`StepCheckpoints`]): a run killed at any moment leaves a complete checkpoint behind.
-fn save_nas_checkpoint<B: AutodiffBackend, P: Sliceable<B>, O: Optimizer<CausalLm<B, P>, B>>(checkpoints: &StepCheckpoints, model: &CausalLm<B, P>, optim: &O, step: usize, report: &NasReport) -> Result<(), TrainError>
+fn save_nas_checkpoint<B: AutodiffBackend, P: Sliceable<B>, O: Optimizer<CausalLm<B, P>, B>>(
+    checkpoints: &StepCheckpoints,
+    model: &CausalLm<B, P>,
+    optim: &O,
+    step: usize,
+    report: &NasReport,
+) -> Result<(), TrainError>
 where
     CausalLm<B, P>: AutodiffModule<B>,
 {
     let state = NasState { step, report: report.clone() };
     checkpoints.save(step, &state, |sub: &Path| {
         let recorder = BinFileRecorder::<FullPrecisionSettings>::new();
-        model.clone().save_file(sub.join("model"), &recorder).map_err(|e| TrainError::Checkpoint { path: sub.join("model.bin"), reason: e.to_string() })?;
-        recorder.record(optim.to_record(), sub.join("optimizer")).map_err(|e| TrainError::Checkpoint { path: sub.join("optimizer.bin"), reason: e.to_string() })
+        model
+            .clone()
+            .save_file(sub.join("model"), &recorder)
+            .map_err(|e| TrainError::Checkpoint { path: sub.join("model.bin"), reason: e.to_string() })?;
+        recorder
+            .record(optim.to_record(), sub.join("optimizer"))
+            .map_err(|e| TrainError::Checkpoint { path: sub.join("optimizer.bin"), reason: e.to_string() })
     })
 }
 
@@ -399,7 +415,13 @@ where
 }
 
 /// Mean next-token loss of a sub-network on `examples` (target tokens only).
-pub fn validation_loss<B: Backend, P: Sliceable<B>>(model: &CausalLm<B, P>, s: &SubnetStructure, examples: &[Example], pad: u32, batch_size: usize) -> Result<f64, TrainError> {
+pub fn validation_loss<B: Backend, P: Sliceable<B>>(
+    model: &CausalLm<B, P>,
+    s: &SubnetStructure,
+    examples: &[Example],
+    pad: u32,
+    batch_size: usize,
+) -> Result<f64, TrainError> {
     let device = model.embed.val().device();
     let (mut total, mut count) = (0.0, 0usize);
     for chunk in examples.chunks(batch_size.max(1)) {

@@ -138,7 +138,12 @@ fn permute_vec<B: Backend>(p: &Param<Tensor<B, 1>>, order: &[usize]) -> Param<Te
 }
 
 fn permute_norm<B: Backend>(n: &secateur_models::Norm<B>, order: &[usize]) -> secateur_models::Norm<B> {
-    secateur_models::Norm { weight: permute_vec(&n.weight, order), bias: n.bias.as_ref().map(|b| permute_vec(b, order)), eps: n.eps, rms: n.rms }
+    secateur_models::Norm {
+        weight: permute_vec(&n.weight, order),
+        bias: n.bias.as_ref().map(|b| permute_vec(b, order)),
+        eps: n.eps,
+        rms: n.rms,
+    }
 }
 
 fn permute_table<B: Backend>(p: &Param<Tensor<B, 2>>, order: &[usize]) -> Param<Tensor<B, 2>> {
@@ -193,7 +198,9 @@ pub fn reorder<B: Backend>(model: DenseLm<B>, imp: &Importance, heads: bool) -> 
         let q_order: Vec<usize> = g.iter().flat_map(|&gi| (0..rep).map(move |r| gi * rep + r)).collect();
         block.attn_out = cols(&block.attn_out, d, &q_order);
         block.attn_in = match spec.qkv {
-            QkvLayout::Separate => vec![rows(&block.attn_in[0], d, &q_order), rows(&block.attn_in[1], d, &g), rows(&block.attn_in[2], d, &g)],
+            QkvLayout::Separate => {
+                vec![rows(&block.attn_in[0], d, &q_order), rows(&block.attn_in[1], d, &g), rows(&block.attn_in[2], d, &g)]
+            }
             // [heads, 3, head_dim] (multi-head: one head per group).
             QkvLayout::FusedPerHead => vec![rows(&block.attn_in[0], 3 * d, &q_order)],
             // [3, heads, head_dim]: the same head order inside each of the q, k and v blocks.

@@ -69,8 +69,7 @@ pub fn tokenizer_json() -> serde_json::Value {
                    "normalized": false, "special": true})
         })
         .collect();
-    let map: serde_json::Map<String, serde_json::Value> =
-        vocab.iter().enumerate().map(|(i, w)| (w.clone(), json!(i))).collect();
+    let map: serde_json::Map<String, serde_json::Value> = vocab.iter().enumerate().map(|(i, w)| (w.clone(), json!(i))).collect();
     json!({
         "version": "1.0",
         "truncation": null,
@@ -159,9 +158,8 @@ pub fn corpus(n: usize, seed: u64) -> Vec<String> {
     let mut rng = StdRng::seed_from_u64(seed);
     (0..n)
         .map(|_| {
-            let parts: Vec<String> = (0..rng.random_range(2..=5))
-                .map(|_| if rng.random_bool(0.6) { story(&mut rng) } else { fact(&mut rng) })
-                .collect();
+            let parts: Vec<String> =
+                (0..rng.random_range(2..=5)).map(|_| if rng.random_bool(0.6) { story(&mut rng) } else { fact(&mut rng) }).collect();
             parts.join(" ")
         })
         .collect()
@@ -201,12 +199,7 @@ pub fn word_problem(rng: &mut StdRng) -> Record {
             )
         }
     };
-    Record {
-        instruction,
-        input: String::new(),
-        output,
-        answer: answer.to_string(),
-    }
+    Record { instruction, input: String::new(), output, answer: answer.to_string() }
 }
 
 /// The task's fixed splits: (train, validation, test), disjoint by instruction text.

@@ -12,15 +12,15 @@ use burn::tensor::backend::AutodiffBackend;
 use rand::rngs::StdRng;
 use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
-use secateur_elastic_lora::{stable_param, Adapted, RankControl, SubnetConfig};
-use secateur_models::{CausalLm, Projection};
+use secateur_elastic_lora::{Adapted, RankControl, SubnetConfig, stable_param};
 use secateur_models::generate::token_tensor;
-use secateur_models::weights::{write_safetensors, Checkpoint, Dtype, RawTensor};
+use secateur_models::weights::{Checkpoint, Dtype, RawTensor, write_safetensors};
+use secateur_models::{CausalLm, Projection};
 use secateur_runs::{Progress, StepCheckpoints};
 use serde::{Deserialize, Serialize};
 
-use crate::data::{Batch, Example};
 use crate::TrainError;
+use crate::data::{Batch, Example};
 
 /// Which sub-adapters each optimizer step trains.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -92,7 +92,10 @@ impl TrainConfig {
             return bad("--epochs must be at least 1".into());
         }
         if self.batch_size == 0 || self.micro_batch_size == 0 || !self.batch_size.is_multiple_of(self.micro_batch_size) {
-            return bad(format!("batch size {} must be a positive multiple of the micro-batch size {}", self.batch_size, self.micro_batch_size));
+            return bad(format!(
+                "batch size {} must be a positive multiple of the micro-batch size {}",
+                self.batch_size, self.micro_batch_size
+            ));
         }
         if !(self.lr.is_finite() && self.lr > 0.0 && self.lr <= 1.0) {
             return bad(format!("learning rate {} must be a number in (0, 1]", self.lr));
@@ -295,11 +298,7 @@ where
     let steps_per_epoch = examples.len().div_ceil(cfg.batch_size);
     let total = steps_per_epoch * cfg.epochs;
     let mut optim = adamw(cfg).init::<B, CausalLm<B, P>>();
-    let mut report = TrainReport {
-        total_steps: total,
-        trainable_params: trainable_params(&model),
-        ..Default::default()
-    };
+    let mut report = TrainReport { total_steps: total, trainable_params: trainable_params(&model), ..Default::default() };
     let mut start = 0;
     let checkpoints = checkpoint_dir.map(StepCheckpoints::new);
     if let Some(c) = &checkpoints
@@ -382,7 +381,10 @@ pub(crate) fn checkpoint_err(path: &Path, e: impl std::fmt::Display) -> TrainErr
         let plain: String = head.chars().filter(|c| !matches!(c, '\\' | '"')).collect();
         plain.split_whitespace().collect::<Vec<_>>().join(" ")
     };
-    TrainError::Checkpoint { path: path.to_path_buf(), reason: format!("cannot be loaded ({reason}); remove the run directory or rerun with --force") }
+    TrainError::Checkpoint {
+        path: path.to_path_buf(),
+        reason: format!("cannot be loaded ({reason}); remove the run directory or rerun with --force"),
+    }
 }
 
 /// The adapters of the finished training run checkpointed in `dir` (its last step directory).
@@ -393,7 +395,9 @@ pub fn final_adapters(dir: &Path) -> Result<PathBuf, TrainError> {
             path: dir.to_path_buf(),
             reason: format!("training stopped at step {step} of {}: finish it with --resume first", state.report.total_steps),
         }),
-        None => Err(TrainError::Checkpoint { path: dir.to_path_buf(), reason: "no trained adapters: run the training to the end first".into() }),
+        None => {
+            Err(TrainError::Checkpoint { path: dir.to_path_buf(), reason: "no trained adapters: run the training to the end first".into() })
+        }
     }
 }
 
@@ -434,7 +438,11 @@ pub fn save_adapters<B: Backend, P: Projection<B> + Adapted<B>>(model: &CausalLm
 }
 
 /// Loads adapter factors written by [`save_adapters`] into a model with the same adapters.
-pub fn load_adapters<B: Backend, P: Projection<B> + Adapted<B>>(model: CausalLm<B, P>, path: &Path, device: &B::Device) -> Result<CausalLm<B, P>, TrainError> {
+pub fn load_adapters<B: Backend, P: Projection<B> + Adapted<B>>(
+    model: CausalLm<B, P>,
+    path: &Path,
+    device: &B::Device,
+) -> Result<CausalLm<B, P>, TrainError> {
     let ckpt = Checkpoint::from_files(&[path.to_path_buf()])?;
     let loaded = model.map_projections(|site, mut p: P| {
         if let Some(ad) = p.adapter_mut() {
@@ -467,10 +475,7 @@ pub fn pretrain<B: AutodiffBackend>(
     let device = model.embed.val().device();
     let mut optim = adamw(cfg).init::<B, secateur_models::DenseLm<B>>();
     let bar = step_bar("pretraining", steps, 0, cfg.progress);
-    let examples: Vec<Example> = seqs
-        .iter()
-        .map(|s| Example { ids: s.clone(), target: vec![true; s.len()] })
-        .collect();
+    let examples: Vec<Example> = seqs.iter().map(|s| Example { ids: s.clone(), target: vec![true; s.len()] }).collect();
     let mut order: Vec<usize> = (0..examples.len()).collect();
     let mut losses = Vec::with_capacity(steps);
     let per_epoch = examples.len().div_ceil(cfg.batch_size);

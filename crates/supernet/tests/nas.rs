@@ -6,7 +6,7 @@ use burn::module::{AutodiffModule, Module};
 use secateur_models::extract::extract;
 use secateur_models::{Cpu, CpuAutodiff, DenseLm};
 use secateur_supernet::data::Example;
-use secateur_supernet::nas::{structure_cost, train_supernet, validation_loss, Sampler, SamplerKind, StructureChoice, StructureSpace};
+use secateur_supernet::nas::{Sampler, SamplerKind, StructureChoice, StructureSpace, structure_cost, train_supernet, validation_loss};
 use secateur_supernet::train::TrainConfig;
 
 fn fixtures() -> PathBuf {
@@ -67,7 +67,7 @@ fn samplers_and_super_network_training() {
 #[test]
 fn lonas_sub_networks_slice_the_adapters_with_the_weights() {
     use burn::prelude::*;
-    use secateur_elastic_lora::{attach, stable_param, LoraConfig, SearchSpace};
+    use secateur_elastic_lora::{LoraConfig, SearchSpace, attach, stable_param};
     use secateur_models::generate::token_tensor;
     let device = Default::default();
     let dir = fixtures().join("llama_gqa");
@@ -88,7 +88,11 @@ fn lonas_sub_networks_slice_the_adapters_with_the_weights() {
         .unwrap();
     let space = StructureSpace::preset(base.spec(), None);
     let s = space.structure(&space.choice(&[1, 0, 2, 1]));
-    assert!(s.hidden_size.is_some() && s.layers[0].mlp_width < base.spec().intermediate_size && s.layers[0].kv_groups < base.spec().num_kv_heads);
+    assert!(
+        s.hidden_size.is_some()
+            && s.layers[0].mlp_width < base.spec().intermediate_size
+            && s.layers[0].kv_groups < base.spec().num_kv_heads
+    );
     let ids = vec![vec![3u32, 17, 42, 5, 88, 23]];
     let mask = vec![vec![true; 6]];
     let sliced: Vec<f32> = adapted.forward_subnet(token_tensor::<Cpu>(&ids, &device), &mask, &s).unwrap().into_data().to_vec().unwrap();
@@ -127,7 +131,12 @@ fn super_network_training_resumes_exactly() {
     let (_, first) = train_supernet(model.clone(), &sampler, None, &data, &stopped, 0, Some(tmp.path())).unwrap();
     assert_eq!(first.steps, 5);
     // Only the newest step directory is kept.
-    let dirs: Vec<String> = std::fs::read_dir(tmp.path()).unwrap().flatten().map(|e| e.file_name().to_string_lossy().to_string()).filter(|n| n.starts_with("step-")).collect();
+    let dirs: Vec<String> = std::fs::read_dir(tmp.path())
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().to_string())
+        .filter(|n| n.starts_with("step-"))
+        .collect();
     assert_eq!(dirs, vec!["step-5".to_string()]);
     let (resumed, report) = train_supernet(model, &sampler, None, &data, &cfg, 0, Some(tmp.path())).unwrap();
     assert_eq!(report.resumed_from, Some(5));
@@ -137,7 +146,7 @@ fn super_network_training_resumes_exactly() {
 
 #[test]
 fn lonas_trains_elastic_ranks_with_elastic_widths() {
-    use secateur_elastic_lora::{attach, LoraConfig, SearchSpace};
+    use secateur_elastic_lora::{LoraConfig, SearchSpace, attach};
     use secateur_supernet::nas::step_ranks;
     let device = Default::default();
     let base = DenseLm::<CpuAutodiff>::load(&fixtures().join("llama_gqa"), &device).unwrap();
@@ -145,7 +154,13 @@ fn lonas_trains_elastic_ranks_with_elastic_widths() {
     let rank_space = SearchSpace::preset(base.spec(), Some(&targets), &[8, 6, 4]).unwrap();
     let (adapted, control) = attach(base.no_grad(), &rank_space, &LoraConfig { alpha: 16.0, ..Default::default() }, &device).unwrap();
     let space = StructureSpace::preset(adapted.spec(), None);
-    let sampler = Sampler::new(SamplerKind::Sandwich, space.clone(), &DenseLm::<CpuAutodiff>::load(&fixtures().join("llama_gqa"), &device).unwrap(), 22, 0);
+    let sampler = Sampler::new(
+        SamplerKind::Sandwich,
+        space.clone(),
+        &DenseLm::<CpuAutodiff>::load(&fixtures().join("llama_gqa"), &device).unwrap(),
+        22,
+        0,
+    );
     let ranks = step_ranks(SamplerKind::Sandwich, &rank_space, 0, 0, 4);
     assert_eq!((&ranks[0], &ranks[3]), (&rank_space.maximal(), &rank_space.minimal()));
     let data = examples(16);

@@ -11,8 +11,16 @@ fn fixtures() -> PathBuf {
 }
 
 const VARIANTS: &[&str] = &[
-    "llama_gqa", "llama_mha_tied_bias_llama3", "llama_linear_f16_sharded", "mistral_window", "neox_parallel",
-    "neox_sequential", "bloom_4heads", "bloom_6heads_postln", "mpt_6heads_clip", "mpt_4heads",
+    "llama_gqa",
+    "llama_mha_tied_bias_llama3",
+    "llama_linear_f16_sharded",
+    "mistral_window",
+    "neox_parallel",
+    "neox_sequential",
+    "bloom_4heads",
+    "bloom_6heads_postln",
+    "mpt_6heads_clip",
+    "mpt_4heads",
 ];
 
 fn logits(m: &DenseLm<Cpu>) -> Vec<f32> {

@@ -4,10 +4,10 @@ use std::path::PathBuf;
 
 use burn::module::{AutodiffModule, Module};
 use burn::prelude::*;
-use secateur_elastic_lora::{attach, AdaptedLm, LoraConfig, RankControl, SearchSpace};
+use secateur_elastic_lora::{AdaptedLm, LoraConfig, RankControl, SearchSpace, attach};
 use secateur_models::{CpuAutodiff, DenseLm};
 use secateur_supernet::data::Example;
-use secateur_supernet::train::{lr_at, train, Strategy, TrainConfig};
+use secateur_supernet::train::{Strategy, TrainConfig, lr_at, train};
 
 type AD = CpuAutodiff;
 
@@ -84,14 +84,7 @@ fn lora_training_lowers_the_loss_and_touches_only_adapters() {
 #[test]
 fn nls_draws_a_sub_adapter_per_step_and_sandwich_trains_max_and_min() {
     let (model, ranks) = setup(&[8, 6, 4]);
-    let cfg = TrainConfig {
-        strategy: Strategy::Nls,
-        epochs: 2,
-        batch_size: 4,
-        micro_batch_size: 2,
-        lr: 1e-3,
-        ..Default::default()
-    };
+    let cfg = TrainConfig { strategy: Strategy::Nls, epochs: 2, batch_size: 4, micro_batch_size: 2, lr: 1e-3, ..Default::default() };
     let (model, report) = train(model, &ranks, &examples(16), &cfg, 0, None).unwrap();
     let distinct: std::collections::HashSet<_> = report.configs.iter().collect();
     assert!(distinct.len() >= 6, "NLS should visit many sub-adapters, saw {}", distinct.len());
@@ -127,7 +120,8 @@ fn a_resumed_run_equals_an_uninterrupted_run() {
 
     // A run killed after its step-4 checkpoint, then restarted on the same directory.
     let (model, ranks) = setup(&[8, 4]);
-    let (_, partial) = train(model, &ranks, &data, &TrainConfig { stop_after: Some(4), ..cfg.clone() }, 0, Some(&tmp.path().join("c"))).unwrap();
+    let (_, partial) =
+        train(model, &ranks, &data, &TrainConfig { stop_after: Some(4), ..cfg.clone() }, 0, Some(&tmp.path().join("c"))).unwrap();
     assert_eq!(partial.steps, 4);
     let (model, ranks) = setup(&[8, 4]);
     let (resumed, report) = train(model, &ranks, &data, &cfg, 0, Some(&tmp.path().join("c"))).unwrap();

@@ -38,11 +38,7 @@ pub struct Reference {
 fn i64s(st: &SafeTensors, name: &str) -> (Vec<i64>, Vec<usize>) {
     let t = st.tensor(name).unwrap();
     assert_eq!(t.dtype(), Dtype::I64);
-    let v = t
-        .data()
-        .chunks_exact(8)
-        .map(|c| i64::from_le_bytes(c.try_into().unwrap()))
-        .collect();
+    let v = t.data().chunks_exact(8).map(|c| i64::from_le_bytes(c.try_into().unwrap())).collect();
     (v, t.shape().to_vec())
 }
 
@@ -53,11 +49,7 @@ pub fn reference(variant: &str) -> Reference {
     let (mask, _) = i64s(&st, "attention_mask");
     let rows = |v: Vec<i64>| -> Vec<Vec<i64>> { v.chunks(shape[1]).map(|c| c.to_vec()).collect() };
     let lt = st.tensor("logits").unwrap();
-    let logits: Vec<f32> = lt
-        .data()
-        .chunks_exact(4)
-        .map(|c| f32::from_le_bytes(c.try_into().unwrap()))
-        .collect();
+    let logits: Vec<f32> = lt.data().chunks_exact(4).map(|c| f32::from_le_bytes(c.try_into().unwrap())).collect();
     let ls = lt.shape();
     Reference {
         ids: rows(ids).into_iter().map(|r| r.into_iter().map(|x| x as u32).collect()).collect(),
