@@ -380,15 +380,7 @@ fn run_on<B: Backend>(cmd: Command, device: B::Device) -> Result<(), CliError> {
             let q = secateur_quant::checkpoint::quantize_model(m, cfg)?;
             let bytes = secateur_quant::checkpoint::write_quantized(&model.model, staged.path(), &q)?;
             staged.publish()?;
-            let source: u64 = std::fs::read_dir(&model.model)
-                .map(|d| {
-                    d.filter_map(|e| e.ok())
-                        .filter(|e| e.file_name().to_string_lossy().ends_with(".safetensors"))
-                        .filter_map(|e| e.metadata().ok())
-                        .map(|m| m.len())
-                        .sum()
-                })
-                .unwrap_or(0);
+            let source = secateur_models::weights::weights_bytes(&model.model);
             emit(
                 &serde_json::to_string(
                     &json!({"out": out, "bits": bits, "group_size": group_size, "weights_bytes": bytes, "source_weights_bytes": source}),

@@ -8,12 +8,12 @@
 //! 3. `qa-sparsepeft`: as 2, quantization-aware (fake-quantized merged weight, straight-through
 //!    gradient), merged into an INT-n model with the base's scales and zero points.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use burn::module::{AutodiffModule, Module};
 use secateur_elastic_lora::sparse_peft::{attach_sparse_peft, merge_quantized, merge_sparse};
 use secateur_elastic_lora::{LoraConfig, Scaling, attach};
-use secateur_models::weights::write_atomic;
+use secateur_models::weights::{weights_bytes, write_atomic};
 use secateur_models::{Cpu, CpuAutodiff, DenseLm, TextTokenizer};
 use secateur_quant::QuantConfig;
 use secateur_quant::checkpoint::{load_quantized, quantize_model, write_quantized};
@@ -98,18 +98,6 @@ pub struct SqftRow {
     pub train_seconds: Option<f64>,
 }
 
-fn dir_bytes(dir: &Path) -> u64 {
-    std::fs::read_dir(dir)
-        .map(|d| {
-            d.filter_map(|e| e.ok())
-                .filter(|e| e.file_name().to_string_lossy().ends_with(".safetensors"))
-                .filter_map(|e| e.metadata().ok())
-                .map(|m| m.len())
-                .sum()
-        })
-        .unwrap_or(0)
-}
-
 /// Fraction of zero weights over all projections.
 fn sparsity_of(weights: impl Iterator<Item = Vec<f32>>) -> f64 {
     let (mut zeros, mut total) = (0usize, 0usize);
@@ -156,7 +144,7 @@ pub fn run(args: SqftArgs) -> Result<String, CliError> {
         base_precision: "FP32".into(),
         adapter_precision: "-".into(),
         mergeable: "-".into(),
-        size_bytes: dir_bytes(&base_dir),
+        size_bytes: weights_bytes(&base_dir),
         train_seconds: None,
     });
 
@@ -176,7 +164,7 @@ pub fn run(args: SqftArgs) -> Result<String, CliError> {
         base_precision: format!("INT{}", args.bits),
         adapter_precision: "-".into(),
         mergeable: "-".into(),
-        size_bytes: dir_bytes(&int_dir),
+        size_bytes: weights_bytes(&int_dir),
         train_seconds: None,
     });
     drop((sparse, sparse_q));
@@ -196,7 +184,7 @@ pub fn run(args: SqftArgs) -> Result<String, CliError> {
         let m = m.valid();
         let acc = acc_of("lora", test(&|r| accuracy(&m, &tok, r, AnswerKind::Math, a.max_new_tokens, 64, &device)))?;
         save_adapters(&m, &out.join("lora-adapters.safetensors"))?;
-        let size = dir_bytes(&wanda_dir) + std::fs::metadata(out.join("lora-adapters.safetensors")).map(|m| m.len()).unwrap_or(0);
+        let size = weights_bytes(&wanda_dir) + std::fs::metadata(out.join("lora-adapters.safetensors")).map(|m| m.len()).unwrap_or(0);
         rows.push(SqftRow {
             name: format!("Wanda {:.0}% + LoRA (rank {})", a.sparsity * 100.0, ranks[0]),
             accuracy: acc,
@@ -220,7 +208,7 @@ pub fn run(args: SqftArgs) -> Result<String, CliError> {
                 let acc = acc_of(pipeline, test(&|r| accuracy(&m, &tok, r, AnswerKind::Math, a.max_new_tokens, 64, &device)))?;
                 let adapters = out.join("nls-quantized-adapters.safetensors");
                 save_adapters(&m, &adapters)?;
-                let size = dir_bytes(&int_dir) + std::fs::metadata(&adapters).map(|m| m.len()).unwrap_or(0);
+                let size = weights_bytes(&int_dir) + std::fs::metadata(&adapters).map(|m| m.len()).unwrap_or(0);
                 rows.push(SqftRow {
                     name: "SQFT: NLS on the quantized base (heuristic)".into(),
                     accuracy: acc,
@@ -247,7 +235,7 @@ pub fn run(args: SqftArgs) -> Result<String, CliError> {
                     write_quantized(&wanda_dir, staged.path(), &merged)?;
                     staged.publish()?;
                     let s = sparsity_of(merged.projections().iter().map(|(_, p)| p.dequantized()));
-                    (acc, s, dir_bytes(&merged_dir), format!("INT{}", args.bits))
+                    (acc, s, weights_bytes(&merged_dir), format!("INT{}", args.bits))
                 } else {
                     let merged = merge_sparse(m);
                     let acc = acc_of(pipeline, test(&|r| accuracy(&merged, &tok, r, AnswerKind::Math, a.max_new_tokens, 64, &device)))?;
@@ -257,7 +245,7 @@ pub fn run(args: SqftArgs) -> Result<String, CliError> {
                     let s = sparsity_of(
                         merged.projections().iter().map(|(_, p)| p.weight.val().into_data().convert::<f32>().to_vec().expect("f32")),
                     );
-                    (acc, s, dir_bytes(&merged_dir), "FP32".to_string())
+                    (acc, s, weights_bytes(&merged_dir), "FP32".to_string())
                 };
                 eprintln!("{pipeline}: sparsity after merging {merged_sparsity:.4} (base {sparsity:.4})");
                 let name = if qa { "SQFT + QA-SparsePEFT (heuristic, merged)" } else { "SQFT + SparsePEFT (heuristic, merged)" };

@@ -1,40 +1,15 @@
 //! End-to-end tests of the `secateur` binary on the models crate's fixtures.
 
 use std::path::PathBuf;
-use std::process::Command;
 
 use safetensors::tensor::SafeTensors;
 
-fn fixture(variant: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../models/tests/fixtures").join(variant)
-}
+mod common;
+use common::{fixture, secateur};
 
-fn secateur(args: &[&str]) -> (bool, String, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_secateur")).args(args).output().unwrap();
-    (out.status.success(), String::from_utf8(out.stdout).unwrap(), String::from_utf8(out.stderr).unwrap())
-}
-
-/// A small LLM-Adapters JSONL dataset in `dir`.
+/// The 40-record dataset of these tests, in `dir`.
 fn toy_dataset(dir: &std::path::Path) -> PathBuf {
-    let data = dir.join("data.jsonl");
-    let mut lines = String::new();
-    for i in 0..40 {
-        let (a, b) = (i % 7 + 1, i % 5 + 2);
-        lines += &serde_json::json!({
-            "instruction": format!("the cat has {a} and {b}"),
-            "input": "",
-            "output": format!("two {}", a + b),
-            "answer": format!("{}", a + b),
-        })
-        .to_string();
-        lines.push('\n');
-    }
-    std::fs::write(&data, lines).unwrap();
-    data
-}
-
-fn secateur_runs_manifest() -> &'static str {
-    "secateur-run.json"
+    common::records(dir, 40, true)
 }
 
 #[test]
@@ -232,7 +207,7 @@ fn shears_runs_end_to_end_on_a_user_model_and_resumes() {
     assert!(out.join("nls-heuristic-adapter/adapter_config.json").is_file());
     assert!(out.join("wanda/masks.safetensors").is_file());
     assert!(out.join("train-nls/state.json").is_file());
-    assert!(out.join(secateur_runs_manifest()).is_file(), "the run records what made it");
+    assert!(out.join(secateur_runs::MANIFEST).is_file(), "the run records what made it");
     // A second run on the same directory needs --resume; resuming a finished run retrains nothing.
     let (ok, _, stderr) = secateur(&args);
     assert!(!ok && stderr.contains("--resume"), "{stderr}");

@@ -11,26 +11,11 @@ use std::time::{Duration, Instant};
 
 use safetensors::tensor::{SafeTensors, TensorView};
 
-fn fixture(variant: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../models/tests/fixtures").join(variant)
-}
+mod common;
+use common::{fixture, records, secateur, secateur_in};
 
 fn bin() -> Command {
     Command::new(env!("CARGO_BIN_EXE_secateur"))
-}
-
-fn secateur_in(cwd: Option<&Path>, args: &[&str]) -> (bool, String, String) {
-    let mut c = bin();
-    c.args(args);
-    if let Some(d) = cwd {
-        c.current_dir(d);
-    }
-    let out = c.output().unwrap();
-    (out.status.success(), String::from_utf8_lossy(&out.stdout).into_owned(), String::from_utf8_lossy(&out.stderr).into_owned())
-}
-
-fn secateur(args: &[&str]) -> (bool, String, String) {
-    secateur_in(None, args)
 }
 
 /// Fails unless the command failed cleanly (no panic) with a message containing `want`.
@@ -40,21 +25,6 @@ fn refused(args: &[&str], want: &str) -> String {
     assert!(!stderr.contains("panicked"), "{args:?} panicked: {stderr}");
     assert!(stderr.contains(want), "{args:?}: expected {want:?} in: {stderr}");
     stderr
-}
-
-fn records(dir: &Path, n: usize, answer: bool) -> PathBuf {
-    let path = dir.join(format!("data-{n}-{answer}.jsonl"));
-    let mut lines = String::new();
-    for i in 0..n {
-        let (a, b) = (i % 7 + 1, i % 5 + 2);
-        let mut r = serde_json::json!({"instruction": format!("the cat has {a} and {b}"), "input": "", "output": format!("two {}", a + b)});
-        if answer {
-            r["answer"] = serde_json::json!(format!("{}", a + b));
-        }
-        lines += &format!("{r}\n");
-    }
-    std::fs::write(&path, lines).unwrap();
-    path
 }
 
 fn seed() -> u64 {

@@ -6,15 +6,14 @@
 //! with an empty `weight_map`, GPTQ `bits` of 0 or 64) are kept as plain regression tests in
 //! `tests/faults.rs`; proptest shrinks and prints any new failing input.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use proptest::prelude::*;
 use secateur_models::{ArchSpec, Cpu, DenseLm, TextTokenizer};
 
-fn fixture(variant: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../models/tests/fixtures").join(variant)
-}
+mod common;
+use common::fixture;
 
 /// Inputs per target: 192 in CI (bounded time), `SECATEUR_FUZZ_CASES` for longer local runs.
 fn cases() -> u32 {

@@ -151,6 +151,19 @@ pub fn write_safetensors(path: &Path, tensors: &[RawTensor], metadata: Option<Ha
     write_atomic(path, &bytes)
 }
 
+/// Bytes of the `*.safetensors` files in a checkpoint directory (0 when it cannot be read).
+pub fn weights_bytes(dir: &Path) -> u64 {
+    std::fs::read_dir(dir)
+        .map(|d| {
+            d.filter_map(|e| e.ok())
+                .filter(|e| e.file_name().to_string_lossy().ends_with(".safetensors"))
+                .filter_map(|e| e.metadata().ok())
+                .map(|m| m.len())
+                .sum()
+        })
+        .unwrap_or(0)
+}
+
 /// Writes bytes to `path` atomically (see [`secateur_runs::write_atomic`]).
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     Ok(secateur_runs::write_atomic(path, bytes)?)
