@@ -3,7 +3,7 @@
 //! on q, k, v, o, gate, up, down, base frozen, AdamW on the adapters; Wanda 50% with 32
 //! calibration sequences of 128 tokens.
 //!
-//! `cargo bench -p secateur-cli --bench shears`; the PyTorch + PEFT side is
+//! `cargo bench -p secateur --bench shears`; the PyTorch + PEFT side is
 //! `python3 scripts/bench_torch_shears.py`.
 
 use std::path::Path;
@@ -11,11 +11,11 @@ use std::time::Duration;
 
 use burn::module::Module;
 use criterion::{BatchSize, Criterion, criterion_group, criterion_main};
-use secateur_elastic_lora::{LoraConfig, SearchSpace, attach};
-use secateur_models::{ArchSpec, Cpu, CpuAutodiff, DenseLm, SiteKind};
-use secateur_sparsity::{Pattern, PruneConfig, ScoreMethod, prune};
-use secateur_supernet::data::Example;
-use secateur_supernet::train::{Strategy, TrainConfig, train};
+use secateur::lora::{LoraConfig, SearchSpace, attach};
+use secateur::models::{ArchSpec, Cpu, CpuAutodiff, DenseLm, SiteKind};
+use secateur::sparsity::{Pattern, PruneConfig, ScoreMethod, prune};
+use secateur::supernet::data::Example;
+use secateur::supernet::train::{Strategy, TrainConfig, train};
 
 fn spec() -> ArchSpec {
     let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../benches/llama_bench_config.json");

@@ -67,6 +67,7 @@ fn pretrain_tiny(args: &[String]) -> Result<(), String> {
     let model = DenseLm::<CpuAutodiff>::init_random(spec, 0.02, 0, &device);
     let cfg = TrainConfig {
         batch_size: 32,
+        micro_batch_size: 32,
         lr: 3e-3,
         warmup_steps: 100,
         weight_decay: 0.01,

@@ -1,18 +1,15 @@
 //! `secateur`: compress and fine-tune causal language models from the command line.
 
-mod nas_cmd;
-mod search_cmd;
-mod shears;
-mod sqft;
-
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use burn::prelude::*;
+use burn::tensor::backend::AutodiffBackend;
 use clap::{Parser, Subcommand, ValueEnum};
-use secateur_models::generate::token_tensor;
-use secateur_models::{DenseLm, GenerateOptions, ModelError, TextTokenizer, generate};
-use secateur_runs::{Manifest, OutputDir};
+use secateur::models::generate::token_tensor;
+use secateur::models::{DenseLm, GenerateOptions, ModelError, TextTokenizer, generate};
+use secateur::pipelines::{NasConfig, PipelineError, SearchConfig, ShearsConfig, SqftConfig, Stderr};
+use secateur::runs::{Manifest, OutputDir};
 use serde_json::json;
 
 #[derive(Parser)]
@@ -111,7 +108,13 @@ enum Command {
     /// Shears end to end: Wanda sparsity, LoRA and NLS super-adapter training on the sparse
     /// base, sub-adapter evaluation, and a report. With no arguments it runs on the embedded
     /// tiny LLaMA and arithmetic word problems (CPU).
-    Shears(shears::ShearsArgs),
+    Shears {
+        #[command(flatten)]
+        config: ShearsConfig,
+        /// Where to train and evaluate.
+        #[arg(long, value_enum, default_value = "cpu")]
+        device: DeviceKind,
+    },
     /// Quantize every projection (asymmetric round-to-nearest, per-group scales and zero points)
     /// and write a GPTQ-format checkpoint that secateur and GPTQ tools load.
     Quantize {
@@ -131,14 +134,32 @@ enum Command {
     },
     /// SQFT: NLS on a quantized sparse base, SparsePEFT and QA-SparsePEFT (merged into sparse
     /// FP32 and INT-n models), with the untuned and LoRA baselines, in one report.
-    Sqft(sqft::SqftArgs),
+    Sqft {
+        #[command(flatten)]
+        config: SqftConfig,
+        /// Where to train and evaluate.
+        #[arg(long, value_enum, default_value = "cpu")]
+        device: DeviceKind,
+    },
     /// Two-stage NAS: train a weight-sharing super-network (sandwich, random, grid-params or
     /// calibrate-mag sampling; optionally after importance reordering), search it and extract
     /// the Pareto front into standalone checkpoints.
-    Nas(nas_cmd::NasArgs),
+    Nas {
+        #[command(flatten)]
+        config: NasConfig,
+        /// Where to train, search and measure.
+        #[arg(long, value_enum, default_value = "cpu")]
+        device: DeviceKind,
+    },
     /// Search the sub-adapters of a finished `secateur shears` run on its validation split, then
     /// measure the chosen ones on the test split.
-    Search(search_cmd::SearchArgs),
+    Search {
+        #[command(flatten)]
+        config: SearchConfig,
+        /// Where to evaluate.
+        #[arg(long, value_enum, default_value = "cpu")]
+        device: DeviceKind,
+    },
     /// Run a search algorithm on a benchmark problem and print one JSON line with the
     /// hypervolume (reference point 1.1 per objective), evaluations and seconds.
     MooBench {
@@ -196,17 +217,15 @@ enum PruneMethod {
 #[derive(Debug, thiserror::Error)]
 enum CliError {
     #[error(transparent)]
-    Sparsity(#[from] secateur_sparsity::SparsityError),
+    Pipeline(#[from] PipelineError),
     #[error(transparent)]
-    Lora(#[from] secateur_elastic_lora::LoraError),
+    Sparsity(#[from] secateur::sparsity::SparsityError),
     #[error(transparent)]
-    Quant(#[from] secateur_quant::QuantError),
+    Quant(#[from] secateur::quant::QuantError),
     #[error(transparent)]
-    Train(#[from] secateur_supernet::TrainError),
+    Search(#[from] secateur::search_algorithms::SearchError),
     #[error(transparent)]
-    Search(#[from] secateur_search::SearchError),
-    #[error(transparent)]
-    Run(#[from] secateur_runs::RunError),
+    Run(#[from] secateur::runs::RunError),
     #[error("{0}")]
     Usage(String),
     #[error(transparent)]
@@ -232,53 +251,62 @@ fn main() -> ExitCode {
     }
 }
 
-fn device_of(cmd: &Command) -> DeviceKind {
-    match cmd {
+/// Runs `$body` with `$B` the autodiff backend that `$kind` names (the CUDA driver checked first).
+macro_rules! on_backend {
+    ($kind:expr, $B:ident => $body:expr) => {
+        match $kind {
+            DeviceKind::Cpu => {
+                type $B = secateur::CpuAutodiff;
+                $body
+            }
+            #[cfg(feature = "cuda")]
+            DeviceKind::Cuda => {
+                check_cuda_driver()?;
+                type $B = secateur::CudaAutodiff;
+                $body
+            }
+            #[cfg(not(feature = "cuda"))]
+            DeviceKind::Cuda => return Err(CliError::NoCuda),
+        }
+    };
+}
+
+/// burn panics in a worker thread when the driver is missing: check first.
+#[cfg(feature = "cuda")]
+fn check_cuda_driver() -> Result<(), CliError> {
+    // SAFETY: loading the system's CUDA driver library runs its initialisers only.
+    let driver = ["libcuda.so.1", "libcuda.so"].iter().any(|n| unsafe { libloading::Library::new(n) }.is_ok());
+    if driver { Ok(()) } else { Err(CliError::NoCudaDriver) }
+}
+
+fn run(cli: Cli) -> Result<(), CliError> {
+    let device = match &cli.command {
         Command::Info { model }
         | Command::Logits { model, .. }
         | Command::Generate { model, .. }
         | Command::Prune { model, .. }
         | Command::Quantize { model, .. } => model.device,
-        Command::Shears(_) | Command::Sqft(_) | Command::Nas(_) | Command::Search(_) | Command::MooBench { .. } => DeviceKind::Cpu,
-    }
-}
-
-fn run(cli: Cli) -> Result<(), CliError> {
-    if let Command::Shears(args) = cli.command {
-        let table = shears::run(args)?;
-        emit(&table);
-        return Ok(());
-    }
-    if let Command::Nas(args) = cli.command {
-        emit(&nas_cmd::run(args)?);
-        return Ok(());
-    }
-    if let Command::Sqft(args) = cli.command {
-        emit(&sqft::run(args)?);
-        return Ok(());
-    }
-    if let Command::Search(args) = cli.command {
-        emit(&search_cmd::run(args)?);
-        return Ok(());
-    }
-    if let Command::MooBench { problem, algo, evals, pop, seed, ref_points, out } = cli.command {
-        return moo_bench(problem, algo, evals, pop, seed, ref_points.as_deref(), out.as_deref());
-    }
-    match device_of(&cli.command) {
-        DeviceKind::Cpu => run_on::<secateur_models::Cpu>(cli.command, Default::default()),
-        #[cfg(feature = "cuda")]
-        DeviceKind::Cuda => {
-            // burn panics in a worker thread when the driver is missing: check first.
-            // SAFETY: loading the system's CUDA driver library runs its initialisers only.
-            let driver = ["libcuda.so.1", "libcuda.so"].iter().any(|n| unsafe { libloading::Library::new(n) }.is_ok());
-            if !driver {
-                return Err(CliError::NoCudaDriver);
-            }
-            run_on::<burn::backend::Cuda>(cli.command, Default::default())
+        Command::Shears { device, .. } | Command::Sqft { device, .. } | Command::Nas { device, .. } | Command::Search { device, .. } => {
+            *device
         }
-        #[cfg(not(feature = "cuda"))]
-        DeviceKind::Cuda => Err(CliError::NoCuda),
+        Command::MooBench { .. } => DeviceKind::Cpu,
+    };
+    match cli.command {
+        Command::Shears { config, .. } => {
+            emit(&on_backend!(device, B => secateur::shears::<B>(&config, &Default::default(), &Stderr))?.table)
+        }
+        Command::Sqft { config, .. } => emit(&on_backend!(device, B => secateur::sqft::<B>(&config, &Default::default(), &Stderr))?.table),
+        Command::Nas { config, .. } => emit(&on_backend!(device, B => secateur::nas::<B>(&config, &Default::default(), &Stderr))?.table),
+        Command::Search { config, .. } => emit(
+            &on_backend!(device, B => secateur::search::<<B as AutodiffBackend>::InnerBackend>(&config, &Default::default(), &Stderr))?
+                .table,
+        ),
+        Command::MooBench { problem, algo, evals, pop, seed, ref_points, out } => {
+            moo_bench(problem, algo, evals, pop, seed, ref_points.as_deref(), out.as_deref())?
+        }
+        cmd => on_backend!(device, B => run_on::<<B as AutodiffBackend>::InnerBackend>(cmd, Default::default()))?,
     }
+    Ok(())
 }
 
 fn run_on<B: Backend>(cmd: Command, device: B::Device) -> Result<(), CliError> {
@@ -316,7 +344,7 @@ fn run_on<B: Backend>(cmd: Command, device: B::Device) -> Result<(), CliError> {
                     end += 1;
                 }
                 let batch = &seqs[at..end];
-                let (ids, mask) = secateur_models::generate::right_pad(batch, 0);
+                let (ids, mask) = secateur::models::generate::right_pad(batch, 0);
                 let width = mask[0].len();
                 let logits = with_lm!(&m, |m| m.forward(token_tensor::<B>(&ids, &device), &mask))?;
                 let flat: Vec<f32> =
@@ -371,16 +399,16 @@ fn run_on<B: Backend>(cmd: Command, device: B::Device) -> Result<(), CliError> {
                     "--group-size {group_size}: give a positive group size, or -1 / 0 for one group per row"
                 )));
             }
-            let cfg = secateur_quant::QuantConfig { bits, group_size: (group_size > 0).then_some(group_size as usize) };
-            let spec = secateur_models::ArchSpec::from_config_file(&model.model.join("config.json"))?;
-            sqft::check_quant(&spec, bits, cfg.group_size)?;
+            let cfg = secateur::quant::QuantConfig { bits, group_size: (group_size > 0).then_some(group_size as usize) };
+            let spec = secateur::models::ArchSpec::from_config_file(&model.model.join("config.json"))?;
+            secateur::pipelines::check_quant(&spec, bits, cfg.group_size)?;
             let manifest = Manifest::new("quantize", &json!({"model": model.model, "bits": bits, "group_size": group_size}));
             let staged = OutputDir::create(&out, &manifest, force, &[&model.model])?;
             let m = DenseLm::<B>::load(&model.model, &device)?;
-            let q = secateur_quant::checkpoint::quantize_model(m, cfg)?;
-            let bytes = secateur_quant::checkpoint::write_quantized(&model.model, staged.path(), &q)?;
+            let q = secateur::quant::checkpoint::quantize_model(m, cfg)?;
+            let bytes = secateur::quant::checkpoint::write_quantized(&model.model, staged.path(), &q)?;
             staged.publish()?;
-            let source = secateur_models::weights::weights_bytes(&model.model);
+            let source = secateur::models::weights::weights_bytes(&model.model);
             emit(
                 &serde_json::to_string(
                     &json!({"out": out, "bits": bits, "group_size": group_size, "weights_bytes": bytes, "source_weights_bytes": source}),
@@ -388,11 +416,11 @@ fn run_on<B: Backend>(cmd: Command, device: B::Device) -> Result<(), CliError> {
                 .expect("JSON"),
             );
         }
-        Command::Shears(_) | Command::Sqft(_) | Command::Nas(_) | Command::Search(_) | Command::MooBench { .. } => {
+        Command::Shears { .. } | Command::Sqft { .. } | Command::Nas { .. } | Command::Search { .. } | Command::MooBench { .. } => {
             unreachable!("handled in run")
         }
         Command::Prune { model, method, sparsity, nm, calibration, calibration_samples, seq_len, seed, batch_size, out, force } => {
-            use secateur_sparsity::{CalibrationSource, Pattern, PruneConfig, ScoreMethod, prune, sample_calibration};
+            use secateur::sparsity::{CalibrationSource, Pattern, PruneConfig, ScoreMethod, prune, sample_calibration};
             if let Some(r) = sparsity
                 && !(r.is_finite() && (0.0..1.0).contains(&r))
             {
@@ -401,7 +429,7 @@ fn run_on<B: Backend>(cmd: Command, device: B::Device) -> Result<(), CliError> {
             if batch_size == 0 {
                 return Err(CliError::Usage("--batch-size must be at least 1".into()));
             }
-            let spec = secateur_models::ArchSpec::from_config_file(&model.model.join("config.json"))?;
+            let spec = secateur::models::ArchSpec::from_config_file(&model.model.join("config.json"))?;
             let len = seq_len.unwrap_or_else(|| spec.context_length().min(2048));
             if len > spec.context_length() {
                 return Err(CliError::Usage(format!(
@@ -410,7 +438,7 @@ fn run_on<B: Backend>(cmd: Command, device: B::Device) -> Result<(), CliError> {
                 )));
             }
             if calibration.is_some() {
-                secateur_sparsity::check_calibration_size(calibration_samples, len)?;
+                secateur::sparsity::check_calibration_size(calibration_samples, len)?;
             }
             let manifest = Manifest::new(
                 "prune",
@@ -443,7 +471,7 @@ fn run_on<B: Backend>(cmd: Command, device: B::Device) -> Result<(), CliError> {
             let staged = OutputDir::create(&out, &manifest, force, &[&model.model])?;
             let m = DenseLm::<B>::load(&model.model, &device)?;
             let outcome = prune(m, &samples, &cfg)?;
-            let report = secateur_sparsity::checkpoint::write_pruned(&model.model, staged.path(), &outcome.model, &outcome.masks, &cfg)?;
+            let report = secateur::sparsity::checkpoint::write_pruned(&model.model, staged.path(), &outcome.model, &outcome.masks, &cfg)?;
             staged.publish()?;
             emit(
                 &serde_json::to_string(&json!({
@@ -462,7 +490,7 @@ fn run_on<B: Backend>(cmd: Command, device: B::Device) -> Result<(), CliError> {
 /// A dense or a quantized model, chosen by the checkpoint's `quantization_config`.
 enum AnyLm<B: Backend> {
     Dense(DenseLm<B>),
-    Quant(secateur_quant::QuantLm<B>),
+    Quant(secateur::quant::QuantLm<B>),
 }
 
 /// Runs an expression on whichever model an [`AnyLm`] holds.
@@ -478,29 +506,15 @@ use with_lm;
 
 impl<B: Backend> AnyLm<B> {
     fn load(dir: &Path, device: &B::Device) -> Result<Self, CliError> {
-        if dir.join("config.json").is_file() && secateur_quant::checkpoint::quant_config(dir)?.is_some() {
-            return Ok(Self::Quant(secateur_quant::checkpoint::load_quantized(dir, device)?));
+        if dir.join("config.json").is_file() && secateur::quant::checkpoint::quant_config(dir)?.is_some() {
+            return Ok(Self::Quant(secateur::quant::checkpoint::load_quantized(dir, device)?));
         }
         Ok(Self::Dense(DenseLm::load(dir, device)?))
     }
 
-    fn spec(&self) -> &secateur_models::ArchSpec {
+    fn spec(&self) -> &secateur::models::ArchSpec {
         with_lm!(self, |m| m.spec())
     }
-}
-
-/// Parses `a,b;c,d` into points of `k` finite coordinates each.
-fn parse_points(s: &str, k: usize) -> Result<Vec<Vec<f64>>, CliError> {
-    let bad = |why: String| CliError::Usage(format!("--ref-points {s:?}: {why}"));
-    s.split(';')
-        .map(|p| {
-            let v: Vec<f64> = p.split(',').map(|v| v.trim().parse::<f64>().map_err(|e| bad(e.to_string()))).collect::<Result<_, _>>()?;
-            if v.len() != k || v.iter().any(|x| !x.is_finite()) {
-                return Err(bad(format!("each point needs {k} finite coordinates, one per objective")));
-            }
-            Ok(v)
-        })
-        .collect()
 }
 
 /// Most logits (tokens x vocabulary) one `logits` forward batch holds: 64 MB of f32.
@@ -515,16 +529,17 @@ fn moo_bench(
     ref_points: Option<&str>,
     out: Option<&Path>,
 ) -> Result<(), CliError> {
-    use secateur_search::benchmarks::Benchmark;
-    use secateur_search::hypervolume::hypervolume;
-    use secateur_search::{Evaluator, Problem};
+    use secateur::search_algorithms::benchmarks::Benchmark;
+    use secateur::search_algorithms::hypervolume::hypervolume;
+    use secateur::search_algorithms::{Evaluator, Problem};
     let name = value_name(&problem);
     let p = Benchmark::by_name(&name).ok_or_else(|| CliError::Usage(format!("unknown problem {name:?}")))?;
     let m = p.n_objectives();
     if evals == 0 {
         return Err(CliError::Usage("--evals must be at least 1".into()));
     }
-    if matches!(algo, BenchAlgo::HillClimb) && p.variables().iter().any(|v| matches!(v, secateur_search::Variable::Real { .. })) {
+    if matches!(algo, BenchAlgo::HillClimb) && p.variables().iter().any(|v| matches!(v, secateur::search_algorithms::Variable::Real { .. }))
+    {
         return Err(CliError::Usage(format!(
             "--algo hill-climb steps between choices: {name} has real variables (use zdt1-discrete, or nsga2 / rnsga2 / random)"
         )));
@@ -534,21 +549,28 @@ fn moo_bench(
     let (population, front) = match algo {
         BenchAlgo::Nsga2 => {
             // Like pymoo's `res.opt`: the front of the final population.
-            let alg = secateur_search::nsga2::Nsga2 { archive_front: false, ..secateur_search::nsga2::Nsga2::new(pop, seed) };
+            let alg = secateur::search_algorithms::nsga2::Nsga2 {
+                archive_front: false,
+                ..secateur::search_algorithms::nsga2::Nsga2::new(pop, seed)
+            };
             let r = alg.run(&mut ev, evals)?;
             (r.population, r.front)
         }
         BenchAlgo::Rnsga2 => {
-            let refs = parse_points(ref_points.ok_or_else(|| CliError::Usage("rnsga2 needs --ref-points".into()))?, m)?;
-            let r = secateur_search::rnsga2::RNsga2::new(pop, refs, seed).run(&mut ev, evals)?;
+            let refs = secateur::pipelines::parse_points(
+                "--ref-points",
+                ref_points.ok_or_else(|| CliError::Usage("rnsga2 needs --ref-points".into()))?,
+                m,
+            )?;
+            let r = secateur::search_algorithms::rnsga2::RNsga2::new(pop, refs, seed).run(&mut ev, evals)?;
             (r.population, r.front)
         }
         BenchAlgo::Random => {
-            let r = secateur_search::local::RandomSearch { seed }.run(&mut ev, evals)?;
+            let r = secateur::search_algorithms::local::RandomSearch { seed }.run(&mut ev, evals)?;
             (r.front.clone(), r.front)
         }
         BenchAlgo::HillClimb => {
-            let r = secateur_search::local::HillClimb { start: None, weights: None }.run(&mut ev, evals)?;
+            let r = secateur::search_algorithms::local::HillClimb { start: None, weights: None }.run(&mut ev, evals)?;
             (r.front.clone(), r.front)
         }
     };
@@ -556,7 +578,7 @@ fn moo_bench(
     let pts: Vec<Vec<f64>> = population.iter().filter_map(|e| e.f.clone()).collect();
     let hv = hypervolume(&pts, &vec![1.1; m]);
     if let Some(dir) = out {
-        secateur_search::report::write_outputs(dir, &p.objective_names(), &ev.history, &front)?;
+        secateur::search_algorithms::report::write_outputs(dir, &p.objective_names(), &ev.history, &front)?;
     }
     emit(
         &serde_json::to_string(&json!({
@@ -580,7 +602,7 @@ fn emit(text: &str) {
     let _ = writeln!(out, "{text}").and_then(|()| out.flush());
 }
 
-fn info<B: Backend, P: secateur_models::Projection<B>>(m: &secateur_models::CausalLm<B, P>) -> serde_json::Value {
+fn info<B: Backend, P: secateur::models::Projection<B>>(m: &secateur::models::CausalLm<B, P>) -> serde_json::Value {
     let s = m.spec();
     let sites: Vec<_> = m
         .sites()

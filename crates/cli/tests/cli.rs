@@ -207,7 +207,7 @@ fn shears_runs_end_to_end_on_a_user_model_and_resumes() {
     assert!(out.join("nls-heuristic-adapter/adapter_config.json").is_file());
     assert!(out.join("wanda/masks.safetensors").is_file());
     assert!(out.join("train-nls/state.json").is_file());
-    assert!(out.join(secateur_runs::MANIFEST).is_file(), "the run records what made it");
+    assert!(out.join(secateur::runs::MANIFEST).is_file(), "the run records what made it");
     // A second run on the same directory needs --resume; resuming a finished run retrains nothing.
     let (ok, _, stderr) = secateur(&args);
     assert!(!ok && stderr.contains("--resume"), "{stderr}");

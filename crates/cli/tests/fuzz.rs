@@ -10,7 +10,7 @@ use std::path::Path;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use proptest::prelude::*;
-use secateur_models::{ArchSpec, Cpu, DenseLm, TextTokenizer};
+use secateur::models::{ArchSpec, Cpu, DenseLm, TextTokenizer};
 
 mod common;
 use common::fixture;
@@ -102,7 +102,7 @@ proptest! {
         let bytes = std::fs::read(fixture("llama_gqa").join("model.safetensors")).unwrap();
         let path = tmp.path().join("model.safetensors");
         std::fs::write(&path, mutate(&bytes, cut, &e, prefix)).unwrap();
-        if let Ok(ckpt) = secateur_models::Checkpoint::from_files(std::slice::from_ref(&path)) {
+        if let Ok(ckpt) = secateur::models::Checkpoint::from_files(std::slice::from_ref(&path)) {
             for name in ckpt.names() {
                 let shape = ckpt.shape(&name).unwrap().to_vec();
                 let _ = ckpt.read_f32(&name, &shape);
@@ -144,7 +144,7 @@ proptest! {
         let weight_map: serde_json::Map<String, serde_json::Value> = map.into_iter().collect();
         let index = serde_json::json!({"weight_map": weight_map, "metadata": extra});
         std::fs::write(tmp.path().join("model.safetensors.index.json"), index.to_string()).unwrap();
-        let _ = secateur_models::Checkpoint::open(tmp.path());
+        let _ = secateur::models::Checkpoint::open(tmp.path());
         let _ = DenseLm::<Cpu>::load(tmp.path(), &Default::default());
     }
 
@@ -160,9 +160,9 @@ proptest! {
             v["quantization_config"][k] = x;
         }
         std::fs::write(&p, v.to_string()).unwrap();
-        if let Ok(Some(q)) = secateur_quant::checkpoint::quant_config(tmp.path()) {
+        if let Ok(Some(q)) = secateur::quant::checkpoint::quant_config(tmp.path()) {
             prop_assert!(matches!(q.bits, 2 | 4 | 8));
-            let _ = secateur_quant::checkpoint::load_quantized::<Cpu>(tmp.path(), &Default::default());
+            let _ = secateur::quant::checkpoint::load_quantized::<Cpu>(tmp.path(), &Default::default());
         }
     }
 
@@ -189,7 +189,7 @@ proptest! {
         let tmp = tempfile::tempdir().unwrap();
         let p = tmp.path().join("d.jsonl");
         std::fs::write(&p, lines.join("\n")).unwrap();
-        let _ = secateur_supernet::data::read_records(&p);
+        let _ = secateur::supernet::data::read_records(&p);
     }
 
     #[test]
@@ -203,10 +203,10 @@ proptest! {
         let tmp = tempfile::tempdir().unwrap();
         let p = tmp.path().join("c.json");
         std::fs::write(&p, lines.join("\n")).unwrap();
-        if let Ok(src) = secateur_sparsity::CalibrationSource::from_file(&p) {
+        if let Ok(src) = secateur::sparsity::CalibrationSource::from_file(&p) {
             let tok = TextTokenizer::from_file(&fixture("llama_gqa").join("tokenizer.json")).unwrap();
             if let Ok(docs) = src.into_token_ids(Some(&tok), &p) {
-                let _ = secateur_sparsity::sample_calibration(&docs, 4, 8, 0);
+                let _ = secateur::sparsity::sample_calibration(&docs, 4, 8, 0);
             }
         }
     }
@@ -227,10 +227,10 @@ proptest! {
             text.push('\n');
         }
         std::fs::write(&p, text).unwrap();
-        let problem = secateur_search::benchmarks::Benchmark::by_name("zdt1-discrete").unwrap();
+        let problem = secateur::search_algorithms::benchmarks::Benchmark::by_name("zdt1-discrete").unwrap();
         let ctx = serde_json::json!({"problem": "zdt1-discrete"});
-        if let Ok(mut ev) = secateur_search::Evaluator::persistent(&problem, &p, &ctx) {
-            let _ = secateur_search::nsga2::Nsga2::new(4, 0).run(&mut ev, 8);
+        if let Ok(mut ev) = secateur::search_algorithms::Evaluator::persistent(&problem, &p, &ctx) {
+            let _ = secateur::search_algorithms::nsga2::Nsga2::new(4, 0).run(&mut ev, 8);
         }
     }
 
@@ -238,17 +238,17 @@ proptest! {
     fn run_records(manifest in any_json(), pointer in any_json(), step_dir in "[a-z0-9./-]{0,12}") {
         count("run records", &RECORDS);
         let tmp = tempfile::tempdir().unwrap();
-        std::fs::write(tmp.path().join(secateur_runs::MANIFEST), manifest.to_string()).unwrap();
-        let _ = secateur_runs::Manifest::read(tmp.path());
-        let m = secateur_runs::Manifest::new("shears", &serde_json::json!({"seed": 0}));
-        let _ = secateur_runs::RunDir::open(&tmp.path().join("sub"), &m, &[], secateur_runs::OpenMode::Resume, &[]);
-        let _ = secateur_runs::RunDir::open(tmp.path(), &m, &[], secateur_runs::OpenMode::Resume, &[]);
+        std::fs::write(tmp.path().join(secateur::runs::MANIFEST), manifest.to_string()).unwrap();
+        let _ = secateur::runs::Manifest::read(tmp.path());
+        let m = secateur::runs::Manifest::new("shears", &serde_json::json!({"seed": 0}));
+        let _ = secateur::runs::RunDir::open(&tmp.path().join("sub"), &m, &[], secateur::runs::OpenMode::Resume, &[]);
+        let _ = secateur::runs::RunDir::open(tmp.path(), &m, &[], secateur::runs::OpenMode::Resume, &[]);
         let ck = tmp.path().join("ck");
         std::fs::create_dir_all(ck.join("step-1")).unwrap();
         std::fs::write(ck.join("state.json"), serde_json::json!({"step": pointer, "dir": step_dir, "state": {}}).to_string()).unwrap();
-        let _ = secateur_runs::StepCheckpoints::new(&ck).latest::<serde_json::Value>();
+        let _ = secateur::runs::StepCheckpoints::new(&ck).latest::<serde_json::Value>();
         std::fs::write(ck.join("state.json"), pointer.to_string()).unwrap();
-        let _ = secateur_runs::StepCheckpoints::new(&ck).latest::<serde_json::Value>();
+        let _ = secateur::runs::StepCheckpoints::new(&ck).latest::<serde_json::Value>();
     }
 }
 

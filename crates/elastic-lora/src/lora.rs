@@ -99,6 +99,16 @@ pub trait Adapted<B: Backend> {
     fn adapter_mut(&mut self) -> Option<&mut LoraAdapter<B>>;
 }
 
+/// A plain projection carries none (full-parameter training trains the weights themselves).
+impl<B: Backend> Adapted<B> for Dense<B> {
+    fn adapter(&self) -> Option<&LoraAdapter<B>> {
+        None
+    }
+    fn adapter_mut(&mut self) -> Option<&mut LoraAdapter<B>> {
+        None
+    }
+}
+
 impl<B: Backend, P: Module<B>> Adapted<B> for ElasticLoraLinear<B, P> {
     fn adapter(&self) -> Option<&LoraAdapter<B>> {
         self.adapter.as_ref()

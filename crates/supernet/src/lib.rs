@@ -2,11 +2,14 @@
 //!
 //! - [`data`]: LLM-Adapters / Alpaca records, the Alpaca prompt, tokenised and right-padded
 //!   batches with loss masks, and disjoint splits.
-//! - [`train`]: the training loop. Per optimizer step it activates one sub-adapter (`nls`: drawn
-//!   uniformly and independently per group; `fixed`: the maximal one; `sandwich`: maximal, k
-//!   random and minimal, gradients accumulated), runs forward and backward over the micro-batches
-//!   of the step, clips the global gradient norm and takes an AdamW step with PyTorch's defaults
-//!   set explicitly, under linear warm-up and cosine decay. Checkpoints every N steps; a resumed
+//! - [`train`]: the one training loop, [`fit`]. A [`StepSource`] decides which sub-network(s)
+//!   each optimizer step activates: [`AdapterSteps`] (`nls`: one sub-adapter drawn uniformly and
+//!   independently per group; `fixed`: the maximal one; `sandwich`: maximal, k random and
+//!   minimal), [`nas::SupernetSteps`] (a NAS sampler's sub-networks, with LoNAS ranks) or
+//!   [`FullSteps`] (the whole model: pretraining, full fine-tuning). Per step it runs forward and
+//!   backward over the micro-batches, clips the global gradient norm and takes an AdamW step
+//!   with PyTorch's defaults set explicitly, under linear warm-up and cosine decay. One
+//!   crash-safe checkpoint format (step directories named by an atomic `state.json`); a resumed
 //!   run continues exactly where the killed one stopped.
 //! - [`eval`]: greedy generation with answer extraction (exact match) and perplexity.
 
@@ -18,7 +21,7 @@ pub mod toy;
 pub mod train;
 
 pub use data::{Example, Record, alpaca_prompt};
-pub use train::{Strategy, TrainConfig, TrainReport, train};
+pub use train::{Activation, AdapterSteps, FullSteps, StepSource, Strategy, TrainConfig, TrainReport, fit, train};
 
 /// Errors of training and evaluation.
 #[derive(Debug, thiserror::Error)]

@@ -1,6 +1,6 @@
 //! Two-stage NAS for LLM compression: a structural search space over blocks, MLP width and
 //! key/value groups, its exact cost, the samplers that train the super-network (uniform, sandwich,
-//! grid-params, calibrate-mag) and the training loop (full fine-tuning of every parameter).
+//! grid-params, calibrate-mag) and their step source for the training loop ([`fit`]).
 //!
 //! The space has an embedding width, a depth (the `d` most important blocks, in order), and MLP
 //! widths and key/value groups either shared by the kept blocks (homogeneous: LLaMA sub-networks
@@ -10,21 +10,18 @@
 use std::path::Path;
 
 use burn::module::AutodiffModule;
-use burn::optim::{GradientsAccumulator, GradientsParams, Optimizer};
 use burn::prelude::*;
-use burn::record::{BinFileRecorder, FullPrecisionSettings, Recorder};
 use burn::tensor::backend::AutodiffBackend;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
-use secateur_elastic_lora::{RankControl, SearchSpace, SubnetConfig};
+use secateur_elastic_lora::{Adapted, RankControl, SearchSpace, SubnetConfig};
 use secateur_models::generate::token_tensor;
 use secateur_models::{ArchSpec, CausalLm, DenseLm, LayerStructure, Sliceable, SubnetStructure};
-use secateur_runs::StepCheckpoints;
 use serde::{Deserialize, Serialize};
 
 use crate::TrainError;
 use crate::data::{Batch, Example};
-use crate::train::{TrainConfig, adamw, checkpoint_err, clip_global_norm, lm_loss, lr_at};
+use crate::train::{Activation, StepSource, TrainConfig, TrainReport, fit, lm_loss};
 
 /// Choices of the structural search space (each list descending; index 0 is the largest).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -267,17 +264,6 @@ pub fn structure_magnitude<B: Backend>(model: &DenseLm<B>, s: &SubnetStructure) 
         .sum()
 }
 
-/// Report of a super-network training run.
-#[derive(Debug, Clone, Serialize, Deserialize, Default)]
-pub struct NasReport {
-    pub steps: usize,
-    pub losses: Vec<f64>,
-    pub seconds: f64,
-    pub grid_size: usize,
-    /// The step a resumed run started from.
-    pub resumed_from: Option<usize>,
-}
-
 /// The elastic LoRA ranks of step `step`'s sub-networks (LoNAS with elastic ranks): with the
 /// sandwich rule the maximal sub-network gets the maximal ranks and the minimal one the
 /// minimal ranks; every other sub-network draws one rank per group uniformly.
@@ -292,126 +278,69 @@ pub fn step_ranks(kind: SamplerKind, space: &SearchSpace, seed: u64, step: usize
         .collect()
 }
 
-#[derive(Serialize, Deserialize)]
-struct NasState {
-    step: usize,
-    report: NasReport,
+/// Super-network training: per step the sampler's sub-networks, each with (LoNAS with elastic
+/// ranks) the adapter ranks of [`step_ranks`].
+pub struct SupernetSteps<'a> {
+    pub sampler: &'a Sampler,
+    pub ranks: Option<&'a RankControl>,
+    pub seed: u64,
 }
 
-/// Saves the model and optimizer records as one all-or-nothing step checkpoint
-/// ([`StepCheckpoints`]): a run killed at any moment leaves a complete checkpoint behind.
-fn save_nas_checkpoint<B: AutodiffBackend, P: Sliceable<B>, O: Optimizer<CausalLm<B, P>, B>>(
-    checkpoints: &StepCheckpoints,
-    model: &CausalLm<B, P>,
-    optim: &O,
-    step: usize,
-    report: &NasReport,
-) -> Result<(), TrainError>
-where
-    CausalLm<B, P>: AutodiffModule<B>,
-{
-    let state = NasState { step, report: report.clone() };
-    checkpoints.save(step, &state, |sub: &Path| {
-        let recorder = BinFileRecorder::<FullPrecisionSettings>::new();
-        model
-            .clone()
-            .save_file(sub.join("model"), &recorder)
-            .map_err(|e| TrainError::Checkpoint { path: sub.join("model.bin"), reason: e.to_string() })?;
-        recorder
-            .record(optim.to_record(), sub.join("optimizer"))
-            .map_err(|e| TrainError::Checkpoint { path: sub.join("optimizer.bin"), reason: e.to_string() })
-    })
+impl<B: Backend, P: Sliceable<B>> StepSource<B, P> for SupernetSteps<'_> {
+    fn label(&self) -> &'static str {
+        "super-network"
+    }
+    fn activations(&self, step: usize) -> Vec<Activation> {
+        let subnets = self.sampler.step(self.seed, step);
+        let ranks = self.ranks.map(|r| step_ranks(self.sampler.kind, &r.space, self.seed, step, subnets.len()));
+        subnets
+            .iter()
+            .enumerate()
+            .map(|(i, c)| Activation { ranks: ranks.as_ref().map(|r| r[i].clone()), structure: Some(self.sampler.space.structure(c)) })
+            .collect()
+    }
+    fn forward(
+        &self,
+        model: &CausalLm<B, P>,
+        a: &Activation,
+        ids: Tensor<B, 2, Int>,
+        mask: &[Vec<bool>],
+    ) -> Result<Tensor<B, 3>, TrainError> {
+        if let (Some(control), Some(r)) = (self.ranks, &a.ranks) {
+            control.apply(r)?;
+        }
+        Ok(match &a.structure {
+            Some(s) => model.forward_subnet(ids, mask, s)?,
+            None => model.forward(ids, mask)?,
+        })
+    }
+    fn finish(&self) -> Result<(), TrainError> {
+        if let Some(r) = self.ranks {
+            r.apply(&r.space.maximal())?;
+        }
+        Ok(())
+    }
 }
 
-/// Trains `model` as a super-network: per optimizer step, the sampler's sub-networks each run
-/// forward and backward on the step's batch (gradients accumulated). Every trainable parameter
-/// learns: all of them for full fine-tuning, the adapters only when the base is frozen (LoNAS).
-/// With `ranks` (LoNAS with elastic ranks), each sub-network also activates the ranks of
-/// [`step_ranks`].
-///
-/// With `checkpoint_dir`, the model and optimizer are saved every `cfg.checkpoint_every` steps
-/// and at the end; a directory that already holds a checkpoint is resumed from. Sub-networks,
-/// ranks and data order are functions of (seed, step), so a resumed run takes the same steps as
-/// an uninterrupted one. `cfg.stop_after` stops early (to test resumption).
-pub fn train_supernet<B: AutodiffBackend, P: Sliceable<B>>(
-    mut model: CausalLm<B, P>,
+/// Trains `model` as a super-network ([`fit`] with [`SupernetSteps`]): per optimizer step, the
+/// sampler's sub-networks each run forward and backward on the step's batch (gradients
+/// accumulated). Every trainable parameter learns: all of them for full fine-tuning, the
+/// adapters only when the base is frozen (LoNAS). With `ranks` (LoNAS with elastic ranks), each
+/// sub-network also activates the ranks of [`step_ranks`]. Checkpoints and resumption as in
+/// [`fit`].
+pub fn train_supernet<B: AutodiffBackend, P: Sliceable<B> + Adapted<B>>(
+    model: CausalLm<B, P>,
     sampler: &Sampler,
     ranks: Option<&RankControl>,
     examples: &[Example],
     cfg: &TrainConfig,
     pad: u32,
     checkpoint_dir: Option<&Path>,
-) -> Result<(CausalLm<B, P>, NasReport), TrainError>
+) -> Result<(CausalLm<B, P>, TrainReport), TrainError>
 where
     CausalLm<B, P>: AutodiffModule<B>,
 {
-    if examples.is_empty() {
-        return Err(TrainError::Config("no training examples".into()));
-    }
-    cfg.validate()?;
-    let device = model.embed.val().device();
-    let per_epoch = examples.len().div_ceil(cfg.batch_size);
-    let total = per_epoch * cfg.epochs;
-    let mut optim = adamw(cfg).init::<B, CausalLm<B, P>>();
-    let mut report = NasReport { grid_size: sampler.grid.len(), ..Default::default() };
-    let mut start = 0;
-    let checkpoints = checkpoint_dir.map(StepCheckpoints::new);
-    if let Some(c) = &checkpoints
-        && let Some((_, sub, state)) = c.latest::<NasState>()?
-    {
-        c.clean()?;
-        let recorder = BinFileRecorder::<FullPrecisionSettings>::new();
-        model = model.load_file(sub.join("model"), &recorder, &device).map_err(|e| checkpoint_err(&sub.join("model.bin"), e))?;
-        let record = recorder.load(sub.join("optimizer"), &device).map_err(|e| checkpoint_err(&sub.join("optimizer.bin"), e))?;
-        optim = optim.load_record(record);
-        start = state.step;
-        report = state.report;
-        report.resumed_from = Some(start);
-    }
-    let bar = crate::train::step_bar("super-network", total, start, cfg.progress);
-    let clock = std::time::Instant::now();
-    let seconds_before = report.seconds;
-    let end = cfg.stop_after.map_or(total, |s| s.min(total));
-    let mut schedule = crate::train::Schedule::new(examples, cfg.batch_size, cfg.seed);
-    for step in start..end {
-        let chosen = schedule.batch(step);
-        let batch = Batch::new(&chosen, pad);
-        let mut acc = GradientsAccumulator::new();
-        let mut loss_sum = 0.0;
-        let subnets = sampler.step(cfg.seed, step);
-        let rank_configs = ranks.map(|r| step_ranks(sampler.kind, &r.space, cfg.seed, step, subnets.len()));
-        for (i, c) in subnets.iter().enumerate() {
-            if let (Some(r), Some(configs)) = (ranks, &rank_configs) {
-                r.apply(&configs[i])?;
-            }
-            let logits = model.forward_subnet(token_tensor::<B>(&batch.ids, &device), &batch.mask, &sampler.space.structure(c))?;
-            let loss = lm_loss(logits, &batch, batch.target_tokens().max(1) as f64);
-            loss_sum += loss.clone().into_scalar().elem::<f64>();
-            acc.accumulate(&model, GradientsParams::from_grads(loss.backward(), &model));
-        }
-        crate::train::check_loss(step, loss_sum)?;
-        let mut grads = acc.grads();
-        if let Some(max) = cfg.max_grad_norm {
-            clip_global_norm(&model, &mut grads, max);
-        }
-        model = optim.step(lr_at(cfg, step, total), model, grads);
-        report.losses.push(loss_sum);
-        report.steps = step + 1;
-        bar.set_message(format!("loss {loss_sum:.3}"));
-        bar.inc(1);
-        if let Some(c) = &checkpoints
-            && ((cfg.checkpoint_every > 0 && (step + 1) % cfg.checkpoint_every == 0) || step + 1 == end)
-        {
-            report.seconds = seconds_before + clock.elapsed().as_secs_f64();
-            save_nas_checkpoint(c, &model, &optim, step + 1, &report)?;
-        }
-    }
-    bar.finish();
-    if let Some(r) = ranks {
-        r.apply(&r.space.maximal())?;
-    }
-    report.seconds = seconds_before + clock.elapsed().as_secs_f64();
-    Ok((model, report))
+    fit(model, &SupernetSteps { sampler, ranks, seed: cfg.seed }, examples, cfg, pad, checkpoint_dir)
 }
 
 /// Mean next-token loss of a sub-network on `examples` (target tokens only).

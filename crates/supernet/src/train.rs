@@ -3,7 +3,7 @@
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use burn::module::{AutodiffModule, ModuleVisitor, Param};
+use burn::module::{AutodiffModule, Module, ModuleVisitor, Param};
 use burn::optim::{AdamWConfig, GradientsAccumulator, GradientsParams, Optimizer};
 use burn::prelude::*;
 use burn::record::{BinFileRecorder, FullPrecisionSettings, Recorder};
@@ -15,7 +15,7 @@ use rand::{Rng, SeedableRng};
 use secateur_elastic_lora::{Adapted, RankControl, SubnetConfig, stable_param};
 use secateur_models::generate::token_tensor;
 use secateur_models::weights::{Checkpoint, Dtype, RawTensor, write_safetensors};
-use secateur_models::{CausalLm, Projection};
+use secateur_models::{CausalLm, Projection, SubnetStructure};
 use secateur_runs::{Progress, StepCheckpoints};
 use serde::{Deserialize, Serialize};
 
@@ -40,6 +40,9 @@ pub enum Strategy {
 pub struct TrainConfig {
     pub strategy: Strategy,
     pub epochs: usize,
+    /// Total optimizer steps (default: `epochs` passes over the examples).
+    #[serde(default)]
+    pub steps: Option<usize>,
     /// Examples per optimizer step.
     pub batch_size: usize,
     /// Examples per forward pass (gradients accumulate over `batch_size / micro_batch_size`).
@@ -66,6 +69,7 @@ impl Default for TrainConfig {
         Self {
             strategy: Strategy::Nls,
             epochs: 1,
+            steps: None,
             batch_size: 16,
             micro_batch_size: 4,
             lr: 3e-4,
@@ -88,7 +92,7 @@ impl TrainConfig {
     /// divide, a finite positive learning rate of at most 1, finite optimizer values.
     pub fn validate(&self) -> Result<(), TrainError> {
         let bad = |m: String| Err(TrainError::Config(m));
-        if self.epochs == 0 {
+        if self.epochs == 0 || self.steps == Some(0) {
             return bad("--epochs must be at least 1".into());
         }
         if self.batch_size == 0 || self.micro_batch_size == 0 || !self.batch_size.is_multiple_of(self.micro_batch_size) {
@@ -152,10 +156,14 @@ pub fn lr_at(cfg: &TrainConfig, step: usize, total: usize) -> f64 {
 
 /// The sub-adapters trained at `step`.
 pub fn step_configs(cfg: &TrainConfig, ranks: &RankControl, step: usize) -> Vec<SubnetConfig> {
+    rank_configs(cfg.strategy, cfg.seed, ranks, step)
+}
+
+fn rank_configs(strategy: Strategy, seed: u64, ranks: &RankControl, step: usize) -> Vec<SubnetConfig> {
     let space = &ranks.space;
-    let mut rng = StdRng::seed_from_u64(cfg.seed ^ (step as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15));
+    let mut rng = StdRng::seed_from_u64(seed ^ (step as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15));
     let mut random = || SubnetConfig(space.groups.iter().map(|g| rng.random_range(0..g.choices.len())).collect());
-    match cfg.strategy {
+    match strategy {
         Strategy::Fixed => vec![space.maximal()],
         Strategy::Nls => vec![random()],
         Strategy::Sandwich { random: k } => {
@@ -164,6 +172,91 @@ pub fn step_configs(cfg: &TrainConfig, ranks: &RankControl, step: usize) -> Vec<
             v.push(space.minimal());
             v
         }
+    }
+}
+
+/// What one sub-network of a training step activates.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct Activation {
+    /// Adapter ranks (elastic LoRA), applied before the forward pass.
+    pub ranks: Option<SubnetConfig>,
+    /// The structural sub-network (NAS); `None` runs the whole model.
+    pub structure: Option<SubnetStructure>,
+}
+
+/// Decides which sub-network(s) each optimizer step of [`fit`] trains, and runs them.
+pub trait StepSource<B: Backend, P: Projection<B>> {
+    /// The progress bar's label.
+    fn label(&self) -> &'static str;
+    /// The sub-networks of step `step` (0-based); their gradients are summed. A function of the
+    /// step alone, so that a resumed run takes the steps of an uninterrupted one.
+    fn activations(&self, step: usize) -> Vec<Activation>;
+    /// Logits `[batch, seq, vocab]` of `model` with `a` active.
+    fn forward(
+        &self,
+        model: &CausalLm<B, P>,
+        a: &Activation,
+        ids: Tensor<B, 2, Int>,
+        mask: &[Vec<bool>],
+    ) -> Result<Tensor<B, 3>, TrainError>;
+    /// Called when training ends (restores the maximal ranks).
+    fn finish(&self) -> Result<(), TrainError> {
+        Ok(())
+    }
+}
+
+/// Adapter training: per step the sub-adapter(s) of a [`Strategy`] (fixed LoRA, NLS, sandwich).
+pub struct AdapterSteps<'a> {
+    pub strategy: Strategy,
+    pub ranks: &'a RankControl,
+    pub seed: u64,
+}
+
+impl<B: Backend, P: Projection<B>> StepSource<B, P> for AdapterSteps<'_> {
+    fn label(&self) -> &'static str {
+        "training"
+    }
+    fn activations(&self, step: usize) -> Vec<Activation> {
+        rank_configs(self.strategy, self.seed, self.ranks, step)
+            .into_iter()
+            .map(|c| Activation { ranks: Some(c), structure: None })
+            .collect()
+    }
+    fn forward(
+        &self,
+        model: &CausalLm<B, P>,
+        a: &Activation,
+        ids: Tensor<B, 2, Int>,
+        mask: &[Vec<bool>],
+    ) -> Result<Tensor<B, 3>, TrainError> {
+        if let Some(r) = &a.ranks {
+            self.ranks.apply(r)?;
+        }
+        Ok(model.forward(ids, mask)?)
+    }
+    fn finish(&self) -> Result<(), TrainError> {
+        Ok(self.ranks.apply(&self.ranks.space.maximal())?)
+    }
+}
+
+/// Full-parameter training of the whole model (pretraining, full fine-tuning).
+pub struct FullSteps;
+
+impl<B: Backend, P: Projection<B>> StepSource<B, P> for FullSteps {
+    fn label(&self) -> &'static str {
+        "training"
+    }
+    fn activations(&self, _: usize) -> Vec<Activation> {
+        vec![Activation::default()]
+    }
+    fn forward(
+        &self,
+        model: &CausalLm<B, P>,
+        _: &Activation,
+        ids: Tensor<B, 2, Int>,
+        mask: &[Vec<bool>],
+    ) -> Result<Tensor<B, 3>, TrainError> {
+        Ok(model.forward(ids, mask)?)
     }
 }
 
@@ -273,15 +366,37 @@ pub(crate) fn step_bar(label: &str, total: usize, start: usize, show: bool) -> P
     Progress::new(label, "steps", total, start, show)
 }
 
-/// Trains the adapters of `model` (its base must be frozen) on `examples`.
-///
-/// With `checkpoint_dir`, a checkpoint (adapter weights, AdamW state, progress) is written every
-/// `checkpoint_every` steps and at the end; when the directory already holds one, training
-/// resumes from it. Sub-adapters and data order are functions of (seed, step), so a resumed run
-/// takes exactly the steps the uninterrupted run would have taken.
+/// Trains the adapters of `model` (its base must be frozen) on `examples` with `cfg.strategy`:
+/// [`fit`] with [`AdapterSteps`].
 pub fn train<B: AutodiffBackend, P: Projection<B> + Adapted<B>>(
-    mut model: CausalLm<B, P>,
+    model: CausalLm<B, P>,
     ranks: &RankControl,
+    examples: &[Example],
+    cfg: &TrainConfig,
+    pad: u32,
+    checkpoint_dir: Option<&Path>,
+) -> Result<(CausalLm<B, P>, TrainReport), TrainError>
+where
+    CausalLm<B, P>: AutodiffModule<B>,
+{
+    fit(model, &AdapterSteps { strategy: cfg.strategy, ranks, seed: cfg.seed }, examples, cfg, pad, checkpoint_dir)
+}
+
+/// The training loop of secateur: every optimizer step runs the step source's sub-networks
+/// forward and backward over the step's micro-batches (gradients accumulated, the loss
+/// normalised by the step's target tokens), clips the global gradient norm and takes an AdamW
+/// step under linear warm-up and cosine decay. Every parameter that requires gradients learns:
+/// the adapters when the base is frozen, all weights otherwise.
+///
+/// With `checkpoint_dir`, a checkpoint is written every `cfg.checkpoint_every` steps and at the
+/// end ([`StepCheckpoints`]: `step-N/` holds the trained parameters, `adapters.safetensors` when
+/// the model has adapters and `model.bin` otherwise, and the AdamW state `optimizer.bin`;
+/// `state.json` names it). A directory that holds one is resumed from: data order and
+/// sub-networks are functions of (seed, step), so a resumed run takes exactly the steps the
+/// uninterrupted run would have taken. `cfg.stop_after` stops early (to test resumption).
+pub fn fit<B: AutodiffBackend, P: Projection<B> + Adapted<B>, S: StepSource<B, P>>(
+    mut model: CausalLm<B, P>,
+    source: &S,
     examples: &[Example],
     cfg: &TrainConfig,
     pad: u32,
@@ -295,17 +410,19 @@ where
     }
     cfg.validate()?;
     let device = model.embed.val().device();
-    let steps_per_epoch = examples.len().div_ceil(cfg.batch_size);
-    let total = steps_per_epoch * cfg.epochs;
+    let total = cfg.steps.unwrap_or_else(|| examples.len().div_ceil(cfg.batch_size) * cfg.epochs);
     let mut optim = adamw(cfg).init::<B, CausalLm<B, P>>();
-    let mut report = TrainReport { total_steps: total, trainable_params: trainable_params(&model), ..Default::default() };
+    let adapter_params = trainable_params(&model);
+    let payload = if adapter_params > 0 { Payload::Adapters } else { Payload::Model };
+    let trainable = if adapter_params > 0 { adapter_params } else { model.num_params() };
+    let mut report = TrainReport { total_steps: total, trainable_params: trainable, ..Default::default() };
     let mut start = 0;
     let checkpoints = checkpoint_dir.map(StepCheckpoints::new);
     if let Some(c) = &checkpoints
         && let Some((_, sub, state)) = c.latest::<State>()?
     {
         c.clean()?;
-        model = load_adapters(model, &sub.join("adapters.safetensors"), &device)?;
+        model = payload.load(model, &sub, &device)?;
         let record = BinFileRecorder::<FullPrecisionSettings>::new()
             .load(sub.join("optimizer"), &device)
             .map_err(|e| checkpoint_err(&sub.join("optimizer.bin"), e))?;
@@ -314,7 +431,7 @@ where
         report = state.report;
         report.resumed_from = Some(start);
     }
-    let bar = step_bar("training", total, start, cfg.progress);
+    let bar = step_bar(source.label(), total, start, cfg.progress);
     let clock = Instant::now();
     let seconds_before = report.seconds;
     let end = cfg.stop_after.map_or(total, |s| s.min(total));
@@ -323,42 +440,82 @@ where
         let chosen = schedule.batch(step);
         let micro: Vec<Batch> = chosen.chunks(cfg.micro_batch_size).map(|c| Batch::new(c, pad)).collect();
         let tokens: usize = micro.iter().map(Batch::target_tokens).sum();
-        let configs = step_configs(cfg, ranks, step);
+        let activations = source.activations(step);
         let mut accumulator = GradientsAccumulator::new();
         let mut step_loss = 0.0;
-        for config in &configs {
-            ranks.apply(config)?;
+        for a in &activations {
             for batch in &micro {
-                let logits = model.forward(token_tensor::<B>(&batch.ids, &device), &batch.mask)?;
+                let logits = source.forward(&model, a, token_tensor::<B>(&batch.ids, &device), &batch.mask)?;
                 let loss = lm_loss(logits, batch, tokens.max(1) as f64);
                 step_loss += loss.clone().into_scalar().elem::<f64>();
                 let grads = GradientsParams::from_grads(loss.backward(), &model);
                 accumulator.accumulate(&model, grads);
             }
         }
+        check_loss(step, step_loss)?;
         let mut grads = accumulator.grads();
         if let Some(max) = cfg.max_grad_norm {
             clip_global_norm(&model, &mut grads, max);
         }
-        check_loss(step, step_loss)?;
         model = optim.step(lr_at(cfg, step, total), model, grads);
         report.losses.push(step_loss);
-        report.configs.push(configs[0].clone());
+        if let Some(r) = &activations[0].ranks {
+            report.configs.push(r.clone());
+        }
         report.steps = step + 1;
         bar.set_message(format!("loss {step_loss:.4}"));
         bar.inc(1);
-        let last = step + 1 == end;
         if let Some(c) = &checkpoints
-            && ((cfg.checkpoint_every > 0 && (step + 1) % cfg.checkpoint_every == 0) || last)
+            && ((cfg.checkpoint_every > 0 && (step + 1) % cfg.checkpoint_every == 0) || step + 1 == end)
         {
             report.seconds = seconds_before + clock.elapsed().as_secs_f64();
-            save_checkpoint(c, &model, &optim, step + 1, &report)?;
+            let state = State { step: step + 1, report: report.clone() };
+            c.save(step + 1, &state, |dir: &Path| {
+                payload.save(&model, dir)?;
+                BinFileRecorder::<FullPrecisionSettings>::new()
+                    .record(optim.to_record(), dir.join("optimizer"))
+                    .map_err(|e| TrainError::Checkpoint { path: dir.join("optimizer.bin"), reason: e.to_string() })
+            })?;
         }
     }
     bar.finish();
     report.seconds = seconds_before + clock.elapsed().as_secs_f64();
-    ranks.apply(&ranks.space.maximal())?;
+    source.finish()?;
     Ok((model, report))
+}
+
+/// What a checkpoint holds of the model: the adapters (the base is frozen and re-made from the
+/// run's inputs), or the whole model (full-parameter training).
+#[derive(Clone, Copy)]
+enum Payload {
+    Adapters,
+    Model,
+}
+
+impl Payload {
+    fn save<B: Backend, P: Projection<B> + Adapted<B>>(self, model: &CausalLm<B, P>, dir: &Path) -> Result<(), TrainError> {
+        match self {
+            Payload::Adapters => save_adapters(model, &dir.join("adapters.safetensors")),
+            Payload::Model => model
+                .clone()
+                .save_file(dir.join("model"), &BinFileRecorder::<FullPrecisionSettings>::new())
+                .map_err(|e| TrainError::Checkpoint { path: dir.join("model.bin"), reason: e.to_string() }),
+        }
+    }
+
+    fn load<B: Backend, P: Projection<B> + Adapted<B>>(
+        self,
+        model: CausalLm<B, P>,
+        dir: &Path,
+        device: &B::Device,
+    ) -> Result<CausalLm<B, P>, TrainError> {
+        match self {
+            Payload::Adapters => load_adapters(model, &dir.join("adapters.safetensors"), device),
+            Payload::Model => model
+                .load_file(dir.join("model"), &BinFileRecorder::<FullPrecisionSettings>::new(), device)
+                .map_err(|e| checkpoint_err(&dir.join("model.bin"), e)),
+        }
+    }
 }
 
 /// Number of adapter parameters at the maximal ranks.
@@ -401,26 +558,6 @@ pub fn final_adapters(dir: &Path) -> Result<PathBuf, TrainError> {
     }
 }
 
-/// Saves adapters, optimizer state and progress as one all-or-nothing step checkpoint.
-fn save_checkpoint<B: AutodiffBackend, P: Projection<B> + Adapted<B>, O: Optimizer<CausalLm<B, P>, B>>(
-    checkpoints: &StepCheckpoints,
-    model: &CausalLm<B, P>,
-    optim: &O,
-    step: usize,
-    report: &TrainReport,
-) -> Result<(), TrainError>
-where
-    CausalLm<B, P>: AutodiffModule<B>,
-{
-    let state = State { step, report: report.clone() };
-    checkpoints.save(step, &state, |dir: &Path| {
-        save_adapters(model, &dir.join("adapters.safetensors"))?;
-        BinFileRecorder::<FullPrecisionSettings>::new()
-            .record(optim.to_record(), dir.join("optimizer"))
-            .map_err(|e| TrainError::Checkpoint { path: dir.join("optimizer.bin"), reason: e.to_string() })
-    })
-}
-
 /// Writes the full (maximal-rank) adapter factors, named `<site>.lora_A` / `<site>.lora_B`.
 pub fn save_adapters<B: Backend, P: Projection<B> + Adapted<B>>(model: &CausalLm<B, P>, path: &Path) -> Result<(), TrainError> {
     let mut tensors: Vec<RawTensor> = Vec::new();
@@ -460,10 +597,10 @@ pub fn load_adapters<B: Backend, P: Projection<B> + Adapted<B>>(
 }
 
 /// Full-parameter causal-LM training of a dense model (for pretraining small models from
-/// scratch): `steps` AdamW steps over batches of `batch_size` sequences drawn in a seeded
-/// order, with `cfg`'s learning-rate schedule, betas, eps, weight decay and clipping.
+/// scratch): `steps` AdamW steps ([`fit`] with [`FullSteps`]) over batches of `batch_size`
+/// sequences in a seeded order, every token a target. Returns the model and each step's loss.
 pub fn pretrain<B: AutodiffBackend>(
-    mut model: secateur_models::DenseLm<B>,
+    model: secateur_models::DenseLm<B>,
     seqs: &[Vec<u32>],
     steps: usize,
     cfg: &TrainConfig,
@@ -471,34 +608,7 @@ pub fn pretrain<B: AutodiffBackend>(
     if seqs.is_empty() || steps == 0 {
         return Err(TrainError::Config("no sequences or no steps".into()));
     }
-    cfg.validate()?;
-    let device = model.embed.val().device();
-    let mut optim = adamw(cfg).init::<B, secateur_models::DenseLm<B>>();
-    let bar = step_bar("pretraining", steps, 0, cfg.progress);
     let examples: Vec<Example> = seqs.iter().map(|s| Example { ids: s.clone(), target: vec![true; s.len()] }).collect();
-    let mut order: Vec<usize> = (0..examples.len()).collect();
-    let mut losses = Vec::with_capacity(steps);
-    let per_epoch = examples.len().div_ceil(cfg.batch_size);
-    for step in 0..steps {
-        if step % per_epoch == 0 {
-            order.shuffle(&mut StdRng::seed_from_u64(cfg.seed.wrapping_add((step / per_epoch) as u64)));
-        }
-        let at = (step % per_epoch) * cfg.batch_size;
-        let chosen: Vec<&Example> = order[at..(at + cfg.batch_size).min(order.len())].iter().map(|&i| &examples[i]).collect();
-        let batch = Batch::new(&chosen, 0);
-        let logits = model.forward(token_tensor::<B>(&batch.ids, &device), &batch.mask)?;
-        let loss = lm_loss(logits, &batch, batch.target_tokens().max(1) as f64);
-        let value = loss.clone().into_scalar().elem::<f64>();
-        check_loss(step, value)?;
-        let mut grads = GradientsParams::from_grads(loss.backward(), &model);
-        if let Some(max) = cfg.max_grad_norm {
-            clip_global_norm(&model, &mut grads, max);
-        }
-        model = optim.step(lr_at(cfg, step, steps), model, grads);
-        losses.push(value);
-        bar.set_message(format!("loss {value:.3}"));
-        bar.inc(1);
-    }
-    bar.finish();
-    Ok((model, losses))
+    let (model, report) = fit(model, &FullSteps, &examples, &TrainConfig { steps: Some(steps), ..cfg.clone() }, 0, None)?;
+    Ok((model, report.losses))
 }

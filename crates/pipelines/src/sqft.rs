@@ -1,4 +1,4 @@
-//! `secateur sqft`: the three SQFT pipelines on a sparse (and quantized) base, with a report
+//! SQFT: the three SQFT pipelines on a sparse (and quantized) base, with a report
 //! shaped like the SQFT paper's summary table.
 //!
 //! 1. `nls-quantized`: Wanda, then INT-n quantization of the sparse base, NLS adapters trained on
@@ -11,10 +11,11 @@
 use std::path::PathBuf;
 
 use burn::module::{AutodiffModule, Module};
+use burn::tensor::backend::AutodiffBackend;
 use secateur_elastic_lora::sparse_peft::{attach_sparse_peft, merge_quantized, merge_sparse};
 use secateur_elastic_lora::{LoraConfig, Scaling, attach};
 use secateur_models::weights::{weights_bytes, write_atomic};
-use secateur_models::{Cpu, CpuAutodiff, DenseLm, TextTokenizer};
+use secateur_models::{DenseLm, TextTokenizer};
 use secateur_quant::QuantConfig;
 use secateur_quant::checkpoint::{load_quantized, quantize_model, write_quantized};
 use secateur_runs::StagedDir;
@@ -24,8 +25,8 @@ use secateur_supernet::train::{Strategy, save_adapters, train};
 use serde::Serialize;
 use serde_json::json;
 
-use crate::CliError;
-use crate::shears::{ShearsArgs, base_spec, load_task, materialize_base, ranks_and_alpha, train_config, wanda};
+use crate::config::{ShearsConfig, base_spec, load_task, materialize_base, ranks_and_alpha, train_config, wanda};
+use crate::{PipelineError, Reporter};
 
 /// Which SQFT pipelines to run.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Serialize)]
@@ -52,9 +53,9 @@ impl Pipeline {
     }
 }
 
-/// Options of `secateur sqft`.
+/// Options of an SQFT run. `Default` gives the command line's defaults.
 #[derive(Debug, Clone, clap::Args)]
-pub struct SqftArgs {
+pub struct SqftConfig {
     #[arg(long, value_enum, default_value = "all")]
     pub pipeline: Pipeline,
     /// Bits of the quantized base: 2, 4 or 8 (the GPTQ packings).
@@ -64,20 +65,36 @@ pub struct SqftArgs {
     #[arg(long, default_value_t = 32)]
     pub group_size: usize,
     #[command(flatten)]
-    pub common: ShearsArgs,
+    pub common: ShearsConfig,
+}
+
+impl Default for SqftConfig {
+    fn default() -> Self {
+        crate::clap_defaults(&[])
+    }
+}
+
+/// What an SQFT run measured.
+#[derive(Debug, Clone, Serialize)]
+pub struct SqftResult {
+    /// The run directory.
+    pub dir: PathBuf,
+    pub rows: Vec<SqftRow>,
+    /// The rows as a markdown table (also written to `report.md`).
+    pub table: String,
 }
 
 /// Checks bits and group size against the model's projection widths.
-pub fn check_quant(spec: &secateur_models::ArchSpec, bits: u32, group_size: Option<usize>) -> Result<(), CliError> {
+pub fn check_quant(spec: &secateur_models::ArchSpec, bits: u32, group_size: Option<usize>) -> Result<(), PipelineError> {
     if !matches!(bits, 2 | 4 | 8) {
-        return Err(CliError::Usage(format!("--bits {bits}: the GPTQ checkpoint format packs 2, 4 or 8 bits")));
+        return Err(PipelineError::Usage(format!("--bits {bits}: the GPTQ checkpoint format packs 2, 4 or 8 bits")));
     }
     let widest =
         (0..spec.num_layers).flat_map(|l| spec.block_site_kinds().into_iter().map(move |k| spec.site_shape(l, k)[1])).max().unwrap_or(0);
     if let Some(g) = group_size
         && g > widest
     {
-        return Err(CliError::Usage(format!(
+        return Err(PipelineError::Usage(format!(
             "--group-size {g}: larger than the widest projection input ({widest}); use -1 or 0 for one group per row"
         )));
     }
@@ -108,8 +125,9 @@ fn sparsity_of(weights: impl Iterator<Item = Vec<f32>>) -> f64 {
     zeros as f64 / total.max(1) as f64
 }
 
-/// Runs the selected pipelines and writes `report.json` and `report.md` into the run directory.
-pub fn run(args: SqftArgs) -> Result<String, CliError> {
+/// Runs the selected SQFT pipelines, with the untuned dense, sparse INT-n and LoRA baselines, and
+/// writes `report.json` and `report.md` into the run directory.
+pub fn sqft<B: AutodiffBackend>(args: &SqftConfig, device: &B::Device, reporter: &dyn Reporter) -> Result<SqftResult, PipelineError> {
     let pipelines: Vec<&str> = match args.pipeline {
         Pipeline::All => vec!["nls-quantized", "sparsepeft", "qa-sparsepeft"],
         p => vec![p.name()],
@@ -125,18 +143,17 @@ pub fn run(args: SqftArgs) -> Result<String, CliError> {
     let run_dir = a.open_run("sqft", json!({"pipeline": args.pipeline, "bits": args.bits, "group_size": args.group_size}))?;
     let out = run_dir.path().to_path_buf();
     let base_dir = materialize_base(a, &out)?;
-    let device = Default::default();
     let tok = TextTokenizer::from_file(&base_dir.join("tokenizer.json"))?;
-    let acc_of = |name: &str, r: Result<secateur_supernet::eval::Accuracy, secateur_supernet::TrainError>| -> Result<f64, CliError> {
+    let acc_of = |name: &str, r: Result<secateur_supernet::eval::Accuracy, secateur_supernet::TrainError>| -> Result<f64, PipelineError> {
         let acc = r?.accuracy;
-        eprintln!("{name}: accuracy {acc:.3}");
+        reporter.line(&format!("{name}: accuracy {acc:.3}"));
         Ok(acc)
     };
     let test = |m: &dyn Fn(&[data::Record]) -> Result<secateur_supernet::eval::Accuracy, secateur_supernet::TrainError>| m(&task.test);
     let mut rows = Vec::new();
 
-    let dense = DenseLm::<Cpu>::load(&base_dir, &device)?;
-    let acc = acc_of("dense", test(&|r| accuracy(&dense, &tok, r, AnswerKind::Math, a.max_new_tokens, 64, &device)))?;
+    let dense = DenseLm::<B::InnerBackend>::load(&base_dir, device)?;
+    let acc = acc_of("dense", test(&|r| accuracy(&dense, &tok, r, AnswerKind::Math, a.max_new_tokens, 64, device)))?;
     rows.push(SqftRow {
         name: "Dense base (no tuning)".into(),
         accuracy: acc,
@@ -149,14 +166,14 @@ pub fn run(args: SqftArgs) -> Result<String, CliError> {
     });
 
     let wanda_dir = out.join("wanda");
-    let (sparse, sparsity, _, _) = wanda(a, &base_dir, &wanda_dir, dense, &tok, &task)?;
+    let (sparse, sparsity, _, _) = wanda(a, &base_dir, &wanda_dir, dense, &tok, &task, reporter)?;
     // The compressed base, untuned: sparse and INT-n.
     let int_dir = out.join(format!("wanda-int{}", args.bits));
     let sparse_q = quantize_model(sparse.clone(), qc)?;
     let staged = StagedDir::new(&int_dir)?;
     write_quantized(&wanda_dir, staged.path(), &sparse_q)?;
     staged.publish()?;
-    let acc = acc_of("sparse int", test(&|r| accuracy(&sparse_q, &tok, r, AnswerKind::Math, a.max_new_tokens, 64, &device)))?;
+    let acc = acc_of("sparse int", test(&|r| accuracy(&sparse_q, &tok, r, AnswerKind::Math, a.max_new_tokens, 64, device)))?;
     rows.push(SqftRow {
         name: format!("Wanda {:.0}% + INT{} (no tuning)", a.sparsity * 100.0, args.bits),
         accuracy: acc,
@@ -178,11 +195,11 @@ pub fn run(args: SqftArgs) -> Result<String, CliError> {
 
     // The LoRA baseline on the sparse FP32 base (not mergeable without losing sparsity).
     {
-        let base = DenseLm::<CpuAutodiff>::load(&wanda_dir, &device)?.no_grad();
-        let (m, ctl) = attach(base, &space, &lora_cfg, &device)?;
-        let (m, rep) = train(m, &ctl, &examples, &train_config(a, Strategy::Fixed), pad, Some(&ckpt("lora")))?;
+        let base = DenseLm::<B>::load(&wanda_dir, device)?.no_grad();
+        let (m, ctl) = attach(base, &space, &lora_cfg, device)?;
+        let (m, rep) = train(m, &ctl, &examples, &train_config(a, Strategy::Fixed, reporter.bars()), pad, Some(&ckpt("lora")))?;
         let m = m.valid();
-        let acc = acc_of("lora", test(&|r| accuracy(&m, &tok, r, AnswerKind::Math, a.max_new_tokens, 64, &device)))?;
+        let acc = acc_of("lora", test(&|r| accuracy(&m, &tok, r, AnswerKind::Math, a.max_new_tokens, 64, device)))?;
         save_adapters(&m, &out.join("lora-adapters.safetensors"))?;
         let size = weights_bytes(&wanda_dir) + std::fs::metadata(out.join("lora-adapters.safetensors")).map(|m| m.len()).unwrap_or(0);
         rows.push(SqftRow {
@@ -200,12 +217,12 @@ pub fn run(args: SqftArgs) -> Result<String, CliError> {
     for pipeline in pipelines {
         match pipeline {
             "nls-quantized" => {
-                let base = load_quantized::<CpuAutodiff>(&int_dir, &device)?.no_grad();
-                let (m, ctl) = attach(base, &space, &lora_cfg, &device)?;
-                let (m, rep) = train(m, &ctl, &examples, &train_config(a, Strategy::Nls), pad, Some(&ckpt(pipeline)))?;
+                let base = load_quantized::<B>(&int_dir, device)?.no_grad();
+                let (m, ctl) = attach(base, &space, &lora_cfg, device)?;
+                let (m, rep) = train(m, &ctl, &examples, &train_config(a, Strategy::Nls, reporter.bars()), pad, Some(&ckpt(pipeline)))?;
                 let m = m.valid();
                 ctl.apply(&space.heuristic())?;
-                let acc = acc_of(pipeline, test(&|r| accuracy(&m, &tok, r, AnswerKind::Math, a.max_new_tokens, 64, &device)))?;
+                let acc = acc_of(pipeline, test(&|r| accuracy(&m, &tok, r, AnswerKind::Math, a.max_new_tokens, 64, device)))?;
                 let adapters = out.join("nls-quantized-adapters.safetensors");
                 save_adapters(&m, &adapters)?;
                 let size = weights_bytes(&int_dir) + std::fs::metadata(&adapters).map(|m| m.len()).unwrap_or(0);
@@ -222,15 +239,15 @@ pub fn run(args: SqftArgs) -> Result<String, CliError> {
             }
             "sparsepeft" | "qa-sparsepeft" => {
                 let qa = pipeline == "qa-sparsepeft";
-                let base = DenseLm::<CpuAutodiff>::load(&wanda_dir, &device)?.no_grad();
-                let (m, ctl) = attach_sparse_peft(base, &space, &lora_cfg, qa.then_some(qc), &device)?;
-                let (m, rep) = train(m, &ctl, &examples, &train_config(a, Strategy::Nls), pad, Some(&ckpt(pipeline)))?;
+                let base = DenseLm::<B>::load(&wanda_dir, device)?.no_grad();
+                let (m, ctl) = attach_sparse_peft(base, &space, &lora_cfg, qa.then_some(qc), device)?;
+                let (m, rep) = train(m, &ctl, &examples, &train_config(a, Strategy::Nls, reporter.bars()), pad, Some(&ckpt(pipeline)))?;
                 let m = m.valid();
                 ctl.apply(&space.heuristic())?;
                 let merged_dir = out.join(format!("{pipeline}-merged"));
                 let (acc, merged_sparsity, size, precision) = if qa {
                     let merged = merge_quantized(m)?;
-                    let acc = acc_of(pipeline, test(&|r| accuracy(&merged, &tok, r, AnswerKind::Math, a.max_new_tokens, 64, &device)))?;
+                    let acc = acc_of(pipeline, test(&|r| accuracy(&merged, &tok, r, AnswerKind::Math, a.max_new_tokens, 64, device)))?;
                     let staged = StagedDir::new(&merged_dir)?;
                     write_quantized(&wanda_dir, staged.path(), &merged)?;
                     staged.publish()?;
@@ -238,7 +255,7 @@ pub fn run(args: SqftArgs) -> Result<String, CliError> {
                     (acc, s, weights_bytes(&merged_dir), format!("INT{}", args.bits))
                 } else {
                     let merged = merge_sparse(m);
-                    let acc = acc_of(pipeline, test(&|r| accuracy(&merged, &tok, r, AnswerKind::Math, a.max_new_tokens, 64, &device)))?;
+                    let acc = acc_of(pipeline, test(&|r| accuracy(&merged, &tok, r, AnswerKind::Math, a.max_new_tokens, 64, device)))?;
                     let staged = StagedDir::new(&merged_dir)?;
                     secateur_models::weights::save_like(&merged, &wanda_dir, staged.path())?;
                     staged.publish()?;
@@ -247,7 +264,7 @@ pub fn run(args: SqftArgs) -> Result<String, CliError> {
                     );
                     (acc, s, weights_bytes(&merged_dir), "FP32".to_string())
                 };
-                eprintln!("{pipeline}: sparsity after merging {merged_sparsity:.4} (base {sparsity:.4})");
+                reporter.line(&format!("{pipeline}: sparsity after merging {merged_sparsity:.4} (base {sparsity:.4})"));
                 let name = if qa { "SQFT + QA-SparsePEFT (heuristic, merged)" } else { "SQFT + SparsePEFT (heuristic, merged)" };
                 rows.push(SqftRow {
                     name: name.into(),
@@ -282,5 +299,5 @@ pub fn run(args: SqftArgs) -> Result<String, CliError> {
     let report = json!({"bits": args.bits, "group_size": args.group_size, "ranks": ranks, "alpha": alpha, "rows": rows});
     write_atomic(&out.join("report.json"), serde_json::to_string_pretty(&report).expect("JSON").as_bytes())?;
     write_atomic(&out.join("report.md"), table.as_bytes())?;
-    Ok(table)
+    Ok(SqftResult { dir: out, rows, table })
 }

@@ -1,13 +1,14 @@
-//! `secateur search`: pick sub-adapters of a trained NLS super-adapter. Configurations are
+//! The sub-adapter search: pick sub-adapters of a trained NLS super-adapter. Configurations are
 //! evaluated on the validation split only; the chosen ones (the front) are then measured on the
 //! test split and added to the run's report.
 
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
+use burn::prelude::Backend;
 use secateur_elastic_lora::cost::cost;
 use secateur_elastic_lora::{AdaptedLm, RankControl, SubnetConfig};
-use secateur_models::{ArchSpec, Cpu, TextTokenizer};
+use secateur_models::{ArchSpec, TextTokenizer};
 use secateur_search::local::{HillClimb, RandomSearch};
 use secateur_search::nsga2::Nsga2;
 use secateur_search::problem::{heuristic, maximal, minimal};
@@ -20,10 +21,11 @@ use serde_json::json;
 
 use clap::ValueEnum;
 
-use crate::CliError;
+use crate::{PipelineError, Reporter};
 
 /// The search algorithm.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
 pub enum Algo {
     /// The maximal, heuristic and minimal sub-adapters only.
     Heuristic,
@@ -45,9 +47,9 @@ pub enum SearchObjective {
     Params,
 }
 
-/// Options of `secateur search`.
+/// Options of a sub-adapter search ([`SearchConfig::new`] gives the command line's defaults).
 #[derive(Debug, Clone, clap::Args)]
-pub struct SearchArgs {
+pub struct SearchConfig {
     /// A finished `secateur shears` run directory.
     #[arg(long)]
     pub run: PathBuf,
@@ -72,10 +74,21 @@ pub struct SearchArgs {
     pub seed: u64,
 }
 
-struct SubAdapterProblem<'a> {
+impl SearchConfig {
+    /// The command line's defaults, searching the Shears run in `run`.
+    pub fn new(run: impl Into<PathBuf>) -> Self {
+        let run = run.into();
+        let mut c: Self = crate::clap_defaults(&["--run", "."]);
+        c.run = run;
+        c
+    }
+}
+
+struct SubAdapterProblem<'a, B: Backend> {
     vars: Vec<Variable>,
     objectives: Vec<SearchObjective>,
-    model: &'a AdaptedLm<Cpu>,
+    model: &'a AdaptedLm<B>,
+    device: &'a B::Device,
     ranks: &'a RankControl,
     tok: &'a TextTokenizer,
     val: &'a [Record],
@@ -86,7 +99,7 @@ struct SubAdapterProblem<'a> {
     lock: Mutex<()>,
 }
 
-impl SubAdapterProblem<'_> {
+impl<B: Backend> SubAdapterProblem<'_, B> {
     fn config(x: &[f64]) -> SubnetConfig {
         SubnetConfig(x.iter().map(|v| *v as usize).collect())
     }
@@ -98,7 +111,7 @@ impl SubAdapterProblem<'_> {
     }
 }
 
-impl Problem for SubAdapterProblem<'_> {
+impl<B: Backend> Problem for SubAdapterProblem<'_, B> {
     fn variables(&self) -> &[Variable] {
         &self.vars
     }
@@ -127,8 +140,7 @@ impl Problem for SubAdapterProblem<'_> {
                 SearchObjective::Accuracy => {
                     let _guard = self.lock.lock().map_err(|e| e.to_string())?;
                     self.ranks.apply(&config).map_err(|e| e.to_string())?;
-                    let device = Default::default();
-                    let acc = accuracy(self.model, self.tok, self.val, AnswerKind::Math, self.max_new_tokens, 64, &device)
+                    let acc = accuracy(self.model, self.tok, self.val, AnswerKind::Math, self.max_new_tokens, 64, self.device)
                         .map_err(|e| e.to_string())?;
                     1.0 - acc.accuracy
                 }
@@ -142,40 +154,57 @@ impl Problem for SubAdapterProblem<'_> {
 
 /// One chosen configuration with its test accuracy.
 #[derive(Debug, Clone, Serialize)]
-struct Chosen {
-    label: String,
-    ranks: Vec<usize>,
-    objectives: Option<Vec<f64>>,
-    macs_per_token: usize,
-    adapter_params: usize,
-    test_accuracy: f64,
+pub struct Chosen {
+    /// `front N`, or `maximal` / `heuristic` / `minimal` (measured for reference).
+    pub label: String,
+    /// The rank of every group.
+    pub ranks: Vec<usize>,
+    /// Its objective values on the validation split (front members only).
+    pub objectives: Option<Vec<f64>>,
+    pub macs_per_token: usize,
+    pub adapter_params: usize,
+    pub test_accuracy: f64,
 }
 
-/// Runs the search and returns the markdown table of the chosen configurations.
-pub fn run(args: SearchArgs) -> Result<String, CliError> {
+/// What a search found.
+#[derive(Debug, Clone, Serialize)]
+pub struct SearchResult {
+    /// Distinct configurations evaluated (cached ones included).
+    pub evaluations: usize,
+    /// The front, then the maximal, heuristic and minimal sub-adapters.
+    pub chosen: Vec<Chosen>,
+    /// The chosen ones as a markdown table (also written to `search/<algo>/report.md`).
+    pub table: String,
+}
+
+/// Searches the sub-adapters of a finished Shears run on its validation split (the evaluations
+/// are cached in `search/<algo>/evaluations.jsonl`, so a killed search resumes), measures the
+/// front on the test split, and adds the result to the run's `report.json`.
+pub fn search<B: Backend>(args: &SearchConfig, device: &B::Device, reporter: &dyn Reporter) -> Result<SearchResult, PipelineError> {
     if args.objectives.is_empty() {
-        return Err(CliError::Usage("--objectives: name at least one".into()));
+        return Err(PipelineError::Usage("--objectives: name at least one".into()));
     }
     if args.budget == 0 {
-        return Err(CliError::Usage("--budget must be at least 1".into()));
+        return Err(PipelineError::Usage("--budget must be at least 1".into()));
     }
     if matches!(args.algo, Algo::Nsga2 | Algo::Rnsga2) && args.pop < 2 {
-        return Err(CliError::Usage(format!("--pop {}: a population needs at least 2", args.pop)));
+        return Err(PipelineError::Usage(format!("--pop {}: a population needs at least 2", args.pop)));
     }
     let refs = match (args.algo, args.ref_points.as_deref()) {
-        (Algo::Rnsga2, Some(r)) => Some(crate::parse_points(r, args.objectives.len())?),
-        (Algo::Rnsga2, None) => return Err(CliError::Usage("rnsga2 needs --ref-points".into())),
+        (Algo::Rnsga2, Some(r)) => Some(parse_points("--ref-points", r, args.objectives.len())?),
+        (Algo::Rnsga2, None) => return Err(PipelineError::Usage("rnsga2 needs --ref-points".into())),
         _ => None,
     };
-    let (_lock, loaded) = crate::shears::load_run(&args.run)?;
+    let (_lock, loaded) = crate::shears::load_run::<B>(&args.run, device)?;
     if loaded.task.val.is_empty() {
-        return Err(CliError::Usage(format!("{}: the run has no validation split to search on", args.run.display())));
+        return Err(PipelineError::Usage(format!("{}: the run has no validation split to search on", args.run.display())));
     }
     let spec = loaded.model.spec().clone();
     let problem = SubAdapterProblem {
         vars: loaded.ranks.space.groups.iter().map(|g| Variable::Choice { n: g.choices.len() }).collect(),
         objectives: args.objectives.clone(),
         model: &loaded.model,
+        device,
         ranks: &loaded.ranks,
         tok: &loaded.tokenizer,
         val: &loaded.task.val,
@@ -186,7 +215,7 @@ pub fn run(args: SearchArgs) -> Result<String, CliError> {
     };
     let algo = args.algo.to_possible_value().map(|v| v.get_name().to_string()).unwrap_or_default();
     let out = args.run.join("search").join(&algo);
-    std::fs::create_dir_all(&out).map_err(|e| CliError::Input { path: out.clone(), reason: e.to_string() })?;
+    std::fs::create_dir_all(&out).map_err(|e| PipelineError::Input { path: out.clone(), reason: e.to_string() })?;
     // Everything an evaluation depends on besides the configuration: a cache made under other
     // objectives, data or adapters is not reused.
     let context = json!({
@@ -199,13 +228,13 @@ pub fn run(args: SearchArgs) -> Result<String, CliError> {
     });
     let mut ev = Evaluator::persistent(&problem, &out.join("evaluations.jsonl"), &context)?;
     if ev.dropped_partial_line {
-        eprintln!(
+        reporter.line(&format!(
             "warning: {}: the last evaluation was cut off mid-write (a killed run) and is dropped",
             out.join("evaluations.jsonl").display()
-        );
+        ));
     }
     if ev.loaded > 0 {
-        eprintln!("search: {} cached evaluations loaded", ev.loaded);
+        reporter.line(&format!("search: {} cached evaluations loaded", ev.loaded));
     }
     let vars = problem.vars.clone();
     let front: Vec<Evaluated> = match args.algo {
@@ -218,17 +247,16 @@ pub fn run(args: SearchArgs) -> Result<String, CliError> {
     let history = ev.history.clone();
     drop(ev);
     secateur_search::report::write_outputs(&out, &problem.objective_names(), &history, &front)?;
-    eprintln!("search: {} configurations evaluated on the validation split, {} on the front", history.len(), front.len());
+    reporter.line(&format!("search: {} configurations evaluated on the validation split, {} on the front", history.len(), front.len()));
 
     // Test accuracy of the chosen configurations (and of the three fixed ones, for reference).
-    let device = Default::default();
     let mut chosen = Vec::new();
-    let mut measure = |label: String, x: &[f64], objectives: Option<Vec<f64>>| -> Result<(), CliError> {
-        let config = SubAdapterProblem::config(x);
+    let mut measure = |label: String, x: &[f64], objectives: Option<Vec<f64>>| -> Result<(), PipelineError> {
+        let config = SubAdapterProblem::<B>::config(x);
         loaded.ranks.apply(&config)?;
-        let c = problem.costs(&config).map_err(CliError::Usage)?;
-        let acc = accuracy(&loaded.model, &loaded.tokenizer, &loaded.task.test, AnswerKind::Math, loaded.args.max_new_tokens, 64, &device)
-            .map_err(|e| CliError::Input { path: args.run.clone(), reason: e.to_string() })?;
+        let c = problem.costs(&config).map_err(PipelineError::Usage)?;
+        let acc = accuracy(&loaded.model, &loaded.tokenizer, &loaded.task.test, AnswerKind::Math, loaded.args.max_new_tokens, 64, device)
+            .map_err(|e| PipelineError::Input { path: args.run.clone(), reason: e.to_string() })?;
         chosen.push(Chosen {
             label,
             ranks: loaded.ranks.space.ranks(&config)?,
@@ -273,18 +301,32 @@ pub fn run(args: SearchArgs) -> Result<String, CliError> {
     secateur_models::weights::write_atomic(&out.join("report.json"), serde_json::to_string_pretty(&report).expect("JSON").as_bytes())?;
     secateur_models::weights::write_atomic(&out.join("report.md"), table.as_bytes())?;
     add_to_run_report(&args.run.join("report.json"), &algo, &report)?;
-    Ok(table)
+    Ok(SearchResult { evaluations: history.len(), chosen, table })
 }
 
 /// Adds the search's chosen configurations to the run's `report.json` under `search.<algo>`.
-fn add_to_run_report(path: &Path, algo: &str, search: &serde_json::Value) -> Result<(), CliError> {
+fn add_to_run_report(path: &Path, algo: &str, search: &serde_json::Value) -> Result<(), PipelineError> {
     let Ok(text) = std::fs::read_to_string(path) else { return Ok(()) };
     let mut report: serde_json::Value =
-        serde_json::from_str(&text).map_err(|e| CliError::Input { path: path.to_path_buf(), reason: e.to_string() })?;
+        serde_json::from_str(&text).map_err(|e| PipelineError::Input { path: path.to_path_buf(), reason: e.to_string() })?;
     if let Some(obj) = report.as_object_mut() {
         let entry = obj.entry("search").or_insert_with(|| json!({}));
         entry[algo] = search.clone();
     }
     secateur_models::weights::write_atomic(path, serde_json::to_string_pretty(&report).expect("JSON").as_bytes())?;
     Ok(())
+}
+
+/// Parses `a,b;c,d` (the value of `flag`) into points of `k` finite coordinates each.
+pub fn parse_points(flag: &str, s: &str, k: usize) -> Result<Vec<Vec<f64>>, PipelineError> {
+    let bad = |why: String| PipelineError::Usage(format!("{flag} {s:?}: {why}"));
+    s.split(';')
+        .map(|p| {
+            let v: Vec<f64> = p.split(',').map(|v| v.trim().parse::<f64>().map_err(|e| bad(e.to_string()))).collect::<Result<_, _>>()?;
+            if v.len() != k || v.iter().any(|x| !x.is_finite()) {
+                return Err(bad(format!("each point needs {k} finite coordinates, one per objective")));
+            }
+            Ok(v)
+        })
+        .collect()
 }

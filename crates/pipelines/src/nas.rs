@@ -1,16 +1,20 @@
-//! `secateur nas`: train a weight-sharing super-network (optionally after importance
+//! Two-stage NAS and LoNAS: train a weight-sharing super-network (optionally after importance
 //! reordering; optionally LoNAS: elastic LoRA on the frozen base), search it on the validation
 //! split (loss against parameters, MACs or measured latency), extract the maximal, heuristic and
 //! Pareto-front sub-networks into standalone checkpoints, and measure each one (test accuracy,
 //! prefill and decoding latency against the maximal model, in the same run).
 
+use std::path::PathBuf;
+
 use burn::module::{AutodiffModule, Module};
+use burn::prelude::Backend;
+use burn::tensor::backend::AutodiffBackend;
 use secateur_elastic_lora::peft::merge;
 use secateur_elastic_lora::{AdaptedLm, RankControl, SearchSpace, SubnetConfig};
 use secateur_models::extract::extract;
-use secateur_models::latency::{LatencySetup, measure, measure_many};
+use secateur_models::latency::{Latency, LatencySetup, measure, measure_many};
 use secateur_models::weights::{save_new, write_atomic};
-use secateur_models::{ArchSpec, Cpu, CpuAutodiff, DenseLm, PositionKind, SubnetStructure, TextTokenizer};
+use secateur_models::{ArchSpec, DenseLm, PositionKind, SubnetStructure, TextTokenizer};
 use secateur_runs::StagedDir;
 use secateur_search::nsga2::Nsga2;
 use secateur_search::{Evaluator, Problem, Variable};
@@ -19,10 +23,11 @@ use secateur_supernet::eval::{AnswerKind, accuracy};
 use secateur_supernet::nas::{Sampler, SamplerKind, StructureChoice, StructureSpace, structure_cost, train_supernet, validation_loss};
 use secateur_supernet::reorder::{descending, importance, reorder};
 use secateur_supernet::train::Strategy;
+use serde::Serialize;
 use serde_json::json;
 
-use crate::CliError;
-use crate::shears::{ShearsArgs, load_task, materialize_base, train_config};
+use crate::config::{ShearsConfig, base_spec, check_ranks_fit, load_task, materialize_base, train_config};
+use crate::{PipelineError, Reporter};
 
 /// The super-network's sampler (the paper's strategies).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
@@ -42,9 +47,9 @@ pub enum Metric {
     Accuracy,
 }
 
-/// Options of `secateur nas`.
+/// Options of a NAS / LoNAS run. `Default` gives the command line's defaults.
 #[derive(Debug, Clone, clap::Args)]
-pub struct NasArgs {
+pub struct NasConfig {
     #[arg(long, value_enum, default_value = "sandwich")]
     pub strategy: NasStrategy,
     /// Reorder embedding channels, neurons, head groups and blocks by importance before training.
@@ -78,18 +83,55 @@ pub struct NasArgs {
     #[arg(long, default_value_t = 16)]
     pub budget: usize,
     #[command(flatten)]
-    pub common: ShearsArgs,
+    pub common: ShearsConfig,
+}
+
+impl Default for NasConfig {
+    fn default() -> Self {
+        crate::clap_defaults(&[])
+    }
+}
+
+/// One measured sub-network of a NAS run.
+#[derive(Debug, Clone, Serialize)]
+pub struct NasRow {
+    /// `maximal`, `heuristic`, or `nsga2-N` (the front, by ascending cost).
+    pub name: String,
+    /// Its standalone checkpoint.
+    pub dir: PathBuf,
+    pub structure: SubnetStructure,
+    /// The LoRA ranks (LoNAS), merged into the checkpoint.
+    pub ranks: Option<SubnetConfig>,
+    pub parameters: usize,
+    /// MACs per token at 128 keys.
+    pub macs: usize,
+    pub validation_loss: f64,
+    pub test_accuracy: f64,
+    pub latency: Latency,
+    /// Against the maximal sub-network, timed in the same run.
+    pub prefill_speedup: f64,
+    pub decode_speedup: f64,
+}
+
+/// What a NAS run measured.
+#[derive(Debug, Clone, Serialize)]
+pub struct NasResult {
+    /// The run directory.
+    pub dir: PathBuf,
+    pub rows: Vec<NasRow>,
+    /// The rows as a markdown table (also written to `report.md`).
+    pub table: String,
 }
 
 /// The trained super-network, ready to evaluate any sub-network.
-enum Trained {
+enum Trained<B: Backend> {
     /// Full fine-tuning: the weights themselves.
-    Full(DenseLm<Cpu>),
+    Full(DenseLm<B>),
     /// LoNAS: the frozen base with elastic adapters and the control of their ranks.
-    Lora(AdaptedLm<Cpu>, RankControl),
+    Lora(AdaptedLm<B>, RankControl),
 }
 
-impl Trained {
+impl<B: Backend> Trained<B> {
     fn rank_space(&self) -> Option<&SearchSpace> {
         match self {
             Trained::Full(_) => None,
@@ -115,7 +157,7 @@ impl Trained {
         s: &SubnetStructure,
         ranks: Option<&SubnetConfig>,
         config: &serde_json::Value,
-    ) -> Result<(DenseLm<Cpu>, serde_json::Value), CliError> {
+    ) -> Result<(DenseLm<B>, serde_json::Value), PipelineError> {
         Ok(match self {
             Trained::Full(m) => extract(m, s, config)?,
             Trained::Lora(m, c) => {
@@ -139,10 +181,11 @@ struct Candidate {
     ranks: Option<SubnetConfig>,
 }
 
-struct SpaceProblem<'a> {
+struct SpaceProblem<'a, B: Backend> {
     vars: Vec<Variable>,
     space: &'a StructureSpace,
-    trained: &'a Trained,
+    trained: &'a Trained<B>,
+    device: &'a B::Device,
     config: &'a serde_json::Value,
     val: &'a [Example],
     pad: u32,
@@ -173,7 +216,7 @@ impl Objective {
 /// How the search measures latency: short, so that every evaluation stays cheap.
 const SEARCH_LATENCY: LatencySetup = LatencySetup { batch: 1, prompt: 8, new_tokens: 16, repeats: 3 };
 
-impl SpaceProblem<'_> {
+impl<B: Backend> SpaceProblem<'_, B> {
     fn candidate(&self, x: &[f64]) -> Candidate {
         let x: Vec<usize> = x.iter().map(|v| *v as usize).collect();
         let n = self.space.variables().len();
@@ -181,7 +224,7 @@ impl SpaceProblem<'_> {
     }
 }
 
-impl Problem for SpaceProblem<'_> {
+impl<B: Backend> Problem for SpaceProblem<'_, B> {
     fn variables(&self) -> &[Variable] {
         &self.vars
     }
@@ -206,14 +249,14 @@ impl Problem for SpaceProblem<'_> {
         };
         let loss = match (self.accuracy, &small) {
             (Some((tok, records, max_new)), Some(small)) => {
-                1.0 - accuracy(small, tok, records, AnswerKind::Math, max_new, 64, &Default::default()).map_err(|e| e.to_string())?.accuracy
+                1.0 - accuracy(small, tok, records, AnswerKind::Math, max_new, 64, self.device).map_err(|e| e.to_string())?.accuracy
             }
             _ => self.trained.loss(&s, c.ranks.as_ref(), self.val, self.pad)?,
         };
         let spec = self.trained.spec();
         let cost = match (self.objective, &small) {
             (Objective::Latency, Some(small)) => {
-                measure(small, &SEARCH_LATENCY, &Default::default()).map_err(|e| e.to_string())?.decode_ms_per_token
+                measure(small, &SEARCH_LATENCY, self.device).map_err(|e| e.to_string())?.decode_ms_per_token
             }
             (Objective::Macs, _) => structure_cost(spec, &s, 128).1 as f64,
             _ => structure_cost(spec, &s, 0).0 as f64,
@@ -222,8 +265,8 @@ impl Problem for SpaceProblem<'_> {
     }
 }
 
-fn io(path: &std::path::Path, e: impl std::fmt::Display) -> CliError {
-    CliError::Input { path: path.to_path_buf(), reason: e.to_string() }
+fn io(path: &std::path::Path, e: impl std::fmt::Display) -> PipelineError {
+    PipelineError::Input { path: path.to_path_buf(), reason: e.to_string() }
 }
 
 /// `a` when every entry is `a`, else the entries joined with `/`.
@@ -239,17 +282,20 @@ fn kebab(v: &impl clap::ValueEnum) -> String {
 
 /// The LoNAS adapter space: LoNAS's preset (`[q,k,v]` and `[gate,up]` groups) unless
 /// `--targets` names the sites; ranks checked against the projections' widths.
-fn lonas_space(a: &ShearsArgs, spec: &ArchSpec, ranks: &[usize]) -> Result<SearchSpace, CliError> {
+fn lonas_space(a: &ShearsConfig, spec: &ArchSpec, ranks: &[usize]) -> Result<SearchSpace, PipelineError> {
     let space = match a.targets.as_deref() {
         Some(_) => return a.validate_for(spec, ranks),
         None => SearchSpace::lonas_preset(spec, ranks)?,
     };
-    crate::shears::check_ranks_fit(spec, &space)?;
+    check_ranks_fit(spec, &space)?;
     Ok(space)
 }
 
-/// Runs the NAS pipeline; returns the markdown table of the measured sub-networks.
-pub fn run(args: NasArgs) -> Result<String, CliError> {
+/// Runs NAS (or LoNAS with `lora`): optional importance reordering, super-network training with
+/// the sampler, an NSGA-II search on the validation split, extraction of the maximal, heuristic
+/// and front sub-networks into standalone checkpoints, and their test accuracy and latency
+/// (timed round-robin in this process). Writes `report.json` and `report.md`.
+pub fn nas<B: AutodiffBackend>(args: &NasConfig, device: &B::Device, reporter: &dyn Reporter) -> Result<NasResult, PipelineError> {
     let kind = match args.strategy {
         NasStrategy::Sandwich => SamplerKind::Sandwich,
         NasStrategy::Random => SamplerKind::Random,
@@ -260,22 +306,21 @@ pub fn run(args: NasArgs) -> Result<String, CliError> {
     let a = &args.common;
     a.validate()?;
     if args.bins == 0 || args.budget == 0 {
-        return Err(CliError::Usage(format!("--bins {} and --budget {}: both must be at least 1", args.bins, args.budget)));
+        return Err(PipelineError::Usage(format!("--bins {} and --budget {}: both must be at least 1", args.bins, args.budget)));
     }
     let lonas_ranks = a.ranks.clone().unwrap_or_else(|| if a.model.is_none() { vec![16, 14] } else { vec![32, 28] });
-    let lspace = if args.lora { Some(lonas_space(a, &crate::shears::base_spec(a)?, &lonas_ranks)?) } else { None };
+    let lspace = if args.lora { Some(lonas_space(a, &base_spec(a)?, &lonas_ranks)?) } else { None };
     let task = load_task(a)?;
     let extra = serde_json::json!({"strategy": args.strategy, "importance": args.importance, "lora": args.lora, "per_layer": args.per_layer, "fixed_embedding": args.fixed_embedding, "metric": kebab(&args.metric), "objective": args.objective, "bins": args.bins, "budget": args.budget});
     let run_dir = a.open_run("nas", extra)?;
     let out = run_dir.path().to_path_buf();
     let checkpoint = out.join("supernet-checkpoint");
     let base_dir = materialize_base(a, &out)?;
-    let device = Default::default();
     let tok = TextTokenizer::from_file(&base_dir.join("tokenizer.json"))?;
     let config: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(base_dir.join("config.json")).map_err(|e| io(&base_dir, e))?)
             .map_err(|e| io(&base_dir, e))?;
-    let mut model = DenseLm::<CpuAutodiff>::load(&base_dir, &device)?;
+    let mut model = DenseLm::<B>::load(&base_dir, device)?;
     let spec = model.spec().clone();
     let eos = spec.eos_token_ids.first().copied();
     let pad = eos.unwrap_or(0);
@@ -290,7 +335,7 @@ pub fn run(args: NasArgs) -> Result<String, CliError> {
         let alibi = matches!(spec.position, PositionKind::Alibi { .. });
         model = reorder(model, &imp, !alibi)?;
         block_order = Some(descending(&imp.blocks));
-        eprintln!("nas: reordered by importance; block order {:?}", block_order.as_ref().expect("set"));
+        reporter.line(&format!("nas: reordered by importance; block order {:?}", block_order.as_ref().expect("set")));
     }
     let mut space = StructureSpace::preset(&spec, block_order);
     space.per_layer = args.per_layer;
@@ -298,27 +343,36 @@ pub fn run(args: NasArgs) -> Result<String, CliError> {
         space.hiddens.truncate(1);
     }
     let sampler = Sampler::new(kind, space.clone(), &model, args.bins, a.seed);
-    let mut cfg = train_config(a, Strategy::Nls);
+    let mut cfg = train_config(a, Strategy::Nls, reporter.bars());
     cfg.checkpoint_every = a.checkpoint_every;
     let (trained, report) = if let Some(lspace) = lspace {
         let alpha = a.alpha.unwrap_or(2.0 * *lonas_ranks.iter().max().unwrap_or(&16) as f64);
         let lcfg = secateur_elastic_lora::LoraConfig { alpha, seed: a.seed, ..Default::default() };
-        let (adapted, control) = secateur_elastic_lora::attach(model.no_grad(), &lspace, &lcfg, &device)?;
+        let (adapted, control) = secateur_elastic_lora::attach(model.no_grad(), &lspace, &lcfg, device)?;
         let (t, r) = train_supernet(adapted, &sampler, Some(&control), &train, &cfg, pad, Some(&checkpoint))?;
         (Trained::Lora(t.valid(), control), r)
     } else {
         let (t, r) = train_supernet(model, &sampler, None, &train, &cfg, pad, Some(&checkpoint))?;
         (Trained::Full(t.valid()), r)
     };
-    eprintln!("nas: {} steps in {:.1}s, grid of {}", report.steps, report.seconds, report.grid_size);
+    reporter.line(&format!("nas: {} steps in {:.1}s, grid of {}", report.steps, report.seconds, sampler.grid.len()));
 
     let mut vars: Vec<Variable> = space.variables().into_iter().map(|n| Variable::Choice { n }).collect();
     if let Some(rs) = trained.rank_space() {
         vars.extend(rs.groups.iter().map(|g| Variable::Choice { n: g.choices.len() }));
     }
     let accuracy_metric = (args.metric == Metric::Accuracy).then_some((&tok, task.val.as_slice(), a.max_new_tokens));
-    let problem =
-        SpaceProblem { vars, space: &space, trained: &trained, config: &config, val: &val, pad, objective, accuracy: accuracy_metric };
+    let problem = SpaceProblem {
+        vars,
+        space: &space,
+        trained: &trained,
+        device,
+        config: &config,
+        val: &val,
+        pad,
+        objective,
+        accuracy: accuracy_metric,
+    };
     let mut ev = Evaluator::new(&problem);
     let result = Nsga2::new(8, a.seed).run(&mut ev, args.budget)?;
     let mut front = result.front.clone();
@@ -367,14 +421,14 @@ pub fn run(args: NasArgs) -> Result<String, CliError> {
         staged.publish()?;
         extracted.push((s, small, dir));
     }
-    let latencies = measure_many(&extracted.iter().map(|e| &e.1).collect::<Vec<_>>(), &timing, &device)?;
+    let latencies = measure_many(&extracted.iter().map(|e| &e.1).collect::<Vec<_>>(), &timing, device)?;
     let base = latencies[0];
     for (((name, c, front_loss), (s, small, dir)), lat) in candidates.iter().zip(&extracted).zip(latencies) {
         let loss = match front_loss {
             Some(l) => *l,
             None => trained.loss(s, c.ranks.as_ref(), &val, pad).map_err(|e| io(dir, e))?,
         };
-        let acc = accuracy(small, &tok, &task.test, AnswerKind::Math, a.max_new_tokens, 64, &device)?;
+        let acc = accuracy(small, &tok, &task.test, AnswerKind::Math, a.max_new_tokens, 64, device)?;
         let (params, macs) = structure_cost(&spec, s, 128);
         let ranks = match (&c.ranks, rank_space) {
             (Some(r), Some(rs)) => compact(rs.ranks(r)?.into_iter()),
@@ -392,10 +446,22 @@ pub fn run(args: NasArgs) -> Result<String, CliError> {
             base.prefill_ms / lat.prefill_ms,
             base.decode_ms_per_token / lat.decode_ms_per_token,
         );
-        rows.push(json!({"name": name, "dir": dir, "structure": s, "ranks": c.ranks, "parameters": params, "macs": macs, "validation_loss": loss, "test_accuracy": acc.accuracy, "latency": lat, "prefill_speedup": base.prefill_ms / lat.prefill_ms, "decode_speedup": base.decode_ms_per_token / lat.decode_ms_per_token}));
+        rows.push(NasRow {
+            name: name.clone(),
+            dir: dir.clone(),
+            structure: s.clone(),
+            ranks: c.ranks.clone(),
+            parameters: params,
+            macs,
+            validation_loss: loss,
+            test_accuracy: acc.accuracy,
+            latency: lat,
+            prefill_speedup: base.prefill_ms / lat.prefill_ms,
+            decode_speedup: base.decode_ms_per_token / lat.decode_ms_per_token,
+        });
     }
-    let report_json = json!({"strategy": kebab(&args.strategy), "lora": args.lora, "importance": args.importance, "per_layer": args.per_layer, "objective": objective.name(), "metric": kebab(&args.metric), "space": space, "latency_setup": timing, "train": report, "rows": rows});
+    let report_json = json!({"strategy": kebab(&args.strategy), "lora": args.lora, "importance": args.importance, "per_layer": args.per_layer, "objective": objective.name(), "metric": kebab(&args.metric), "space": space, "latency_setup": timing, "grid_size": sampler.grid.len(), "train": report, "rows": rows});
     write_atomic(&out.join("report.json"), serde_json::to_string_pretty(&report_json).expect("JSON").as_bytes())?;
     write_atomic(&out.join("report.md"), table.as_bytes())?;
-    Ok(table)
+    Ok(NasResult { dir: out, rows, table })
 }
