@@ -1,62 +1,13 @@
-//! Exact cost of a (sub-)adapter configuration: parameters and multiply-accumulates per token.
-//!
-//! MACs per token, for a token attending to `context` keys:
-//! - every projection counts `out × in` (as dense: the base's sparsity is reported separately,
-//!   since unstructured zeros save nothing without sparse kernels);
-//! - every active adapter counts `r × (in + out)` (`x·Aᵀ` then `·Bᵀ`);
-//! - attention products count `2 × heads × head_dim × context` per layer (`q·Kᵀ` and `p·V`);
-//! - the LM head counts `vocab × hidden`; embedding lookups, norms, activations and softmax are
-//!   not multiply-accumulates of weights and are left out.
+//! Exact cost of a (sub-)adapter configuration: parameters and multiply-accumulates per token,
+//! counted by the one counter of secateur, [`secateur_models::cost`] (see there what counts).
 
-use std::collections::HashMap;
-
-use secateur_models::{ArchSpec, Site};
-use serde::Serialize;
-
-/// The cost of one configuration.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-pub struct Cost {
-    pub projection_macs: usize,
-    pub adapter_macs: usize,
-    pub attention_macs: usize,
-    pub head_macs: usize,
-    /// Adapter parameters at the active ranks.
-    pub adapter_params: usize,
-}
-
-impl Cost {
-    /// Total MACs per token.
-    pub fn macs(&self) -> usize {
-        self.projection_macs + self.adapter_macs + self.attention_macs + self.head_macs
-    }
-}
-
-/// Cost per token of `spec` with adapters of the given ranks, at `context` keys.
-pub fn cost(spec: &ArchSpec, ranks: &HashMap<Site, usize>, context: usize) -> Cost {
-    let mut c = Cost {
-        projection_macs: 0,
-        adapter_macs: 0,
-        attention_macs: (0..spec.num_layers).map(|l| 2 * spec.layer(l).num_heads * spec.head_dim * context).sum(),
-        head_macs: spec.vocab_size * spec.hidden_size,
-        adapter_params: 0,
-    };
-    for layer in 0..spec.num_layers {
-        for kind in spec.block_site_kinds() {
-            let [out, inp] = spec.site_shape(layer, kind);
-            c.projection_macs += out * inp;
-            if let Some(&r) = ranks.get(&Site::new(layer, kind)) {
-                c.adapter_macs += r * (inp + out);
-                c.adapter_params += r * (inp + out);
-            }
-        }
-    }
-    c
-}
+pub use secateur_models::cost::{Cost, cost};
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use secateur_models::SiteKind;
+    use secateur_models::{ArchSpec, Site, SiteKind};
+    use std::collections::HashMap;
 
     #[test]
     fn hand_computed_llama() {

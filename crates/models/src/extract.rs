@@ -41,17 +41,6 @@ fn norm<B: Backend>(n: &Norm<B>, e: usize) -> Norm<B> {
 }
 
 /// The sizes each kept block will have.
-fn layer_dims(spec: &ArchSpec, structure: &SubnetStructure) -> Vec<LayerDims> {
-    structure
-        .layers
-        .iter()
-        .map(|l| {
-            let rep = spec.layer(l.layer).num_heads / spec.layer(l.layer).num_kv_heads;
-            LayerDims { num_heads: l.kv_groups * rep, num_kv_heads: l.kv_groups, intermediate_size: l.mlp_width }
-        })
-        .collect()
-}
-
 /// The family's own fields for a homogeneous sub-network, where they can say it.
 fn native_config(spec: &ArchSpec, config: &serde_json::Value, layers: usize, e: usize, dims: LayerDims) -> Option<serde_json::Value> {
     let mut cfg = config.clone();
@@ -112,7 +101,7 @@ pub fn extract<B: Backend>(
     let spec = model.spec();
     structure.validate(spec)?;
     let e = structure.hidden(spec);
-    let dims = layer_dims(spec, structure);
+    let dims = structure.layer_dims(spec);
     let layers = dims.len();
     let parse = |cfg: &serde_json::Value| ArchSpec::from_config_value(Path::new("config.json"), cfg.clone());
     let homogeneous = dims.iter().all(|d| *d == dims[0]);

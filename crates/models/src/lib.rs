@@ -7,6 +7,7 @@
 //! with an adapter), addressed by stable [`Site`] names such as `layers.3.self_attn.q`.
 
 pub mod bloom;
+pub mod cost;
 pub mod error;
 pub mod extract;
 pub mod generate;

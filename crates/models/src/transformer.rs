@@ -472,28 +472,10 @@ impl<B: Backend, P: Module<B>> CausalLm<B, P> {
         })
     }
 
-    /// Number of parameters (embedding, head if untied, norms and projections as dense).
+    /// Number of parameters (embedding, head if untied, norms and projections as dense; see
+    /// [`crate::cost`]).
     pub fn num_params(&self) -> usize {
-        let s = &self.spec;
-        let norm = match s.norm {
-            NormKind::Rms | NormKind::Layer { bias: false } => s.hidden_size,
-            NormKind::Layer { bias: true } => 2 * s.hidden_size,
-        };
-        let embed = s.vocab_size * s.hidden_size;
-        let head = if s.tie_word_embeddings { 0 } else { embed };
-        let blocks: usize = (0..s.num_layers)
-            .map(|l| {
-                s.block_site_kinds()
-                    .into_iter()
-                    .map(|k| {
-                        let [o, i] = s.site_shape(l, k);
-                        o * i + if s.site_has_bias(k) { o } else { 0 }
-                    })
-                    .sum::<usize>()
-                    + 2 * norm
-            })
-            .sum();
-        embed + head + norm * (1 + usize::from(s.embed_norm)) + blocks
+        crate::cost::cost(&self.spec, &std::collections::HashMap::new(), 0).params
     }
 }
 

@@ -137,31 +137,11 @@ impl StructureSpace {
     }
 }
 
-/// Exact cost of a sub-network per token at `context` keys: parameters (embedding, head if
-/// untied, norms, kept projections with biases) and MACs (kept projections, attention products,
-/// LM head), counted as in [`secateur_elastic_lora::cost`].
+/// Exact cost of a sub-network per token at `context` keys: (parameters, MACs) of its
+/// architecture, counted by [`secateur_models::cost`].
 pub fn structure_cost(spec: &ArchSpec, s: &SubnetStructure, context: usize) -> (usize, usize) {
-    let h = s.hidden(spec);
-    let d = spec.head_dim;
-    let norm = match spec.norm {
-        secateur_models::spec::NormKind::Layer { bias: true } => 2 * h,
-        _ => h,
-    };
-    let embed = spec.vocab_size * h;
-    let mut params = embed + if spec.tie_word_embeddings { 0 } else { embed } + norm * (1 + usize::from(spec.embed_norm));
-    let mut macs = spec.vocab_size * h;
-    for l in &s.layers {
-        let dims = spec.layer(l.layer);
-        let rep = dims.num_heads / dims.num_kv_heads;
-        let (q, kv, w) = (l.kv_groups * rep * d, l.kv_groups * d, l.mlp_width);
-        let attn_w = h * (q + 2 * kv) + q * h;
-        let attn_b = if spec.attention_bias { q + 2 * kv + h } else { 0 };
-        let mlp_w = if spec.gated_mlp { 3 * h * w } else { 2 * h * w };
-        let mlp_b = if spec.mlp_bias { w * if spec.gated_mlp { 2 } else { 1 } + h } else { 0 };
-        params += attn_w + attn_b + mlp_w + mlp_b + 2 * norm;
-        macs += attn_w + mlp_w + 2 * l.kv_groups * rep * d * context;
-    }
-    (params, macs)
+    let c = secateur_models::cost::cost(&s.spec(spec), &std::collections::HashMap::new(), context);
+    (c.params, c.macs())
 }
 
 /// How the super-network's sub-networks are drawn during training.
