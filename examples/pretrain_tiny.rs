@@ -7,11 +7,11 @@
 use std::path::PathBuf;
 use std::time::Instant;
 
+use secateur::CpuAutodiff;
 use secateur::burn::module::AutodiffModule;
 use secateur::models::{ArchSpec, DenseLm, TextTokenizer};
 use secateur::supernet::toy;
 use secateur::supernet::train::{TrainConfig, pretrain};
-use secateur::CpuAutodiff;
 
 /// Sequence length of pretraining chunks.
 const SEQ: usize = 64;
@@ -73,4 +73,3 @@ fn main() -> Result<(), String> {
     eprintln!("{}", serde_json::to_string_pretty(&recipe).unwrap());
     Ok(())
 }
-

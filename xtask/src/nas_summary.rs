@@ -88,4 +88,3 @@ pub fn pareto_svg(runs: &[(String, serde_json::Value)]) -> String {
     }
     svg + "</svg>\n"
 }
-

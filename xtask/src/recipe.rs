@@ -35,9 +35,7 @@ pub fn run(recipe: Recipe) -> bool {
     match recipe {
         Recipe::Sqft => secateur(&["sqft", "--pipeline", "all"], "runs/recipe-sqft"),
         Recipe::Shears => secateur(&["shears"], "runs/recipe-shears"),
-        Recipe::Lonas => {
-            secateur(&["nas", "--lora", "--per-layer", "--strategy", "sandwich", "--budget", "24"], "runs/recipe-lonas")
-        }
+        Recipe::Lonas => secateur(&["nas", "--lora", "--per-layer", "--strategy", "sandwich", "--budget", "24"], "runs/recipe-lonas"),
         Recipe::Nas => {
             let root = crate::root();
             let mut ok = true;

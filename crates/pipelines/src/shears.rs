@@ -35,6 +35,14 @@ pub struct Row {
     pub train_seconds: Option<f64>,
 }
 
+/// A trained adapter on the sparse base, for evaluation.
+struct Trained<B: Backend> {
+    model: AdaptedLm<B>,
+    ctl: RankControl,
+    seconds: f64,
+    trainable: usize,
+}
+
 /// What a Shears run measured.
 #[derive(Debug, Clone, Serialize)]
 pub struct ShearsResult {
@@ -108,7 +116,7 @@ pub fn shears<B: AutodiffBackend>(args: &ShearsConfig, device: &B::Device, repor
     let pad = eos.unwrap_or(0);
     let lora_cfg = LoraConfig { alpha, scaling: Scaling::MaxRank, seed: args.seed };
     let train_cfg = |strategy| train_config(args, strategy, reporter.bars());
-    let mut adapters: Vec<(String, AdaptedLm<B::InnerBackend>, RankControl, f64, usize)> = Vec::new();
+    let mut adapters: Vec<Trained<B::InnerBackend>> = Vec::new();
     for (label, strategy) in [("lora", Strategy::Fixed), ("nls", Strategy::Nls)] {
         let sparse = DenseLm::<B>::load(&wanda_dir, device)?.no_grad();
         let (model, ctl) = attach(sparse, &space, &lora_cfg, device)?;
@@ -121,15 +129,10 @@ pub fn shears<B: AutodiffBackend>(args: &ShearsConfig, device: &B::Device, repor
             report.losses.last().copied().unwrap_or(f64::NAN)
         ));
         write_atomic(&ckpt.join("report.json"), serde_json::to_string(&report).expect("JSON").as_bytes())?;
-        adapters.push((label.to_string(), model.valid(), ctl, report.seconds, report.trainable_params));
+        adapters.push(Trained { model: model.valid(), ctl, seconds: report.seconds, trainable: report.trainable_params });
     }
-    let mut evaluate = |name: String,
-                        model: &AdaptedLm<B::InnerBackend>,
-                        ctl: &RankControl,
-                        config: &SubnetConfig,
-                        seconds: f64,
-                        trainable: usize|
-     -> Result<(), PipelineError> {
+    let mut evaluate = |name: String, t: &Trained<B::InnerBackend>, config: &SubnetConfig| -> Result<(), PipelineError> {
+        let (model, ctl) = (&t.model, &t.ctl);
         ctl.apply(config)?;
         let ranks = ctl.space.ranks(config)?;
         let active = secateur_elastic_lora::adapter_params(&model.sites(), &ctl.ranks());
@@ -142,19 +145,18 @@ pub fn shears<B: AutodiffBackend>(args: &ShearsConfig, device: &B::Device, repor
             total: acc.total,
             sparsity,
             nonzero_params: nonzero + active,
-            trainable_params: trainable,
+            trainable_params: t.trainable,
             adapter_ranks: Some(ranks),
-            train_seconds: Some(seconds),
+            train_seconds: Some(t.seconds),
         });
         Ok(())
     };
     let pct = args.sparsity * 100.0;
-    let (_, lora, lora_ctl, lora_s, lora_p) = &adapters[0];
-    evaluate(format!("Wanda {pct:.0}% + LoRA (rank {})", ranks[0]), lora, lora_ctl, &space.maximal(), *lora_s, *lora_p)?;
-    let (_, nls, nls_ctl, nls_s, nls_p) = &adapters[1];
+    evaluate(format!("Wanda {pct:.0}% + LoRA (rank {})", ranks[0]), &adapters[0], &space.maximal())?;
     for (kind, config) in [("maximal", space.maximal()), ("heuristic", space.heuristic()), ("minimal", space.minimal())] {
-        evaluate(format!("Wanda {pct:.0}% + NLS ({kind})"), nls, nls_ctl, &config, *nls_s, *nls_p)?;
+        evaluate(format!("Wanda {pct:.0}% + NLS ({kind})"), &adapters[1], &config)?;
     }
+    let (nls, nls_ctl) = (&adapters[1].model, &adapters[1].ctl);
     // The heuristic sub-adapter in PEFT format, with its true ranks.
     nls_ctl.apply(&space.heuristic())?;
     let peft = StagedDir::new(&out.join("nls-heuristic-adapter"))?;
