@@ -21,7 +21,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::TrainError;
 use crate::data::{Batch, Example};
-use crate::train::{Activation, StepSource, TrainConfig, TrainReport, fit, lm_loss};
+use crate::train::{Activation, StepSource, TrainConfig, TrainReport, batch_ids, fit, lm_loss};
 
 /// Choices of the structural search space (each list descending; index 0 is the largest).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -279,19 +279,13 @@ impl<B: Backend, P: Sliceable<B>> StepSource<B, P> for SupernetSteps<'_> {
             .map(|(i, c)| Activation { ranks: ranks.as_ref().map(|r| r[i].clone()), structure: Some(self.sampler.space.structure(c)) })
             .collect()
     }
-    fn forward(
-        &self,
-        model: &CausalLm<B, P>,
-        a: &Activation,
-        ids: Tensor<B, 2, Int>,
-        mask: &[Vec<bool>],
-    ) -> Result<Tensor<B, 3>, TrainError> {
+    fn forward(&self, model: &CausalLm<B, P>, a: &Activation, batch: &Batch) -> Result<Tensor<B, 3>, TrainError> {
         if let (Some(control), Some(r)) = (self.ranks, &a.ranks) {
             control.apply(r)?;
         }
         Ok(match &a.structure {
-            Some(s) => model.forward_subnet(ids, mask, s)?,
-            None => model.forward(ids, mask)?,
+            Some(s) => model.forward_subnet(batch_ids(model, batch), &batch.mask, s)?,
+            None => model.forward(batch_ids(model, batch), &batch.mask)?,
         })
     }
     fn finish(&self) -> Result<(), TrainError> {

@@ -191,18 +191,17 @@ pub trait StepSource<B: Backend, P: Projection<B>> {
     /// The sub-networks of step `step` (0-based); their gradients are summed. A function of the
     /// step alone, so that a resumed run takes the steps of an uninterrupted one.
     fn activations(&self, step: usize) -> Vec<Activation>;
-    /// Logits `[batch, seq, vocab]` of `model` with `a` active.
-    fn forward(
-        &self,
-        model: &CausalLm<B, P>,
-        a: &Activation,
-        ids: Tensor<B, 2, Int>,
-        mask: &[Vec<bool>],
-    ) -> Result<Tensor<B, 3>, TrainError>;
+    /// Logits `[batch, seq, vocab]` of `model` on `batch` with `a` active.
+    fn forward(&self, model: &CausalLm<B, P>, a: &Activation, batch: &Batch) -> Result<Tensor<B, 3>, TrainError>;
     /// Called when training ends (restores the maximal ranks).
     fn finish(&self) -> Result<(), TrainError> {
         Ok(())
     }
+}
+
+/// The token ids of `batch` on the model's device.
+pub fn batch_ids<B: Backend, P: Projection<B>>(model: &CausalLm<B, P>, batch: &Batch) -> Tensor<B, 2, Int> {
+    token_tensor::<B>(&batch.ids, &model.embed.val().device())
 }
 
 /// Adapter training: per step the sub-adapter(s) of a [`Strategy`] (fixed LoRA, NLS, sandwich).
@@ -222,17 +221,11 @@ impl<B: Backend, P: Projection<B>> StepSource<B, P> for AdapterSteps<'_> {
             .map(|c| Activation { ranks: Some(c), structure: None })
             .collect()
     }
-    fn forward(
-        &self,
-        model: &CausalLm<B, P>,
-        a: &Activation,
-        ids: Tensor<B, 2, Int>,
-        mask: &[Vec<bool>],
-    ) -> Result<Tensor<B, 3>, TrainError> {
+    fn forward(&self, model: &CausalLm<B, P>, a: &Activation, batch: &Batch) -> Result<Tensor<B, 3>, TrainError> {
         if let Some(r) = &a.ranks {
             self.ranks.apply(r)?;
         }
-        Ok(model.forward(ids, mask)?)
+        Ok(model.forward(batch_ids(model, batch), &batch.mask)?)
     }
     fn finish(&self) -> Result<(), TrainError> {
         Ok(self.ranks.apply(&self.ranks.space.maximal())?)
@@ -249,14 +242,8 @@ impl<B: Backend, P: Projection<B>> StepSource<B, P> for FullSteps {
     fn activations(&self, _: usize) -> Vec<Activation> {
         vec![Activation::default()]
     }
-    fn forward(
-        &self,
-        model: &CausalLm<B, P>,
-        _: &Activation,
-        ids: Tensor<B, 2, Int>,
-        mask: &[Vec<bool>],
-    ) -> Result<Tensor<B, 3>, TrainError> {
-        Ok(model.forward(ids, mask)?)
+    fn forward(&self, model: &CausalLm<B, P>, _: &Activation, batch: &Batch) -> Result<Tensor<B, 3>, TrainError> {
+        Ok(model.forward(batch_ids(model, batch), &batch.mask)?)
     }
 }
 
@@ -445,7 +432,7 @@ where
         let mut step_loss = 0.0;
         for a in &activations {
             for batch in &micro {
-                let logits = source.forward(&model, a, token_tensor::<B>(&batch.ids, &device), &batch.mask)?;
+                let logits = source.forward(&model, a, batch)?;
                 let loss = lm_loss(logits, batch, tokens.max(1) as f64);
                 step_loss += loss.clone().into_scalar().elem::<f64>();
                 let grads = GradientsParams::from_grads(loss.backward(), &model);
