@@ -16,6 +16,7 @@ pub mod latency;
 pub mod llama;
 pub mod mpt;
 pub mod nn;
+pub mod permute;
 pub mod site;
 pub mod spec;
 pub mod tokenizer;

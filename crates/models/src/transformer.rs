@@ -433,6 +433,11 @@ impl<B: Backend, P: Module<B>> Block<B, P> {
 }
 
 impl<B: Backend, P: Module<B>> CausalLm<B, P> {
+    /// The device the model's weights live on.
+    pub fn device(&self) -> B::Device {
+        self.embed.val().device()
+    }
+
     /// The architecture.
     pub fn spec(&self) -> &ArchSpec {
         &self.spec

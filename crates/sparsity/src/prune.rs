@@ -107,7 +107,7 @@ pub fn prune<B: Backend>(model: DenseLm<B>, calibration: &[Vec<u32>], cfg: &Prun
     if let Some(t) = calibration.iter().flatten().find(|&&t| t as usize >= vocab) {
         return Err(SparsityError::Config(format!("calibration token id {t} is outside the vocabulary of {vocab}")));
     }
-    let device = model.embed.val().device();
+    let device = model.device();
     let spec = model.spec.clone();
     let mut batches: Vec<Batch<B>> = if wanda { embed_batches(&model, calibration, cfg.batch_size) } else { Vec::new() };
 
@@ -142,7 +142,7 @@ pub fn prune<B: Backend>(model: DenseLm<B>, calibration: &[Vec<u32>], cfg: &Prun
 
 /// Right-padded calibration batches, embedded, with their attention contexts and token weights.
 fn embed_batches<B: Backend>(model: &DenseLm<B>, calibration: &[Vec<u32>], batch_size: usize) -> Vec<Batch<B>> {
-    let device = model.embed.val().device();
+    let device = model.device();
     calibration
         .chunks(batch_size.max(1))
         .map(|chunk| {

@@ -16,7 +16,7 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use secateur_elastic_lora::{Adapted, RankControl, SearchSpace, SubnetConfig};
 use secateur_models::generate::token_tensor;
-use secateur_models::{ArchSpec, CausalLm, DenseLm, LayerStructure, Sliceable, SubnetStructure};
+use secateur_models::{ArchSpec, CausalLm, DenseLm, LayerStructure, SiteKind, Sliceable, SubnetStructure};
 use serde::{Deserialize, Serialize};
 
 use crate::TrainError;
@@ -224,22 +224,28 @@ impl Sampler {
     }
 }
 
-/// Total absolute weight of the projections a sub-network keeps.
+/// Total absolute weight of the projections a sub-network keeps (of the MLP and the attention
+/// output: the slices the structure keeps).
 pub fn structure_magnitude<B: Backend>(model: &DenseLm<B>, s: &SubnetStructure) -> f64 {
     let spec = model.spec();
     let (e, d) = (s.hidden(spec), spec.head_dim);
+    let projections = model.projections();
     s.layers
         .iter()
         .map(|l| {
-            let b = &model.blocks[l.layer];
-            let sum =
-                |t: Tensor<B, 2>, rows: usize, cols: usize| t.narrow(0, 0, rows).narrow(1, 0, cols).abs().sum().into_scalar().elem::<f64>();
-            let q = l.kv_groups * (b.dims.num_heads / b.dims.num_kv_heads) * d;
-            let mut m = sum(b.mlp_up.weight.val(), l.mlp_width, e) + sum(b.mlp_down.weight.val(), e, l.mlp_width);
-            if let Some(g) = &b.mlp_gate {
-                m += sum(g.weight.val(), l.mlp_width, e);
+            let dims = spec.layer(l.layer);
+            let q = l.kv_groups * (dims.num_heads / dims.num_kv_heads) * d;
+            let sum = |kind: SiteKind, rows: usize, cols: usize| {
+                projections
+                    .iter()
+                    .find(|(site, _)| site.layer == l.layer && site.kind == kind)
+                    .map_or(0.0, |(_, p)| p.weight.val().narrow(0, 0, rows).narrow(1, 0, cols).abs().sum().into_scalar().elem::<f64>())
+            };
+            let mut m = sum(SiteKind::Up, l.mlp_width, e) + sum(SiteKind::Down, e, l.mlp_width);
+            if spec.gated_mlp {
+                m += sum(SiteKind::Gate, l.mlp_width, e);
             }
-            m + sum(b.attn_out.weight.val(), e, q)
+            m + sum(SiteKind::O, e, q)
         })
         .sum()
 }
@@ -325,7 +331,7 @@ pub fn validation_loss<B: Backend, P: Sliceable<B>>(
     pad: u32,
     batch_size: usize,
 ) -> Result<f64, TrainError> {
-    let device = model.embed.val().device();
+    let device = model.device();
     let (mut total, mut count) = (0.0, 0usize);
     for chunk in examples.chunks(batch_size.max(1)) {
         let refs: Vec<&Example> = chunk.iter().collect();

@@ -16,9 +16,8 @@
 //!   not depend on the channel order.
 //! - Block: mean over tokens of `1 - cos(input, output)`.
 
-use burn::module::Param;
 use burn::prelude::*;
-use secateur_models::{AttnContext, Dense, DenseLm, PositionKind, QkvLayout, Site, SiteKind};
+use secateur_models::{AttnContext, DenseLm, PositionKind, QkvLayout, Site, SiteKind};
 use serde::Serialize;
 
 use crate::TrainError;
@@ -59,7 +58,7 @@ pub fn importance<B: Backend>(model: &DenseLm<B>, calibration: &[Vec<u32>], batc
         }
     }
     // Block importance: 1 - cosine similarity of each block's input and output.
-    let device = model.embed.val().device();
+    let device = model.device();
     let mut sums = vec![0.0f64; spec.num_layers];
     let mut tokens = 0usize;
     for chunk in calibration.chunks(batch_size.max(1)) {
@@ -91,124 +90,21 @@ pub fn descending(scores: &[f64]) -> Vec<usize> {
     order
 }
 
-fn values<B: Backend, const D: usize>(t: Tensor<B, D>) -> Vec<f32> {
-    t.into_data().convert::<f32>().to_vec().expect("f32")
-}
-
-/// New rows of a `[rows, cols]` matrix: row `i` of the result is row `order[i]` of blocks of `block` rows.
-fn permute_rows(w: &[f32], cols: usize, block: usize, order: &[usize]) -> Vec<f32> {
-    order.iter().flat_map(|&o| w[o * block * cols..(o + 1) * block * cols].iter().copied()).collect()
-}
-
-fn permute_cols(w: &[f32], cols: usize, block: usize, order: &[usize]) -> Vec<f32> {
-    w.chunks(cols).flat_map(|row| order.iter().flat_map(move |&o| row[o * block..(o + 1) * block].iter().copied())).collect()
-}
-
-fn rebuild<B: Backend>(d: &Dense<B>, weight: Vec<f32>, bias: Option<Vec<f32>>) -> Dense<B> {
-    let device = d.weight.val().device();
-    let shape = d.shape();
-    Dense {
-        weight: Param::from_tensor(Tensor::from_data(TensorData::new(weight, shape), &device)),
-        bias: bias.map(|b| {
-            let n = b.len();
-            Param::from_tensor(Tensor::from_data(TensorData::new(b, [n]), &device))
-        }),
-    }
-}
-
-/// Permutes rows (output features) of a projection, in blocks of `block` rows.
-fn rows<B: Backend>(d: &Dense<B>, block: usize, order: &[usize]) -> Dense<B> {
-    let [_, i] = d.shape();
-    let w = permute_rows(&values(d.weight.val()), i, block, order);
-    let b = d.bias.as_ref().map(|b| permute_rows(&values(b.val()), 1, block, order));
-    rebuild(d, w, b)
-}
-
-/// Permutes columns (input features) of a projection, in blocks of `block` columns.
-fn cols<B: Backend>(d: &Dense<B>, block: usize, order: &[usize]) -> Dense<B> {
-    let [_, i] = d.shape();
-    let w = permute_cols(&values(d.weight.val()), i, block, order);
-    rebuild(d, w, d.bias.as_ref().map(|b| values(b.val())))
-}
-
-fn permute_vec<B: Backend>(p: &Param<Tensor<B, 1>>, order: &[usize]) -> Param<Tensor<B, 1>> {
-    let v = values(p.val());
-    let n = v.len();
-    Param::from_tensor(Tensor::from_data(TensorData::new(permute_rows(&v, 1, 1, order), [n]), &p.val().device()))
-}
-
-fn permute_norm<B: Backend>(n: &secateur_models::Norm<B>, order: &[usize]) -> secateur_models::Norm<B> {
-    secateur_models::Norm {
-        weight: permute_vec(&n.weight, order),
-        bias: n.bias.as_ref().map(|b| permute_vec(b, order)),
-        eps: n.eps,
-        rms: n.rms,
-    }
-}
-
-fn permute_table<B: Backend>(p: &Param<Tensor<B, 2>>, order: &[usize]) -> Param<Tensor<B, 2>> {
-    let t = p.val();
-    let [r, c] = t.dims();
-    Param::from_tensor(Tensor::from_data(TensorData::new(permute_cols(&values(t.clone()), c, 1, order), [r, c]), &t.device()))
-}
-
-/// Reorders the residual stream's channels by descending importance (see the module docs).
-fn reorder_channels<B: Backend>(mut model: DenseLm<B>, order: &[usize]) -> DenseLm<B> {
-    model.embed = permute_table(&model.embed, order);
-    model.lm_head = model.lm_head.as_ref().map(|h| permute_table(h, order));
-    model.embed_norm = model.embed_norm.as_ref().map(|n| permute_norm(n, order));
-    model.final_norm = permute_norm(&model.final_norm, order);
-    for block in model.blocks.iter_mut() {
-        block.attn_norm = permute_norm(&block.attn_norm, order);
-        block.mlp_norm = permute_norm(&block.mlp_norm, order);
-        block.attn_in = block.attn_in.iter().map(|p| cols(p, 1, order)).collect();
-        block.mlp_gate = block.mlp_gate.as_ref().map(|g| cols(g, 1, order));
-        block.mlp_up = cols(&block.mlp_up, 1, order);
-        block.attn_out = rows(&block.attn_out, 1, order);
-        block.mlp_down = rows(&block.mlp_down, 1, order);
-    }
-    model
-}
-
 /// Reorders the embedding channels and every block's MLP neurons (and, with `heads`, its
 /// key/value groups) by descending importance. The result computes the same function.
 pub fn reorder<B: Backend>(model: DenseLm<B>, imp: &Importance, heads: bool) -> Result<DenseLm<B>, TrainError> {
-    let mut model = reorder_channels(model, &descending(&imp.channels));
-    let spec = model.spec.clone();
-    if heads && matches!(spec.position, PositionKind::Alibi { .. }) {
+    let mut model = model.permute_channels(&descending(&imp.channels));
+    if heads && matches!(model.spec().position, PositionKind::Alibi { .. }) {
         return Err(TrainError::Config(format!(
             "{:?}: ALiBi ties each head to its slope by position; heads cannot be reordered",
-            spec.family
+            model.spec().family
         )));
     }
-    let d = spec.head_dim;
-    for (l, block) in model.blocks.iter_mut().enumerate() {
-        let (h, rep) = (block.dims.num_heads, block.dims.num_heads / block.dims.num_kv_heads);
-        let n = descending(&imp.neurons[l]);
-        if let Some(g) = &block.mlp_gate {
-            block.mlp_gate = Some(rows(g, 1, &n));
+    for l in 0..model.spec().num_layers {
+        model = model.permute_neurons(l, &descending(&imp.neurons[l]));
+        if heads {
+            model = model.permute_kv_groups(l, &descending(&imp.groups[l]))?;
         }
-        block.mlp_up = rows(&block.mlp_up, 1, &n);
-        block.mlp_down = cols(&block.mlp_down, 1, &n);
-        if !heads {
-            continue;
-        }
-        let g = descending(&imp.groups[l]);
-        // Query heads follow their group: group g holds heads g*rep .. g*rep + rep.
-        let q_order: Vec<usize> = g.iter().flat_map(|&gi| (0..rep).map(move |r| gi * rep + r)).collect();
-        block.attn_out = cols(&block.attn_out, d, &q_order);
-        block.attn_in = match spec.qkv {
-            QkvLayout::Separate => {
-                vec![rows(&block.attn_in[0], d, &q_order), rows(&block.attn_in[1], d, &g), rows(&block.attn_in[2], d, &g)]
-            }
-            // [heads, 3, head_dim] (multi-head: one head per group).
-            QkvLayout::FusedPerHead => vec![rows(&block.attn_in[0], 3 * d, &q_order)],
-            // [3, heads, head_dim]: the same head order inside each of the q, k and v blocks.
-            QkvLayout::FusedBlocks => {
-                let full: Vec<usize> = (0..3).flat_map(|part| q_order.iter().map(move |&q| part * h + q)).collect();
-                vec![rows(&block.attn_in[0], d, &full)]
-            }
-        };
     }
     Ok(model)
 }

@@ -201,7 +201,7 @@ pub trait StepSource<B: Backend, P: Projection<B>> {
 
 /// The token ids of `batch` on the model's device.
 pub fn batch_ids<B: Backend, P: Projection<B>>(model: &CausalLm<B, P>, batch: &Batch) -> Tensor<B, 2, Int> {
-    token_tensor::<B>(&batch.ids, &model.embed.val().device())
+    token_tensor::<B>(&batch.ids, &model.device())
 }
 
 /// Adapter training: per step the sub-adapter(s) of a [`Strategy`] (fixed LoRA, NLS, sandwich).
@@ -396,7 +396,7 @@ where
         return Err(TrainError::Config("no training examples".into()));
     }
     cfg.validate()?;
-    let device = model.embed.val().device();
+    let device = model.device();
     let total = cfg.steps.unwrap_or_else(|| examples.len().div_ceil(cfg.batch_size) * cfg.epochs);
     let mut optim = adamw(cfg).init::<B, CausalLm<B, P>>();
     let adapter_params = trainable_params(&model);
