@@ -8,7 +8,7 @@ use serde::Deserialize;
 
 use crate::error::{ModelError, Result};
 use crate::site::SiteKind;
-use crate::spec::{Activation, ArchSpec, Family, NormKind, OneOrMany, PositionKind, QkvLayout, Residual, WeightNames};
+use crate::spec::{Activation, ArchSpec, Family, FamilyOps, NormKind, OneOrMany, PositionKind, QkvLayout, Residual, WeightNames};
 
 /// `config.json` of a BLOOM checkpoint, as transformers writes it.
 #[derive(Debug, Clone, Deserialize)]
@@ -92,6 +92,25 @@ impl BloomConfig {
         })
     }
 }
+
+/// The family's registration (listed once in [`crate::spec::FAMILIES`]).
+pub(crate) const FAMILY: FamilyOps = FamilyOps {
+    family: Family::Bloom,
+    model_types: &["bloom"],
+    parse: |path, value, _model_type| {
+        serde_json::from_value::<BloomConfig>(value).map_err(|source| ModelError::Json { path: path.to_path_buf(), source })?.spec(path)
+    },
+    hf_module,
+    weight_names,
+    layers_key: "n_layer",
+    native_config: |spec, obj, layers, e, dims| {
+        if dims.num_heads != spec.num_heads || e != spec.hidden_size || dims.intermediate_size != spec.intermediate_size {
+            return false;
+        }
+        obj.insert("n_layer".into(), layers.into());
+        true
+    },
+};
 
 pub(crate) fn hf_module(layer: usize, kind: SiteKind) -> String {
     let leaf = match kind {

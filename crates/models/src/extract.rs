@@ -18,7 +18,7 @@ use burn::prelude::*;
 use crate::Dense;
 use crate::error::{ModelError, Result};
 use crate::nn::Norm;
-use crate::spec::{ArchSpec, Family, LayerDims, SUBNET_EXTENSION_KEY, SubnetExtension};
+use crate::spec::{ArchSpec, LayerDims, SUBNET_EXTENSION_KEY, SubnetExtension};
 use crate::transformer::{Block, CausalLm, SubnetStructure};
 
 /// A contiguous copy: narrowed views keep the parent's strides, and strided weights make every
@@ -40,48 +40,18 @@ fn norm<B: Backend>(n: &Norm<B>, e: usize) -> Norm<B> {
     Norm { weight: take(&n.weight), bias: n.bias.as_ref().map(take), eps: n.eps, rms: n.rms }
 }
 
-/// The sizes each kept block will have.
 /// The family's own fields for a homogeneous sub-network, where they can say it.
 fn native_config(spec: &ArchSpec, config: &serde_json::Value, layers: usize, e: usize, dims: LayerDims) -> Option<serde_json::Value> {
     let mut cfg = config.clone();
     let obj = cfg.as_object_mut()?;
     obj.remove(SUBNET_EXTENSION_KEY);
-    let same_heads = dims.num_heads == spec.num_heads;
-    let same_e = e == spec.hidden_size;
-    let mut set = |key: &str, v: serde_json::Value| {
-        obj.insert(key.to_string(), v);
-    };
-    match spec.family {
-        Family::Llama => {
-            set("num_hidden_layers", layers.into());
-            set("hidden_size", e.into());
-            set("intermediate_size", dims.intermediate_size.into());
-            set("num_attention_heads", dims.num_heads.into());
-            set("num_key_value_heads", dims.num_kv_heads.into());
-            set("head_dim", spec.head_dim.into());
-        }
-        Family::GptNeox if same_heads && same_e => {
-            set("num_hidden_layers", layers.into());
-            set("intermediate_size", dims.intermediate_size.into());
-        }
-        Family::Bloom if same_heads && same_e && dims.intermediate_size == spec.intermediate_size => set("n_layer", layers.into()),
-        Family::Mpt if same_heads && same_e => {
-            set("n_layers", layers.into());
-            set("expansion_ratio", (dims.intermediate_size as f64 / spec.hidden_size as f64).into());
-        }
-        _ => return None,
-    }
-    Some(cfg)
+    (spec.family.ops().native_config)(spec, obj, layers, e, dims).then_some(cfg)
 }
 
 /// The super-network's config with the number of layers changed and the [`SubnetExtension`].
 fn extension_config(spec: &ArchSpec, config: &serde_json::Value, e: usize, dims: Vec<LayerDims>) -> Result<serde_json::Value> {
     let mut cfg = config.clone();
-    let key = match spec.family {
-        Family::Llama | Family::GptNeox => "num_hidden_layers",
-        Family::Bloom => "n_layer",
-        Family::Mpt => "n_layers",
-    };
+    let key = spec.family.ops().layers_key;
     let obj = cfg.as_object_mut().ok_or_else(|| ModelError::InvalidInput("config.json is not an object".into()))?;
     obj.insert(key.to_string(), dims.len().into());
     let ext = SubnetExtension { hidden_size: e, layers: dims };

@@ -8,7 +8,9 @@ use serde::Deserialize;
 
 use crate::error::{ModelError, Result};
 use crate::site::SiteKind;
-use crate::spec::{Activation, ArchSpec, Family, NormKind, OneOrMany, PositionKind, QkvLayout, Residual, WeightNames, parse_rope_scaling};
+use crate::spec::{
+    Activation, ArchSpec, Family, FamilyOps, NormKind, OneOrMany, PositionKind, QkvLayout, Residual, WeightNames, parse_rope_scaling,
+};
 
 /// `config.json` of a GPT-NeoX checkpoint, as transformers writes it.
 #[derive(Debug, Clone, Deserialize)]
@@ -101,6 +103,26 @@ impl GptNeoxConfig {
         })
     }
 }
+
+/// The family's registration (listed once in [`crate::spec::FAMILIES`]).
+pub(crate) const FAMILY: FamilyOps = FamilyOps {
+    family: Family::GptNeox,
+    model_types: &["gpt_neox"],
+    parse: |path, value, _model_type| {
+        serde_json::from_value::<GptNeoxConfig>(value).map_err(|source| ModelError::Json { path: path.to_path_buf(), source })?.spec(path)
+    },
+    hf_module,
+    weight_names,
+    layers_key: "num_hidden_layers",
+    native_config: |spec, obj, layers, e, dims| {
+        if dims.num_heads != spec.num_heads || e != spec.hidden_size {
+            return false;
+        }
+        obj.insert("num_hidden_layers".into(), layers.into());
+        obj.insert("intermediate_size".into(), dims.intermediate_size.into());
+        true
+    },
+};
 
 pub(crate) fn hf_module(layer: usize, kind: SiteKind) -> String {
     let leaf = match kind {

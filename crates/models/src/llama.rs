@@ -9,7 +9,9 @@ use serde::Deserialize;
 
 use crate::error::{ModelError, Result};
 use crate::site::SiteKind;
-use crate::spec::{Activation, ArchSpec, Family, NormKind, OneOrMany, PositionKind, QkvLayout, Residual, WeightNames, parse_rope_scaling};
+use crate::spec::{
+    Activation, ArchSpec, Family, FamilyOps, NormKind, OneOrMany, PositionKind, QkvLayout, Residual, WeightNames, parse_rope_scaling,
+};
 
 /// `config.json` of a LLaMA or Mistral checkpoint, as transformers writes it.
 #[derive(Debug, Clone, Deserialize)]
@@ -100,6 +102,30 @@ impl LlamaConfig {
         })
     }
 }
+
+/// The family's registration (listed once in [`crate::spec::FAMILIES`]).
+pub(crate) const FAMILY: FamilyOps = FamilyOps {
+    family: Family::Llama,
+    model_types: &["llama", "mistral"],
+    parse: |path, value, model_type| {
+        serde_json::from_value::<LlamaConfig>(value)
+            .map_err(|source| ModelError::Json { path: path.to_path_buf(), source })?
+            .spec(path, model_type)
+    },
+    hf_module,
+    weight_names,
+    layers_key: "num_hidden_layers",
+    native_config: |spec, obj, layers, e, dims| {
+        let mut set = |key: &str, v: serde_json::Value| obj.insert(key.to_string(), v);
+        set("num_hidden_layers", layers.into());
+        set("hidden_size", e.into());
+        set("intermediate_size", dims.intermediate_size.into());
+        set("num_attention_heads", dims.num_heads.into());
+        set("num_key_value_heads", dims.num_kv_heads.into());
+        set("head_dim", spec.head_dim.into());
+        true
+    },
+};
 
 pub(crate) fn hf_module(layer: usize, kind: SiteKind) -> String {
     let leaf = match kind {

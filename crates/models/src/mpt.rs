@@ -12,7 +12,7 @@ use serde::Deserialize;
 
 use crate::error::{ModelError, Result};
 use crate::site::SiteKind;
-use crate::spec::{Activation, ArchSpec, Family, NormKind, OneOrMany, PositionKind, QkvLayout, Residual, WeightNames};
+use crate::spec::{Activation, ArchSpec, Family, FamilyOps, NormKind, OneOrMany, PositionKind, QkvLayout, Residual, WeightNames};
 
 /// `attn_config` of an MPT config.
 #[derive(Debug, Clone, Deserialize)]
@@ -153,6 +153,26 @@ impl MptConfig {
         })
     }
 }
+
+/// The family's registration (listed once in [`crate::spec::FAMILIES`]).
+pub(crate) const FAMILY: FamilyOps = FamilyOps {
+    family: Family::Mpt,
+    model_types: &["mpt"],
+    parse: |path, value, _model_type| {
+        serde_json::from_value::<MptConfig>(value).map_err(|source| ModelError::Json { path: path.to_path_buf(), source })?.spec(path)
+    },
+    hf_module,
+    weight_names,
+    layers_key: "n_layers",
+    native_config: |spec, obj, layers, e, dims| {
+        if dims.num_heads != spec.num_heads || e != spec.hidden_size {
+            return false;
+        }
+        obj.insert("n_layers".into(), layers.into());
+        obj.insert("expansion_ratio".into(), (dims.intermediate_size as f64 / spec.hidden_size as f64).into());
+        true
+    },
+};
 
 pub(crate) fn hf_module(layer: usize, kind: SiteKind) -> String {
     let leaf = match kind {

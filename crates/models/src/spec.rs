@@ -26,6 +26,34 @@ pub enum Family {
     Mpt,
 }
 
+/// What a family's file provides, as one `pub(crate) const FAMILY: FamilyOps`. A new family is
+/// its own file, a [`Family`] variant and one entry of [`FAMILIES`].
+pub(crate) struct FamilyOps {
+    pub family: Family,
+    /// The `model_type` values of its configs.
+    pub model_types: &'static [&'static str],
+    /// The architecture of a `config.json` (path, parsed JSON, `model_type`).
+    pub parse: fn(&Path, serde_json::Value, &str) -> Result<ArchSpec>,
+    /// The Hugging Face module path of a projection.
+    pub hf_module: fn(usize, SiteKind) -> String,
+    /// Checkpoint names of the non-projection weights.
+    pub weight_names: fn(&ArchSpec) -> WeightNames,
+    /// The config field holding the number of blocks.
+    pub layers_key: &'static str,
+    /// Writes a homogeneous sub-network's sizes (blocks, residual width, block sizes) into the
+    /// family's own config fields; false when those fields cannot say it.
+    pub native_config: fn(&ArchSpec, &mut serde_json::Map<String, serde_json::Value>, usize, usize, LayerDims) -> bool,
+}
+
+/// Every supported family.
+pub(crate) const FAMILIES: [&FamilyOps; 4] = [&llama::FAMILY, &gpt_neox::FAMILY, &bloom::FAMILY, &mpt::FAMILY];
+
+impl Family {
+    pub(crate) fn ops(self) -> &'static FamilyOps {
+        FAMILIES.iter().find(|f| f.family == self).expect("every family is in FAMILIES")
+    }
+}
+
 /// Normalisation layer kind.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize)]
 pub enum NormKind {
@@ -190,12 +218,10 @@ impl ArchSpec {
             None => None,
             Some(v) => Some(serde_json::from_value::<SubnetExtension>(v.clone()).map_err(parse_err)?),
         };
-        let mut spec = match model_type.as_str() {
-            "llama" | "mistral" => serde_json::from_value::<llama::LlamaConfig>(value).map_err(parse_err)?.spec(path, &model_type)?,
-            "gpt_neox" => serde_json::from_value::<gpt_neox::GptNeoxConfig>(value).map_err(parse_err)?.spec(path)?,
-            "bloom" => serde_json::from_value::<bloom::BloomConfig>(value).map_err(parse_err)?.spec(path)?,
-            "mpt" => serde_json::from_value::<mpt::MptConfig>(value).map_err(parse_err)?.spec(path)?,
-            _ => {
+        let family = FAMILIES.iter().find(|f| f.model_types.contains(&model_type.as_str()));
+        let mut spec = match family {
+            Some(f) => (f.parse)(path, value, &model_type)?,
+            None => {
                 return Err(ModelError::UnsupportedModelType { path: path.to_path_buf(), model_type });
             }
         };
@@ -366,22 +392,12 @@ impl ArchSpec {
 
     /// The Hugging Face module path of a projection (what PEFT's `target_modules` match).
     pub fn hf_module(&self, layer: usize, kind: SiteKind) -> String {
-        match self.family {
-            Family::Llama => llama::hf_module(layer, kind),
-            Family::GptNeox => gpt_neox::hf_module(layer, kind),
-            Family::Bloom => bloom::hf_module(layer, kind),
-            Family::Mpt => mpt::hf_module(layer, kind),
-        }
+        (self.family.ops().hf_module)(layer, kind)
     }
 
     /// Checkpoint names of the non-projection weights.
     pub fn weight_names(&self) -> WeightNames {
-        match self.family {
-            Family::Llama => llama::weight_names(self),
-            Family::GptNeox => gpt_neox::weight_names(self),
-            Family::Bloom => bloom::weight_names(self),
-            Family::Mpt => mpt::weight_names(self),
-        }
+        (self.family.ops().weight_names)(self)
     }
 }
 
