@@ -255,8 +255,7 @@ pub fn search<B: Backend>(args: &SearchConfig, device: &B::Device, reporter: &dy
         let config = SubAdapterProblem::<B>::config(x);
         loaded.ranks.apply(&config)?;
         let c = problem.costs(&config).map_err(PipelineError::Usage)?;
-        let acc = accuracy(&loaded.model, &loaded.tokenizer, &loaded.task.test, AnswerKind::Math, loaded.args.max_new_tokens, 64, device)
-            .map_err(|e| PipelineError::Input { path: args.run.clone(), reason: e.to_string() })?;
+        let acc = accuracy(&loaded.model, &loaded.tokenizer, &loaded.task.test, AnswerKind::Math, loaded.args.max_new_tokens, 64, device)?;
         chosen.push(Chosen {
             label,
             ranks: loaded.ranks.space.ranks(&config)?,
