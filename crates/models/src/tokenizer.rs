@@ -33,6 +33,12 @@ impl TextTokenizer {
         self.inner.encode(text, true).map(|e| e.get_ids().to_vec()).map_err(|e| self.err(e))
     }
 
+    /// Token ids of `text` without the special tokens the tokenizer's post-processor adds (what
+    /// Hugging Face's `add_special_tokens=False` gives).
+    pub fn encode_plain(&self, text: &str) -> Result<Vec<u32>> {
+        self.inner.encode(text, false).map(|e| e.get_ids().to_vec()).map_err(|e| self.err(e))
+    }
+
     /// Text of `ids`, special tokens skipped.
     pub fn decode(&self, ids: &[u32]) -> Result<String> {
         self.inner.decode(ids, true).map_err(|e| self.err(e))
