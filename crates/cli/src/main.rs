@@ -42,6 +42,38 @@ enum Command {
         #[command(flatten)]
         model: ModelArgs,
     },
+    /// Evaluate a checkpoint the way lm-evaluation-harness scores it: rolling perplexity
+    /// (`ppl:FILE`), multiple choice (`mc:FILE`) and named tasks on local data (`boolq:FILE`,
+    /// `piqa`, `siqa`, `hellaswag`, `winogrande`, `arc_easy`, `arc_challenge`, `openbookqa`,
+    /// `mmlu:TEST[,DEV]`). Prints a table; with `--out`, writes results.json and samples-TASK.jsonl.
+    Eval {
+        #[command(flatten)]
+        model: ModelArgs,
+        /// A PEFT LoRA adapter directory to apply (rank_pattern / alpha_pattern honoured).
+        #[arg(long)]
+        adapter: Option<PathBuf>,
+        /// A task: KIND:FILE (repeatable).
+        #[arg(long = "task", required = true)]
+        tasks: Vec<String>,
+        /// Evaluate the first N documents of each task.
+        #[arg(long)]
+        limit: Option<usize>,
+        /// Few-shot examples (MMLU, from its dev file).
+        #[arg(long, default_value_t = 0)]
+        num_fewshot: usize,
+        /// Requests per forward pass.
+        #[arg(long, default_value_t = 8)]
+        batch_size: usize,
+        /// The window (default: the model's max_position_embeddings, else 2048, as lm-eval).
+        #[arg(long)]
+        max_length: Option<usize>,
+        /// Output directory for results.json and the samples (written whole).
+        #[arg(long)]
+        out: Option<PathBuf>,
+        /// Replace a non-empty `--out` that is not an earlier `eval` output.
+        #[arg(long)]
+        force: bool,
+    },
     /// Print the logits of token-id sequences as JSON: {"logits": [batch][seq][vocab]}.
     Logits {
         #[command(flatten)]
@@ -219,6 +251,10 @@ enum CliError {
     #[error(transparent)]
     Pipeline(#[from] PipelineError),
     #[error(transparent)]
+    Eval(#[from] secateur::eval::EvalError),
+    #[error(transparent)]
+    Lora(#[from] secateur::lora::LoraError),
+    #[error(transparent)]
     Sparsity(#[from] secateur::sparsity::SparsityError),
     #[error(transparent)]
     Quant(#[from] secateur::quant::QuantError),
@@ -282,6 +318,7 @@ fn check_cuda_driver() -> Result<(), CliError> {
 fn run(cli: Cli) -> Result<(), CliError> {
     let device = match &cli.command {
         Command::Info { model }
+        | Command::Eval { model, .. }
         | Command::Logits { model, .. }
         | Command::Generate { model, .. }
         | Command::Prune { model, .. }
@@ -311,6 +348,53 @@ fn run(cli: Cli) -> Result<(), CliError> {
 
 fn run_on<B: Backend>(cmd: Command, device: B::Device) -> Result<(), CliError> {
     match cmd {
+        Command::Eval { model, adapter, tasks, limit, num_fewshot, batch_size, max_length, out, force } => {
+            use secateur::eval::{Encoder, EvalConfig, TaskSpec, default_max_length, evaluate, markdown, prefix_token, write_results};
+            let specs = tasks.iter().map(|t| TaskSpec::parse(t)).collect::<Result<Vec<_>, _>>()?;
+            if batch_size == 0 || max_length == Some(0) || limit == Some(0) {
+                return Err(CliError::Usage("--batch-size, --max-length and --limit must be at least 1".into()));
+            }
+            let m = AnyLm::<B>::load(&model.model, &device)?;
+            let m = match (m, &adapter) {
+                (AnyLm::Dense(d), Some(dir)) => AnyLm::Adapted(secateur::lora::peft::import_peft(d, dir, &device)?),
+                (AnyLm::Quant(_), Some(dir)) => {
+                    return Err(CliError::Input {
+                        path: dir.clone(),
+                        reason: "adapters apply to dense checkpoints; merge them into the quantized model with `secateur sqft`".into(),
+                    });
+                }
+                (m, _) => m,
+            };
+            let tok = TextTokenizer::from_file(&model.model.join("tokenizer.json"))?;
+            let spec = m.spec().clone();
+            let cfg = EvalConfig {
+                num_fewshot,
+                limit,
+                batch_size,
+                max_length: max_length.unwrap_or_else(|| default_max_length(&model.model, &spec)),
+            };
+            let enc = Encoder { tokenizer: &tok, prefix_token: prefix_token(&model.model, &spec, &tok)?, add_bos: None };
+            let staged = match &out {
+                Some(o) => {
+                    let manifest = Manifest::new("eval", &json!({"model": model.model, "adapter": adapter, "tasks": tasks, "config": cfg}));
+                    let mut inputs: Vec<&Path> = vec![&model.model];
+                    inputs.extend(adapter.as_deref());
+                    Some(OutputDir::create(o, &manifest, force, &inputs)?)
+                }
+                None => None,
+            };
+            let mut results = Vec::new();
+            for s in &specs {
+                let r = with_lm!(&m, |m| evaluate(m, &enc, s, &cfg, &device))?;
+                eprintln!("{}: {} documents, {} requests", r.task, r.documents, r.requests);
+                results.push(r);
+            }
+            if let Some(staged) = staged {
+                write_results(staged.path(), &results, &json!({"model": model.model, "adapter": adapter, "config": cfg}))?;
+                staged.publish()?;
+            }
+            emit(&markdown(&results));
+        }
         Command::Info { model } => {
             let m = AnyLm::<B>::load(&model.model, &device)?;
             let mut v = with_lm!(&m, |m| info(m));
@@ -491,6 +575,8 @@ fn run_on<B: Backend>(cmd: Command, device: B::Device) -> Result<(), CliError> {
 enum AnyLm<B: Backend> {
     Dense(DenseLm<B>),
     Quant(secateur::quant::QuantLm<B>),
+    /// A dense model with a PEFT adapter (`eval --adapter`).
+    Adapted(secateur::lora::AdaptedLm<B>),
 }
 
 /// Runs an expression on whichever model an [`AnyLm`] holds.
@@ -499,6 +585,7 @@ macro_rules! with_lm {
         match $m {
             AnyLm::Dense($x) => $body,
             AnyLm::Quant($x) => $body,
+            AnyLm::Adapted($x) => $body,
         }
     };
 }

@@ -39,6 +39,8 @@ pub enum EvalError {
     /// A task specification that cannot work.
     #[error("{0}")]
     Spec(String),
+    #[error(transparent)]
+    Run(#[from] secateur_runs::RunError),
     /// A request the model cannot score.
     #[error("{0}")]
     Request(String),
@@ -262,6 +264,31 @@ pub fn evaluate<B: Backend, P: Projection<B>>(
         }
     }
     Ok(TaskResult { task: spec.name(), file, documents: samples.len(), requests: requests_total, metrics, stderr, samples })
+}
+
+/// The results as a markdown table: one row per task and metric.
+pub fn markdown(results: &[TaskResult]) -> String {
+    let mut t = String::from("| Task | Metric | Value | Stderr | Documents | Requests |\n|---|---|---|---|---|---|\n");
+    for r in results {
+        for (name, v) in &r.metrics {
+            let se = r.stderr.get(name).map_or("-".to_string(), |s| format!("{s:.4}"));
+            t += &format!("| {} | {name} | {v:.4} | {se} | {} | {} |\n", r.task, r.documents, r.requests);
+        }
+    }
+    t
+}
+
+/// Writes `results.json` (the tasks' metrics and `settings`) and `samples-TASK.jsonl` (one line
+/// per document) into `dir`, each file atomically.
+pub fn write_results(dir: &Path, results: &[TaskResult], settings: &serde_json::Value) -> Result<(), EvalError> {
+    let json = serde_json::json!({"settings": settings, "results": results});
+    secateur_runs::write_atomic(&dir.join("results.json"), serde_json::to_string_pretty(&json).expect("JSON").as_bytes())?;
+    for r in results {
+        let name: String = r.task.chars().map(|c| if c.is_ascii_alphanumeric() || c == '_' || c == '-' { c } else { '_' }).collect();
+        let lines: String = r.samples.iter().map(|s| serde_json::to_string(s).expect("JSON") + "\n").collect();
+        secateur_runs::write_atomic(&dir.join(format!("samples-{name}.jsonl")), lines.as_bytes())?;
+    }
+    Ok(())
 }
 
 #[cfg(test)]

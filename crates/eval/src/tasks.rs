@@ -353,7 +353,11 @@ pub fn mc_docs(spec: &TaskSpec, num_fewshot: usize) -> Result<Vec<McDoc>, EvalEr
                     Some(Value::String(s)) => s.clone(),
                     None => " ".into(),
                     Some(_) => {
-                        return Err(EvalError::Data { path: path.clone(), line, reason: "field `target_delimiter` is not a string".into() });
+                        return Err(EvalError::Data {
+                            path: path.clone(),
+                            line,
+                            reason: "field `target_delimiter` is not a string".into(),
+                        });
                     }
                 };
                 McDoc {
@@ -378,23 +382,31 @@ pub fn mc_docs(spec: &TaskSpec, num_fewshot: usize) -> Result<Vec<McDoc>, EvalEr
         }
         docs.push(d);
     }
-    if let TaskSpec::Named { task: Named::Mmlu, fewshot_file, .. } = spec
-        && num_fewshot > 0
-    {
-        let dev = fewshot_file.as_ref().ok_or_else(|| EvalError::Spec("mmlu few-shot needs a dev file: mmlu:TEST,DEV".into()))?;
-        let rows = read_rows(dev)?;
-        if rows.len() < num_fewshot {
-            return Err(EvalError::Spec(format!("{}: {} rows, fewer than --num-fewshot {num_fewshot}", dev.display(), rows.len())));
-        }
-        // "{description}{example}{target_delimiter}{target}{fewshot_delimiter}" ... then the query;
-        // description: "The following are multiple choice questions (with answers) about {subject}.\n\n".
+    if let TaskSpec::Named { task: Named::Mmlu, fewshot_file, .. } = spec {
+        // "{description}{example}{target_delimiter}{target}{fewshot_delimiter}..." then the query;
+        // the description (each subject's YAML): "The following are multiple choice questions
+        // (with answers) about {subject}.\n\n", the subject from the rows' `subject` field.
         let mut prefix = String::new();
-        for (line, row) in rows.iter().take(num_fewshot) {
-            let d = named_doc(Named::Mmlu, dev, *line, row)?;
-            prefix += &format!("{} {}\n\n", d.contexts[0], d.choices[d.gold]);
+        if num_fewshot > 0 {
+            let dev = fewshot_file.as_ref().ok_or_else(|| EvalError::Spec("mmlu few-shot needs a dev file: mmlu:TEST,DEV".into()))?;
+            let rows = read_rows(dev)?;
+            if rows.len() < num_fewshot {
+                return Err(EvalError::Spec(format!("{}: {} rows, fewer than --num-fewshot {num_fewshot}", dev.display(), rows.len())));
+            }
+            // The `first_n` sampler: the dev split's first rows, in order.
+            for (line, row) in rows.iter().take(num_fewshot) {
+                let d = named_doc(Named::Mmlu, dev, *line, row)?;
+                prefix += &format!("{} {}\n\n", d.contexts[0], d.choices[d.gold]);
+            }
         }
-        for d in &mut docs {
-            d.contexts[0] = format!("{prefix}{}", d.contexts[0]);
+        for (d, (_, row)) in docs.iter_mut().zip(read_rows(path)?) {
+            let description = match row.get("subject").and_then(Value::as_str) {
+                Some(subject) => {
+                    format!("The following are multiple choice questions (with answers) about {}.\n\n", subject.replace('_', " "))
+                }
+                None => String::new(),
+            };
+            d.contexts[0] = format!("{description}{prefix}{}", d.contexts[0]);
         }
     }
     Ok(docs)

@@ -11,6 +11,7 @@
 //! | `quant` | [`quant`] | RTN quantization, GPTQ-format checkpoints, `QuantLinear` |
 //! | `nas` | [`supernet`] | the trainer, super-network samplers, reordering, datasets, evaluation |
 //! | `search` | [`search_algorithms`] | NSGA-II, R-NSGA-II, hill climbing, Pareto fronts, hypervolume |
+//! | `eval` | [`eval`] | perplexity and multiple-choice log-likelihood, scored like lm-evaluation-harness |
 //! | `pipelines` | [`pipelines`] | Shears, SQFT, NAS / LoNAS and sub-adapter search, end to end |
 //! | `cuda` | [`Cuda`] | the CUDA backend (needs an NVIDIA driver at run time) |
 //!
@@ -47,6 +48,8 @@ pub use secateur_elastic_lora as lora;
 pub use secateur_models as models;
 pub use secateur_runs as runs;
 
+#[cfg(feature = "eval")]
+pub use secateur_eval as eval;
 #[cfg(feature = "pipelines")]
 pub use secateur_pipelines as pipelines;
 #[cfg(feature = "pipelines")]

@@ -1,0 +1,165 @@
+"""Reference scores of lm-evaluation-harness for `secateur eval` (crates/eval/tests/).
+
+Runs lm-eval's Hugging Face model (`--model hf`) on the random-weight fixture checkpoints of
+every family (LLaMA, GPT-NeoX, BLOOM, MPT) and the hand-written task files in
+crates/eval/tests/data/ (each named task's real schema), through local task YAMLs: the generic
+perplexity and multiple-choice tasks are written here, the named tasks `include` lm-eval's own
+YAMLs with the data set pointed at the local file. Offline. Writes, per family,
+crates/eval/tests/fixtures/<family>.json: per task its metrics and, per document, the
+log-likelihood and is-greedy of every request.
+
+Pinned: lm_eval==0.4.9, torch==2.9.0, transformers==4.57.1 (scripts/requirements.txt).
+"""
+
+import json
+import os
+import shutil
+import tempfile
+
+os.environ["HF_DATASETS_OFFLINE"] = "1"
+os.environ["HF_HUB_OFFLINE"] = "1"
+
+import lm_eval  # noqa: E402
+from lm_eval.tasks import TaskManager  # noqa: E402
+
+ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")
+DATA = os.path.join(ROOT, "crates/eval/tests/data")
+OUT = os.path.join(ROOT, "crates/eval/tests/fixtures")
+LM_TASKS = os.path.join(os.path.dirname(lm_eval.__file__), "tasks")
+# Family fixture -> the multiple-choice window. Windows: short for perplexity (several windows per
+# document), long enough for the multiple-choice contexts (secateur refuses to cut a context;
+# lm-eval would cut it silently). transformers' MPT builds ALiBi for max_seq_len (64) only, so
+# MPT runs at 64 and without MMLU (its few-shot contexts are longer).
+FAMILIES = {"llama_gqa": 256, "neox_parallel": 256, "bloom_4heads": 256, "mpt_4heads": 64}
+PPL_MAX_LENGTH = 32
+
+# Named tasks: (our name, lm-eval YAML, extra settings).
+NAMED = [
+    ("arc_easy", "arc/arc_easy.yaml", {}),
+    ("openbookqa", "openbookqa/openbookqa.yaml", {}),
+    ("boolq", "super_glue/boolq/default.yaml", {}),
+    ("piqa", "piqa/piqa.yaml", {}),
+    ("siqa", "siqa/siqa.yaml", {}),
+    ("hellaswag", "hellaswag/hellaswag.yaml", {}),
+    ("winogrande", "winogrande/default.yaml", {}),
+    ("mmlu", "mmlu/default/mmlu_abstract_algebra.yaml", {"fewshot_split": "dev", "num_fewshot": 1}),
+]
+
+
+def yaml_str(d):
+    # JSON is valid YAML.
+    return json.dumps(d, indent=1)
+
+
+def write_tasks(dir):
+    def local(name, extra_files=None):
+        files = {"test": os.path.join(DATA, f"{name}.jsonl")}
+        files.update(extra_files or {})
+        return {
+            "dataset_path": "json",
+            "dataset_name": None,
+            "dataset_kwargs": {"data_files": files},
+            "training_split": None,
+            "validation_split": None,
+            "test_split": "test",
+        }
+
+    tasks = {}
+    tasks["secateur_ppl"] = {
+        "task": "secateur_ppl",
+        **local("ppl"),
+        "output_type": "loglikelihood_rolling",
+        "doc_to_text": "",
+        "doc_to_target": "text",
+        "metric_list": [{"metric": m} for m in ["word_perplexity", "byte_perplexity", "bits_per_byte"]],
+    }
+    tasks["secateur_mc"] = {
+        "task": "secateur_mc",
+        **local("mc"),
+        "output_type": "multiple_choice",
+        "doc_to_text": "context",
+        "doc_to_choice": "choices",
+        "doc_to_target": "gold",
+        "metric_list": [{"metric": "acc"}, {"metric": "acc_norm"}],
+    }
+    for name, yaml, extra in NAMED:
+        files = {"dev": os.path.join(DATA, "mmlu_dev.jsonl")} if name == "mmlu" else None
+        t = {"include": os.path.join(LM_TASKS, yaml), "task": f"secateur_{name}", "tag": [], **local(name, files), **extra}
+        # Report acc_norm for every multiple-choice task (some YAMLs list acc only).
+        t["metric_list"] = [{"metric": "acc"}, {"metric": "acc_norm"}]
+        tasks[t["task"]] = t
+    for name, t in tasks.items():
+        with open(os.path.join(dir, f"{name}.yaml"), "w") as f:
+            f.write(yaml_str(t))
+    return list(tasks)
+
+
+def model_dir(tmp, family):
+    d = os.path.join(tmp, family)
+    shutil.copytree(os.path.join(ROOT, "crates/models/tests/fixtures", family), d)
+    # The fixtures ship tokenizer.json only; say which tokens are BOS / EOS as a hub model would.
+    with open(os.path.join(d, "tokenizer_config.json"), "w") as f:
+        json.dump({"tokenizer_class": "PreTrainedTokenizerFast", "bos_token": "<s>", "eos_token": "</s>", "unk_token": "<unk>"}, f)
+    return d
+
+
+def patch_mpt_alibi_bias_max():
+    """As scripts/make_fixtures.py: transformers' MPT port ignores `attn_config.alibi_bias_max`
+    (it always uses 8); MosaicML's definition, and secateur, follow the config."""
+    from transformers.models.mpt import modeling_mpt
+
+    def build(self, num_heads, sequence_length, alibi_bias_max=8, device=None):
+        return modeling_mpt.build_mpt_alibi_tensor(num_heads, sequence_length, self.config.attn_config.alibi_bias_max, device)
+
+    modeling_mpt.MptModel.build_mpt_alibi_tensor = build
+
+
+def run(d, tasks, max_length, tm):
+    res = lm_eval.simple_evaluate(
+        model="hf",
+        model_args=f"pretrained={d},dtype=float32,max_length={max_length}",
+        tasks=tasks,
+        batch_size=4,
+        device="cpu",
+        log_samples=True,
+        task_manager=tm,
+        random_seed=0,
+        numpy_random_seed=0,
+        torch_random_seed=0,
+        fewshot_random_seed=0,
+    )
+    out = {}
+    for task in tasks:
+        metrics = {k.split(",")[0]: v for k, v in res["results"][task].items() if "," in k and isinstance(v, (int, float))}
+        samples = []
+        for s in sorted(res["samples"][task], key=lambda s: s["doc_id"]):
+            resps = [r[0] for r in s["resps"]]
+            if isinstance(resps[0], (list, tuple)):
+                lls, greedy = [float(r[0]) for r in resps], [bool(r[1]) for r in resps]
+            else:
+                lls, greedy = [float(r) for r in resps], None
+            samples.append({"doc_id": s["doc_id"], "lls": lls, "greedy": greedy})
+        out[task.removeprefix("secateur_")] = {"metrics": metrics, "max_length": max_length, "samples": samples}
+    return out
+
+
+def main():
+    os.makedirs(OUT, exist_ok=True)
+    with tempfile.TemporaryDirectory() as tmp:
+        yaml_dir = os.path.join(tmp, "tasks")
+        os.makedirs(yaml_dir)
+        names = write_tasks(yaml_dir)
+        tm = TaskManager(include_path=yaml_dir)
+        patch_mpt_alibi_bias_max()
+        for family, mc_max_length in FAMILIES.items():
+            d = model_dir(tmp, family)
+            ref = run(d, ["secateur_ppl"], PPL_MAX_LENGTH, tm)
+            mc = [n for n in names if n != "secateur_ppl" and not (family.startswith("mpt") and n == "secateur_mmlu")]
+            ref.update(run(d, mc, mc_max_length, tm))
+            with open(os.path.join(OUT, f"{family}.json"), "w") as f:
+                json.dump({"lm_eval": lm_eval.__version__, "family": family, "tasks": ref}, f, indent=1)
+            print(family, {t: v["metrics"] for t, v in ref.items()})
+
+
+if __name__ == "__main__":
+    main()
