@@ -384,3 +384,75 @@ fn nas_trains_searches_and_extracts_a_front() {
     let (ok, _, stderr, _) = nas(&["--metric", "bleu"], "bad");
     assert!(!ok && stderr.contains("possible values: loss, accuracy"), "a typo fails at parse time, listing the values: {stderr}");
 }
+
+/// The eval crate's task files.
+fn eval_data(name: &str) -> String {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../eval/tests/data").join(name).to_string_lossy().into_owned()
+}
+
+#[test]
+fn eval_writes_results_and_samples_and_matches_lm_eval() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("eval");
+    let model = fixture("llama_gqa");
+    let (ppl, arc) = (format!("ppl:{}", eval_data("ppl.jsonl")), format!("arc_easy:{}", eval_data("arc_easy.jsonl")));
+    let args =
+        ["eval", "--model", model.to_str().unwrap(), "--task", &ppl, "--task", &arc, "--max-length", "64", "--out", out.to_str().unwrap()];
+    let (ok, stdout, stderr) = secateur(&args);
+    assert!(ok, "{stderr}");
+    assert!(stdout.contains("| ppl:ppl | word_perplexity |") && stdout.contains("| arc_easy | acc_norm |"), "{stdout}");
+    let results: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(out.join("results.json")).unwrap()).unwrap();
+    // lm-eval's ARC-Easy scores of the same file (crates/eval/tests/fixtures; its contexts fit
+    // this window, so the window does not change them).
+    let reference: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../eval/tests/fixtures/llama_gqa.json")).unwrap(),
+    )
+    .unwrap();
+    for metric in ["acc", "acc_norm"] {
+        assert_eq!(results["results"][1]["metrics"][metric], reference["tasks"]["arc_easy"]["metrics"][metric], "{metric}");
+    }
+    assert!(results["results"][0]["metrics"]["word_perplexity"].as_f64().unwrap().is_finite());
+    assert_eq!(results["settings"]["config"]["max_length"], 64);
+    let samples = std::fs::read_to_string(out.join("samples-arc_easy.jsonl")).unwrap();
+    assert_eq!(samples.lines().count(), 2);
+    let first: serde_json::Value = serde_json::from_str(samples.lines().next().unwrap()).unwrap();
+    assert_eq!(first["requests"].as_array().unwrap().len(), 4);
+    assert_eq!(first["gold"], 1);
+}
+
+#[test]
+fn eval_refuses_bad_task_files_naming_file_line_and_field() {
+    let tmp = tempfile::tempdir().unwrap();
+    let model = fixture("llama_gqa");
+    let cases = [
+        (
+            "wrong-field.jsonl",
+            "{\"context\": \"a\", \"choices\": [\"b\"], \"gold\": 0}\n{\"context\": \"a\", \"options\": [\"b\"], \"gold\": 0}\n",
+            "line 2: no field `choices`",
+        ),
+        ("empty.jsonl", "{\"context\": \"a\", \"choices\": [], \"gold\": 0}\n", "line 1: the choice list is empty"),
+        (
+            "gold.jsonl",
+            "{\"context\": \"a\", \"choices\": [\"b\", \"c\"], \"gold\": 2}\n",
+            "line 1: gold index 2 is out of range for 2 choices",
+        ),
+        (
+            "long.jsonl",
+            &format!("{{\"context\": \"{}\", \"choices\": [\"b\"], \"gold\": 0}}\n", "word ".repeat(40)),
+            "do not fit the window of 16",
+        ),
+    ];
+    for (name, text, expected) in cases {
+        let path = tmp.path().join(name);
+        std::fs::write(&path, text).unwrap();
+        let out = tmp.path().join(format!("out-{name}"));
+        let task = format!("mc:{}", path.display());
+        let (ok, _, stderr) =
+            secateur(&["eval", "--model", model.to_str().unwrap(), "--task", &task, "--max-length", "16", "--out", out.to_str().unwrap()]);
+        assert!(!ok, "{name}: accepted");
+        assert!(stderr.contains(name) && stderr.contains(expected), "{name}: {stderr}");
+        assert!(!out.exists(), "{name}: an output was written");
+    }
+    let (ok, _, stderr) = secateur(&["eval", "--model", model.to_str().unwrap(), "--task", "nope:x.jsonl"]);
+    assert!(!ok && stderr.contains("unknown task kind \"nope\""), "{stderr}");
+}
