@@ -45,7 +45,8 @@ enum Command {
     /// Evaluate a checkpoint the way lm-evaluation-harness scores it: rolling perplexity
     /// (`ppl:FILE`), multiple choice (`mc:FILE`) and named tasks on local data (`boolq:FILE`,
     /// `piqa`, `siqa`, `hellaswag`, `winogrande`, `arc_easy`, `arc_challenge`, `openbookqa`,
-    /// `mmlu:TEST[,DEV]`). Prints a table; with `--out`, writes results.json and samples-TASK.jsonl.
+    /// `mmlu:TEST[,DEV]`) and generation (`gen:FILE`, LLM-Adapters records). Prints a table;
+    /// with `--out`, writes results.json and samples-TASK.jsonl.
     Eval {
         #[command(flatten)]
         model: ModelArgs,
@@ -67,6 +68,9 @@ enum Command {
         /// The window (default: the model's max_position_embeddings, else 2048, as lm-eval).
         #[arg(long)]
         max_length: Option<usize>,
+        /// Generation tasks: the longest answer generated.
+        #[arg(long, default_value_t = 64)]
+        max_new_tokens: usize,
         /// Output directory for results.json and the samples (written whole).
         #[arg(long)]
         out: Option<PathBuf>,
@@ -348,7 +352,7 @@ fn run(cli: Cli) -> Result<(), CliError> {
 
 fn run_on<B: Backend>(cmd: Command, device: B::Device) -> Result<(), CliError> {
     match cmd {
-        Command::Eval { model, adapter, tasks, limit, num_fewshot, batch_size, max_length, out, force } => {
+        Command::Eval { model, adapter, tasks, limit, num_fewshot, batch_size, max_length, max_new_tokens, out, force } => {
             use secateur::eval::{Encoder, EvalConfig, TaskSpec, default_max_length, evaluate, markdown, prefix_token, write_results};
             let specs = tasks.iter().map(|t| TaskSpec::parse(t)).collect::<Result<Vec<_>, _>>()?;
             if batch_size == 0 || max_length == Some(0) || limit == Some(0) {
@@ -372,6 +376,7 @@ fn run_on<B: Backend>(cmd: Command, device: B::Device) -> Result<(), CliError> {
                 limit,
                 batch_size,
                 max_length: max_length.unwrap_or_else(|| default_max_length(&model.model, &spec)),
+                max_new_tokens,
             };
             let enc = Encoder { tokenizer: &tok, prefix_token: prefix_token(&model.model, &spec, &tok)?, add_bos: None };
             let staged = match &out {

@@ -456,3 +456,27 @@ fn eval_refuses_bad_task_files_naming_file_line_and_field() {
     let (ok, _, stderr) = secateur(&["eval", "--model", model.to_str().unwrap(), "--task", "nope:x.jsonl"]);
     assert!(!ok && stderr.contains("unknown task kind \"nope\""), "{stderr}");
 }
+
+#[test]
+fn eval_generation_task_scores_exact_match() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = common::records(tmp.path(), 5, true);
+    let out = tmp.path().join("eval");
+    let task = format!("gen:{}", data.display());
+    let (ok, stdout, stderr) = secateur(&[
+        "eval",
+        "--model",
+        fixture("llama_gqa").to_str().unwrap(),
+        "--task",
+        &task,
+        "--max-new-tokens",
+        "8",
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    assert!(ok, "{stderr}");
+    assert!(stdout.contains("| exact_match |"), "{stdout}");
+    let samples = std::fs::read_to_string(out.join(format!("samples-gen_{}.jsonl", data.file_stem().unwrap().to_string_lossy()))).unwrap();
+    assert_eq!(samples.lines().count(), 5);
+    assert!(samples.lines().all(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["output"].is_string()));
+}

@@ -41,6 +41,8 @@ pub enum EvalError {
     Spec(String),
     #[error(transparent)]
     Run(#[from] secateur_runs::RunError),
+    #[error(transparent)]
+    Train(#[from] secateur_supernet::TrainError),
     /// A request the model cannot score.
     #[error("{0}")]
     Request(String),
@@ -57,6 +59,8 @@ pub struct EvalConfig {
     pub batch_size: usize,
     /// The window (lm-eval's `max_length`): the longest sequence a request runs as.
     pub max_length: usize,
+    /// Generation tasks: the longest answer generated.
+    pub max_new_tokens: usize,
 }
 
 /// One task's metrics.
@@ -77,7 +81,7 @@ pub struct TaskResult {
 }
 
 /// What one document scored.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Default, Serialize)]
 pub struct Sample {
     pub doc: usize,
     /// Its line in the task file (multiple choice).
@@ -90,6 +94,8 @@ pub struct Sample {
     /// Perplexity: the document's words and UTF-8 bytes.
     pub words: Option<usize>,
     pub bytes: Option<usize>,
+    /// Generation: the greedy output.
+    pub output: Option<String>,
 }
 
 /// The window lm-eval uses by default for a model: `max_position_embeddings` (or `n_positions`,
@@ -168,7 +174,7 @@ pub fn evaluate<B: Backend, P: Projection<B>>(
     device: &B::Device,
 ) -> Result<TaskResult, EvalError> {
     let file = match spec {
-        TaskSpec::Perplexity(p) | TaskSpec::MultipleChoice(p) => p.clone(),
+        TaskSpec::Perplexity(p) | TaskSpec::MultipleChoice(p) | TaskSpec::Generation(p) => p.clone(),
         TaskSpec::Named { file, .. } => file.clone(),
     };
     let limit = cfg.limit.unwrap_or(usize::MAX);
@@ -176,7 +182,30 @@ pub fn evaluate<B: Backend, P: Projection<B>>(
     let mut stderr = BTreeMap::new();
     let mut samples = Vec::new();
     let requests_total;
-    if let TaskSpec::Perplexity(path) = spec {
+    if let TaskSpec::Generation(path) = spec {
+        let records: Vec<_> = secateur_supernet::data::read_records(path)?.into_iter().take(limit).collect();
+        let acc = secateur_supernet::eval::accuracy(
+            model,
+            enc.tokenizer,
+            &records,
+            secateur_supernet::eval::AnswerKind::Math,
+            cfg.max_new_tokens,
+            cfg.batch_size,
+            device,
+        )?;
+        requests_total = records.len();
+        let scores: Vec<f64> = records
+            .iter()
+            .zip(&acc.outputs)
+            .map(|(r, o)| f64::from(u8::from(secateur_supernet::eval::is_correct(o, &r.answer, secateur_supernet::eval::AnswerKind::Math))))
+            .collect();
+        let (m, s) = mean_stderr(&scores);
+        metrics.insert("exact_match".into(), m);
+        stderr.insert("exact_match".into(), s);
+        for (d, o) in acc.outputs.into_iter().enumerate() {
+            samples.push(Sample { doc: d, output: Some(o), ..Sample::default() });
+        }
+    } else if let TaskSpec::Perplexity(path) = spec {
         let docs: Vec<String> = tasks::perplexity_docs(path)?.into_iter().take(limit).collect();
         let mut windows = Vec::new();
         let mut owner = Vec::new();
@@ -205,6 +234,7 @@ pub fn evaluate<B: Backend, P: Projection<B>>(
                 prediction_norm: None,
                 words: Some(w),
                 bytes: Some(b),
+                output: None,
             });
         }
         metrics.insert("word_perplexity".into(), (-ll / words as f64).exp());
@@ -255,6 +285,7 @@ pub fn evaluate<B: Backend, P: Projection<B>>(
                 prediction_norm: Some(pn),
                 words: None,
                 bytes: None,
+                output: None,
             });
         }
         for (name, v) in [("acc", &acc), ("acc_norm", &acc_norm)] {

@@ -40,6 +40,9 @@ impl McDoc {
 pub enum TaskSpec {
     /// Rolling perplexity of plain text or of JSONL `text` fields.
     Perplexity(PathBuf),
+    /// Greedy generation on LLM-Adapters records (what the pipelines train on), the last number
+    /// of the output compared with the record's `answer`.
+    Generation(PathBuf),
     /// Generic multiple choice: JSONL `{"context", "choices", "gold"[, "target_delimiter"]}`.
     MultipleChoice(PathBuf),
     /// A named multiple-choice task on a local copy of its data set (`mmlu` may add a dev file
@@ -90,13 +93,14 @@ impl TaskSpec {
         match kind {
             "ppl" => Ok(Self::Perplexity(file.into())),
             "mc" => Ok(Self::MultipleChoice(file.into())),
+            "gen" => Ok(Self::Generation(file.into())),
             _ => {
                 let names: Vec<&str> = Named::ALL.iter().map(|(n, _)| *n).collect();
                 let task = Named::ALL
                     .iter()
                     .find(|(n, _)| *n == kind)
                     .map(|(_, t)| *t)
-                    .ok_or_else(|| bad(format!("unknown task kind {kind:?}: use ppl, mc or one of {}", names.join(", "))))?;
+                    .ok_or_else(|| bad(format!("unknown task kind {kind:?}: use ppl, mc, gen or one of {}", names.join(", "))))?;
                 let (file, fewshot_file) = match file.split_once(',') {
                     Some((t, d)) if task == Named::Mmlu => (t.into(), Some(d.into())),
                     Some(_) => return Err(bad("only mmlu takes a second (few-shot) file".into())),
@@ -113,6 +117,7 @@ impl TaskSpec {
         match self {
             Self::Perplexity(p) => format!("ppl:{}", stem(p)),
             Self::MultipleChoice(p) => format!("mc:{}", stem(p)),
+            Self::Generation(p) => format!("gen:{}", stem(p)),
             Self::Named { task, .. } => task.name().to_string(),
         }
     }
@@ -340,7 +345,7 @@ pub fn mc_docs(spec: &TaskSpec, num_fewshot: usize) -> Result<Vec<McDoc>, EvalEr
     let (path, task) = match spec {
         TaskSpec::MultipleChoice(p) => (p, None),
         TaskSpec::Named { task, file, .. } => (file, Some(*task)),
-        TaskSpec::Perplexity(_) => unreachable!("a perplexity task has no choices"),
+        TaskSpec::Perplexity(_) | TaskSpec::Generation(_) => unreachable!("only multiple-choice tasks have choices"),
     };
     let mut docs = Vec::new();
     for (line, row) in read_rows(path)? {

@@ -37,6 +37,7 @@ fn check_family(family: &str) {
             limit: None,
             batch_size: 3,
             max_length: r["max_length"].as_u64().unwrap() as usize,
+            max_new_tokens: 1,
         };
         let ours = evaluate(&model, &enc, &TaskSpec::parse(&spec).unwrap(), &cfg, &device).unwrap();
         let samples = r["samples"].as_array().unwrap();
