@@ -32,6 +32,8 @@ LM_TASKS = os.path.join(os.path.dirname(lm_eval.__file__), "tasks")
 # MPT runs at 64 and without MMLU (its few-shot contexts are longer).
 FAMILIES = {"llama_gqa": 256, "neox_parallel": 256, "bloom_4heads": 256, "mpt_4heads": 64}
 PPL_MAX_LENGTH = 32
+GSM8K_FEWSHOT = 1
+GSM8K_MAX_GEN_TOKS = 16
 
 # Named tasks: (our name, lm-eval YAML, extra settings).
 NAMED = [
@@ -88,6 +90,14 @@ def write_tasks(dir):
         # Report acc_norm for every multiple-choice task (some YAMLs list acc only).
         t["metric_list"] = [{"metric": "acc"}, {"metric": "acc_norm"}]
         tasks[t["task"]] = t
+    # GSM8K: its own YAML (template, stop sequences, filters, exact_match settings) on local rows,
+    # one few-shot example from a local train file with the `first_n` sampler (lm-eval's default
+    # draws at random), and a short generation so that the small windows hold it.
+    gsm8k = {"include": os.path.join(LM_TASKS, "gsm8k/gsm8k.yaml"), "task": "secateur_gsm8k", "tag": [],
+             **local("gsm8k", {"train": os.path.join(DATA, "gsm8k_train.jsonl")})}
+    gsm8k.update({"training_split": "train", "fewshot_split": "train", "num_fewshot": GSM8K_FEWSHOT, "fewshot_config": {"sampler": "first_n"},
+                  "generation_kwargs": {"until": ["Question:", "</s>", "<|im_end|>"], "do_sample": False, "temperature": 0.0, "max_gen_toks": GSM8K_MAX_GEN_TOKS}})
+    tasks["secateur_gsm8k"] = gsm8k
     for name, t in tasks.items():
         with open(os.path.join(dir, f"{name}.yaml"), "w") as f:
             f.write(yaml_str(t))
@@ -130,6 +140,19 @@ def run(d, tasks, max_length, tm):
     )
     out = {}
     for task in tasks:
+        if task == "secateur_gsm8k":
+            # Per filter: "exact_match,strict-match" and its stderr as "exact_match,strict-match_stderr".
+            metrics = {}
+            for k, v in res["results"][task].items():
+                if "," in k and isinstance(v, (int, float)):
+                    m, f = k.split(",", 1)
+                    metrics[f"{m.removesuffix('_stderr')},{f}" + ("_stderr" if m.endswith("_stderr") else "")] = v
+            docs = {}
+            for s in res["samples"][task]:
+                d = docs.setdefault(s["doc_id"], {"doc_id": s["doc_id"], "output": s["resps"][0][0], "filtered": {}})
+                d["filtered"][s["filter"]] = s["filtered_resps"][0]
+            out["gsm8k"] = {"metrics": metrics, "max_length": max_length, "samples": [docs[i] for i in sorted(docs)]}
+            continue
         metrics = {k.split(",")[0]: v for k, v in res["results"][task].items() if "," in k and isinstance(v, (int, float))}
         samples = []
         for s in sorted(res["samples"][task], key=lambda s: s["doc_id"]):
@@ -143,8 +166,47 @@ def run(d, tasks, max_length, tm):
     return out
 
 
+# Responses for the GSM8K answer filters and exact_match (edge cases of each regex).
+FILTER_CASES = [
+    ("Tom has 3 + 5 = 8 apples.\n#### 8", "#### 8"),
+    ("The answer is $1,200.50.", "It costs $1,200.50.\n#### 1200.50"),
+    ("#### -4\n\nQuestion: next", "#### -4"),
+    ("no digits here", "#### 3"),
+    ("7 then 8 then 9", "#### 9"),
+    ("#### 12 and #### 13", "#### 12"),
+    ("5.", "#### 5"),
+    ("x 3.\n", "#### 3"),
+    ("#### 1,000,000.", "#### 1000000"),
+    ("a b c 4", "#### 4"),
+    ("-", "#### 0"),
+    ("$ 5", "#### 5"),
+    ("ANSWER: 42 Dollars", "#### 42"),
+    ("", "#### 1"),
+]
+
+
+def filter_cases():
+    from lm_eval.api.metrics import exact_match_hf_evaluate
+    from lm_eval.filters.extraction import RegexFilter
+
+    strict = RegexFilter(regex_pattern=r"#### (\-?[0-9\.\,]+)")
+    flexible = RegexFilter(regex_pattern=r"(-?[$0-9.,]{2,})|(-?[0-9]+)", group_select=-1)
+    ignore = [",", "\\$", "(?s).*#### ", "\\.$"]
+    out = []
+    for resp, gold in FILTER_CASES:
+        row = {"response": resp, "gold": gold}
+        for name, f in [("strict-match", strict), ("flexible-extract", flexible)]:
+            got = list(f.apply([[resp]], [{}]))[0][0]
+            em = exact_match_hf_evaluate([got], [gold], regexes_to_ignore=ignore, ignore_case=True, ignore_punctuation=False)["exact_match"]
+            row[name] = {"filtered": got, "exact_match": bool(em)}
+        out.append(row)
+    return out
+
+
 def main():
     os.makedirs(OUT, exist_ok=True)
+    with open(os.path.join(OUT, "gsm8k_filters.json"), "w") as f:
+        json.dump({"lm_eval": lm_eval.__version__, "cases": filter_cases()}, f, indent=1)
     with tempfile.TemporaryDirectory() as tmp:
         yaml_dir = os.path.join(tmp, "tasks")
         os.makedirs(yaml_dir)

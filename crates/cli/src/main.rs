@@ -45,7 +45,8 @@ enum Command {
     /// Evaluate a checkpoint the way lm-evaluation-harness scores it: rolling perplexity
     /// (`ppl:FILE`), multiple choice (`mc:FILE`) and named tasks on local data (`boolq:FILE`,
     /// `piqa`, `siqa`, `hellaswag`, `winogrande`, `arc_easy`, `arc_challenge`, `openbookqa`,
-    /// `mmlu:TEST[,DEV]`) and generation (`gen:FILE`, LLM-Adapters records). Prints a table;
+    /// `mmlu:TEST[,DEV]`) and generation (`gsm8k:TEST[,TRAIN]`; `gen:FILE`, LLM-Adapters
+    /// records). Prints a table;
     /// with `--out`, writes results.json and samples-TASK.jsonl.
     Eval {
         #[command(flatten)]
@@ -59,7 +60,7 @@ enum Command {
         /// Evaluate the first N documents of each task.
         #[arg(long)]
         limit: Option<usize>,
-        /// Few-shot examples (MMLU, from its dev file).
+        /// Few-shot examples (MMLU from its dev file, GSM8K from its train file).
         #[arg(long, default_value_t = 0)]
         num_fewshot: usize,
         /// Requests per forward pass.
@@ -68,9 +69,10 @@ enum Command {
         /// The window (default: the model's max_position_embeddings, else 2048, as lm-eval).
         #[arg(long)]
         max_length: Option<usize>,
-        /// Generation tasks: the longest answer generated.
-        #[arg(long, default_value_t = 64)]
-        max_new_tokens: usize,
+        /// Generation tasks: the longest answer generated (default: 256 for gsm8k, as lm-eval;
+        /// 64 for gen:FILE).
+        #[arg(long)]
+        max_new_tokens: Option<usize>,
         /// Output directory for results.json and the samples (written whole).
         #[arg(long)]
         out: Option<PathBuf>,
@@ -355,8 +357,8 @@ fn run_on<B: Backend>(cmd: Command, device: B::Device) -> Result<(), CliError> {
         Command::Eval { model, adapter, tasks, limit, num_fewshot, batch_size, max_length, max_new_tokens, out, force } => {
             use secateur::eval::{Encoder, EvalConfig, TaskSpec, default_max_length, evaluate, markdown, prefix_token, write_results};
             let specs = tasks.iter().map(|t| TaskSpec::parse(t)).collect::<Result<Vec<_>, _>>()?;
-            if batch_size == 0 || max_length == Some(0) || limit == Some(0) {
-                return Err(CliError::Usage("--batch-size, --max-length and --limit must be at least 1".into()));
+            if batch_size == 0 || max_length == Some(0) || limit == Some(0) || max_new_tokens == Some(0) {
+                return Err(CliError::Usage("--batch-size, --max-length, --limit and --max-new-tokens must be at least 1".into()));
             }
             let m = AnyLm::<B>::load(&model.model, &device)?;
             let m = match (m, &adapter) {

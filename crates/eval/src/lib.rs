@@ -4,11 +4,15 @@
 //! - rolling perplexity (`ppl:FILE`): `loglikelihood_rolling` windows, `word_perplexity`,
 //!   `byte_perplexity`, `bits_per_byte` with lm-eval's definitions, and token perplexity;
 //! - multiple choice by log-likelihood (`mc:FILE` and the named tasks of [`tasks::Named`]):
-//!   `acc` and `acc_norm` with their standard errors.
+//!   `acc` and `acc_norm` with their standard errors;
+//! - generation: `gsm8k` (few-shot, greedy `generate_until`, the `strict-match` and
+//!   `flexible-extract` filters, `exact_match`) and `gen:FILE` (LLM-Adapters records, the
+//!   pipelines' answer extraction).
 //!
 //! [`loglik`] encodes and scores requests; [`tasks`] reads task files and holds lm-eval's
 //! templates; [`evaluate`] runs one task on any [`CausalLm`].
 
+pub mod generation;
 pub mod loglik;
 pub mod tasks;
 
@@ -19,6 +23,7 @@ use burn::prelude::Backend;
 use secateur_models::{ArchSpec, CausalLm, Projection, TextTokenizer};
 use serde::Serialize;
 
+pub use generation::{GenDoc, RegexFilter};
 pub use loglik::{Encoder, Request, Scored, loglikelihoods};
 pub use tasks::{McDoc, Named, TaskSpec};
 
@@ -59,8 +64,9 @@ pub struct EvalConfig {
     pub batch_size: usize,
     /// The window (lm-eval's `max_length`): the longest sequence a request runs as.
     pub max_length: usize,
-    /// Generation tasks: the longest answer generated.
-    pub max_new_tokens: usize,
+    /// Generation tasks: the longest answer generated (default: lm-eval's 256 for `gsm8k`, 64
+    /// for `gen:FILE`).
+    pub max_new_tokens: Option<usize>,
 }
 
 /// One task's metrics.
@@ -96,6 +102,9 @@ pub struct Sample {
     pub bytes: Option<usize>,
     /// Generation: the greedy output.
     pub output: Option<String>,
+    /// Generation: the output after each answer filter (`strict-match`, `flexible-extract`).
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub filtered: BTreeMap<String, String>,
 }
 
 /// The window lm-eval uses by default for a model: `max_position_embeddings` (or `n_positions`,
@@ -189,7 +198,7 @@ pub fn evaluate<B: Backend, P: Projection<B>>(
             enc.tokenizer,
             &records,
             secateur_supernet::eval::AnswerKind::Math,
-            cfg.max_new_tokens,
+            cfg.max_new_tokens.unwrap_or(64),
             cfg.batch_size,
             device,
         )?;
@@ -204,6 +213,35 @@ pub fn evaluate<B: Backend, P: Projection<B>>(
         stderr.insert("exact_match".into(), s);
         for (d, o) in acc.outputs.into_iter().enumerate() {
             samples.push(Sample { doc: d, output: Some(o), ..Sample::default() });
+        }
+    } else if let TaskSpec::Named { task: Named::Gsm8k, file, fewshot_file } = spec {
+        let docs: Vec<_> = generation::gsm8k_docs(file, fewshot_file.as_deref(), cfg.num_fewshot)?.into_iter().take(limit).collect();
+        // handle_stop_sequences: the tokenizer's EOS text joins `until`.
+        let mut until: Vec<String> = generation::GSM8K_UNTIL.iter().map(|s| s.to_string()).collect();
+        if let Some(eos) = model.spec().eos_token_ids.first().and_then(|&e| enc.tokenizer.token(e))
+            && !until.contains(&eos)
+        {
+            until.push(eos);
+        }
+        let contexts: Vec<String> = docs.iter().map(|d| d.context.clone()).collect();
+        let max_gen = cfg.max_new_tokens.unwrap_or(generation::GSM8K_MAX_GEN_TOKS);
+        let outputs = generation::generate_texts(model, enc, &contexts, &until, max_gen, cfg.max_length, cfg.batch_size, device)?;
+        requests_total = docs.len();
+        let filters = [generation::RegexFilter::strict_match(), generation::RegexFilter::flexible_extract()];
+        let mut scores = vec![Vec::new(); filters.len()];
+        for (n, (d, o)) in docs.iter().zip(outputs).enumerate() {
+            let mut filtered = BTreeMap::new();
+            for (f, sc) in filters.iter().zip(&mut scores) {
+                let answer = f.apply(&o);
+                sc.push(f64::from(u8::from(generation::gsm8k_exact_match(&answer, &d.target))));
+                filtered.insert(f.name.to_string(), answer);
+            }
+            samples.push(Sample { doc: n, line: Some(d.line), output: Some(o), filtered, ..Sample::default() });
+        }
+        for (f, sc) in filters.iter().zip(&scores) {
+            let (m, s) = mean_stderr(sc);
+            metrics.insert(format!("exact_match,{}", f.name), m);
+            stderr.insert(format!("exact_match,{}", f.name), s);
         }
     } else if let TaskSpec::Perplexity(path) = spec {
         let docs: Vec<String> = tasks::perplexity_docs(path)?.into_iter().take(limit).collect();
@@ -234,7 +272,7 @@ pub fn evaluate<B: Backend, P: Projection<B>>(
                 prediction_norm: None,
                 words: Some(w),
                 bytes: Some(b),
-                output: None,
+                ..Sample::default()
             });
         }
         metrics.insert("word_perplexity".into(), (-ll / words as f64).exp());
@@ -283,9 +321,7 @@ pub fn evaluate<B: Backend, P: Projection<B>>(
                 gold: Some(d.gold),
                 prediction: Some(p),
                 prediction_norm: Some(pn),
-                words: None,
-                bytes: None,
-                output: None,
+                ..Sample::default()
             });
         }
         for (name, v) in [("acc", &acc), ("acc_norm", &acc_norm)] {

@@ -40,7 +40,8 @@ pub struct Encoder<'a> {
 }
 
 impl Encoder<'_> {
-    fn encode(&self, text: &str) -> Result<Vec<u32>, EvalError> {
+    /// `text` as the model sees it (special tokens only when `add_bos` asks for one).
+    pub fn encode(&self, text: &str) -> Result<Vec<u32>, EvalError> {
         let mut ids = self.tokenizer.encode_plain(text)?;
         if let Some(bos) = self.add_bos {
             ids.insert(0, bos);

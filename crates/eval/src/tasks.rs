@@ -45,8 +45,8 @@ pub enum TaskSpec {
     Generation(PathBuf),
     /// Generic multiple choice: JSONL `{"context", "choices", "gold"[, "target_delimiter"]}`.
     MultipleChoice(PathBuf),
-    /// A named multiple-choice task on a local copy of its data set (`mmlu` may add a dev file
-    /// for few-shot examples: `mmlu:TEST[,DEV]`).
+    /// A named task on a local copy of its data set (`mmlu` and `gsm8k` may add a file of
+    /// few-shot examples: `mmlu:TEST[,DEV]`, `gsm8k:TEST[,TRAIN]`).
     Named { task: Named, file: PathBuf, fewshot_file: Option<PathBuf> },
 }
 
@@ -62,10 +62,13 @@ pub enum Named {
     ArcChallenge,
     Openbookqa,
     Mmlu,
+    /// Generation: greedy, few-shot from a train file (`gsm8k:TEST[,TRAIN]`), `exact_match`
+    /// after the `strict-match` and `flexible-extract` filters.
+    Gsm8k,
 }
 
 impl Named {
-    pub const ALL: [(&'static str, Named); 9] = [
+    pub const ALL: [(&'static str, Named); 10] = [
         ("boolq", Named::Boolq),
         ("piqa", Named::Piqa),
         ("siqa", Named::Siqa),
@@ -75,6 +78,7 @@ impl Named {
         ("arc_challenge", Named::ArcChallenge),
         ("openbookqa", Named::Openbookqa),
         ("mmlu", Named::Mmlu),
+        ("gsm8k", Named::Gsm8k),
     ];
 
     pub fn name(self) -> &'static str {
@@ -83,7 +87,7 @@ impl Named {
 }
 
 impl TaskSpec {
-    /// Parses `ppl:FILE`, `mc:FILE` or `NAME:FILE` (`mmlu:TEST,DEV`).
+    /// Parses `ppl:FILE`, `mc:FILE`, `gen:FILE` or `NAME:FILE` (`mmlu:TEST,DEV`, `gsm8k:TEST,TRAIN`).
     pub fn parse(s: &str) -> Result<Self, EvalError> {
         let bad = |why: String| EvalError::Spec(format!("--task {s:?}: {why}"));
         let (kind, file) = s.split_once(':').ok_or_else(|| bad("expected KIND:FILE, e.g. ppl:wiki.txt or arc_easy:arc.jsonl".into()))?;
@@ -102,12 +106,20 @@ impl TaskSpec {
                     .map(|(_, t)| *t)
                     .ok_or_else(|| bad(format!("unknown task kind {kind:?}: use ppl, mc, gen or one of {}", names.join(", "))))?;
                 let (file, fewshot_file) = match file.split_once(',') {
-                    Some((t, d)) if task == Named::Mmlu => (t.into(), Some(d.into())),
-                    Some(_) => return Err(bad("only mmlu takes a second (few-shot) file".into())),
+                    Some((t, d)) if matches!(task, Named::Mmlu | Named::Gsm8k) => (t.into(), Some(d.into())),
+                    Some(_) => return Err(bad("only mmlu and gsm8k take a second (few-shot) file".into())),
                     None => (file.into(), None),
                 };
                 Ok(Self::Named { task, file, fewshot_file })
             }
+        }
+    }
+
+    /// The files the task reads (its data, and the few-shot file when given).
+    pub fn files(&self) -> Vec<&Path> {
+        match self {
+            Self::Perplexity(p) | Self::MultipleChoice(p) | Self::Generation(p) => vec![p.as_path()],
+            Self::Named { file, fewshot_file, .. } => std::iter::once(file.as_path()).chain(fewshot_file.as_deref()).collect(),
         }
     }
 
@@ -173,7 +185,7 @@ fn field<'a>(path: &Path, line: usize, row: &'a Value, name: &str) -> Result<&'a
     row.get(name).ok_or_else(|| EvalError::Data { path: path.to_path_buf(), line, reason: format!("no field `{name}`") })
 }
 
-fn str_field(path: &Path, line: usize, row: &Value, name: &str) -> Result<String, EvalError> {
+pub(crate) fn str_field(path: &Path, line: usize, row: &Value, name: &str) -> Result<String, EvalError> {
     let v = field(path, line, row, name)?;
     match v {
         Value::String(s) => Ok(s.clone()),
@@ -316,6 +328,7 @@ fn named_doc(task: Named, path: &Path, line: usize, row: &Value) -> Result<McDoc
         }
         // mmlu/default/_default_template_yaml: "{{question.strip()}}\nA. {{choices[0]}}\nB. ...\nAnswer:",
         // choices ["A", "B", "C", "D"], answer (an index).
+        Named::Gsm8k => return Err(EvalError::Spec("gsm8k is a generation task, not multiple choice".into())),
         Named::Mmlu => {
             let options = strings(path, line, f("choices")?, "choices")?;
             if options.len() != 4 {
@@ -345,7 +358,9 @@ pub fn mc_docs(spec: &TaskSpec, num_fewshot: usize) -> Result<Vec<McDoc>, EvalEr
     let (path, task) = match spec {
         TaskSpec::MultipleChoice(p) => (p, None),
         TaskSpec::Named { task, file, .. } => (file, Some(*task)),
-        TaskSpec::Perplexity(_) | TaskSpec::Generation(_) => unreachable!("only multiple-choice tasks have choices"),
+        TaskSpec::Perplexity(_) | TaskSpec::Generation(_) => {
+            return Err(EvalError::Spec(format!("{}: not a multiple-choice task", spec.name())));
+        }
     };
     let mut docs = Vec::new();
     for (line, row) in read_rows(path)? {

@@ -24,25 +24,34 @@ fn check_family(family: &str) {
     let data = root().join("tests/data");
     let tasks = reference["tasks"].as_object().unwrap();
     // MPT runs without MMLU (see the script).
-    assert_eq!(tasks.len(), if family.starts_with("mpt") { 9 } else { 10 }, "{family}: every task has a reference");
+    assert_eq!(tasks.len(), if family.starts_with("mpt") { 10 } else { 11 }, "{family}: every task has a reference");
     for (name, r) in tasks {
         let spec = match name.as_str() {
             "ppl" => format!("ppl:{}", data.join("ppl.jsonl").display()),
             "mc" => format!("mc:{}", data.join("mc.jsonl").display()),
             "mmlu" => format!("mmlu:{},{}", data.join("mmlu.jsonl").display(), data.join("mmlu_dev.jsonl").display()),
+            "gsm8k" => format!("gsm8k:{},{}", data.join("gsm8k.jsonl").display(), data.join("gsm8k_train.jsonl").display()),
             other => format!("{other}:{}", data.join(format!("{other}.jsonl")).display()),
         };
         let cfg = EvalConfig {
-            num_fewshot: if name == "mmlu" { 1 } else { 0 },
+            num_fewshot: if name == "mmlu" || name == "gsm8k" { 1 } else { 0 },
             limit: None,
             batch_size: 3,
             max_length: r["max_length"].as_u64().unwrap() as usize,
-            max_new_tokens: 1,
+            // scripts/make_eval_fixtures.py: GSM8K_MAX_GEN_TOKS.
+            max_new_tokens: Some(16),
         };
         let ours = evaluate(&model, &enc, &TaskSpec::parse(&spec).unwrap(), &cfg, &device).unwrap();
         let samples = r["samples"].as_array().unwrap();
         assert_eq!(ours.samples.len(), samples.len(), "{family} {name}: documents");
         for (s, theirs) in ours.samples.iter().zip(samples) {
+            if name == "gsm8k" {
+                assert_eq!(s.output.as_deref(), theirs["output"].as_str(), "{family} gsm8k doc {}: output", s.doc);
+                for (filter, v) in theirs["filtered"].as_object().unwrap() {
+                    assert_eq!(s.filtered.get(filter).map(String::as_str), v.as_str(), "{family} gsm8k doc {}: {filter}", s.doc);
+                }
+                continue;
+            }
             let lls: Vec<f64> = theirs["lls"].as_array().unwrap().iter().map(|v| v.as_f64().unwrap()).collect();
             if name == "ppl" {
                 // lm-eval reports the document's sum over its rolling windows.
@@ -95,4 +104,29 @@ fn bloom_matches_lm_eval() {
 #[test]
 fn mpt_matches_lm_eval() {
     check_family("mpt_4heads");
+}
+
+/// GSM8K's answer filters and exact_match against lm-eval's own `RegexFilter` and
+/// `exact_match_hf_evaluate` on edge cases of each regex (`FILTER_CASES` in the script).
+#[test]
+fn gsm8k_filters_match_lm_eval() {
+    use secateur_eval::RegexFilter;
+    use secateur_eval::generation::gsm8k_exact_match;
+    let cases: Value = serde_json::from_str(&std::fs::read_to_string(root().join("tests/fixtures/gsm8k_filters.json")).unwrap()).unwrap();
+    let cases = cases["cases"].as_array().unwrap();
+    assert!(cases.len() >= 10);
+    for c in cases {
+        let resp = c["response"].as_str().unwrap();
+        for f in [RegexFilter::strict_match(), RegexFilter::flexible_extract()] {
+            let theirs = &c[f.name];
+            let got = f.apply(resp);
+            assert_eq!(got, theirs["filtered"].as_str().unwrap(), "{resp:?}: {}", f.name);
+            assert_eq!(
+                gsm8k_exact_match(&got, c["gold"].as_str().unwrap()),
+                theirs["exact_match"].as_bool().unwrap(),
+                "{resp:?}: {} exact_match",
+                f.name
+            );
+        }
+    }
 }

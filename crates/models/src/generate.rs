@@ -21,11 +21,14 @@ pub struct GenerateOptions {
     pub eos_token_ids: Vec<u32>,
     /// Reuse keys and values of past tokens (true) or recompute the whole sequence each step.
     pub use_cache: bool,
+    /// The longest prompt plus generation allowed (default: the model's context length; RoPE
+    /// and ALiBi models run longer, as lm-eval's `--max_length` lets them).
+    pub max_context: Option<usize>,
 }
 
 impl Default for GenerateOptions {
     fn default() -> Self {
-        Self { max_new_tokens: 32, temperature: 0.0, top_p: 1.0, seed: 0, eos_token_ids: Vec::new(), use_cache: true }
+        Self { max_new_tokens: 32, temperature: 0.0, top_p: 1.0, seed: 0, eos_token_ids: Vec::new(), use_cache: true, max_context: None }
     }
 }
 
@@ -36,6 +39,18 @@ pub fn generate<B: Backend, P: Projection<B>>(
     prompts: &[Vec<u32>],
     opts: &GenerateOptions,
     device: &B::Device,
+) -> Result<Vec<Vec<u32>>> {
+    generate_until(model, prompts, opts, device, &mut |_, _| false)
+}
+
+/// [`generate`], with `stop(row, new_tokens)` asked after each new token of a row: `true` ends
+/// that row there (as an EOS token does; e.g. when the decoded text holds a stop sequence).
+pub fn generate_until<B: Backend, P: Projection<B>>(
+    model: &CausalLm<B, P>,
+    prompts: &[Vec<u32>],
+    opts: &GenerateOptions,
+    device: &B::Device,
+    stop: &mut dyn FnMut(usize, &[u32]) -> bool,
 ) -> Result<Vec<Vec<u32>>> {
     if prompts.is_empty() {
         return Ok(Vec::new());
@@ -52,7 +67,7 @@ pub fn generate<B: Backend, P: Projection<B>>(
     }
     let b = prompts.len();
     let width = prompts.iter().map(Vec::len).max().unwrap_or(0);
-    let context = model.spec().context_length();
+    let context = opts.max_context.unwrap_or_else(|| model.spec().context_length());
     if width.saturating_add(opts.max_new_tokens) > context {
         return Err(ModelError::InvalidInput(format!(
             "a prompt of {width} tokens plus {} new tokens exceeds the model's context window of {context} tokens",
@@ -88,7 +103,7 @@ pub fn generate<B: Backend, P: Projection<B>>(
             } else {
                 let t = pick(row, opts, &mut rng);
                 out[r].push(t);
-                if opts.eos_token_ids.contains(&t) {
+                if opts.eos_token_ids.contains(&t) || stop(r, &out[r]) {
                     done[r] = true;
                 }
                 t

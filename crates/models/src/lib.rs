@@ -24,7 +24,7 @@ pub mod transformer;
 pub mod weights;
 
 pub use error::{ModelError, Result};
-pub use generate::{GenerateOptions, generate};
+pub use generate::{GenerateOptions, generate, generate_until};
 pub use nn::{Dense, Norm, Projection, Sliceable};
 pub use site::{Site, SiteKind};
 pub use spec::{ArchSpec, Family, LayerDims, PositionKind, QkvLayout};

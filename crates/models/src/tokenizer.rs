@@ -44,6 +44,11 @@ impl TextTokenizer {
         self.inner.decode(ids, true).map_err(|e| self.err(e))
     }
 
+    /// The text of token `id`, decoded even when it is a special token (as lm-eval decodes EOS).
+    pub fn token(&self, id: u32) -> Option<String> {
+        self.inner.decode(&[id], false).ok()
+    }
+
     /// The id of a token string, if it is in the vocabulary.
     pub fn token_id(&self, token: &str) -> Option<u32> {
         self.inner.token_to_id(token)
