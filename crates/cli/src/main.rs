@@ -480,6 +480,7 @@ fn run_on<B: Backend>(cmd: Command, device: B::Device) -> Result<(), CliError> {
                 seed,
                 eos_token_ids: m.spec().eos_token_ids.clone(),
                 use_cache: !no_cache,
+                max_context: None,
             };
             let out = with_lm!(&m, |m| generate(m, &[ids], &opts, &device))?;
             emit(&tok.decode(&out[0])?);

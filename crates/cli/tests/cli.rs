@@ -164,6 +164,7 @@ fn shears_runs_end_to_end_on_a_user_model_and_resumes() {
     let data = toy_dataset(tmp.path());
     let out = tmp.path().join("run");
     let dir = fixture("llama_gqa");
+    let ppl = format!("ppl:{}", eval_data("ppl.jsonl"));
     let args = [
         "shears",
         "--model",
@@ -188,22 +189,33 @@ fn shears_runs_end_to_end_on_a_user_model_and_resumes() {
         "3",
         "--checkpoint-every",
         "2",
+        "--eval-task",
+        &ppl,
         "--out",
         out.to_str().unwrap(),
     ];
     let (ok, stdout, stderr) = secateur(&args);
     assert!(ok, "{stderr}");
     assert!(stdout.contains("| Wanda 50% + NLS (heuristic) |"), "{stdout}");
+    assert!(stdout.contains("| ppl:ppl word_perplexity |"), "the --eval-task metrics are columns: {stdout}");
     let report: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(out.join("report.json")).unwrap()).unwrap();
     let rows = report["rows"].as_array().unwrap();
-    assert_eq!(rows.len(), 6);
+    assert_eq!(rows.len(), 7);
     assert_eq!(report["split"]["test"], 6);
     assert_eq!(report["split"]["train"], 30);
-    for r in &rows[1..] {
+    // The dense-base LoRA row: the same adapters and schedule on the unpruned base.
+    assert_eq!(rows[1]["name"], "Dense + LoRA (rank 4)");
+    assert_eq!(rows[1]["sparsity"], 0.0);
+    assert!(rows[1]["train_seconds"].as_f64().is_some() && out.join("train-lora-dense/state.json").is_file());
+    for r in &rows[2..] {
         assert!((r["sparsity"].as_f64().unwrap() - 0.5).abs() < 1e-9);
     }
-    assert_eq!(rows[3]["adapter_ranks"][0], 4); // NLS maximal
-    assert_eq!(rows[4]["adapter_ranks"][0], 2); // heuristic: index floor(2/2) = 1 of [4, 2]
+    assert_eq!(rows[4]["adapter_ranks"][0], 4); // NLS maximal
+    assert_eq!(rows[5]["adapter_ranks"][0], 2); // heuristic: index floor(2/2) = 1 of [4, 2]
+    // Every row carries the evaluation, and the models differ in it.
+    let ppls: Vec<f64> = rows.iter().map(|r| r["eval"]["ppl:ppl word_perplexity"].as_f64().unwrap()).collect();
+    assert!(ppls.iter().all(|p| p.is_finite() && *p > 1.0), "{ppls:?}");
+    assert_ne!(ppls[0], ppls[2], "pruning changes the perplexity");
     assert!(out.join("nls-heuristic-adapter/adapter_config.json").is_file());
     assert!(out.join("wanda/masks.safetensors").is_file());
     assert!(out.join("train-nls/state.json").is_file());
@@ -418,6 +430,22 @@ fn eval_writes_results_and_samples_and_matches_lm_eval() {
     let first: serde_json::Value = serde_json::from_str(samples.lines().next().unwrap()).unwrap();
     assert_eq!(first["requests"].as_array().unwrap().len(), 4);
     assert_eq!(first["gold"], 1);
+}
+
+#[test]
+fn pipelines_refuse_bad_eval_tasks_before_any_work() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("run");
+    let missing = tmp.path().join("missing.txt");
+    for (command, task, expected) in [
+        ("shears", "nope:x.jsonl".to_string(), "unknown task kind \"nope\""),
+        ("sqft", format!("ppl:{}", missing.display()), "missing.txt: --eval-task: no such file"),
+        ("nas", format!("ppl:{}", missing.display()), "missing.txt: --eval-task: no such file"),
+    ] {
+        let (ok, _, stderr) = secateur(&[command, "--eval-task", &task, "--out", out.to_str().unwrap()]);
+        assert!(!ok && stderr.contains(expected), "{command}: {stderr}");
+        assert!(!out.exists(), "{command}: a run directory was written");
+    }
 }
 
 #[test]

@@ -283,9 +283,15 @@ pub fn evaluate<B: Backend, P: Projection<B>>(
         let docs: Vec<McDoc> = tasks::mc_docs(spec, cfg.num_fewshot)?.into_iter().take(limit).collect();
         let mut requests = Vec::new();
         for d in &docs {
-            for i in 0..d.choices.len() {
-                let (context, continuation) = d.pair(i);
-                let r = enc.pair(&context, &continuation)?;
+            // One context (its encoding shared by the choices), or one per choice (partial scoring).
+            let encoded = match &d.shared_continuation {
+                None => {
+                    let conts: Vec<String> = (0..d.choices.len()).map(|i| d.pair(i).1).collect();
+                    enc.pairs(&d.contexts[0], &conts.iter().map(String::as_str).collect::<Vec<_>>())?
+                }
+                Some(_) => (0..d.choices.len()).map(|i| d.pair(i)).map(|(c, k)| enc.pair(&c, &k)).collect::<Result<_, _>>()?,
+            };
+            for (i, r) in encoded.into_iter().enumerate() {
                 if r.context.len() + r.continuation.len() > cfg.max_length + 1 {
                     return Err(EvalError::Data {
                         path: file.clone(),

@@ -53,19 +53,26 @@ impl Encoder<'_> {
     /// context + continuation are encoded as one string and split where the context's own
     /// encoding ends. An empty context becomes the prefix token.
     pub fn pair(&self, context: &str, continuation: &str) -> Result<Request, EvalError> {
+        Ok(self.pairs(context, &[continuation])?.remove(0))
+    }
+
+    /// [`Encoder::pair`] of one context with each of `continuations`, the context's own encoding
+    /// computed once.
+    pub fn pairs(&self, context: &str, continuations: &[&str]) -> Result<Vec<Request>, EvalError> {
         if context.is_empty() {
-            return Ok(Request { context: vec![self.prefix_token], continuation: self.encode(continuation)? });
+            return continuations.iter().map(|c| Ok(Request { context: vec![self.prefix_token], continuation: self.encode(c)? })).collect();
         }
         let trimmed = context.trim_end_matches(python_whitespace);
-        let (context, continuation) = if trimmed.len() < context.len() {
-            (trimmed.to_string(), format!("{}{continuation}", &context[trimmed.len()..]))
-        } else {
-            (context.to_string(), continuation.to_string())
-        };
-        let whole = self.encode(&format!("{context}{continuation}"))?;
-        let ctx = self.encode(&context)?;
-        let n = ctx.len().min(whole.len());
-        Ok(Request { context: whole[..n].to_vec(), continuation: whole[n..].to_vec() })
+        let moved = &context[trimmed.len()..];
+        let n_ctx = self.encode(trimmed)?.len();
+        continuations
+            .iter()
+            .map(|c| {
+                let whole = self.encode(&format!("{trimmed}{moved}{c}"))?;
+                let n = n_ctx.min(whole.len());
+                Ok(Request { context: whole[..n].to_vec(), continuation: whole[n..].to_vec() })
+            })
+            .collect()
     }
 
     /// The disjoint rolling windows of a document (`loglikelihood_rolling` with `context_len`
@@ -111,8 +118,10 @@ pub fn rolling_windows(tokens: &[u32], prefix: u32, max_len: usize) -> Vec<Reque
 }
 
 /// Scores `requests` on `model`: each runs as `(context + continuation)[-(max_length + 1):][:-1]`
-/// and the continuation's tokens are read from the last positions. Requests run longest first
-/// in batches of at most `batch_size` (right-padded; results are returned in input order).
+/// and the continuation's tokens are read from the last positions. Requests whose inputs are
+/// the same tokens (the choices of one context, each a single token: MMLU's letters) share one
+/// row, as lm-eval's one-token grouping does; rows run longest first in batches of at most
+/// `batch_size` (right-padded; results are returned in input order).
 pub fn loglikelihoods<B: Backend, P: Projection<B>>(
     model: &CausalLm<B, P>,
     requests: &[Request],
@@ -120,48 +129,75 @@ pub fn loglikelihoods<B: Backend, P: Projection<B>>(
     batch_size: usize,
     device: &B::Device,
 ) -> Result<Vec<Scored>, EvalError> {
-    let mut order: Vec<usize> = (0..requests.len()).collect();
-    let len = |r: &Request| (r.context.len() + r.continuation.len()).min(max_length + 1);
-    order.sort_by_key(|&i| std::cmp::Reverse(len(&requests[i])));
+    // Each request's input row and the token each of its positions predicts.
+    let mut rows: Vec<Vec<u32>> = Vec::new();
+    let mut row_of: std::collections::HashMap<Vec<u32>, usize> = std::collections::HashMap::new();
+    let mut placed = Vec::with_capacity(requests.len());
+    for (i, r) in requests.iter().enumerate() {
+        if r.continuation.is_empty() {
+            return Err(EvalError::Request(format!("request {i}: the continuation has no tokens")));
+        }
+        if r.continuation.len() > max_length {
+            return Err(EvalError::Request(format!(
+                "request {i}: a continuation of {} tokens does not fit the window of {max_length}",
+                r.continuation.len()
+            )));
+        }
+        let full: Vec<u32> = r.context.iter().chain(&r.continuation).copied().collect();
+        let window = &full[full.len().saturating_sub(max_length + 1)..];
+        let input = window[..window.len() - 1].to_vec();
+        let targets = window[1..].to_vec();
+        let row = *row_of.entry(input.clone()).or_insert_with(|| {
+            rows.push(input);
+            rows.len() - 1
+        });
+        placed.push((row, targets));
+    }
+    let mut order: Vec<usize> = (0..rows.len()).collect();
+    order.sort_by_key(|&i| std::cmp::Reverse(rows[i].len()));
+    let mut by_row: Vec<Vec<usize>> = vec![Vec::new(); rows.len()];
+    for (i, (row, _)) in placed.iter().enumerate() {
+        by_row[*row].push(i);
+    }
     let mut out = vec![Scored { loglik: 0.0, is_greedy: true, tokens: 0 }; requests.len()];
     for chunk in order.chunks(batch_size.max(1)) {
-        // Inputs and, per position, the token it predicts.
-        let mut inputs = Vec::with_capacity(chunk.len());
-        let mut targets = Vec::with_capacity(chunk.len());
-        for &i in chunk {
-            let r = &requests[i];
-            if r.continuation.is_empty() {
-                return Err(EvalError::Request(format!("request {i}: the continuation has no tokens")));
-            }
-            if r.continuation.len() > max_length {
-                return Err(EvalError::Request(format!(
-                    "request {i}: a continuation of {} tokens does not fit the window of {max_length}",
-                    r.continuation.len()
-                )));
-            }
-            let full: Vec<u32> = r.context.iter().chain(&r.continuation).copied().collect();
-            let window = &full[full.len().saturating_sub(max_length + 1)..];
-            inputs.push(window[..window.len() - 1].to_vec());
-            targets.push(window[1..].to_vec());
-        }
+        let inputs: Vec<Vec<u32>> = chunk.iter().map(|&r| rows[r].clone()).collect();
         let (ids, mask) = right_pad(&inputs, 0);
-        let (target_ids, _) = right_pad(&targets, 0);
         let width = mask[0].len();
+        // Per scored position: its flat row in [batch * width] and its target.
+        let (mut at, mut target) = (Vec::new(), Vec::new());
+        for (b, &r) in chunk.iter().enumerate() {
+            let n = inputs[b].len();
+            for &i in &by_row[r] {
+                let c = requests[i].continuation.len();
+                for t in (n - c)..n {
+                    at.push((b * width + t) as i64);
+                    target.push(placed[i].1[t] as i64);
+                }
+            }
+        }
         let logits = model.forward(token_tensor::<B>(&ids, device), &mask)?;
-        let logp = log_softmax(logits, 2);
-        let picked = logp.clone().gather(2, token_tensor::<B>(&target_ids, device).unsqueeze_dim(2)).squeeze_dim::<2>(2);
-        let greedy = logp.argmax(2).squeeze_dim::<2>(2);
+        let [bsz, seq, vocab] = logits.dims();
+        let positions = Tensor::<B, 1, Int>::from_data(TensorData::new(at.clone(), [at.len()]), device);
+        let picked_rows = logits.reshape([bsz * seq, vocab]).select(0, positions);
+        let logp = log_softmax(picked_rows, 1);
+        let targets = Tensor::<B, 1, Int>::from_data(TensorData::new(target.clone(), [target.len()]), device);
+        let picked = logp.clone().gather(1, targets.unsqueeze_dim(1)).squeeze_dim::<1>(1);
+        let greedy = logp.argmax(1).squeeze_dim::<1>(1);
         let picked: Vec<f32> = picked.into_data().convert::<f32>().to_vec().map_err(|e| EvalError::Request(format!("{e:?}")))?;
         let greedy: Vec<i64> = greedy.into_data().convert::<i64>().to_vec().map_err(|e| EvalError::Request(format!("{e:?}")))?;
-        for (b, &i) in chunk.iter().enumerate() {
-            let n = inputs[b].len();
-            let c = requests[i].continuation.len();
-            let rows = (n - c)..n;
-            out[i] = Scored {
-                loglik: rows.clone().map(|t| picked[b * width + t] as f64).sum(),
-                is_greedy: rows.clone().all(|t| greedy[b * width + t] == targets[b][t] as i64),
-                tokens: c,
-            };
+        let mut k = 0;
+        for &r in chunk {
+            for &i in &by_row[r] {
+                let c = requests[i].continuation.len();
+                let span = k..k + c;
+                out[i] = Scored {
+                    loglik: span.clone().map(|j| picked[j] as f64).sum(),
+                    is_greedy: span.clone().all(|j| greedy[j] == target[j]),
+                    tokens: c,
+                };
+                k += c;
+            }
         }
     }
     Ok(out)

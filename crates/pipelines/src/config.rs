@@ -16,6 +16,9 @@ use secateur_supernet::train::{Strategy, TrainConfig};
 use serde::Serialize;
 
 use crate::{PipelineError, Reporter};
+use secateur_eval::{Encoder, EvalConfig, TaskSpec};
+use secateur_models::{CausalLm, Projection};
+use std::collections::BTreeMap;
 
 /// The embedded default base model (`cargo xtask pretrain-tiny`).
 const TINY_CONFIG: &[u8] = include_bytes!("../../../assets/tiny-llama/config.json");
@@ -69,6 +72,15 @@ pub struct ShearsConfig {
     pub calibration_samples: usize,
     #[arg(long, default_value_t = 40)]
     pub max_new_tokens: usize,
+    /// A standard evaluation added to every row of the report, a task as `secateur eval --task`
+    /// takes it (e.g. `ppl:heldout.txt`, `arc_easy:arc.jsonl`); repeatable.
+    #[arg(long = "eval-task", value_name = "SPEC")]
+    #[serde(default)]
+    pub eval_task: Vec<String>,
+    /// Evaluate the first N documents of each `--eval-task` only.
+    #[arg(long)]
+    #[serde(default)]
+    pub eval_limit: Option<usize>,
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
     /// Save a training checkpoint every N steps.
@@ -134,6 +146,17 @@ impl ShearsConfig {
             return usage("--max-new-tokens must be at least 1".into());
         }
         secateur_sparsity::check_calibration_size(self.calibration_samples, 64)?;
+        if self.eval_limit == Some(0) {
+            return usage("--eval-limit must be at least 1".into());
+        }
+        for t in &self.eval_task {
+            let spec = TaskSpec::parse(t).map_err(|e| PipelineError::Usage(format!("--eval-task: {e}")))?;
+            for file in spec.files() {
+                if !file.is_file() {
+                    return Err(err(file, "--eval-task: no such file"));
+                }
+            }
+        }
         train_config(self, Strategy::Fixed, false).validate()?;
         Ok(())
     }
@@ -324,4 +347,60 @@ pub(crate) fn wanda<B: Backend>(
     let nonzero = report["nonzero_parameters"].as_u64().unwrap_or(0) as usize;
     reporter.line(&format!("wanda: sparsity {sparsity:.3} in {seconds:.1}s"));
     Ok((pruned.model, sparsity, nonzero, seconds))
+}
+
+/// The `--eval-task` evaluations of a run, added to every row of its report.
+pub(crate) struct Evals {
+    specs: Vec<TaskSpec>,
+    cfg: EvalConfig,
+    prefix_token: u32,
+}
+
+impl Evals {
+    /// The run's evaluations on the base in `base_dir` (its window and prefix token, as
+    /// `secateur eval` takes them).
+    pub(crate) fn new(args: &ShearsConfig, base_dir: &Path, spec: &ArchSpec, tok: &TextTokenizer) -> Result<Self, PipelineError> {
+        let specs = args.eval_task.iter().map(|t| TaskSpec::parse(t)).collect::<Result<Vec<_>, _>>()?;
+        let cfg = EvalConfig {
+            num_fewshot: 0,
+            limit: args.eval_limit,
+            batch_size: 8,
+            max_length: secateur_eval::default_max_length(base_dir, spec),
+            max_new_tokens: None,
+        };
+        let prefix_token = if specs.is_empty() { 0 } else { secateur_eval::prefix_token(base_dir, spec, tok)? };
+        Ok(Self { specs, cfg, prefix_token })
+    }
+
+    /// Every task's metrics on `model`, keyed `TASK METRIC` (e.g. `ppl:heldout word_perplexity`).
+    pub(crate) fn run<B: Backend, P: Projection<B>>(
+        &self,
+        model: &CausalLm<B, P>,
+        tok: &TextTokenizer,
+        device: &B::Device,
+        reporter: &dyn Reporter,
+    ) -> Result<BTreeMap<String, f64>, PipelineError> {
+        let enc = Encoder { tokenizer: tok, prefix_token: self.prefix_token, add_bos: None };
+        let mut out = BTreeMap::new();
+        for spec in &self.specs {
+            let r = secateur_eval::evaluate(model, &enc, spec, &self.cfg, device)?;
+            for (metric, v) in r.metrics {
+                reporter.line(&format!("  {} {metric}: {v:.4}", r.task));
+                out.insert(format!("{} {metric}", r.task), v);
+            }
+        }
+        Ok(out)
+    }
+}
+
+/// The `--eval-task` columns of a report table: the header cells and each row's cells, for the
+/// union of the rows' metrics.
+pub(crate) fn eval_columns(rows: &[&BTreeMap<String, f64>]) -> (String, String, Vec<String>) {
+    let mut keys: Vec<&String> = rows.iter().flat_map(|r| r.keys()).collect();
+    keys.sort();
+    keys.dedup();
+    let header: String = keys.iter().map(|k| format!(" {k} |")).collect();
+    let rule: String = keys.iter().map(|_| "---|").collect();
+    let cells = rows.iter().map(|r| keys.iter().map(|k| r.get(*k).map_or(" - |".into(), |v| format!(" {v:.4} |"))).collect()).collect();
+    (header, rule, cells)
 }

@@ -65,6 +65,8 @@ pub enum PipelineError {
     Search(#[from] secateur_search::SearchError),
     #[error(transparent)]
     Run(#[from] secateur_runs::RunError),
+    #[error(transparent)]
+    Eval(#[from] secateur_eval::EvalError),
 }
 
 /// Where a pipeline tells what it is doing.

@@ -4,6 +4,7 @@
 //! Pareto-front sub-networks into standalone checkpoints, and measure each one (test accuracy,
 //! prefill and decoding latency against the maximal model, in the same run).
 
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 
 use burn::module::{AutodiffModule, Module};
@@ -26,7 +27,7 @@ use secateur_supernet::train::Strategy;
 use serde::Serialize;
 use serde_json::json;
 
-use crate::config::{ShearsConfig, base_spec, check_ranks_fit, load_task, materialize_base, train_config};
+use crate::config::{Evals, ShearsConfig, base_spec, check_ranks_fit, eval_columns, load_task, materialize_base, train_config};
 use crate::{PipelineError, Reporter};
 
 /// The super-network's sampler (the paper's strategies).
@@ -111,6 +112,8 @@ pub struct NasRow {
     /// Against the maximal sub-network, timed in the same run.
     pub prefill_speedup: f64,
     pub decode_speedup: f64,
+    /// The `--eval-task` metrics, keyed `TASK METRIC`.
+    pub eval: BTreeMap<String, f64>,
 }
 
 /// What a NAS run measured.
@@ -322,6 +325,7 @@ pub fn nas<B: AutodiffBackend>(args: &NasConfig, device: &B::Device, reporter: &
             .map_err(|e| io(&base_dir, e))?;
     let mut model = DenseLm::<B>::load(&base_dir, device)?;
     let spec = model.spec().clone();
+    let evals = Evals::new(a, &base_dir, &spec, &tok)?;
     let eos = spec.eos_token_ids.first().copied();
     let pad = eos.unwrap_or(0);
     let tokenize = |r: &data::Record| data::tokenize(r, &tok, eos, a.cutoff, a.train_on_inputs);
@@ -391,8 +395,9 @@ pub fn nas<B: AutodiffBackend>(args: &NasConfig, device: &B::Device, reporter: &
     }
     let timing = LatencySetup::default();
     let mut rows = Vec::new();
+    let mut lines = Vec::new();
     let mut table = format!(
-        "NAS `{}`{}{}{}: {} training steps in {:.0}s; search: NSGA-II, {} evaluations ({} vs {}), front of {}. Latency: prefill {}x{} tokens, greedy decoding of {} tokens (batch 1, KV cache), median of {} rounds timing every sub-network in turn, this machine; speed-up against the maximal sub-network.\n\n| Sub-network | Blocks | Embedding | MLP width | KV groups | Ranks | Parameters | MACs/token (ctx 128) | Val loss | Test accuracy | Prefill ms | Decode tok/s | Speed-up (prefill / decode) |\n|---|---|---|---|---|---|---|---|---|---|---|---|---|\n",
+        "NAS `{}`{}{}{}: {} training steps in {:.0}s; search: NSGA-II, {} evaluations ({} vs {}), front of {}. Latency: prefill {}x{} tokens, greedy decoding of {} tokens (batch 1, KV cache), median of {} rounds timing every sub-network in turn, this machine; speed-up against the maximal sub-network.\n\n",
         kebab(&args.strategy),
         if args.lora { " (LoNAS: elastic LoRA on the frozen base)" } else { "" },
         if args.importance { " with importance reordering" } else { "" },
@@ -429,13 +434,14 @@ pub fn nas<B: AutodiffBackend>(args: &NasConfig, device: &B::Device, reporter: &
             None => trained.loss(s, c.ranks.as_ref(), &val, pad).map_err(|e| io(dir, e))?,
         };
         let acc = accuracy(small, &tok, &task.test, AnswerKind::Math, a.max_new_tokens, 64, device)?;
+        let eval = evals.run(small, &tok, device, reporter)?;
         let (params, macs) = structure_cost(&spec, s, 128);
         let ranks = match (&c.ranks, rank_space) {
             (Some(r), Some(rs)) => compact(rs.ranks(r)?.into_iter()),
             _ => "-".into(),
         };
-        table += &format!(
-            "| {name} | {} | {} | {} | {} | {ranks} | {params} | {macs} | {loss:.4} | {:.1}% | {:.2} | {:.0} | {:.2}x / {:.2}x |\n",
+        lines.push(format!(
+            "| {name} | {} | {} | {} | {} | {ranks} | {params} | {macs} | {loss:.4} | {:.1}% | {:.2} | {:.0} | {:.2}x / {:.2}x |",
             s.layers.len(),
             s.hidden(&spec),
             compact(s.layers.iter().map(|l| l.mlp_width)),
@@ -445,7 +451,7 @@ pub fn nas<B: AutodiffBackend>(args: &NasConfig, device: &B::Device, reporter: &
             lat.decode_tokens_per_s(),
             base.prefill_ms / lat.prefill_ms,
             base.decode_ms_per_token / lat.decode_ms_per_token,
-        );
+        ));
         rows.push(NasRow {
             name: name.clone(),
             dir: dir.clone(),
@@ -458,7 +464,15 @@ pub fn nas<B: AutodiffBackend>(args: &NasConfig, device: &B::Device, reporter: &
             latency: lat,
             prefill_speedup: base.prefill_ms / lat.prefill_ms,
             decode_speedup: base.decode_ms_per_token / lat.decode_ms_per_token,
+            eval,
         });
+    }
+    let (header, rule, cells) = eval_columns(&rows.iter().map(|r| &r.eval).collect::<Vec<_>>());
+    table += &format!(
+        "| Sub-network | Blocks | Embedding | MLP width | KV groups | Ranks | Parameters | MACs/token (ctx 128) | Val loss | Test accuracy | Prefill ms | Decode tok/s | Speed-up (prefill / decode) |{header}\n|---|---|---|---|---|---|---|---|---|---|---|---|---|{rule}\n"
+    );
+    for (line, extra) in lines.iter().zip(cells) {
+        table += &format!("{line}{extra}\n");
     }
     let report_json = json!({"strategy": kebab(&args.strategy), "lora": args.lora, "importance": args.importance, "per_layer": args.per_layer, "objective": objective.name(), "metric": kebab(&args.metric), "space": space, "latency_setup": timing, "grid_size": sampler.grid.len(), "train": report, "rows": rows});
     write_atomic(&out.join("report.json"), serde_json::to_string_pretty(&report_json).expect("JSON").as_bytes())?;

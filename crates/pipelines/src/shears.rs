@@ -1,6 +1,7 @@
 //! Shears: Wanda sparsity, then NLS super-adapter training, sub-adapter evaluation, and a
 //! report shaped like the Shears paper's ablation (its Tables 4 and 6).
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
@@ -18,7 +19,9 @@ use secateur_supernet::train::{Strategy, train};
 use serde::Serialize;
 use serde_json::json;
 
-use crate::config::{ShearsConfig, Task, base_spec, err, load_task, materialize_base, ranks_and_alpha, train_config, wanda};
+use crate::config::{
+    Evals, ShearsConfig, Task, base_spec, err, eval_columns, load_task, materialize_base, ranks_and_alpha, train_config, wanda,
+};
 use crate::{PipelineError, Reporter};
 
 /// One row of the report.
@@ -33,6 +36,8 @@ pub struct Row {
     pub trainable_params: usize,
     pub adapter_ranks: Option<Vec<usize>>,
     pub train_seconds: Option<f64>,
+    /// The `--eval-task` metrics, keyed `TASK METRIC`.
+    pub eval: BTreeMap<String, f64>,
 }
 
 /// A trained adapter on the sparse base, for evaluation.
@@ -54,10 +59,12 @@ pub struct ShearsResult {
     pub table: String,
 }
 
-/// Runs Shears: the dense base and its Wanda-pruned version untuned, then LoRA (maximal rank)
-/// and an NLS super-adapter trained on the sparse base, its maximal, heuristic and minimal
-/// sub-adapters measured on the test split, and the heuristic one exported in PEFT format
-/// (`nls-heuristic-adapter/`). Writes `report.json` and `report.md` into the run directory.
+/// Runs Shears: the dense base and its Wanda-pruned version untuned, LoRA (maximal rank) on the
+/// dense base (how far the sparse results are from dense fine-tuning), then LoRA and an NLS
+/// super-adapter trained on the sparse base, its maximal, heuristic and minimal sub-adapters
+/// measured on the test split (and on every `--eval-task`), and the heuristic one exported in
+/// PEFT format (`nls-heuristic-adapter/`). Writes `report.json` and `report.md` into the run
+/// directory.
 pub fn shears<B: AutodiffBackend>(args: &ShearsConfig, device: &B::Device, reporter: &dyn Reporter) -> Result<ShearsResult, PipelineError> {
     let total_clock = Instant::now();
     args.validate()?;
@@ -76,8 +83,10 @@ pub fn shears<B: AutodiffBackend>(args: &ShearsConfig, device: &B::Device, repor
     let dense = DenseLm::<B::InnerBackend>::load(&base_dir, device)?;
     let spec = dense.spec().clone();
     let dense_params = dense.num_params();
+    let evals = Evals::new(args, &base_dir, &spec, &tok)?;
     let acc = accuracy(&dense, &tok, &task.test, AnswerKind::Math, args.max_new_tokens, 64, device)?;
     reporter.line(&format!("dense base: accuracy {:.3}", acc.accuracy));
+    let eval = evals.run(&dense, &tok, device, reporter)?;
     rows.push(Row {
         name: "Dense base (no tuning)".into(),
         accuracy: acc.accuracy,
@@ -88,6 +97,7 @@ pub fn shears<B: AutodiffBackend>(args: &ShearsConfig, device: &B::Device, repor
         trainable_params: 0,
         adapter_ranks: None,
         train_seconds: None,
+        eval,
     });
 
     // 2. Wanda.
@@ -95,6 +105,7 @@ pub fn shears<B: AutodiffBackend>(args: &ShearsConfig, device: &B::Device, repor
     let (pruned, sparsity, nonzero, prune_seconds) = wanda(args, &base_dir, &wanda_dir, dense, &tok, &task, reporter)?;
     let acc = accuracy(&pruned, &tok, &task.test, AnswerKind::Math, args.max_new_tokens, 64, device)?;
     reporter.line(&format!("wanda: accuracy {:.3}", acc.accuracy));
+    let eval = evals.run(&pruned, &tok, device, reporter)?;
     rows.push(Row {
         name: format!("Wanda {:.0}% (no tuning)", args.sparsity * 100.0),
         accuracy: acc.accuracy,
@@ -105,6 +116,7 @@ pub fn shears<B: AutodiffBackend>(args: &ShearsConfig, device: &B::Device, repor
         trainable_params: 0,
         adapter_ranks: None,
         train_seconds: None,
+        eval,
     });
     drop(pruned);
 
@@ -117,9 +129,12 @@ pub fn shears<B: AutodiffBackend>(args: &ShearsConfig, device: &B::Device, repor
     let lora_cfg = LoraConfig { alpha, scaling: Scaling::MaxRank, seed: args.seed };
     let train_cfg = |strategy| train_config(args, strategy, reporter.bars());
     let mut adapters: Vec<Trained<B::InnerBackend>> = Vec::new();
-    for (label, strategy) in [("lora", Strategy::Fixed), ("nls", Strategy::Nls)] {
-        let sparse = DenseLm::<B>::load(&wanda_dir, device)?.no_grad();
-        let (model, ctl) = attach(sparse, &space, &lora_cfg, device)?;
+    // (label, base, strategy): LoRA and NLS on the sparse base, LoRA on the dense one.
+    for (label, base, strategy) in
+        [("lora", &wanda_dir, Strategy::Fixed), ("nls", &wanda_dir, Strategy::Nls), ("lora-dense", &base_dir, Strategy::Fixed)]
+    {
+        let frozen = DenseLm::<B>::load(base, device)?.no_grad();
+        let (model, ctl) = attach(frozen, &space, &lora_cfg, device)?;
         let ckpt = out.join(format!("train-{label}"));
         let (model, report) = train(model, &ctl, &examples, &train_cfg(strategy), pad, Some(&ckpt))?;
         reporter.line(&format!(
@@ -131,30 +146,32 @@ pub fn shears<B: AutodiffBackend>(args: &ShearsConfig, device: &B::Device, repor
         write_atomic(&ckpt.join("report.json"), serde_json::to_string(&report).expect("JSON").as_bytes())?;
         adapters.push(Trained { model: model.valid(), ctl, seconds: report.seconds, trainable: report.trainable_params });
     }
-    let mut evaluate = |name: String, t: &Trained<B::InnerBackend>, config: &SubnetConfig| -> Result<(), PipelineError> {
+    let evaluate = |name: String, t: &Trained<B::InnerBackend>, config: &SubnetConfig, dense: bool| -> Result<Row, PipelineError> {
         let (model, ctl) = (&t.model, &t.ctl);
         ctl.apply(config)?;
         let ranks = ctl.space.ranks(config)?;
         let active = secateur_elastic_lora::adapter_params(&model.sites(), &ctl.ranks());
         let acc = accuracy(model, &tok, &task.test, AnswerKind::Math, args.max_new_tokens, 64, device)?;
         reporter.line(&format!("{name}: accuracy {:.3}", acc.accuracy));
-        rows.push(Row {
+        Ok(Row {
             name,
             accuracy: acc.accuracy,
             correct: acc.correct,
             total: acc.total,
-            sparsity,
-            nonzero_params: nonzero + active,
+            sparsity: if dense { 0.0 } else { sparsity },
+            nonzero_params: if dense { dense_params } else { nonzero } + active,
             trainable_params: t.trainable,
             adapter_ranks: Some(ranks),
             train_seconds: Some(t.seconds),
-        });
-        Ok(())
+            eval: evals.run(model, &tok, device, reporter)?,
+        })
     };
     let pct = args.sparsity * 100.0;
-    evaluate(format!("Wanda {pct:.0}% + LoRA (rank {})", ranks[0]), &adapters[0], &space.maximal())?;
+    // Dense + LoRA goes after the dense base.
+    rows.insert(1, evaluate(format!("Dense + LoRA (rank {})", ranks[0]), &adapters[2], &space.maximal(), true)?);
+    rows.push(evaluate(format!("Wanda {pct:.0}% + LoRA (rank {})", ranks[0]), &adapters[0], &space.maximal(), false)?);
     for (kind, config) in [("maximal", space.maximal()), ("heuristic", space.heuristic()), ("minimal", space.minimal())] {
-        evaluate(format!("Wanda {pct:.0}% + NLS ({kind})"), &adapters[1], &config)?;
+        rows.push(evaluate(format!("Wanda {pct:.0}% + NLS ({kind})"), &adapters[1], &config, false)?);
     }
     let (nls, nls_ctl) = (&adapters[1].model, &adapters[1].ctl);
     // The heuristic sub-adapter in PEFT format, with its true ranks.
@@ -211,17 +228,18 @@ pub fn load_run<B: Backend>(dir: &Path, device: &B::Device) -> Result<(RunDir, L
 }
 
 fn markdown(rows: &[Row]) -> String {
-    let mut s = String::from(
-        "| Model | Accuracy | Sparsity | Non-zero params | Trainable params | Adapter ranks | Train time (s) |\n|---|---|---|---|---|---|---|\n",
+    let (header, rule, cells) = eval_columns(&rows.iter().map(|r| &r.eval).collect::<Vec<_>>());
+    let mut s = format!(
+        "| Model | Accuracy | Sparsity | Non-zero params | Trainable params | Adapter ranks | Train time (s) |{header}\n|---|---|---|---|---|---|---|{rule}\n"
     );
-    for r in rows {
+    for (r, extra) in rows.iter().zip(cells) {
         let ranks = r.adapter_ranks.as_ref().map_or("-".to_string(), |v| {
             let mut u = v.clone();
             u.dedup();
             u.iter().map(|x| x.to_string()).collect::<Vec<_>>().join("/")
         });
         s += &format!(
-            "| {} | {:.1}% ({}/{}) | {:.1}% | {} | {} | {} | {} |\n",
+            "| {} | {:.1}% ({}/{}) | {:.1}% | {} | {} | {} | {} |{extra}\n",
             r.name,
             r.accuracy * 100.0,
             r.correct,

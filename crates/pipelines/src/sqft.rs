@@ -8,6 +8,7 @@
 //! 3. `qa-sparsepeft`: as 2, quantization-aware (fake-quantized merged weight, straight-through
 //!    gradient), merged into an INT-n model with the base's scales and zero points.
 
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 
 use burn::module::{AutodiffModule, Module};
@@ -25,7 +26,7 @@ use secateur_supernet::train::{Strategy, save_adapters, train};
 use serde::Serialize;
 use serde_json::json;
 
-use crate::config::{ShearsConfig, base_spec, load_task, materialize_base, ranks_and_alpha, train_config, wanda};
+use crate::config::{Evals, ShearsConfig, base_spec, eval_columns, load_task, materialize_base, ranks_and_alpha, train_config, wanda};
 use crate::{PipelineError, Reporter};
 
 /// Which SQFT pipelines to run.
@@ -113,6 +114,8 @@ pub struct SqftRow {
     /// Size on disk of what a user would deploy (model, plus adapters when not merged).
     pub size_bytes: u64,
     pub train_seconds: Option<f64>,
+    /// The `--eval-task` metrics, keyed `TASK METRIC`.
+    pub eval: BTreeMap<String, f64>,
 }
 
 /// Fraction of zero weights over all projections.
@@ -153,7 +156,9 @@ pub fn sqft<B: AutodiffBackend>(args: &SqftConfig, device: &B::Device, reporter:
     let mut rows = Vec::new();
 
     let dense = DenseLm::<B::InnerBackend>::load(&base_dir, device)?;
+    let evals = Evals::new(a, &base_dir, &spec, &tok)?;
     let acc = acc_of("dense", test(&|r| accuracy(&dense, &tok, r, AnswerKind::Math, a.max_new_tokens, 64, device)))?;
+    let eval = evals.run(&dense, &tok, device, reporter)?;
     rows.push(SqftRow {
         name: "Dense base (no tuning)".into(),
         accuracy: acc,
@@ -163,6 +168,7 @@ pub fn sqft<B: AutodiffBackend>(args: &SqftConfig, device: &B::Device, reporter:
         mergeable: "-".into(),
         size_bytes: weights_bytes(&base_dir),
         train_seconds: None,
+        eval,
     });
 
     let wanda_dir = out.join("wanda");
@@ -174,6 +180,7 @@ pub fn sqft<B: AutodiffBackend>(args: &SqftConfig, device: &B::Device, reporter:
     write_quantized(&wanda_dir, staged.path(), &sparse_q)?;
     staged.publish()?;
     let acc = acc_of("sparse int", test(&|r| accuracy(&sparse_q, &tok, r, AnswerKind::Math, a.max_new_tokens, 64, device)))?;
+    let eval = evals.run(&sparse_q, &tok, device, reporter)?;
     rows.push(SqftRow {
         name: format!("Wanda {:.0}% + INT{} (no tuning)", a.sparsity * 100.0, args.bits),
         accuracy: acc,
@@ -183,6 +190,7 @@ pub fn sqft<B: AutodiffBackend>(args: &SqftConfig, device: &B::Device, reporter:
         mergeable: "-".into(),
         size_bytes: weights_bytes(&int_dir),
         train_seconds: None,
+        eval,
     });
     drop((sparse, sparse_q));
 
@@ -200,6 +208,7 @@ pub fn sqft<B: AutodiffBackend>(args: &SqftConfig, device: &B::Device, reporter:
         let (m, rep) = train(m, &ctl, &examples, &train_config(a, Strategy::Fixed, reporter.bars()), pad, Some(&ckpt("lora")))?;
         let m = m.valid();
         let acc = acc_of("lora", test(&|r| accuracy(&m, &tok, r, AnswerKind::Math, a.max_new_tokens, 64, device)))?;
+        let eval = evals.run(&m, &tok, device, reporter)?;
         save_adapters(&m, &out.join("lora-adapters.safetensors"))?;
         let size = weights_bytes(&wanda_dir) + std::fs::metadata(out.join("lora-adapters.safetensors")).map(|m| m.len()).unwrap_or(0);
         rows.push(SqftRow {
@@ -211,6 +220,7 @@ pub fn sqft<B: AutodiffBackend>(args: &SqftConfig, device: &B::Device, reporter:
             mergeable: "no (sparsity lost)".into(),
             size_bytes: size,
             train_seconds: Some(rep.seconds),
+            eval,
         });
     }
 
@@ -223,6 +233,7 @@ pub fn sqft<B: AutodiffBackend>(args: &SqftConfig, device: &B::Device, reporter:
                 let m = m.valid();
                 ctl.apply(&space.heuristic())?;
                 let acc = acc_of(pipeline, test(&|r| accuracy(&m, &tok, r, AnswerKind::Math, a.max_new_tokens, 64, device)))?;
+                let eval = evals.run(&m, &tok, device, reporter)?;
                 let adapters = out.join("nls-quantized-adapters.safetensors");
                 save_adapters(&m, &adapters)?;
                 let size = weights_bytes(&int_dir) + std::fs::metadata(&adapters).map(|m| m.len()).unwrap_or(0);
@@ -235,6 +246,7 @@ pub fn sqft<B: AutodiffBackend>(args: &SqftConfig, device: &B::Device, reporter:
                     mergeable: "no".into(),
                     size_bytes: size,
                     train_seconds: Some(rep.seconds),
+                    eval,
                 });
             }
             "sparsepeft" | "qa-sparsepeft" => {
@@ -245,24 +257,26 @@ pub fn sqft<B: AutodiffBackend>(args: &SqftConfig, device: &B::Device, reporter:
                 let m = m.valid();
                 ctl.apply(&space.heuristic())?;
                 let merged_dir = out.join(format!("{pipeline}-merged"));
-                let (acc, merged_sparsity, size, precision) = if qa {
+                let (acc, eval, merged_sparsity, size, precision) = if qa {
                     let merged = merge_quantized(m)?;
                     let acc = acc_of(pipeline, test(&|r| accuracy(&merged, &tok, r, AnswerKind::Math, a.max_new_tokens, 64, device)))?;
+                    let eval = evals.run(&merged, &tok, device, reporter)?;
                     let staged = StagedDir::new(&merged_dir)?;
                     write_quantized(&wanda_dir, staged.path(), &merged)?;
                     staged.publish()?;
                     let s = sparsity_of(merged.projections().iter().map(|(_, p)| p.dequantized()));
-                    (acc, s, weights_bytes(&merged_dir), format!("INT{}", args.bits))
+                    (acc, eval, s, weights_bytes(&merged_dir), format!("INT{}", args.bits))
                 } else {
                     let merged = merge_sparse(m);
                     let acc = acc_of(pipeline, test(&|r| accuracy(&merged, &tok, r, AnswerKind::Math, a.max_new_tokens, 64, device)))?;
+                    let eval = evals.run(&merged, &tok, device, reporter)?;
                     let staged = StagedDir::new(&merged_dir)?;
                     secateur_models::weights::save_like(&merged, &wanda_dir, staged.path())?;
                     staged.publish()?;
                     let s = sparsity_of(
                         merged.projections().iter().map(|(_, p)| p.weight.val().into_data().convert::<f32>().to_vec().expect("f32")),
                     );
-                    (acc, s, weights_bytes(&merged_dir), "FP32".to_string())
+                    (acc, eval, s, weights_bytes(&merged_dir), "FP32".to_string())
                 };
                 reporter.line(&format!("{pipeline}: sparsity after merging {merged_sparsity:.4} (base {sparsity:.4})"));
                 let name = if qa { "SQFT + QA-SparsePEFT (heuristic, merged)" } else { "SQFT + SparsePEFT (heuristic, merged)" };
@@ -275,17 +289,19 @@ pub fn sqft<B: AutodiffBackend>(args: &SqftConfig, device: &B::Device, reporter:
                     mergeable: "yes".into(),
                     size_bytes: size,
                     train_seconds: Some(rep.seconds),
+                    eval,
                 });
             }
             _ => unreachable!(),
         }
     }
-    let mut table = String::from(
-        "| Pipeline | Accuracy | Sparsity | Base | Adapter | Mergeable | Size on disk (KB) | Train time (s) |\n|---|---|---|---|---|---|---|---|\n",
+    let (header, rule, cells) = eval_columns(&rows.iter().map(|r| &r.eval).collect::<Vec<_>>());
+    let mut table = format!(
+        "| Pipeline | Accuracy | Sparsity | Base | Adapter | Mergeable | Size on disk (KB) | Train time (s) |{header}\n|---|---|---|---|---|---|---|---|{rule}\n",
     );
-    for r in &rows {
+    for (r, extra) in rows.iter().zip(cells) {
         table += &format!(
-            "| {} | {:.1}% | {:.1}% | {} | {} | {} | {:.0} | {} |\n",
+            "| {} | {:.1}% | {:.1}% | {} | {} | {} | {:.0} | {} |{extra}\n",
             r.name,
             r.accuracy * 100.0,
             r.sparsity * 100.0,

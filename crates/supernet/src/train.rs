@@ -461,7 +461,7 @@ where
                 payload.save(&model, dir)?;
                 BinFileRecorder::<FullPrecisionSettings>::new()
                     .record(optim.to_record(), dir.join("optimizer"))
-                    .map_err(|e| TrainError::Checkpoint { path: dir.join("optimizer.bin"), reason: e.to_string() })
+                    .map_err(|e| TrainError::Checkpoint { path: dir.join("optimizer.bin"), reason: write_reason(&e.to_string()) })
             })?;
         }
     }
@@ -516,6 +516,14 @@ pub fn trainable_params<B: Backend, P: Projection<B> + Adapted<B>>(model: &Causa
 
 /// A checkpoint that cannot be loaded, named, with the recorder's nested message reduced to one
 /// plain line.
+/// Why burn's recorder could not write a file, in plain words: it reports an I/O error as the
+/// `Debug` text of `std::io::Error` (`Io { inner: Os { code: 28, kind: StorageFull, message:
+/// "No space left on device" } }`); keep its message.
+fn write_reason(text: &str) -> String {
+    let message = text.split_once("message: \"").and_then(|(_, rest)| rest.split_once('"')).map(|(m, _)| m);
+    format!("cannot write: {}", message.unwrap_or(text))
+}
+
 pub(crate) fn checkpoint_err(path: &Path, e: impl std::fmt::Display) -> TrainError {
     let text = e.to_string();
     let reason = if text.contains("UnexpectedEof") || text.contains("failed to fill whole buffer") {
