@@ -174,9 +174,54 @@ pub fn attend<B: Backend>(
     // key/value head g, so [b, h, s, d] is viewed as [b, kvh, rep*s, d]; the context's
     // bias is already laid out to match (ALiBi biases, one per head, keep the first h).
     let bias = if ctx.bias.dims()[1] > 1 && h < spec.num_heads { ctx.bias.clone().narrow(1, 0, kvh) } else { ctx.bias.clone() };
-    let options = AttentionModuleOptions { scale: Some(spec.attn_scale), ..Default::default() };
-    let out = burn::tensor::module::attention(q.reshape([b, kvh, rep * s, d]), k, v, None, Some(bias), options);
+    let q = q.reshape([b, kvh, rep * s, d]);
+    let out = if s > 2 * QUERY_BLOCK {
+        causal_blocked_attention(q, k, v, bias, rep, s, spec.attn_scale)
+    } else {
+        let options = AttentionModuleOptions { scale: Some(spec.attn_scale), ..Default::default() };
+        burn::tensor::module::attention(q, k, v, None, Some(bias), options)
+    };
     out.reshape([b, h, s, d]).swap_dims(1, 2).reshape([b, s, h * d])
+}
+
+/// Queries per block of [`causal_blocked_attention`].
+const QUERY_BLOCK: usize = 256;
+
+/// Attention of long sequences (prefill, perplexity windows) as matrix multiplies over blocks of
+/// [`QUERY_BLOCK`] queries, each against the keys up to its last query only: every model here is
+/// causal (keys after a query are masked in `bias`), so the skipped keys would weigh exactly 0.
+/// Half the work of attending to every key, and each block's products run on all cores (burn's
+/// fused CPU attention runs one head at a time on one core). `q`: `[b, kvh, rep * s, d]` (grouped
+/// query heads, `rep` per key head), `k, v`: `[b, kvh, keys, d]` (the last `s` keys are the
+/// queries' own), `bias`: `[b, 1 or kvh, rep * s, keys]`. Returns `[b, kvh, rep * s, d]`.
+fn causal_blocked_attention<B: Backend>(
+    q: Tensor<B, 4>,
+    k: Tensor<B, 4>,
+    v: Tensor<B, 4>,
+    bias: Tensor<B, 4>,
+    rep: usize,
+    s: usize,
+    scale: f64,
+) -> Tensor<B, 4> {
+    let [b, kvh, _, d] = q.dims();
+    let keys = k.dims()[2];
+    let hb = bias.dims()[1];
+    let past = keys - s;
+    let q = q.reshape([b, kvh, rep, s, d]);
+    let bias = bias.reshape([b, hb, rep, s, keys]);
+    let mut outs = Vec::with_capacity(s.div_ceil(QUERY_BLOCK));
+    for t0 in (0..s).step_by(QUERY_BLOCK) {
+        let len = QUERY_BLOCK.min(s - t0);
+        let seen = past + t0 + len;
+        let qb = q.clone().narrow(3, t0, len).reshape([b, kvh, rep * len, d]);
+        let kb = k.clone().narrow(2, 0, seen);
+        let vb = v.clone().narrow(2, 0, seen);
+        let bb = bias.clone().narrow(3, t0, len).narrow(4, 0, seen).reshape([b, hb, rep * len, seen]);
+        let scores = qb.matmul(kb.swap_dims(2, 3)).mul_scalar(scale) + bb;
+        let p = burn::tensor::activation::softmax(scores, 3);
+        outs.push(p.matmul(vb).reshape([b, kvh, rep, len, d]));
+    }
+    Tensor::cat(outs, 3).reshape([b, kvh, rep * s, d])
 }
 
 /// q, k and v as `[b, s, heads, d]` (clipped as the family does) from the attention input
@@ -732,6 +777,51 @@ impl<B: Backend> CausalLm<B, Dense<B>> {
             final_norm: norm(),
             lm_head: (!spec.tie_word_embeddings).then(|| Param::from_tensor(normal([spec.vocab_size, h]))),
             spec: Arc::new(spec),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::Cpu;
+    use burn::tensor::Distribution;
+
+    /// The blocked path against burn's fused attention (flash-style online softmax, every key)
+    /// on a causal, padded bias: grouped queries with one bias for all heads, and one bias per key
+    /// head (ALiBi-like), with and without past keys.
+    #[test]
+    fn blocked_attention_equals_fused_attention() {
+        let device = Default::default();
+        let (b, kvh, rep, s, d) = (2, 2, 3, 2 * QUERY_BLOCK + 37, 8);
+        for (past, per_head) in [(0, false), (5, true)] {
+            let keys = past + s;
+            let q = Tensor::<Cpu, 4>::random([b, kvh, rep * s, d], Distribution::Normal(0.0, 1.0), &device);
+            let k = Tensor::<Cpu, 4>::random([b, kvh, keys, d], Distribution::Normal(0.0, 1.0), &device);
+            let v = Tensor::<Cpu, 4>::random([b, kvh, keys, d], Distribution::Normal(0.0, 1.0), &device);
+            let hb = if per_head { kvh } else { 1 };
+            // Row 1 has its last 20 keys padded; queries see keys up to their own position.
+            let mut data = Vec::new();
+            for row in 0..b {
+                for h in 0..hb {
+                    for _ in 0..rep {
+                        for t in 0..s {
+                            for j in 0..keys {
+                                let real = !(row == 1 && j >= keys - 20);
+                                let slope = if per_head { 0.01 * (h + 1) as f32 } else { 0.0 };
+                                let visible = j <= past + t && real;
+                                data.push(if visible { slope * (j as f32 - (past + t) as f32) } else { crate::nn::MASKED });
+                            }
+                        }
+                    }
+                }
+            }
+            let bias = Tensor::<Cpu, 4>::from_data(TensorData::new(data, [b, hb, rep * s, keys]), &device);
+            let options = AttentionModuleOptions { scale: Some(0.3), ..Default::default() };
+            let fused = burn::tensor::module::attention(q.clone(), k.clone(), v.clone(), None, Some(bias.clone()), options);
+            let blocked = causal_blocked_attention(q, k, v, bias, rep, s, 0.3);
+            let diff: f32 = (fused - blocked).abs().max().into_scalar();
+            assert!(diff < 1e-5, "past {past}, per-head bias {per_head}: max |diff| {diff}");
         }
     }
 }
