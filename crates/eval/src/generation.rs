@@ -189,7 +189,7 @@ pub fn gsm8k_exact_match(prediction: &str, reference: &str) -> bool {
 }
 
 fn gsm8k_normalise(s: &str) -> String {
-    let s = s.replace(',', "").replace('$', "");
+    let s = s.replace([',', '$'], "");
     // (?s).*#### : everything up to the last "#### " (greedy).
     let s = match s.rfind("#### ") {
         Some(at) => s[at + "#### ".len()..].to_string(),
