@@ -178,7 +178,8 @@ pub fn loglikelihoods<B: Backend, P: Projection<B>>(
         }
         let logits = model.forward(token_tensor::<B>(&ids, device), &mask)?;
         let [bsz, seq, vocab] = logits.dims();
-        let positions = Tensor::<B, 1, Int>::from_data(TensorData::new(at.clone(), [at.len()]), device);
+        let n_at = at.len();
+        let positions = Tensor::<B, 1, Int>::from_data(TensorData::new(at, [n_at]), device);
         let picked_rows = logits.reshape([bsz * seq, vocab]).select(0, positions);
         let logp = log_softmax(picked_rows, 1);
         let targets = Tensor::<B, 1, Int>::from_data(TensorData::new(target.clone(), [target.len()]), device);
