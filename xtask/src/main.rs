@@ -4,11 +4,14 @@
 //! - `fixtures`: regenerate the reference fixtures with transformers and PEFT
 //!   (`scripts/make_*.py`; needs scripts/requirements.txt installed).
 //! - `bench`: run the forward/decode benchmark and the PyTorch baseline of the same config.
+//! - `bench-real`: secateur against PyTorch + PEFT and llama.cpp at SmolLM2-135M's scale, rows
+//!   interleaved, into `docs/results/bench-real.{json,md}` (see [`bench_real`]).
 //! - `recipe sqft | shears | nas | lonas`: the papers' tables at small scale on the embedded
 //!   default, into `runs/recipe-<name>/report.md` (see [`recipe`]).
 //! - `pretrain-tiny`: pretrain the embedded tiny LLaMA (`examples/pretrain_tiny.rs`).
 
 mod bench;
+mod bench_real;
 mod fixtures;
 mod nas_summary;
 mod pretrain;
@@ -32,6 +35,8 @@ enum Task {
     Fixtures,
     /// The forward / decode benchmark, then the PyTorch baseline of the same config.
     Bench,
+    /// secateur vs PyTorch and llama.cpp at SmolLM2-135M's scale, into docs/results/bench-real.*.
+    BenchReal(bench_real::Args),
     /// Run a paper's table at small scale on the embedded default.
     Recipe {
         #[arg(value_enum)]
@@ -63,6 +68,7 @@ fn main() -> ExitCode {
     let ok = match Xtask::parse().task {
         Task::Fixtures => fixtures::run(),
         Task::Bench => bench::run(),
+        Task::BenchReal(args) => bench_real::run(&args),
         Task::Recipe { name } => recipe::run(name),
         Task::PretrainTiny(args) => pretrain::run(&args),
     };

@@ -125,6 +125,7 @@ pub fn extract<B: Backend>(
         blocks,
         final_norm: norm(&model.final_norm, e),
         lm_head: model.lm_head.as_ref().map(columns),
+        head_q8: None,
         spec: std::sync::Arc::new(new_spec),
     };
     Ok((extracted, cfg))

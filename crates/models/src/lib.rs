@@ -16,6 +16,7 @@ pub mod latency;
 pub mod llama;
 pub mod mpt;
 pub mod nn;
+pub mod par;
 pub mod permute;
 pub mod site;
 pub mod spec;
@@ -25,7 +26,7 @@ pub mod weights;
 
 pub use error::{ModelError, Result};
 pub use generate::{GenerateOptions, generate, generate_until};
-pub use nn::{Dense, Norm, Projection, Sliceable};
+pub use nn::{Dense, Int8Rows, Norm, Projection, Sliceable};
 pub use site::{Site, SiteKind};
 pub use spec::{ArchSpec, Family, LayerDims, PositionKind, QkvLayout};
 pub use tokenizer::TextTokenizer;

@@ -239,3 +239,145 @@ impl<B: Backend> Sliceable<B> for Dense<B> {
         linear(x, slice_weight(self.weight.val(), start, len, cols), bias)
     }
 }
+
+/// Rows of a matrix quantized to int8 in blocks of [`Q8_BLOCK`] columns (llama.cpp's Q8_0:
+/// scale `max|w| / 127` per block, round half away from zero): a decoding LM head that reads a
+/// quarter of the f32 bytes. `y = W·x` is computed from the codes with f32 activations.
+#[derive(Clone)]
+pub struct Int8Rows {
+    pub rows: usize,
+    pub cols: usize,
+    /// `[rows, cols]` codes.
+    pub codes: Vec<i8>,
+    /// `[rows, cols / Q8_BLOCK]` scales.
+    pub scales: Vec<f32>,
+}
+
+/// Columns per scale of [`Int8Rows`].
+pub const Q8_BLOCK: usize = 32;
+
+impl std::fmt::Debug for Int8Rows {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Int8Rows [{} x {}]", self.rows, self.cols)
+    }
+}
+
+impl Int8Rows {
+    /// Quantizes a row-major `[rows, cols]` matrix; `None` when `cols` is not a multiple of
+    /// [`Q8_BLOCK`].
+    pub fn quantize(w: &[f32], rows: usize, cols: usize) -> Option<Self> {
+        if !cols.is_multiple_of(Q8_BLOCK) || w.len() != rows * cols {
+            return None;
+        }
+        let mut codes = vec![0i8; w.len()];
+        let mut scales = Vec::with_capacity(w.len() / Q8_BLOCK);
+        for (wb, cb) in w.chunks(Q8_BLOCK).zip(codes.chunks_mut(Q8_BLOCK)) {
+            let d = wb.iter().fold(0f32, |m, v| m.max(v.abs())) / 127.0;
+            let inv = if d > 0.0 { 1.0 / d } else { 0.0 };
+            for (c, &v) in cb.iter_mut().zip(wb) {
+                *c = (v * inv).round().clamp(-127.0, 127.0) as i8;
+            }
+            scales.push(d);
+        }
+        Some(Self { rows, cols, codes, scales })
+    }
+
+    /// Bytes held (codes and scales).
+    pub fn bytes(&self) -> usize {
+        self.codes.len() + 4 * self.scales.len()
+    }
+
+    /// `y[r] = Σ_k W[r, k]·x[r', k]` for `n` rows `x: [n, cols]`: `[n, rows]`, split across
+    /// threads by output rows ([`crate::par`]).
+    pub fn matvec(&self, x: &[f32], n: usize) -> Vec<f32> {
+        let mut y = vec![0f32; n * self.rows];
+        let blocks = self.cols / Q8_BLOCK;
+        const CHUNK: usize = 1024;
+        for (yr, xr) in y.chunks_mut(self.rows).zip(x.chunks(self.cols)) {
+            crate::par::par_chunks_mut(yr, CHUNK, &|ci, out| {
+                for (j, y) in out.iter_mut().enumerate() {
+                    let r = ci * CHUNK + j;
+                    let codes = &self.codes[r * self.cols..(r + 1) * self.cols];
+                    *y = dot_q8(codes, &self.scales[r * blocks..(r + 1) * blocks], xr);
+                }
+            });
+        }
+        y
+    }
+}
+
+/// `Σ_b d_b · Σ_{k in b} c_k·x_k` over blocks of 32, with 16 f32 lanes (the compiler vectorises
+/// the lanes; AVX-512 when the CPU has it, chosen at run time).
+fn dot_q8(codes: &[i8], scales: &[f32], x: &[f32]) -> f32 {
+    #[cfg(target_arch = "x86_64")]
+    {
+        if std::arch::is_x86_feature_detected!("avx512f") {
+            // SAFETY: the CPU supports AVX-512F (checked above).
+            return unsafe { dot_q8_avx512(codes, scales, x) };
+        }
+    }
+    dot_q8_generic(codes, scales, x)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+fn dot_q8_avx512(codes: &[i8], scales: &[f32], x: &[f32]) -> f32 {
+    dot_q8_generic(codes, scales, x)
+}
+
+#[inline(always)]
+fn dot_q8_generic(codes: &[i8], scales: &[f32], x: &[f32]) -> f32 {
+    let mut total = [0f32; 16];
+    for ((cb, xb), &d) in codes.chunks_exact(Q8_BLOCK).zip(x.chunks_exact(Q8_BLOCK)).zip(scales) {
+        let mut acc = [0f32; 16];
+        for (c2, x2) in cb.chunks_exact(16).zip(xb.chunks_exact(16)) {
+            for l in 0..16 {
+                acc[l] += c2[l] as f32 * x2[l];
+            }
+        }
+        for l in 0..16 {
+            total[l] += d * acc[l];
+        }
+    }
+    total.iter().sum()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn int8_rows_compute_their_definition_and_stay_close_to_f32() {
+        let (rows, cols) = (1029, 96);
+        let w: Vec<f32> = (0..rows * cols).map(|k| (((k * 7919) % 1013) as f32 - 506.0) / 300.0).collect();
+        let q = Int8Rows::quantize(&w, rows, cols).unwrap();
+        assert!(Int8Rows::quantize(&w[..rows * 90], rows, 90).is_none());
+        // Codes: round(w / d) with d = max|w| / 127 per block of 32; the block maximum maps to ±127.
+        for (b, wb) in w.chunks(Q8_BLOCK).enumerate() {
+            let d = q.scales[b];
+            assert_eq!(d, wb.iter().fold(0f32, |m, v| m.max(v.abs())) / 127.0);
+            for (k, &v) in wb.iter().enumerate() {
+                assert_eq!(q.codes[b * Q8_BLOCK + k], (v / d).round() as i8, "block {b}, column {k}");
+            }
+        }
+        let n = 3;
+        let x: Vec<f32> = (0..n * cols).map(|k| (((k * 31) % 23) as f32 - 11.0) / 7.0).collect();
+        let y = q.matvec(&x, n);
+        let mut worst_def = 0f64;
+        let mut err = (0f64, 0f64);
+        for r in 0..n {
+            for j in 0..rows {
+                let xs = &x[r * cols..(r + 1) * cols];
+                let def: f64 =
+                    (0..cols).map(|k| q.scales[(j * cols + k) / Q8_BLOCK] as f64 * q.codes[j * cols + k] as f64 * xs[k] as f64).sum();
+                let exact: f64 = (0..cols).map(|k| w[j * cols + k] as f64 * xs[k] as f64).sum();
+                let got = y[r * rows + j] as f64;
+                worst_def = worst_def.max((got - def).abs() / def.abs().max(1.0));
+                err.0 += (got - exact).powi(2);
+                err.1 += exact.powi(2);
+            }
+        }
+        assert!(worst_def < 1e-5, "against its definition: {worst_def}");
+        assert!((err.0 / err.1).sqrt() < 0.01, "against the f32 weights: {}", (err.0 / err.1).sqrt());
+    }
+}

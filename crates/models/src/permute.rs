@@ -17,6 +17,7 @@ impl<B: Backend> DenseLm<B> {
     pub fn permute_channels(mut self, order: &[usize]) -> Self {
         self.embed = permute_table(&self.embed, order);
         self.lm_head = self.lm_head.as_ref().map(|h| permute_table(h, order));
+        self.head_q8 = None;
         self.embed_norm = self.embed_norm.as_ref().map(|n| permute_norm(n, order));
         self.final_norm = permute_norm(&self.final_norm, order);
         for block in self.blocks.iter_mut() {

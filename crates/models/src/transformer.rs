@@ -9,7 +9,7 @@ use burn::prelude::*;
 use burn::tensor::ops::AttentionModuleOptions;
 
 use crate::error::{ModelError, Result};
-use crate::nn::{Dense, Norm, Projection, RopeTables, Sliceable, activate, attention_bias, rope_inv_freq};
+use crate::nn::{Dense, Int8Rows, Norm, Projection, RopeTables, Sliceable, activate, attention_bias, rope_inv_freq};
 use crate::site::{Site, SiteKind};
 use crate::spec::{ArchSpec, LayerDims, NormKind, PositionKind, QkvLayout, Residual};
 use crate::weights::Checkpoint;
@@ -40,9 +40,16 @@ pub struct CausalLm<B: Backend, P: Module<B>> {
     pub final_norm: Norm<B>,
     /// LM head `[vocab, hidden]`; `None` when tied to the embedding.
     pub lm_head: Option<Param<Tensor<B, 2>>>,
+    /// The head (or the tied embedding) quantized to int8 for decoding ([`Self::quantize_head`]):
+    /// logits of up to [`HEAD_KERNEL_MAX_ROWS`] positions come from it, outside autodiff.
+    #[module(skip)]
+    pub head_q8: Option<Arc<Int8Rows>>,
     #[module(skip)]
     pub spec: Arc<ArchSpec>,
 }
+
+/// Positions up to which [`CausalLm::logits`] uses the int8 head when the model has one.
+pub const HEAD_KERNEL_MAX_ROWS: usize = 4;
 
 /// A model with the dense projections it was loaded with.
 pub type DenseLm<B> = CausalLm<B, Dense<B>>;
@@ -518,6 +525,7 @@ impl<B: Backend, P: Module<B>> CausalLm<B, P> {
             blocks,
             final_norm: self.final_norm,
             lm_head: self.lm_head,
+            head_q8: self.head_q8,
             spec: self.spec,
         })
     }
@@ -549,14 +557,35 @@ impl<B: Backend, P: Projection<B>> CausalLm<B, P> {
     /// Final norm and LM head: `[batch, seq, hidden] -> [batch, seq, vocab]`. A narrower `h`
     /// (an elastic sub-network's residual stream) uses the first columns of the head.
     pub fn logits(&self, h: Tensor<B, 3>) -> Tensor<B, 3> {
-        let e = h.dims()[2];
+        let [b, s, e] = h.dims();
         let h = self.final_norm.forward(h);
+        if let Some(q) = &self.head_q8
+            && e == q.cols
+            && b * s <= HEAD_KERNEL_MAX_ROWS
+            && !B::ad_enabled(&h.device())
+        {
+            let device = h.device();
+            let x: Vec<f32> = h.into_data().convert::<f32>().to_vec().expect("f32 hidden states");
+            return Tensor::from_data(TensorData::new(q.matvec(&x, b * s), [b, s, q.rows]), &device);
+        }
         let head = match &self.lm_head {
             Some(w) => w.val(),
             None => self.embed.val(),
         };
         let head = if e < self.spec.hidden_size { head.narrow(1, 0, e) } else { head };
         crate::nn::linear(h, head, None)
+    }
+
+    /// Keeps an int8 copy of the LM head (the embedding when tied) for decoding: logits of up
+    /// to [`HEAD_KERNEL_MAX_ROWS`] positions are then computed from it (a quarter of the bytes;
+    /// llama.cpp keeps its heads in Q8_0 or Q6_K likewise). The f32 head stays for longer inputs
+    /// and training. A hidden size that is not a multiple of 32 keeps the f32 head only.
+    pub fn quantize_head(mut self) -> Self {
+        let head = self.lm_head.as_ref().unwrap_or(&self.embed).val();
+        let [v, h] = head.dims();
+        let w: Vec<f32> = head.into_data().convert::<f32>().to_vec().expect("f32 head");
+        self.head_q8 = Int8Rows::quantize(&w, v, h).map(Arc::new);
+        self
     }
 
     /// Builds the attention context of `seq` new tokens given the mask of every key slot
@@ -730,6 +759,7 @@ impl<B: Backend, P: Module<B>> CausalLm<B, P> {
                 Some(n) => Some(Param::from_tensor(t2(n, [v, hdim])?)),
                 None => None,
             },
+            head_q8: None,
             spec: Arc::new(spec),
         })
     }
@@ -776,6 +806,7 @@ impl<B: Backend> CausalLm<B, Dense<B>> {
             blocks,
             final_norm: norm(),
             lm_head: (!spec.tie_word_embeddings).then(|| Param::from_tensor(normal([spec.vocab_size, h]))),
+            head_q8: None,
             spec: Arc::new(spec),
         }
     }

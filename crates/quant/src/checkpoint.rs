@@ -14,8 +14,10 @@ use crate::linear::{QuantLinear, QuantLm};
 use crate::pack::Packed;
 use crate::rtn::{QuantConfig, Quantized, quantize};
 
-/// Quantizes every projection of a dense model (embeddings, norms and the head stay f32).
+/// Quantizes every projection of a dense model (embeddings, norms and the head stay f32, and
+/// the head gets an int8 copy for decoding: [`secateur_models::CausalLm::quantize_head`]).
 pub fn quantize_model<B: Backend>(model: DenseLm<B>, cfg: QuantConfig) -> Result<QuantLm<B>, QuantError> {
+    let model = model.quantize_head();
     model.map_projections(|site, dense: Dense<B>| {
         let [o, i] = dense.shape();
         let w: Vec<f32> = dense.weight.val().into_data().convert::<f32>().to_vec().expect("f32 weight");
@@ -160,7 +162,7 @@ pub fn load_quantized<B: Backend>(dir: &Path, device: &B::Device) -> Result<Quan
     let model = secateur_models::CausalLm::from_checkpoint_with(spec, &ckpt, device, |spec, ckpt, site, device| {
         load_projection(spec, ckpt, site, cfg, device)
     })?;
-    Ok(model)
+    Ok(model.quantize_head())
 }
 
 fn load_projection<B: Backend>(

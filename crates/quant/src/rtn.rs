@@ -13,6 +13,7 @@
 //! error of every value is at most half a step, except that the f16 rounding of the scale can
 //! add up to `maxq · 2⁻¹¹` of a step at the two ends of a group's range.
 
+use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
 use crate::QuantError;
@@ -98,20 +99,22 @@ pub fn quantize(w: &[f32], out_features: usize, in_features: usize, config: Quan
     let groups = in_features.div_ceil(g);
     let maxq = config.maxq();
     let mut q = vec![0u8; w.len()];
-    let mut scales = Vec::with_capacity(out_features * groups);
-    let mut zeros = Vec::with_capacity(out_features * groups);
-    for r in 0..out_features {
-        for k in 0..groups {
-            let at = r * in_features + k * g;
-            let vals = &w[at..at + g.min(in_features - k * g)];
-            let (scale, zero) = group_params(vals, maxq);
-            scales.push(scale);
-            zeros.push(zero);
-            for (j, &v) in vals.iter().enumerate() {
-                q[at + j] = quantize_value(v, scale, zero, maxq);
+    let mut scales = vec![0f32; out_features * groups];
+    let mut zeros = vec![0u8; out_features * groups];
+    // Rows in parallel (each row's values are independent of the others).
+    q.par_chunks_mut(in_features)
+        .zip(w.par_chunks(in_features))
+        .zip(scales.par_chunks_mut(groups).zip(zeros.par_chunks_mut(groups)))
+        .for_each(|((qr, wr), (sr, zr))| {
+            for (k, (qg, wg)) in qr.chunks_mut(g).zip(wr.chunks(g)).enumerate() {
+                let (scale, zero) = group_params(wg, maxq);
+                sr[k] = scale;
+                zr[k] = zero;
+                for (qv, &v) in qg.iter_mut().zip(wg) {
+                    *qv = quantize_value(v, scale, zero, maxq);
+                }
             }
-        }
-    }
+        });
     Ok(Quantized { out_features, in_features, config, q, scales, zeros })
 }
 

@@ -112,7 +112,7 @@ pub fn prune<B: Backend>(model: DenseLm<B>, calibration: &[Vec<u32>], cfg: &Prun
     let mut batches: Vec<Batch<B>> = if wanda { embed_batches(&model, calibration, cfg.batch_size) } else { Vec::new() };
 
     let bar = secateur_runs::Progress::new("pruning", "blocks", spec.num_layers, 0, cfg.progress);
-    let secateur_models::CausalLm { embed, embed_norm, blocks, final_norm, lm_head, spec: model_spec } = model;
+    let secateur_models::CausalLm { embed, embed_norm, blocks, final_norm, lm_head, head_q8, spec: model_spec } = model;
     let mut pruned_blocks = Vec::with_capacity(blocks.len());
     let mut masks = Vec::new();
     for (layer, block) in blocks.into_iter().enumerate() {
@@ -135,7 +135,7 @@ pub fn prune<B: Backend>(model: DenseLm<B>, calibration: &[Vec<u32>], cfg: &Prun
     }
     bar.finish();
     Ok(PruneOutcome {
-        model: secateur_models::CausalLm { embed, embed_norm, blocks: pruned_blocks, final_norm, lm_head, spec: model_spec },
+        model: secateur_models::CausalLm { embed, embed_norm, blocks: pruned_blocks, final_norm, lm_head, head_q8, spec: model_spec },
         masks,
     })
 }
