@@ -153,14 +153,16 @@ def quantize_rtn(model, bits=4, group=128):
         for layer in model.model.layers:
             for m in layer.modules():
                 if isinstance(m, torch.nn.Linear):
-                    w = m.weight.reshape(m.out_features, -1, group)
-                    lo = torch.clamp(w.amin(-1, keepdim=True), max=0)
-                    hi = torch.clamp(w.amax(-1, keepdim=True), min=0)
-                    scale = (hi - lo) / maxq
-                    scale = torch.where(scale == 0, torch.ones_like(scale), scale)
-                    zero = torch.round(-lo / scale)
-                    q = torch.clamp(torch.round(w / scale) + zero, 0, maxq).to(torch.uint8)
-                    del q
+                    # Groups of `group` inputs; the last one shorter when `group` does not divide.
+                    for k in range(0, m.in_features, group):
+                        w = m.weight[:, k:k + group]
+                        lo = torch.clamp(w.amin(-1, keepdim=True), max=0)
+                        hi = torch.clamp(w.amax(-1, keepdim=True), min=0)
+                        scale = ((hi - lo) / maxq).half().float()
+                        scale = torch.where(scale == 0, torch.ones_like(scale), scale)
+                        zero = torch.round(-lo / scale)
+                        q = torch.clamp(torch.round(w / scale) + zero, 0, maxq).to(torch.uint8)
+                        del q
 
 
 def main():

@@ -1,5 +1,6 @@
 //! Scores and mask selection.
 
+use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
 /// How weights are scored (lower scores are pruned first).
@@ -49,7 +50,7 @@ pub fn scores(weight: &[f32], in_features: usize, sq_norms: Option<&[f64]>) -> V
     match sq_norms {
         Some(sq) => {
             let norms: Vec<f64> = sq.iter().map(|s| s.sqrt()).collect();
-            weight.iter().enumerate().map(|(i, w)| (*w as f64).abs() * norms[i % in_features]).collect()
+            weight.par_iter().enumerate().map(|(i, w)| (*w as f64).abs() * norms[i % in_features]).collect()
         }
         None => weight.iter().map(|w| (*w as f64).abs()).collect(),
     }
@@ -62,19 +63,22 @@ pub fn select_mask(scores: &[f64], in_features: usize, pattern: Pattern) -> Vec<
     match pattern {
         Pattern::Unstructured { ratio } => {
             let k = (in_features as f64 * ratio).floor() as usize;
-            let mut order: Vec<usize> = (0..in_features).collect();
             if k == 0 {
                 return keep;
             }
-            for (row, kept) in scores.chunks(in_features).zip(keep.chunks_mut(in_features)) {
-                order.iter_mut().enumerate().for_each(|(i, o)| *o = i);
-                // The k smallest under (score, index): what a stable sort's first k are, found
-                // in linear time.
-                order.select_nth_unstable_by(k - 1, |&a, &b| row[a].total_cmp(&row[b]).then(a.cmp(&b)));
-                for &j in &order[..k] {
-                    kept[j] = false;
-                }
-            }
+            // Rows in parallel (each row's selection is its own).
+            scores.par_chunks(in_features).zip(keep.par_chunks_mut(in_features)).for_each_init(
+                || (0..in_features).collect::<Vec<usize>>(),
+                |order, (row, kept)| {
+                    order.iter_mut().enumerate().for_each(|(i, o)| *o = i);
+                    // The k smallest under (score, index): what a stable sort's first k are,
+                    // found in linear time.
+                    order.select_nth_unstable_by(k - 1, |&a, &b| row[a].total_cmp(&row[b]).then(a.cmp(&b)));
+                    for &j in &order[..k] {
+                        kept[j] = false;
+                    }
+                },
+            );
         }
         Pattern::NM { n, m } => {
             let mut order: Vec<usize> = (0..m).collect();
