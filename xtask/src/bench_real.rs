@@ -52,6 +52,9 @@ pub struct Args {
     name: String,
 }
 
+/// `times[row][side]`: (seconds, peak MB) of every repetition.
+type Times = BTreeMap<String, BTreeMap<String, Vec<(f64, f64)>>>;
+
 struct Worker {
     side: String,
     child: Child,
@@ -155,8 +158,7 @@ pub fn run(args: &Args) -> bool {
     if !workers.iter().any(|w| w.side == "secateur") {
         return false;
     }
-    // times[row][side] = [(seconds, peak MB)]
-    let mut times: BTreeMap<String, BTreeMap<String, Vec<(f64, f64)>>> = BTreeMap::new();
+    let mut times = Times::new();
     let mut loads = Vec::new();
     for rep in 0..args.reps {
         let load = loadavg();
@@ -182,7 +184,7 @@ pub fn run(args: &Args) -> bool {
 fn write_results(
     args: &Args,
     rows: &[&str],
-    times: &BTreeMap<String, BTreeMap<String, Vec<(f64, f64)>>>,
+    times: &Times,
     info: &BTreeMap<String, Value>,
     loads: &[String],
     model: Option<&std::path::Path>,
