@@ -83,9 +83,17 @@ fn qa_sparse_peft_merges_into_an_int4_model_with_the_same_forward() {
     let m = randomize(m, &device);
     let (qa8, qa1) = (logits(&m, 8), logits(&m, 1));
     let merged = merge_quantized(m).unwrap();
-    // 8 rows: the dequantizing matmul; 1 row: the INT4 kernel (different summation order).
+    // 8 rows: the dequantizing matmul, the same forward to rounding.
     assert!(max_diff(&logits(&merged, 8), &qa8) < 1e-4, "{}", max_diff(&logits(&merged, 8), &qa8));
-    assert!(max_diff(&logits(&merged, 1), &qa1) < 1e-4);
+    // 1 row: the INT4 decoding kernel, which quantizes its activations to int8 per block (as
+    // llama.cpp does): the same forward up to that rounding.
+    let one = logits(&merged, 1);
+    let norm = |v: &[f32]| v.iter().map(|x| (*x as f64).powi(2)).sum::<f64>().sqrt();
+    let diff: Vec<f32> = one.iter().zip(&qa1).map(|(a, b)| a - b).collect();
+    let rel = norm(&diff) / norm(&qa1);
+    // Measured 0.008-0.011 on this random model (its adapters draw from the backend's shared
+    // random state, so the value varies with the tests running beside it).
+    assert!(rel < 3e-2, "relative difference {rel}");
     for ((_, b), (_, q)) in base.projections().iter().zip(merged.projections()) {
         let b: Vec<f32> = b.weight.val().into_data().to_vec().unwrap();
         for (x, y) in b.iter().zip(q.dequantized()) {
