@@ -42,6 +42,12 @@ fn peak_mb() -> f64 {
         .map_or(f64::NAN, |kb| kb / 1024.0)
 }
 
+/// Stops the worker with a message (its parent, `cargo xtask bench-real`, reports the side as skipped).
+fn fail(msg: impl std::fmt::Display) -> ! {
+    eprintln!("bench_real: {msg}");
+    std::process::exit(2)
+}
+
 fn main() {
     let mut args = std::env::args().skip(1);
     let (mut config, mut model_dir) = (None, None);
@@ -49,14 +55,14 @@ fn main() {
         match a.as_str() {
             "--config" => config = args.next().map(PathBuf::from),
             "--model" => model_dir = args.next().map(PathBuf::from),
-            other => panic!("unknown argument {other}"),
+            other => fail(format!("unknown argument {other} (expected --config FILE or --model DIR)")),
         }
     }
     let device = Default::default();
     let model: DenseLm<Cpu> = match (&model_dir, &config) {
-        (Some(dir), _) => DenseLm::load(dir, &device).expect("model"),
-        (None, Some(cfg)) => DenseLm::init_random(ArchSpec::from_config_file(cfg).expect("config"), 0.02, 0, &device),
-        (None, None) => panic!("--config FILE or --model DIR"),
+        (Some(dir), _) => DenseLm::load(dir, &device).unwrap_or_else(|e| fail(e)),
+        (None, Some(cfg)) => DenseLm::init_random(ArchSpec::from_config_file(cfg).unwrap_or_else(|e| fail(e)), 0.02, 0, &device),
+        (None, None) => fail("--config FILE or --model DIR"),
     };
     let vocab = model.spec().vocab_size;
     let stdout = std::io::stdout();

@@ -34,29 +34,15 @@ import torch
 from peft import LoraConfig, get_peft_model
 from transformers import AutoModelForCausalLM, LlamaConfig, LlamaForCausalLM
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from bench_common import peak_mb, reset_peak, token_ids  # noqa: E402
+
 HERE = os.path.dirname(os.path.abspath(__file__))
 DEFAULT_CONFIG = os.path.join(HERE, "..", "benches", "smollm2_135m_config.json")
 
 
 def ids(batch, length, vocab, salt):
-    return torch.tensor([[3 + (b * 7919 + t * 104729 + salt * 31) % (vocab - 3) for t in range(length)]
-                         for b in range(batch)])
-
-
-def reset_peak():
-    try:
-        with open("/proc/self/clear_refs", "w") as f:
-            f.write("5")
-    except OSError:
-        pass
-
-
-def peak_mb():
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024
-    return float("nan")
+    return torch.tensor(token_ids(batch, length, vocab, salt))
 
 
 def load(args):
@@ -109,19 +95,19 @@ def lora_step(model, steps=3):
     return seconds
 
 
-def wanda(model):
-    model = copy.deepcopy(model)
-    calib = ids(32, 256, model.config.vocab_size, 3)
-    reset_peak()
-    t0 = time.perf_counter()
+def wanda_prune(model, calib, batch=8):
+    """Wanda 50% (unstructured) in place, block by block as the Wanda reference (locuslab/wanda
+    `prune_wanda`): statistics of block l from the dense block l fed by the pruned blocks before
+    it; calibration `calib` [n, seq] in batches of `batch`. Also used by bench_torch_shears.py."""
+    n, seq = calib.shape
     with torch.no_grad():
         inps = model.model.embed_tokens(calib)
-        pos = torch.arange(256).unsqueeze(0).expand(32, -1)
+        pos = torch.arange(seq).unsqueeze(0).expand(n, -1)
         pe = model.model.rotary_emb(inps, pos)
-        mask = torch.full((256, 256), float("-inf")).triu(1)[None, None]
+        mask = torch.full((seq, seq), float("-inf")).triu(1)[None, None]
         for layer in model.model.layers:
-            lin = {n: m for n, m in layer.named_modules() if isinstance(m, torch.nn.Linear)}
-            sq = {n: torch.zeros(m.in_features) for n, m in lin.items()}
+            lin = {name: m for name, m in layer.named_modules() if isinstance(m, torch.nn.Linear)}
+            sq = {name: torch.zeros(m.in_features) for name, m in lin.items()}
 
             def hook(name):
                 def f(_m, i, _o):
@@ -129,21 +115,30 @@ def wanda(model):
                     sq[name].add_((x * x).sum(0))
                 return f
 
-            hooks = [m.register_forward_hook(hook(n)) for n, m in lin.items()]
+            hooks = [m.register_forward_hook(hook(name)) for name, m in lin.items()]
 
             def fwd(j):
-                out = layer(inps[j:j + 8], attention_mask=mask, position_embeddings=(pe[0][j:j + 8], pe[1][j:j + 8]))
+                out = layer(inps[j:j + batch], attention_mask=mask,
+                            position_embeddings=(pe[0][j:j + batch], pe[1][j:j + batch]))
                 return out[0] if isinstance(out, tuple) else out
 
-            for j in range(0, 32, 8):
-                fwd(j)
+            for j in range(0, n, batch):
+                fwd(j)  # statistics from the dense block
             for h in hooks:
                 h.remove()
-            for n, m in lin.items():
-                metric = m.weight.abs() * sq[n].sqrt().reshape(1, -1)
+            for name, m in lin.items():
+                metric = m.weight.abs() * sq[name].sqrt().reshape(1, -1)
                 idx = torch.sort(metric, dim=-1, stable=True)[1][:, : m.weight.shape[1] // 2]
                 m.weight.scatter_(1, idx, 0.0)
-            inps = torch.cat([fwd(j) for j in range(0, 32, 8)])
+            inps = torch.cat([fwd(j) for j in range(0, n, batch)])  # the pruned block's outputs
+
+
+def wanda(model):
+    model = copy.deepcopy(model)
+    calib = ids(32, 256, model.config.vocab_size, 3)
+    reset_peak()
+    t0 = time.perf_counter()
+    wanda_prune(model, calib)
     return time.perf_counter() - t0
 
 

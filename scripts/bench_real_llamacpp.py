@@ -21,6 +21,9 @@ import os
 import sys
 import time
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from bench_common import peak_mb, token_ids  # noqa: E402
+
 try:
     import llama_cpp
     from llama_cpp import Llama
@@ -45,18 +48,6 @@ def convert(src, kind):
             raise RuntimeError(f"llama_model_quantize {kind} failed ({rc})")
         os.replace(tmp, out)
     return out
-
-
-def ids(length, vocab, salt):
-    return [3 + (t * 104729 + salt * 31) % (vocab - 3) for t in range(length)]
-
-
-def peak_mb():
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024
-    return float("nan")
 
 
 def main():
@@ -86,10 +77,10 @@ def main():
             m = model("f32", all_logits=True)
             m.reset()
             t0 = time.perf_counter()
-            m.eval(ids(512, vocab, 1))
+            m.eval(token_ids(1, 512, vocab, 1)[0])
         elif row.startswith("decode_") and row[7:] in files:
             m = model(row[7:])
-            prompt = ids(16, vocab, 2)
+            prompt = token_ids(1, 16, vocab, 2)[0]
             t0 = time.perf_counter()
             n = 0
             for _ in m.generate(prompt, top_k=1, temp=0.0, reset=True):

@@ -22,6 +22,7 @@ from transformers import LlamaForCausalLM
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from bench_torch import bench_config as config, timed  # noqa: E402
+from bench_real import wanda_prune  # noqa: E402
 
 
 def lora_step_seconds():
@@ -50,35 +51,7 @@ def wanda_seconds():
     calib = torch.randint(0, 4096, (32, 128))
 
     def run():
-        layers = model.model.layers
-        with torch.no_grad():
-            inps = model.model.embed_tokens(calib)
-            pos = torch.arange(128).unsqueeze(0).expand(32, -1)
-            pe = model.model.rotary_emb(inps, pos)
-            mask = torch.full((128, 128), float("-inf")).triu(1)[None, None]
-            for layer in layers:
-                lin = {n: m for n, m in layer.named_modules() if isinstance(m, torch.nn.Linear)}
-                sq = {n: torch.zeros(m.in_features) for n, m in lin.items()}
-                def hook(name):
-                    def f(_m, i, _o):
-                        x = i[0].reshape(-1, i[0].shape[-1]).float()
-                        sq[name].add_((x * x).sum(0))  # returns None: the output stays as is
-                    return f
-
-                hooks = [m.register_forward_hook(hook(n)) for n, m in lin.items()]
-                def fwd(j):
-                    return layer(inps[j:j + 8], attention_mask=mask,
-                                 position_embeddings=(pe[0][j:j + 8], pe[1][j:j + 8]))
-
-                for j in range(0, 32, 8):
-                    fwd(j)  # statistics from the dense block
-                for h in hooks:
-                    h.remove()
-                for n, m in lin.items():
-                    metric = m.weight.abs() * sq[n].sqrt().reshape(1, -1)
-                    idx = torch.sort(metric, dim=-1, stable=True)[1][:, : m.weight.shape[1] // 2]
-                    m.weight.scatter_(1, idx, 0.0)
-                inps = torch.cat([fwd(j) for j in range(0, 32, 8)])  # the pruned block's outputs
+        wanda_prune(model, calib)
 
     return timed(run, 3)
 

@@ -136,6 +136,10 @@ pub fn run(args: &Args) -> bool {
     let cache = PathBuf::from(home).join(".cache/secateur-models");
     let model = args.model.clone().or_else(|| Some(cache.join("smollm2-135m-hf")).filter(|d| d.join("config.json").exists()));
     let gguf = args.gguf.clone().or_else(|| Some(cache.join("gguf/SmolLM2-135M-Instruct.Q4_1.gguf")).filter(|f| f.exists()));
+    if let Some(bad) = args.rows.iter().find(|r| !ROWS.contains(&r.as_str())) {
+        eprintln!("bench-real: unknown row {bad:?}; the rows are {}", ROWS.join(", "));
+        return false;
+    }
     let rows: Vec<&str> = ROWS.iter().copied().filter(|r| args.rows.is_empty() || args.rows.iter().any(|a| a == r)).collect();
     if !crate::run(Command::new("cargo").args(["build", "--release", "--locked", "-p", "secateur", "--example", "bench_real"])) {
         return false;
