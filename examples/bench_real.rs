@@ -49,6 +49,7 @@ fn fail(msg: impl std::fmt::Display) -> ! {
 }
 
 fn main() {
+    secateur::models::host::tune_allocator();
     let mut args = std::env::args().skip(1);
     let (mut config, mut model_dir) = (None, None);
     while let Some(a) = args.next() {

@@ -283,6 +283,7 @@ enum CliError {
 }
 
 fn main() -> ExitCode {
+    secateur::models::host::tune_allocator();
     let cli = Cli::parse();
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,

@@ -176,17 +176,19 @@ pub fn loglikelihoods<B: Backend, P: Projection<B>>(
                 }
             }
         }
-        let logits = model.forward(token_tensor::<B>(&ids, device), &mask)?;
-        let [bsz, seq, vocab] = logits.dims();
-        let n_at = at.len();
-        let positions = Tensor::<B, 1, Int>::from_data(TensorData::new(at, [n_at]), device);
-        let picked_rows = logits.reshape([bsz * seq, vocab]).select(0, positions);
-        let logp = log_softmax(picked_rows, 1);
-        let targets = Tensor::<B, 1, Int>::from_data(TensorData::new(target.clone(), [target.len()]), device);
-        let picked = logp.clone().gather(1, targets.unsqueeze_dim(1)).squeeze_dim::<1>(1);
-        let greedy = logp.argmax(1).squeeze_dim::<1>(1);
-        let picked: Vec<f32> = picked.into_data().convert::<f32>().to_vec().map_err(|e| EvalError::Request(format!("{e:?}")))?;
-        let greedy: Vec<i64> = greedy.into_data().convert::<i64>().to_vec().map_err(|e| EvalError::Request(format!("{e:?}")))?;
+        let hidden = model.hidden_states(token_tensor::<B>(&ids, device), &mask)?;
+        let [bsz, seq, e] = hidden.dims();
+        let hidden = hidden.reshape([bsz * seq, e]);
+        // The head runs on the scored positions only, a bounded number at a time (never the
+        // whole [batch, seq, vocab] logits).
+        let (mut picked, mut greedy) = (Vec::with_capacity(at.len()), Vec::with_capacity(at.len()));
+        for (rows, tg) in at.chunks(HEAD_ROWS).zip(target.chunks(HEAD_ROWS)) {
+            let positions = Tensor::<B, 1, Int>::from_data(TensorData::new(rows.to_vec(), [rows.len()]), device);
+            let logits = model.logits_exact(hidden.clone().select(0, positions).unsqueeze_dim(0)).squeeze_dim::<2>(0);
+            let (p, g) = score_rows(logits, tg, device)?;
+            picked.extend(p);
+            greedy.extend(g);
+        }
         let mut k = 0;
         for &r in chunk {
             for &i in &by_row[r] {
@@ -194,7 +196,7 @@ pub fn loglikelihoods<B: Backend, P: Projection<B>>(
                 let span = k..k + c;
                 out[i] = Scored {
                     loglik: span.clone().map(|j| picked[j] as f64).sum(),
-                    is_greedy: span.clone().all(|j| greedy[j] == target[j]),
+                    is_greedy: span.clone().all(|j| greedy[j] as i64 == target[j]),
                     tokens: c,
                 };
                 k += c;
@@ -202,6 +204,27 @@ pub fn loglikelihoods<B: Backend, P: Projection<B>>(
         }
     }
     Ok(out)
+}
+
+/// Positions whose logits are computed at once (`HEAD_ROWS x vocab` f32: 25 MB at a 49k vocabulary).
+const HEAD_ROWS: usize = 128;
+
+/// Each row's log-probability of its target and its argmax, from `logits: [rows, vocab]`: fused
+/// on the host where the host kernels serve the backend, else as burn's `log_softmax`.
+fn score_rows<B: Backend>(logits: Tensor<B, 2>, targets: &[i64], device: &B::Device) -> Result<(Vec<f32>, Vec<u32>), EvalError> {
+    let [n, vocab] = logits.dims();
+    if secateur_models::host::enabled::<B>(device) {
+        let t: Vec<u32> = targets.iter().map(|&t| t as u32).collect();
+        let scored = secateur_models::host::log_softmax_pick(&secateur_models::host::to_host(logits), vocab, &t);
+        return Ok(scored.into_iter().unzip());
+    }
+    let logp = log_softmax(logits, 1);
+    let targets = Tensor::<B, 1, Int>::from_data(TensorData::new(targets.to_vec(), [n]), device);
+    let picked = logp.clone().gather(1, targets.unsqueeze_dim(1)).squeeze_dim::<1>(1);
+    let greedy = logp.argmax(1).squeeze_dim::<1>(1);
+    let picked: Vec<f32> = picked.into_data().convert::<f32>().to_vec().map_err(|e| EvalError::Request(format!("{e:?}")))?;
+    let greedy: Vec<i64> = greedy.into_data().convert::<i64>().to_vec().map_err(|e| EvalError::Request(format!("{e:?}")))?;
+    Ok((picked, greedy.into_iter().map(|g| g as u32).collect()))
 }
 
 #[cfg(test)]

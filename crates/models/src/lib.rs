@@ -12,6 +12,7 @@ pub mod error;
 pub mod extract;
 pub mod generate;
 pub mod gpt_neox;
+pub mod host;
 pub mod latency;
 pub mod llama;
 pub mod mpt;

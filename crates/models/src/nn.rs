@@ -99,6 +99,18 @@ pub fn activate<B: Backend, const D: usize>(x: Tensor<B, D>, act: Activation) ->
     }
 }
 
+/// A gated MLP's hidden state `act(gate) · up`; SiLU runs as one fused pass on the host where
+/// [`crate::host::enabled`] (burn's CPU `silu` takes several passes with a scalar `exp`).
+pub fn gated<B: Backend, const D: usize>(gate: Tensor<B, D>, up: Tensor<B, D>, act: Activation) -> Tensor<B, D> {
+    let device = gate.device();
+    if act == Activation::Silu && crate::host::enabled::<B>(&device) {
+        let shape = gate.shape();
+        let (g, u) = (crate::host::to_host(gate), crate::host::to_host(up));
+        return Tensor::from_data(TensorData::new(crate::host::silu_mul(&g, &u), shape), &device);
+    }
+    activate(gate, act) * up
+}
+
 /// Inverse frequencies of rotate-half RoPE, computed as transformers does (f32), with scaling.
 pub fn rope_inv_freq(theta: f64, rotary_dim: usize, scaling: Option<&RopeScaling>) -> Vec<f32> {
     let base: Vec<f32> = (0..rotary_dim).step_by(2).map(|i| 1.0 / (theta as f32).powf(i as f32 / rotary_dim as f32)).collect();

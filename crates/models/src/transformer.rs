@@ -9,7 +9,8 @@ use burn::prelude::*;
 use burn::tensor::ops::AttentionModuleOptions;
 
 use crate::error::{ModelError, Result};
-use crate::nn::{Dense, Int8Rows, Norm, Projection, RopeTables, Sliceable, activate, attention_bias, rope_inv_freq};
+use crate::host::{self, HostMask};
+use crate::nn::{Dense, Int8Rows, Norm, Projection, RopeTables, Sliceable, activate, attention_bias, gated, rope_inv_freq};
 use crate::site::{Site, SiteKind};
 use crate::spec::{ArchSpec, LayerDims, NormKind, PositionKind, QkvLayout, Residual};
 use crate::weights::Checkpoint;
@@ -86,8 +87,12 @@ pub struct AttnContext<B: Backend> {
     pub rope: Option<[RopeTables<B>; 2]>,
     /// The per-position tables, for sub-networks with fewer heads.
     pub rope_base: Option<RopeTables<B>>,
-    /// Additive bias `[batch, kv_heads or 1, (heads / kv_heads) * seq, keys]`.
-    pub bias: Tensor<B, 4>,
+    /// The mask on the host, where the host attention kernel serves the backend.
+    pub host: Option<HostMask>,
+    key_mask: Vec<Vec<bool>>,
+    seq: usize,
+    device: B::Device,
+    bias: std::sync::OnceLock<Tensor<B, 4>>,
 }
 
 impl<B: Backend> AttnContext<B> {
@@ -103,20 +108,37 @@ impl<B: Backend> AttnContext<B> {
             }
             PositionKind::Alibi { .. } => None,
         };
-        // Lay the bias out like the grouped queries: [b, kvh or 1, rep * seq, keys].
-        let bias = attention_bias::<B>(&spec, key_mask, seq, device);
-        let [b, hb, _, t] = bias.dims();
-        let rep = spec.num_heads / spec.num_kv_heads;
-        let bias = if rep == 1 {
-            bias
-        } else if hb == 1 {
-            bias.repeat_dim(2, rep)
-        } else {
-            bias.reshape([b, spec.num_kv_heads, rep * seq, t])
-        };
+        let host = crate::host::enabled::<B>(device).then(|| {
+            let slopes: &[f64] = match &spec.position {
+                PositionKind::Alibi { slopes } => slopes,
+                PositionKind::Rope { .. } => &[],
+            };
+            HostMask::new(key_mask, seq, spec.sliding_window, slopes)
+        });
         let rope_base = rope;
         let rope = rope_base.as_ref().map(|t| [t.per_head(spec.num_heads), t.per_head(spec.num_kv_heads)]);
-        Self { spec, rope, rope_base, bias }
+        Self { spec, rope, rope_base, host, key_mask: key_mask.to_vec(), seq, device: device.clone(), bias: std::sync::OnceLock::new() }
+    }
+
+    /// Additive bias `[batch, kv_heads or 1, (heads / kv_heads) * seq, keys]` for burn's
+    /// attention, built on first use.
+    pub fn bias(&self) -> Tensor<B, 4> {
+        self.bias
+            .get_or_init(|| {
+                let spec = &self.spec;
+                // Lay the bias out like the grouped queries: [b, kvh or 1, rep * seq, keys].
+                let bias = attention_bias::<B>(spec, &self.key_mask, self.seq, &self.device);
+                let [b, hb, _, t] = bias.dims();
+                let rep = spec.num_heads / spec.num_kv_heads;
+                if rep == 1 {
+                    bias
+                } else if hb == 1 {
+                    bias.repeat_dim(2, rep)
+                } else {
+                    bias.reshape([b, spec.num_kv_heads, rep * self.seq, t])
+                }
+            })
+            .clone()
     }
 
     /// Context of a right- or left-padded batch without a cache: positions count real tokens.
@@ -177,10 +199,17 @@ pub fn attend<B: Backend>(
         None => (k, v),
     };
     let rep = h / kvh;
+    if let Some(mask) = &ctx.host {
+        let device = q.device();
+        let (qh, kh, vh) = (host::to_host(q.swap_dims(1, 2)), host::to_host(k), host::to_host(v));
+        let out = host::attention(&qh, &kh, &vh, mask, b, s, h, kvh, d, spec.attn_scale as f32);
+        return Tensor::from_data(TensorData::new(out, [b, s, h * d]), &device);
+    }
     // Grouped-query attention without copying keys: query heads g*rep..g*rep+rep share
     // key/value head g, so [b, h, s, d] is viewed as [b, kvh, rep*s, d]; the context's
     // bias is already laid out to match (ALiBi biases, one per head, keep the first h).
-    let bias = if ctx.bias.dims()[1] > 1 && h < spec.num_heads { ctx.bias.clone().narrow(1, 0, kvh) } else { ctx.bias.clone() };
+    let bias = ctx.bias();
+    let bias = if bias.dims()[1] > 1 && h < spec.num_heads { bias.narrow(1, 0, kvh) } else { bias };
     let q = q.reshape([b, kvh, rep * s, d]);
     let out = if s > 2 * QUERY_BLOCK {
         causal_blocked_attention(q, k, v, bias, rep, s, spec.attn_scale)
@@ -317,9 +346,7 @@ impl<B: Backend, P: Projection<B>> Block<B, P> {
         let attn = |x: Tensor<B, 3>| self.attention_sliced(x, ctx, groups);
         let mlp = |x: Tensor<B, 3>| {
             let hidden = match &self.mlp_gate {
-                Some(g) => {
-                    activate(g.forward_slice(x.clone(), 0, width, e), ctx.spec.activation) * self.mlp_up.forward_slice(x, 0, width, e)
-                }
+                Some(g) => gated(g.forward_slice(x.clone(), 0, width, e), self.mlp_up.forward_slice(x, 0, width, e), ctx.spec.activation),
                 None => activate(self.mlp_up.forward_slice(x, 0, width, e), ctx.spec.activation),
             };
             self.mlp_down.forward_slice(hidden, 0, e, width)
@@ -354,7 +381,7 @@ impl<B: Backend, P: Projection<B>> Block<B, P> {
     /// The MLP of normalised input `x`.
     pub fn mlp(&self, x: Tensor<B, 3>, spec: &ArchSpec) -> Tensor<B, 3> {
         let hidden = match &self.mlp_gate {
-            Some(gate) => activate(gate.forward(x.clone()), spec.activation) * self.mlp_up.forward(x),
+            Some(gate) => gated(gate.forward(x.clone()), self.mlp_up.forward(x), spec.activation),
             None => activate(self.mlp_up.forward(x), spec.activation),
         };
         self.mlp_down.forward(hidden)
@@ -568,6 +595,17 @@ impl<B: Backend, P: Projection<B>> CausalLm<B, P> {
             let x: Vec<f32> = h.into_data().convert::<f32>().to_vec().expect("f32 hidden states");
             return Tensor::from_data(TensorData::new(q.matvec(&x, b * s), [b, s, q.rows]), &device);
         }
+        self.head(h)
+    }
+
+    /// [`Self::logits`] from the f32 head always (never the int8 decoding head): what scoring
+    /// uses, so that a score does not depend on how many positions were scored at once.
+    pub fn logits_exact(&self, h: Tensor<B, 3>) -> Tensor<B, 3> {
+        self.head(self.final_norm.forward(h))
+    }
+
+    fn head(&self, h: Tensor<B, 3>) -> Tensor<B, 3> {
+        let e = h.dims()[2];
         let head = match &self.lm_head {
             Some(w) => w.val(),
             None => self.embed.val(),
@@ -617,7 +655,18 @@ impl<B: Backend, P: Projection<B>> CausalLm<B, P> {
         self.forward_impl(ids, mask, cache, true)
     }
 
+    /// The residual stream after the last block (before the final norm), `[batch, seq, hidden]`:
+    /// [`Self::logits`] or [`Self::logits_exact`] of the positions wanted gives their logits.
+    pub fn hidden_states(&self, ids: Tensor<B, 2, Int>, mask: &[Vec<bool>]) -> Result<Tensor<B, 3>> {
+        let mut cache = KvCache::new(0, mask.len());
+        self.hidden_impl(ids, mask, &mut cache, false)
+    }
+
     fn forward_impl(&self, ids: Tensor<B, 2, Int>, mask: &[Vec<bool>], cache: &mut KvCache<B>, use_cache: bool) -> Result<Tensor<B, 3>> {
+        Ok(self.logits(self.hidden_impl(ids, mask, cache, use_cache)?))
+    }
+
+    fn hidden_impl(&self, ids: Tensor<B, 2, Int>, mask: &[Vec<bool>], cache: &mut KvCache<B>, use_cache: bool) -> Result<Tensor<B, 3>> {
         let [b, s] = ids.dims();
         if mask.len() != b || mask.iter().any(|m| m.len() != s) {
             return Err(ModelError::InvalidInput(format!("attention mask must be [{b}][{s}] like the input ids")));
@@ -644,7 +693,7 @@ impl<B: Backend, P: Projection<B>> CausalLm<B, P> {
             let kv = if use_cache { Some(&mut cache.layers[l]) } else { None };
             h = block.forward(h, &ctx, kv);
         }
-        Ok(self.logits(h))
+        Ok(h)
     }
 }
 
