@@ -153,16 +153,43 @@ enum Command {
         #[arg(long, value_enum, default_value = "cpu")]
         device: DeviceKind,
     },
-    /// Quantize every projection (asymmetric round-to-nearest, per-group scales and zero points)
-    /// and write a GPTQ-format checkpoint that secateur and GPTQ tools load.
+    /// Quantize every projection (asymmetric, per-group scales and zero points) by GPTQ on
+    /// calibration data or by round-to-nearest, and write a GPTQ-format checkpoint that secateur
+    /// and GPTQ tools load. Exact zeros of a sparse base stay zero.
     Quantize {
         #[command(flatten)]
         model: ModelArgs,
+        /// GPTQ (Hessian-based, needs --calibration) or round-to-nearest; default: gptq when
+        /// --calibration is given, else rtn.
+        #[arg(long, value_enum)]
+        method: Option<QuantMethod>,
         #[arg(long, default_value_t = 4)]
         bits: u32,
         /// Inputs per group (-1 or 0: one group per row).
         #[arg(long, default_value_t = 128, allow_hyphen_values = true)]
         group_size: i64,
+        /// Calibration data for GPTQ, in the formats of `prune --calibration`.
+        #[arg(long)]
+        calibration: Option<PathBuf>,
+        #[arg(long, default_value_t = 128)]
+        calibration_samples: usize,
+        /// Tokens per calibration sample (default: the model's context length, at most 2048).
+        #[arg(long)]
+        seq_len: Option<usize>,
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+        /// Calibration sequences per forward batch.
+        #[arg(long, default_value_t = 8)]
+        batch_size: usize,
+        /// GPTQ: quantize columns by decreasing Hessian diagonal (`desc_act`).
+        #[arg(long)]
+        act_order: bool,
+        /// GPTQ: fit every group on the original weights first (`static_groups`).
+        #[arg(long)]
+        static_groups: bool,
+        /// GPTQ: dampening, a fraction of the mean Hessian diagonal (`damp_percent`).
+        #[arg(long, default_value_t = 0.01)]
+        damp: f64,
         /// Output checkpoint directory (written whole; never the input).
         #[arg(long)]
         out: PathBuf,
@@ -243,6 +270,13 @@ enum BenchAlgo {
 /// A value's name on the command line (`zdt1-discrete`).
 fn value_name(v: &impl ValueEnum) -> String {
     v.to_possible_value().map_or_else(String::new, |p| p.get_name().to_string())
+}
+
+#[derive(Clone, Copy, PartialEq, ValueEnum, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+enum QuantMethod {
+    Gptq,
+    Rtn,
 }
 
 #[derive(Clone, Copy, ValueEnum, serde::Serialize)]
@@ -486,25 +520,77 @@ fn run_on<B: Backend>(cmd: Command, device: B::Device) -> Result<(), CliError> {
             let out = with_lm!(&m, |m| generate(m, &[ids], &opts, &device))?;
             emit(&tok.decode(&out[0])?);
         }
-        Command::Quantize { model, bits, group_size, out, force } => {
+        Command::Quantize {
+            model,
+            method,
+            bits,
+            group_size,
+            calibration,
+            calibration_samples,
+            seq_len,
+            seed,
+            batch_size,
+            act_order,
+            static_groups,
+            damp,
+            out,
+            force,
+        } => {
+            use secateur::quant::checkpoint::{QuantMeta, quantize_model, write_quantized_with};
             if group_size < -1 {
                 return Err(CliError::Usage(format!(
                     "--group-size {group_size}: give a positive group size, or -1 / 0 for one group per row"
                 )));
             }
-            let cfg = secateur::quant::QuantConfig { bits, group_size: (group_size > 0).then_some(group_size as usize) };
+            let method = method.unwrap_or(if calibration.is_some() { QuantMethod::Gptq } else { QuantMethod::Rtn });
+            if method == QuantMethod::Rtn && (calibration.is_some() || act_order || static_groups) {
+                return Err(CliError::Usage("--calibration, --act-order and --static-groups are GPTQ settings (--method gptq)".into()));
+            }
+            if batch_size == 0 {
+                return Err(CliError::Usage("--batch-size must be at least 1".into()));
+            }
+            let quant = secateur::quant::QuantConfig { bits, group_size: (group_size > 0).then_some(group_size as usize) };
+            let gptq = secateur::quant::GptqConfig { quant, damp, act_order, static_groups, ..Default::default() };
             let spec = secateur::models::ArchSpec::from_config_file(&model.model.join("config.json"))?;
-            secateur::pipelines::check_quant(&spec, bits, cfg.group_size)?;
-            let manifest = Manifest::new("quantize", &json!({"model": model.model, "bits": bits, "group_size": group_size}));
+            secateur::pipelines::check_quant(&spec, bits, quant.group_size)?;
+            if method == QuantMethod::Gptq {
+                gptq.validate(spec.hidden_size)?;
+            }
+            let samples = match (&calibration, method) {
+                (Some(path), _) => secateur::sparsity::load_calibration(path, &model.model, &spec, calibration_samples, seq_len, seed)?,
+                (None, QuantMethod::Gptq) => return Err(CliError::Usage("--method gptq needs --calibration FILE".into())),
+                (None, QuantMethod::Rtn) => Vec::new(),
+            };
+            let manifest = Manifest::new(
+                "quantize",
+                &json!({"model": model.model, "method": method, "bits": bits, "group_size": group_size, "calibration": calibration,
+                        "calibration_samples": calibration_samples, "seq_len": seq_len, "seed": seed, "act_order": act_order,
+                        "static_groups": static_groups, "damp": damp}),
+            );
             let staged = OutputDir::create(&out, &manifest, force, &[&model.model])?;
             let m = DenseLm::<B>::load(&model.model, &device)?;
-            let q = secateur::quant::checkpoint::quantize_model(m, cfg)?;
-            let bytes = secateur::quant::checkpoint::write_quantized(&model.model, staged.path(), &q)?;
+            let (q, meta, report) = match method {
+                QuantMethod::Rtn => (quantize_model(m, quant)?, QuantMeta::default(), None),
+                QuantMethod::Gptq => {
+                    let outcome = secateur::quant::gptq_model(m, &samples, &gptq, batch_size, true)?;
+                    let ratio = |f: fn(&secateur::quant::GptqSiteReport) -> f64| outcome.sites.iter().map(f).sum::<f64>();
+                    let summary = json!({
+                        "reconstruction_error_gptq": ratio(|s| s.gptq_error),
+                        "reconstruction_error_rtn": ratio(|s| s.rtn_error),
+                        "dead_inputs": outcome.sites.iter().map(|s| s.dead).sum::<usize>(),
+                    });
+                    let bytes = serde_json::to_vec_pretty(&json!({"summary": summary, "sites": outcome.sites})).expect("JSON");
+                    secateur::models::weights::write_atomic(&staged.path().join("gptq-report.json"), &bytes)?;
+                    (outcome.model, QuantMeta { damp: Some(damp), static_groups }, Some(summary))
+                }
+            };
+            let bytes = write_quantized_with(&model.model, staged.path(), &q, &meta)?;
             staged.publish()?;
             let source = secateur::models::weights::weights_bytes(&model.model);
             emit(
                 &serde_json::to_string(
-                    &json!({"out": out, "bits": bits, "group_size": group_size, "weights_bytes": bytes, "source_weights_bytes": source}),
+                    &json!({"out": out, "method": method, "bits": bits, "group_size": group_size, "weights_bytes": bytes,
+                    "source_weights_bytes": source, "calibration_samples": samples.len(), "gptq": report}),
                 )
                 .expect("JSON"),
             );
@@ -513,7 +599,7 @@ fn run_on<B: Backend>(cmd: Command, device: B::Device) -> Result<(), CliError> {
             unreachable!("handled in run")
         }
         Command::Prune { model, method, sparsity, nm, calibration, calibration_samples, seq_len, seed, batch_size, out, force } => {
-            use secateur::sparsity::{CalibrationSource, Pattern, PruneConfig, ScoreMethod, prune, sample_calibration};
+            use secateur::sparsity::{Pattern, PruneConfig, ScoreMethod, load_calibration, prune};
             if let Some(r) = sparsity
                 && !(r.is_finite() && (0.0..1.0).contains(&r))
             {
@@ -524,15 +610,6 @@ fn run_on<B: Backend>(cmd: Command, device: B::Device) -> Result<(), CliError> {
             }
             let spec = secateur::models::ArchSpec::from_config_file(&model.model.join("config.json"))?;
             let len = seq_len.unwrap_or_else(|| spec.context_length().min(2048));
-            if len > spec.context_length() {
-                return Err(CliError::Usage(format!(
-                    "--seq-len {len}: longer than the model's context window of {}",
-                    spec.context_length()
-                )));
-            }
-            if calibration.is_some() {
-                secateur::sparsity::check_calibration_size(calibration_samples, len)?;
-            }
             let manifest = Manifest::new(
                 "prune",
                 &json!({"model": model.model, "method": method, "sparsity": sparsity, "nm": nm, "calibration": calibration, "calibration_samples": calibration_samples, "seq_len": len, "seed": seed}),
@@ -549,12 +626,7 @@ fn run_on<B: Backend>(cmd: Command, device: B::Device) -> Result<(), CliError> {
                 PruneMethod::Magnitude => ScoreMethod::Magnitude,
             };
             let samples = match &calibration {
-                Some(path) => {
-                    let tok_path = model.model.join("tokenizer.json");
-                    let tok = if tok_path.is_file() { Some(TextTokenizer::from_file(&tok_path)?) } else { None };
-                    let docs = CalibrationSource::from_file(path)?.into_token_ids(tok.as_ref(), path)?;
-                    sample_calibration(&docs, calibration_samples, len, seed)
-                }
+                Some(path) => load_calibration(path, &model.model, &spec, calibration_samples, seq_len, seed)?,
                 None if method == ScoreMethod::Wanda => {
                     return Err(CliError::Usage("--method wanda needs --calibration FILE".into()));
                 }

@@ -103,6 +103,28 @@ pub fn attach_sparse_peft<B: Backend>(
     quant: Option<QuantConfig>,
     device: &B::Device,
 ) -> Result<(SparsePeftLm<B>, RankControl), LoraError> {
+    attach_sparse_peft_on(model, space, cfg, quant.map(BaseQuant::Rtn), device)
+}
+
+/// How the base of QA-SparsePEFT is quantized.
+#[derive(Debug, Clone, Copy)]
+pub enum BaseQuant<'a> {
+    /// Round-to-nearest of the sparse weights with these bits and groups.
+    Rtn(QuantConfig),
+    /// Given codes, scales and zero points per site (e.g. GPTQ's, contiguous groups): the base
+    /// becomes their dequantized weights, whose fake quantization gives the same codes back.
+    Given(&'a std::collections::HashMap<secateur_models::Site, Quantized>),
+}
+
+/// [`attach_sparse_peft`] with the base's quantization chosen by [`BaseQuant`]. The sparsity
+/// mask always comes from `model`'s zeros.
+pub fn attach_sparse_peft_on<B: Backend>(
+    model: DenseLm<B>,
+    space: &SearchSpace,
+    cfg: &LoraConfig,
+    quant: Option<BaseQuant<'_>>,
+    device: &B::Device,
+) -> Result<(SparsePeftLm<B>, RankControl), LoraError> {
     space.validate_for(&model.sites())?;
     let mut adapters = AdapterFactory::new(space, cfg);
     let model = model.map_projections(|site, dense: Dense<B>| {
@@ -111,8 +133,15 @@ pub fn attach_sparse_peft<B: Backend>(
         let mask: Vec<f32> = w.iter().map(|v| if *v != 0.0 { 1.0 } else { 0.0 }).collect();
         let (weight, fq) = match quant {
             None => (w, None),
-            Some(qc) => {
-                let q = secateur_quant::quantize(&w, o, i, qc).map_err(|e| LoraError::Config(format!("{site}: {e}")))?;
+            Some(how) => {
+                let q = match how {
+                    BaseQuant::Rtn(qc) => secateur_quant::quantize(&w, o, i, qc).map_err(|e| LoraError::Config(format!("{site}: {e}")))?,
+                    BaseQuant::Given(given) => match given.get(&site) {
+                        Some(q) if q.out_features == o && q.in_features == i => q.clone(),
+                        _ => return Err(LoraError::Config(format!("{site}: no quantized weights of shape {o}x{i} given"))),
+                    },
+                };
+                let qc = q.config;
                 let g = qc.group(i);
                 let groups = q.groups();
                 let expand = |v: &[f32]| -> Vec<f32> { (0..o * i).map(|k| v[(k / i) * groups + (k % i) / g]).collect() };

@@ -319,6 +319,19 @@ pub(crate) fn train_config(args: &ShearsConfig, strategy: Strategy, bars: bool) 
 /// Wanda-prunes `dense` with calibration windows drawn from the task's calibration documents
 /// and writes the sparse checkpoint to `wanda_dir`. Returns the pruned model, its sparsity, its
 /// non-zero parameters and the pruning time.
+/// The calibration windows of a run: `--calibration-samples` windows of the task's calibration
+/// documents (64 tokens on the embedded model, else the context length up to 2048).
+pub(crate) fn calibration_windows(
+    args: &ShearsConfig,
+    spec: &secateur_models::ArchSpec,
+    tok: &TextTokenizer,
+    task: &Task,
+) -> Result<Vec<Vec<u32>>, PipelineError> {
+    let docs = task.calibration_docs.iter().map(|d| tok.encode(d)).collect::<Result<Vec<_>, _>>()?;
+    let seq_len = if args.model.is_none() { 64 } else { spec.max_position_embeddings.unwrap_or(2048).min(2048) };
+    Ok(sample_calibration(&docs, args.calibration_samples, seq_len, args.seed))
+}
+
 pub(crate) fn wanda<B: Backend>(
     args: &ShearsConfig,
     base_dir: &Path,
@@ -334,9 +347,7 @@ pub(crate) fn wanda<B: Backend>(
         batch_size: 8,
         progress: reporter.bars(),
     };
-    let docs = task.calibration_docs.iter().map(|d| tok.encode(d)).collect::<Result<Vec<_>, _>>()?;
-    let seq_len = if args.model.is_none() { 64 } else { dense.spec().max_position_embeddings.unwrap_or(2048).min(2048) };
-    let calibration = sample_calibration(&docs, args.calibration_samples, seq_len, args.seed);
+    let calibration = calibration_windows(args, dense.spec(), tok, task)?;
     let clock = Instant::now();
     let pruned = prune(dense, &calibration, &cfg)?;
     let seconds = clock.elapsed().as_secs_f64();

@@ -39,7 +39,7 @@ pub use config::{NOT_RESULTS, ShearsConfig, Task, base_spec, check_ranks_fit, lo
 pub use nas::{Metric, NasConfig, NasResult, NasRow, NasStrategy, Objective, nas};
 pub use search::{Algo, Chosen, SearchConfig, SearchObjective, SearchResult, parse_points, search};
 pub use shears::{LoadedRun, Row, ShearsResult, load_run, shears};
-pub use sqft::{Pipeline, SqftConfig, SqftResult, SqftRow, check_quant, sqft};
+pub use sqft::{Pipeline, QuantMethod, SqftConfig, SqftResult, SqftRow, check_quant, sqft};
 
 /// Errors of the pipelines: a setting out of range, a bad input file, or a failure of one of the
 /// stages (each keeps its source).

@@ -8,17 +8,18 @@
 //! 3. `qa-sparsepeft`: as 2, quantization-aware (fake-quantized merged weight, straight-through
 //!    gradient), merged into an INT-n model with the base's scales and zero points.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
 
 use burn::module::{AutodiffModule, Module};
 use burn::tensor::backend::AutodiffBackend;
-use secateur_elastic_lora::sparse_peft::{attach_sparse_peft, merge_quantized, merge_sparse};
+use secateur_elastic_lora::sparse_peft::{BaseQuant, attach_sparse_peft_on, merge_quantized, merge_sparse};
 use secateur_elastic_lora::{LoraConfig, Scaling, attach};
 use secateur_models::weights::{weights_bytes, write_atomic};
-use secateur_models::{DenseLm, TextTokenizer};
-use secateur_quant::QuantConfig;
-use secateur_quant::checkpoint::{load_quantized, quantize_model, write_quantized};
+use secateur_models::{DenseLm, Site, TextTokenizer};
+use secateur_quant::checkpoint::{QuantMeta, load_quantized, quantize_model, write_quantized, write_quantized_with};
+use secateur_quant::rtn::Quantized;
+use secateur_quant::{GptqConfig, QuantConfig, gptq_model};
 use secateur_runs::StagedDir;
 use secateur_supernet::data::{self, Example};
 use secateur_supernet::eval::{AnswerKind, accuracy};
@@ -26,7 +27,9 @@ use secateur_supernet::train::{Strategy, save_adapters, train};
 use serde::Serialize;
 use serde_json::json;
 
-use crate::config::{Evals, ShearsConfig, base_spec, eval_columns, load_task, materialize_base, ranks_and_alpha, train_config, wanda};
+use crate::config::{
+    Evals, ShearsConfig, base_spec, calibration_windows, eval_columns, load_task, materialize_base, ranks_and_alpha, train_config, wanda,
+};
 use crate::{PipelineError, Reporter};
 
 /// Which SQFT pipelines to run.
@@ -54,6 +57,16 @@ impl Pipeline {
     }
 }
 
+/// How SQFT quantizes its sparse base.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum QuantMethod {
+    /// GPTQ (damp 0.01, blocks of 128, no act-order: QA-SparsePEFT needs contiguous groups).
+    Gptq,
+    /// Round-to-nearest.
+    Rtn,
+}
+
 /// Options of an SQFT run. `Default` gives the command line's defaults.
 #[derive(Debug, Clone, clap::Args)]
 pub struct SqftConfig {
@@ -65,6 +78,10 @@ pub struct SqftConfig {
     /// Inputs per quantization group (0: one group per row).
     #[arg(long, default_value_t = 32)]
     pub group_size: usize,
+    /// How the sparse base is quantized: GPTQ on the run's calibration windows (SQFT's
+    /// reference setting; the sparsity is kept) or round-to-nearest.
+    #[arg(long, value_enum, default_value = "gptq")]
+    pub quant: QuantMethod,
     #[command(flatten)]
     pub common: ShearsConfig,
 }
@@ -143,7 +160,8 @@ pub fn sqft<B: AutodiffBackend>(args: &SqftConfig, device: &B::Device, reporter:
     let space = a.validate_for(&spec, &ranks)?;
     check_quant(&spec, args.bits, qc.group_size)?;
     let task = load_task(a)?;
-    let run_dir = a.open_run("sqft", json!({"pipeline": args.pipeline, "bits": args.bits, "group_size": args.group_size}))?;
+    let run_dir =
+        a.open_run("sqft", json!({"pipeline": args.pipeline, "bits": args.bits, "group_size": args.group_size, "quant": args.quant}))?;
     let out = run_dir.path().to_path_buf();
     let base_dir = materialize_base(a, &out)?;
     let tok = TextTokenizer::from_file(&base_dir.join("tokenizer.json"))?;
@@ -175,14 +193,37 @@ pub fn sqft<B: AutodiffBackend>(args: &SqftConfig, device: &B::Device, reporter:
     let (sparse, sparsity, _, _) = wanda(a, &base_dir, &wanda_dir, dense, &tok, &task, reporter)?;
     // The compressed base, untuned: sparse and INT-n.
     let int_dir = out.join(format!("wanda-int{}", args.bits));
-    let sparse_q = quantize_model(sparse.clone(), qc)?;
+    let (sparse_q, meta) = match args.quant {
+        QuantMethod::Rtn => (quantize_model(sparse.clone(), qc)?, QuantMeta::default()),
+        QuantMethod::Gptq => {
+            let calibration = calibration_windows(a, &spec, &tok, &task)?;
+            let cfg = GptqConfig { quant: qc, ..Default::default() };
+            let clock = std::time::Instant::now();
+            let outcome = gptq_model(sparse.clone(), &calibration, &cfg, 8, reporter.bars())?;
+            let (e_g, e_r) = outcome.sites.iter().fold((0.0, 0.0), |(g, r), s| (g + s.gptq_error, r + s.rtn_error));
+            reporter.line(&format!(
+                "gptq: INT{} in {:.1}s, reconstruction error {:.3} of round-to-nearest's",
+                args.bits,
+                clock.elapsed().as_secs_f64(),
+                e_g / e_r.max(f64::MIN_POSITIVE)
+            ));
+            (outcome.model, QuantMeta { damp: Some(cfg.damp), static_groups: false })
+        }
+    };
     let staged = StagedDir::new(&int_dir)?;
-    write_quantized(&wanda_dir, staged.path(), &sparse_q)?;
+    write_quantized_with(&wanda_dir, staged.path(), &sparse_q, &meta)?;
     staged.publish()?;
+    // QA-SparsePEFT trains on this base's codes, scales and zero points.
+    let base_codes: HashMap<Site, Quantized> = sparse_q.projections().into_iter().map(|(site, p)| (site, p.packed.unpack())).collect();
     let acc = acc_of("sparse int", test(&|r| accuracy(&sparse_q, &tok, r, AnswerKind::Math, a.max_new_tokens, 64, device)))?;
     let eval = evals.run(&sparse_q, &tok, device, reporter)?;
     rows.push(SqftRow {
-        name: format!("Wanda {:.0}% + INT{} (no tuning)", a.sparsity * 100.0, args.bits),
+        name: format!(
+            "Wanda {:.0}% + INT{} {} (no tuning)",
+            a.sparsity * 100.0,
+            args.bits,
+            if args.quant == QuantMethod::Gptq { "GPTQ" } else { "RTN" }
+        ),
         accuracy: acc,
         sparsity,
         base_precision: format!("INT{}", args.bits),
@@ -252,7 +293,7 @@ pub fn sqft<B: AutodiffBackend>(args: &SqftConfig, device: &B::Device, reporter:
             "sparsepeft" | "qa-sparsepeft" => {
                 let qa = pipeline == "qa-sparsepeft";
                 let base = DenseLm::<B>::load(&wanda_dir, device)?.no_grad();
-                let (m, ctl) = attach_sparse_peft(base, &space, &lora_cfg, qa.then_some(qc), device)?;
+                let (m, ctl) = attach_sparse_peft_on(base, &space, &lora_cfg, qa.then_some(BaseQuant::Given(&base_codes)), device)?;
                 let (m, rep) = train(m, &ctl, &examples, &train_config(a, Strategy::Nls, reporter.bars()), pad, Some(&ckpt(pipeline)))?;
                 let m = m.valid();
                 ctl.apply(&space.heuristic())?;

@@ -1,6 +1,7 @@
 //! Quantized Hugging Face checkpoints in the GPTQ format: `{module}.qweight`, `.qzeros`,
 //! `.scales`, `.g_idx` per projection, and `quantization_config` in `config.json`
-//! (`quant_method: gptq`, `sym: false`, `desc_act: false`, `checkpoint_format: gptq`).
+//! (`quant_method: gptq`, `sym: false`, `desc_act` (act-order `g_idx` are read and written),
+//! `checkpoint_format: gptq`).
 
 use std::path::Path;
 
@@ -42,16 +43,31 @@ fn i32_bytes(v: impl Iterator<Item = i32>) -> Vec<u8> {
 /// `src` except the projection weights, plus the packed tensors; `config.json` gains the
 /// `quantization_config`. Returns the size in bytes of the written weights file.
 pub fn write_quantized<B: Backend>(src: &Path, out: &Path, model: &QuantLm<B>) -> Result<u64, QuantError> {
+    write_quantized_with(src, out, model, &QuantMeta::default())
+}
+
+/// How a quantized model was made, for its `quantization_config`.
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
+pub struct QuantMeta {
+    /// GPTQ's dampening (`damp_percent`), `None` for round-to-nearest.
+    pub damp: Option<f64>,
+    pub static_groups: bool,
+}
+
+/// [`write_quantized`] with the settings of the method that made the model.
+pub fn write_quantized_with<B: Backend>(src: &Path, out: &Path, model: &QuantLm<B>, how: &QuantMeta) -> Result<u64, QuantError> {
     std::fs::create_dir_all(out).map_err(|e| ModelError::Io { path: out.to_path_buf(), source: e })?;
     let ckpt = Checkpoint::open(src)?;
     let spec = model.spec();
     let mut tensors: Vec<RawTensor> = Vec::new();
     let mut replaced = std::collections::HashSet::new();
     let mut cfg = None;
+    let mut desc_act = false;
     for (site, p) in model.projections() {
         let module = spec.hf_module(site.layer, site.kind);
         replaced.insert(format!("{module}.weight"));
-        let pk = &*p.packed;
+        let pk = p.checkpoint_packed().map_err(|e| QuantError::Config(format!("{site}: {e}")))?;
+        desc_act |= p.perm.is_some();
         cfg = Some(pk.config);
         let v = 32 / pk.config.bits as usize;
         let groups = pk.scales.len() / pk.out_features;
@@ -101,9 +117,12 @@ pub fn write_quantized<B: Backend>(src: &Path, out: &Path, model: &QuantLm<B>) -
         "bits": cfg.bits,
         "group_size": cfg.group_size.map_or(-1, |g| g as i64),
         "sym": false,
-        "desc_act": false,
+        "desc_act": desc_act,
+        "static_groups": how.static_groups,
+        "damp_percent": how.damp.unwrap_or(0.01),
         "checkpoint_format": "gptq",
-        "true_sequential": true,
+        // Blocks run in sequence; within a block every projection sees the dense block's inputs.
+        "true_sequential": false,
     });
     write_atomic(&out.join("config.json"), serde_json::to_string_pretty(&config).expect("JSON").as_bytes())?;
     for f in COPIED_FILES.iter().filter(|f| **f != "config.json") {
@@ -126,9 +145,6 @@ pub fn quant_config(dir: &Path) -> Result<Option<QuantConfig>, QuantError> {
         |field: &str, reason: &str| QuantError::Checkpoint { path: path.clone(), reason: format!("quantization_config.{field}: {reason}") };
     if q.get("quant_method").and_then(|m| m.as_str()) != Some("gptq") {
         return Err(bad("quant_method", "only gptq checkpoints are read"));
-    }
-    if q.get("desc_act").and_then(|m| m.as_bool()) == Some(true) {
-        return Err(bad("desc_act", "act-order checkpoints are not supported"));
     }
     if let Some(f) = q.get("checkpoint_format").and_then(|m| m.as_str())
         && f != "gptq"
@@ -153,7 +169,7 @@ pub fn quant_config(dir: &Path) -> Result<Option<QuantConfig>, QuantError> {
 }
 
 /// Loads a quantized checkpoint written by [`write_quantized`] (or by GPTQ tools with
-/// `sym: false`, `desc_act: false`, 2/4/8 bits).
+/// `sym: false`, 2/4/8 bits, with or without act-order).
 pub fn load_quantized<B: Backend>(dir: &Path, device: &B::Device) -> Result<QuantLm<B>, QuantError> {
     let cfg = quant_config(dir)?
         .ok_or_else(|| QuantError::Checkpoint { path: dir.join("config.json"), reason: "no quantization_config".into() })?;
@@ -204,13 +220,6 @@ fn load_projection<B: Backend>(
         return Err(ModelError::NonFinite { path: ckpt.path_of(&name).to_path_buf(), value: scales[at].to_f32(), name, index: at });
     }
     let g_idx: Vec<i32> = words(raw(format!("{module}.g_idx"), Dtype::I32, vec![i])?).into_iter().map(|w| w as i32).collect();
-    if g_idx.iter().enumerate().any(|(c, &gi)| gi as usize != c / g) {
-        return Err(ModelError::InvalidConfig {
-            path: ckpt.path_of(&format!("{module}.g_idx")).to_path_buf(),
-            field: format!("{module}.g_idx"),
-            reason: "act-order group indices are not supported".into(),
-        });
-    }
     let bias = if spec.site_has_bias(site.kind) {
         let data = ckpt.read_f32(&format!("{module}.bias"), &[o])?;
         Some(Tensor::from_data(TensorData::new(data, [o]), device))
@@ -218,5 +227,9 @@ fn load_projection<B: Backend>(
         None
     };
     let packed = Packed { out_features: o, in_features: i, config: cfg, qweight, qzeros, scales, g_idx };
-    Ok(QuantLinear::new(packed, bias))
+    QuantLinear::from_packed(packed, bias).map_err(|e| ModelError::InvalidConfig {
+        path: ckpt.path_of(&format!("{module}.g_idx")).to_path_buf(),
+        field: format!("{module}.g_idx"),
+        reason: e.to_string(),
+    })
 }

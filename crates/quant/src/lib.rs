@@ -2,6 +2,8 @@
 //!
 //! - [`rtn`]: asymmetric round-to-nearest quantization of a weight matrix to 2-8 bits with
 //!   per-group scales and zero points along the input dimension.
+//! - [`gptq`]: GPTQ's Hessian-based quantization of one matrix, and [`gptq_model`] block by
+//!   block through a model on calibration data (sparse bases keep their zeros).
 //! - [`pack`]: AutoGPTQ's storage (`qweight`, `qzeros`, `scales`, `g_idx`), so that the
 //!   checkpoints secateur writes are read by existing GPTQ tools.
 //! - [`linear`]: [`QuantLinear`], a projection that keeps the packed weight in memory and runs a
@@ -9,10 +11,14 @@
 //! - [`checkpoint`]: writing and loading quantized Hugging Face checkpoints.
 
 pub mod checkpoint;
+pub mod gptq;
+pub mod gptq_model;
 pub mod linear;
 pub mod pack;
 pub mod rtn;
 
+pub use gptq::{GptqConfig, GptqQuantized, Hessian, gptq};
+pub use gptq_model::{GptqOutcome, GptqSiteReport, gptq_model};
 pub use linear::{QuantLinear, QuantLm};
 pub use rtn::{QuantConfig, Quantized, quantize};
 
@@ -23,6 +29,10 @@ pub enum QuantError {
     Model(#[from] secateur_models::ModelError),
     #[error("invalid quantization setting: {0}")]
     Config(String),
+    #[error(transparent)]
+    Sparsity(#[from] secateur_sparsity::SparsityError),
+    #[error("GPTQ of {site}: {reason}")]
+    Gptq { site: String, reason: String },
     #[error("{path}: {reason}")]
     Checkpoint { path: std::path::PathBuf, reason: String },
 }

@@ -10,6 +10,7 @@ use secateur_models::par::par_chunks_mut;
 use secateur_models::{CausalLm, Projection};
 
 use crate::pack::Packed;
+use crate::rtn::Quantized;
 
 /// Rows (tokens) up to which the packed kernel is used instead of dequantizing the weight
 /// (prompts of decoding included; longer inputs dequantize and call the backend's matmul).
@@ -34,11 +35,38 @@ pub struct QuantLinear<B: Backend> {
     /// `packed.qweight`, which stays in the checkpoint's layout.
     #[module(skip)]
     pub tiled: Arc<Vec<u32>>,
+    /// Act-order checkpoints: `packed` holds the columns sorted by group, column `j` being
+    /// input `perm[j]`; inputs are gathered in that order before the matmul.
+    #[module(skip)]
+    pub perm: Option<Arc<Vec<usize>>>,
     pub bias: Option<Param<Tensor<B, 1>>>,
 }
 
 impl<B: Backend> QuantLinear<B> {
-    /// Wraps packed tensors (and an optional bias).
+    /// Wraps packed tensors with any group indices (act-order ones are sorted by group once).
+    pub fn from_packed(packed: Packed, bias: Option<Tensor<B, 1>>) -> Result<Self, crate::QuantError> {
+        match packed.act_order()? {
+            None => Ok(Self::new(packed, bias)),
+            Some(perm) => {
+                let q = packed.unpack();
+                let sorted = Quantized { q: q.q.chunks(q.in_features).flat_map(|r| perm.iter().map(|&c| r[c])).collect(), ..q };
+                let mut lin = Self::new(Packed::pack(&sorted)?, bias);
+                lin.perm = Some(Arc::new(perm));
+                Ok(lin)
+            }
+        }
+    }
+
+    /// The packed tensors as a checkpoint stores them (input order, act-order `g_idx`).
+    pub fn checkpoint_packed(&self) -> Result<Packed, crate::QuantError> {
+        match &self.perm {
+            None => Ok((*self.packed).clone()),
+            Some(perm) => Packed::pack_permuted(&self.packed.unpack(), Some(perm)),
+        }
+    }
+
+    /// Wraps packed tensors whose groups are contiguous (`g_idx[c] = c / group`, as
+    /// [`Packed::pack`] writes them; see [`Self::from_packed`] for others), and an optional bias.
     pub fn new(packed: Packed, bias: Option<Tensor<B, 1>>) -> Self {
         let q = packed.unpack();
         let (o, groups) = (q.out_features, q.groups());
@@ -64,13 +92,18 @@ impl<B: Backend> QuantLinear<B> {
             zeros: Arc::new(zeros),
             scales: Arc::new(scales),
             izeros: Arc::new(izeros),
+            perm: None,
             bias: bias.map(Param::from_tensor),
         }
     }
 
-    /// The dequantized weight `[out, in]` (row-major).
+    /// The dequantized weight `[out, in]` (row-major, inputs in the layer's order).
     pub fn dequantized(&self) -> Vec<f32> {
-        self.packed.unpack().dequantize()
+        let d = self.packed.unpack().dequantize();
+        match &self.perm {
+            None => d,
+            Some(perm) => crate::gptq::unpermute_columns(&d, self.packed.in_features, perm),
+        }
     }
 
     /// Bytes held for the weight (packed values, zero points, scales, group indices, and the
@@ -465,7 +498,10 @@ impl<B: Backend> Projection<B> for QuantLinear<B> {
         let device = x.device();
         // The kernel runs on the host: only for inference (it would cut the autodiff graph).
         let y = if b * s <= KERNEL_MAX_ROWS && !B::ad_enabled(&device) {
-            let xv: Vec<f32> = x.into_data().convert::<f32>().to_vec().expect("f32 input");
+            let mut xv: Vec<f32> = x.into_data().convert::<f32>().to_vec().expect("f32 input");
+            if let Some(perm) = &self.perm {
+                xv = xv.chunks(i).flat_map(|r| perm.iter().map(|&c| r[c])).collect();
+            }
             let y = self.matvec(&xv, b * s);
             Tensor::<B, 2>::from_data(TensorData::new(y, [b * s, o]), &device)
         } else {

@@ -72,6 +72,54 @@ impl Packed {
         Ok(Self { out_features: o, in_features: i, config: q.config, qweight, qzeros, scales, g_idx })
     }
 
+    /// Packs `q` whose column `j` is input `perm[j]` of the layer (GPTQ's act-order) in the
+    /// checkpoint's layout: codes in input order, `g_idx[perm[j]] = j / group`.
+    pub fn pack_permuted(q: &Quantized, perm: Option<&[usize]>) -> Result<Self, QuantError> {
+        let Some(perm) = perm else { return Self::pack(q) };
+        let i = q.in_features;
+        if perm.len() != i || {
+            let mut seen = vec![false; i];
+            !perm.iter().all(|&p| p < i && !std::mem::replace(&mut seen[p], true))
+        } {
+            return Err(QuantError::Config(format!("the column permutation is not a permutation of {i} inputs")));
+        }
+        let g = q.config.group(i);
+        let codes = crate::gptq::unpermute_columns(&q.q, i, perm);
+        let mut packed = Self::pack(&Quantized { q: codes, ..q.clone() })?;
+        for (j, &p) in perm.iter().enumerate() {
+            packed.g_idx[p] = (j / g) as i32;
+        }
+        Ok(packed)
+    }
+
+    /// The act-order permutation of `g_idx`, if the groups are not contiguous: column `j` of
+    /// the sorted matrix is input `perm[j]` (inputs stably sorted by group). Errors when a
+    /// group index is out of range or the groups do not have the sizes contiguous groups would.
+    pub fn act_order(&self) -> Result<Option<Vec<usize>>, QuantError> {
+        let i = self.in_features;
+        let g = self.config.group(i);
+        if self.g_idx.len() != i {
+            return Err(QuantError::Config(format!("g_idx has {} entries for {i} inputs", self.g_idx.len())));
+        }
+        if self.g_idx.iter().enumerate().all(|(c, &gi)| gi as usize == c / g) {
+            return Ok(None);
+        }
+        let groups = i.div_ceil(g);
+        let mut counts = vec![0usize; groups];
+        for (c, &gi) in self.g_idx.iter().enumerate() {
+            if gi < 0 || gi as usize >= groups {
+                return Err(QuantError::Config(format!("g_idx[{c}] = {gi} is outside the {groups} groups")));
+            }
+            counts[gi as usize] += 1;
+        }
+        if let Some(k) = (0..groups).find(|&k| counts[k] != g.min(i - k * g)) {
+            return Err(QuantError::Config(format!("g_idx puts {} inputs in group {k} of size {g}", counts[k])));
+        }
+        let mut perm: Vec<usize> = (0..i).collect();
+        perm.sort_by_key(|&c| self.g_idx[c]);
+        Ok(Some(perm))
+    }
+
     /// Unpacks into the quantized matrix.
     pub fn unpack(&self) -> Quantized {
         let bits = self.config.bits as usize;
@@ -118,7 +166,19 @@ mod tests {
             let q = quantize(&w, o, i, cfg).unwrap();
             let packed = Packed::pack(&q).unwrap();
             prop_assert_eq!(packed.qweight.len(), i * bits as usize / 32 * o);
-            prop_assert_eq!(packed.unpack(), q);
+            prop_assert_eq!(packed.unpack(), q.clone());
+            // Act-order: the codes of a permuted matrix go back to input order, and the
+            // permutation is recovered from g_idx (stable within a group).
+            let perm: Vec<usize> = (0..i).rev().collect();
+            let permuted = Packed::pack_permuted(&q, Some(&perm)).unwrap();
+            let got = permuted.act_order().unwrap();
+            if per_channel || i == 16 {
+                prop_assert!(got.is_none(), "one group: nothing to sort");
+            } else {
+                let got = got.unwrap();
+                prop_assert!(got.iter().enumerate().all(|(j, &c)| (i - 1 - c) / 16 == j / 16), "sorted by group");
+                prop_assert_eq!(permuted.unpack().q, crate::gptq::unpermute_columns(&q.q, i, &perm));
+            }
         }
     }
 

@@ -58,6 +58,29 @@ impl CalibrationSource {
     }
 }
 
+/// Calibration sequences for a model from a file (token ids, or texts tokenized with the
+/// model's `tokenizer.json`): `samples` windows of `seq_len` tokens (default: the model's
+/// context length, at most 2048) sampled by [`sample_calibration`] with `seed`. The request is
+/// checked ([`check_calibration_size`], the context window) before the file is read.
+pub fn load_calibration(
+    path: &Path,
+    model_dir: &Path,
+    spec: &secateur_models::ArchSpec,
+    samples: usize,
+    seq_len: Option<usize>,
+    seed: u64,
+) -> Result<Vec<Vec<u32>>, SparsityError> {
+    let len = seq_len.unwrap_or_else(|| spec.context_length().min(2048));
+    if len > spec.context_length() {
+        return Err(SparsityError::Config(format!("--seq-len {len}: longer than the model's context window of {}", spec.context_length())));
+    }
+    check_calibration_size(samples, len)?;
+    let tok_path = model_dir.join("tokenizer.json");
+    let tok = if tok_path.is_file() { Some(TextTokenizer::from_file(&tok_path)?) } else { None };
+    let docs = CalibrationSource::from_file(path)?.into_token_ids(tok.as_ref(), path)?;
+    Ok(sample_calibration(&docs, samples, len, seed))
+}
+
 /// Most calibration tokens a run may ask for (`samples x seq_len`): 16 times Wanda's setting of
 /// 128 x 2048, so that a typo cannot exhaust memory.
 pub const MAX_CALIBRATION_TOKENS: usize = 1 << 22;

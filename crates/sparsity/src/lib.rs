@@ -10,9 +10,9 @@ pub mod checkpoint;
 pub mod mask;
 pub mod prune;
 
-pub use calibration::{CalibrationSource, MAX_CALIBRATION_TOKENS, check_calibration_size, sample_calibration};
+pub use calibration::{CalibrationSource, MAX_CALIBRATION_TOKENS, check_calibration_size, load_calibration, sample_calibration};
 pub use mask::{Pattern, ScoreMethod, select_mask};
-pub use prune::{PruneConfig, PruneOutcome, SiteMask, input_norms, prune};
+pub use prune::{CalibrationBatches, InputObserver, PruneConfig, PruneOutcome, SiteMask, input_norms, prune};
 
 /// Errors of pruning.
 #[derive(Debug, thiserror::Error)]

@@ -5,7 +5,7 @@ use std::sync::{Arc, Mutex};
 
 use burn::module::{Module, Param};
 use burn::prelude::*;
-use secateur_models::{AttnContext, Block, Dense, DenseLm, Projection, Site, SiteKind};
+use secateur_models::{AttnContext, Block, CausalLm, Dense, DenseLm, Projection, Site, SiteKind};
 use serde::Serialize;
 
 use crate::SparsityError;
@@ -43,52 +43,143 @@ pub struct PruneOutcome<B: Backend> {
     pub masks: Vec<SiteMask>,
 }
 
-/// Accumulated squared input norms per projection kind of the block being calibrated.
-struct Stats {
-    /// 1 at real tokens, 0 at padding, of the batch being run.
-    rows: Option<Vec<f32>>,
+/// What a calibration pass is shown: the input of every projection of the block being
+/// calibrated, once per projection and batch, in forward order (projections that share an input,
+/// such as q, k and v, each see it).
+pub trait InputObserver<B: Backend>: Send {
+    /// `x`: `[tokens, in]` inputs of the projection `kind`; `rows`: `[tokens, 1]`, 1 at real
+    /// tokens and 0 at padding.
+    fn observe(&mut self, kind: SiteKind, x: Tensor<B, 2>, rows: Tensor<B, 2>);
+}
+
+/// Wanda's statistic: the squared L2 norm of each input feature over the real tokens, per kind.
+#[derive(Default)]
+struct SquaredNorms {
     sq: HashMap<SiteKind, Vec<f64>>,
 }
 
-/// A dense projection that adds the squared L2 norm of each input feature (over real tokens) to
-/// the shared statistics.
+impl<B: Backend> InputObserver<B> for SquaredNorms {
+    fn observe(&mut self, kind: SiteKind, x: Tensor<B, 2>, rows: Tensor<B, 2>) {
+        let i = x.dims()[1];
+        let sq = x.clone() * x * rows;
+        let sums: Vec<f32> = sq.sum_dim(0).into_data().convert::<f32>().to_vec().expect("f32 statistics");
+        let acc = self.sq.entry(kind).or_insert_with(|| vec![0.0; i]);
+        acc.iter_mut().zip(&sums).for_each(|(a, s)| *a += *s as f64);
+    }
+}
+
+/// An observer behind a lock, seen without its type by the recorders.
+trait Slot<B: Backend>: Send + Sync {
+    fn observe(&self, kind: SiteKind, x: Tensor<B, 2>, rows: Tensor<B, 2>);
+}
+
+impl<B: Backend, O: InputObserver<B>> Slot<B> for Mutex<O> {
+    fn observe(&self, kind: SiteKind, x: Tensor<B, 2>, rows: Tensor<B, 2>) {
+        self.lock().expect("calibration observer").observe(kind, x, rows);
+    }
+}
+
+/// The batch's token weights and the observer, shared by the recorders of one block.
+struct Shared<B: Backend> {
+    rows: Mutex<Option<Tensor<B, 2>>>,
+    observer: Arc<dyn Slot<B>>,
+}
+
+impl<B: Backend> std::fmt::Debug for Shared<B> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Shared")
+    }
+}
+
+/// [`Shared`] with its backend erased (a field that names the backend cannot be skipped by
+/// burn's `Module` derive).
+#[derive(Clone)]
+struct Erased(Arc<dyn std::any::Any + Send + Sync>);
+
+impl std::fmt::Debug for Erased {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Shared")
+    }
+}
+
+/// A dense projection that shows its input to the block's observer.
 #[derive(Module, Debug)]
 struct Recorder<B: Backend> {
     inner: Dense<B>,
     #[module(skip)]
     kind: SiteKind,
     #[module(skip)]
-    stats: Arc<Mutex<Stats>>,
-}
-
-impl std::fmt::Debug for Stats {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("Stats")
-    }
+    shared: Erased,
 }
 
 impl<B: Backend> Projection<B> for Recorder<B> {
     fn forward(&self, x: Tensor<B, 3>) -> Tensor<B, 3> {
         let [b, s, i] = x.dims();
-        let mut stats = self.stats.lock().expect("calibration statistics");
-        let x2 = x.clone().reshape([b * s, i]);
-        let sq = x2.clone() * x2;
-        let sq = match &stats.rows {
-            Some(rows) => sq * Tensor::<B, 2>::from_data(TensorData::new(rows.clone(), [b * s, 1]), &x.device()),
-            None => sq,
-        };
-        let sums: Vec<f32> = sq.sum_dim(0).into_data().convert::<f32>().to_vec().expect("f32 statistics");
-        let acc = stats.sq.entry(self.kind).or_insert_with(|| vec![0.0; i]);
-        acc.iter_mut().zip(&sums).for_each(|(a, s)| *a += *s as f64);
-        drop(stats);
+        let shared = self.shared.0.downcast_ref::<Shared<B>>().expect("the recorder's own backend");
+        let rows = shared.rows.lock().expect("calibration rows").clone().expect("rows set before the forward");
+        shared.observer.observe(self.kind, x.clone().reshape([b * s, i]), rows);
         self.inner.forward(x)
     }
 }
 
+/// One right-padded calibration batch on its way through the blocks.
 struct Batch<B: Backend> {
     hidden: Tensor<B, 3>,
     ctx: AttnContext<B>,
-    rows: Vec<f32>,
+    /// `[tokens, 1]`: 1 at real tokens, 0 at padding.
+    rows: Tensor<B, 2>,
+}
+
+/// Calibration sequences on their way through a model block by block, as Wanda and GPTQ
+/// calibrate: the hidden states entering the next block, batch by batch (right-padded, with
+/// their attention contexts and the weights of the real tokens).
+pub struct CalibrationBatches<B: Backend> {
+    batches: Vec<Batch<B>>,
+}
+
+impl<B: Backend> CalibrationBatches<B> {
+    /// Embeds `calibration` in batches of `batch_size` sequences.
+    pub fn embed<P: Projection<B>>(model: &CausalLm<B, P>, calibration: &[Vec<u32>], batch_size: usize) -> Self {
+        let device = model.device();
+        let batches = calibration
+            .chunks(batch_size.max(1))
+            .map(|chunk| {
+                let (ids, mask) = secateur_models::generate::right_pad(chunk, 0);
+                let rows: Vec<f32> = mask.iter().flatten().map(|&m| if m { 1.0 } else { 0.0 }).collect();
+                let n = rows.len();
+                Batch {
+                    hidden: model.embed_tokens(secateur_models::generate::token_tensor::<B>(&ids, &device)),
+                    ctx: AttnContext::for_batch(model.spec.clone(), &mask, &device),
+                    rows: Tensor::from_data(TensorData::new(rows, [n, 1]), &device),
+                }
+            })
+            .collect();
+        Self { batches }
+    }
+
+    /// Runs every batch through `block`, showing each projection's input to `observer`; the
+    /// hidden states are left as they were (the block's output is discarded).
+    pub fn observe<O: InputObserver<B> + 'static>(&self, block: Block<B, Dense<B>>, layer: usize, observer: O) -> Result<O, SparsityError> {
+        let typed = Arc::new(Mutex::new(observer));
+        let shared = Arc::new(Shared { rows: Mutex::new(None), observer: typed.clone() as Arc<dyn Slot<B>> });
+        let recording = block.map_projections(layer, &mut |site: Site, inner| {
+            Ok::<_, SparsityError>(Recorder { inner, kind: site.kind, shared: Erased(shared.clone()) })
+        })?;
+        for batch in &self.batches {
+            *shared.rows.lock().expect("calibration rows") = Some(batch.rows.clone());
+            let _ = recording.forward(batch.hidden.clone(), &batch.ctx, None);
+        }
+        drop((recording, shared));
+        let typed = Arc::try_unwrap(typed).map_err(|_| SparsityError::Config("calibration observer still shared".into()))?;
+        Ok(typed.into_inner().expect("calibration observer"))
+    }
+
+    /// Replaces the hidden states by the output of `block` (the next block's input).
+    pub fn advance<P: Projection<B>>(&mut self, block: &Block<B, P>) {
+        for batch in &mut self.batches {
+            batch.hidden = block.forward(batch.hidden.clone(), &batch.ctx, None);
+        }
+    }
 }
 
 /// Prunes every projection inside the decoder blocks (not the embedding or the LM head).
@@ -109,14 +200,14 @@ pub fn prune<B: Backend>(model: DenseLm<B>, calibration: &[Vec<u32>], cfg: &Prun
     }
     let device = model.device();
     let spec = model.spec.clone();
-    let mut batches: Vec<Batch<B>> = if wanda { embed_batches(&model, calibration, cfg.batch_size) } else { Vec::new() };
+    let mut batches = CalibrationBatches::embed(&model, if wanda { calibration } else { &[] }, cfg.batch_size);
 
     let bar = secateur_runs::Progress::new("pruning", "blocks", spec.num_layers, 0, cfg.progress);
     let secateur_models::CausalLm { embed, embed_norm, blocks, final_norm, lm_head, head_q8, spec: model_spec } = model;
     let mut pruned_blocks = Vec::with_capacity(blocks.len());
     let mut masks = Vec::new();
     for (layer, block) in blocks.into_iter().enumerate() {
-        let sq = if wanda { calibrate_block(block.clone(), layer, &batches)? } else { HashMap::new() };
+        let sq = if wanda { batches.observe(block.clone(), layer, SquaredNorms::default())?.sq } else { HashMap::new() };
         let block = block.map_projections(layer, &mut |site, dense: Dense<B>| {
             let [out, inp] = dense.shape();
             let w: Vec<f32> = dense.weight.val().into_data().convert::<f32>().to_vec().expect("f32 weight");
@@ -127,9 +218,7 @@ pub fn prune<B: Backend>(model: DenseLm<B>, calibration: &[Vec<u32>], cfg: &Prun
             let weight = Tensor::from_data(TensorData::new(pruned, [out, inp]), &device);
             Ok::<_, SparsityError>(Dense { weight: Param::from_tensor(weight), bias: dense.bias })
         })?;
-        for batch in &mut batches {
-            batch.hidden = block.forward(batch.hidden.clone(), &batch.ctx, None);
-        }
+        batches.advance(&block);
         pruned_blocks.push(block);
         bar.inc(1);
     }
@@ -140,23 +229,6 @@ pub fn prune<B: Backend>(model: DenseLm<B>, calibration: &[Vec<u32>], cfg: &Prun
     })
 }
 
-/// Right-padded calibration batches, embedded, with their attention contexts and token weights.
-fn embed_batches<B: Backend>(model: &DenseLm<B>, calibration: &[Vec<u32>], batch_size: usize) -> Vec<Batch<B>> {
-    let device = model.device();
-    calibration
-        .chunks(batch_size.max(1))
-        .map(|chunk| {
-            let (ids, mask) = secateur_models::generate::right_pad(chunk, 0);
-            let rows: Vec<f32> = mask.iter().flatten().map(|&m| if m { 1.0 } else { 0.0 }).collect();
-            Batch {
-                hidden: model.embed_tokens(secateur_models::generate::token_tensor::<B>(&ids, &device)),
-                ctx: AttnContext::for_batch(model.spec.clone(), &mask, &device),
-                rows,
-            }
-        })
-        .collect()
-}
-
 /// The squared L2 norm of every input feature of every projection over the real tokens of
 /// `calibration`, on the dense model (each block sees the dense blocks before it). This is the
 /// activation statistic behind Wanda and behind importance reordering.
@@ -165,37 +237,13 @@ pub fn input_norms<B: Backend>(
     calibration: &[Vec<u32>],
     batch_size: usize,
 ) -> Result<HashMap<Site, Vec<f64>>, SparsityError> {
-    let mut batches = embed_batches(model, calibration, batch_size);
+    let mut batches = CalibrationBatches::embed(model, calibration, batch_size);
     let mut out = HashMap::new();
     for (layer, block) in model.blocks.iter().enumerate() {
-        for (kind, sq) in calibrate_block(block.clone(), layer, &batches)? {
+        for (kind, sq) in batches.observe(block.clone(), layer, SquaredNorms::default())?.sq {
             out.insert(Site::new(layer, kind), sq);
         }
-        for batch in &mut batches {
-            batch.hidden = block.forward(batch.hidden.clone(), &batch.ctx, None);
-        }
+        batches.advance(block);
     }
     Ok(out)
-}
-
-/// Squared input norms of every projection of a dense block over all calibration batches.
-fn calibrate_block<B: Backend>(
-    block: Block<B, Dense<B>>,
-    layer: usize,
-    batches: &[Batch<B>],
-) -> Result<HashMap<SiteKind, Vec<f64>>, SparsityError> {
-    let stats = Arc::new(Mutex::new(Stats { rows: None, sq: HashMap::new() }));
-    let recording = block.map_projections(layer, &mut |site: Site, inner| {
-        Ok::<_, SparsityError>(Recorder { inner, kind: site.kind, stats: stats.clone() })
-    })?;
-    for batch in batches {
-        stats.lock().expect("statistics").rows = Some(batch.rows.clone());
-        let _ = recording.forward(batch.hidden.clone(), &batch.ctx, None);
-    }
-    drop(recording);
-    let stats = Arc::try_unwrap(stats)
-        .map_err(|_| SparsityError::Config("calibration statistics still shared".into()))?
-        .into_inner()
-        .expect("statistics");
-    Ok(stats.sq)
 }

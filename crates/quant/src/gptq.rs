@@ -1,0 +1,541 @@
+//! GPTQ (Frantar et al., 2022): quantization of one weight matrix with second-order error
+//! feedback, as the reference `GPTQ.fasterquant` does it.
+//!
+//! With the Hessian `H = 2/N · Σ x xᵀ` of the layer's inputs over `N` calibration tokens:
+//!
+//! 1. dead inputs (`H_ii = 0`) get `H_ii = 1` and their weights are zeroed;
+//! 2. with act-order, the columns are taken by decreasing `H_ii` (a stable sort);
+//! 3. `H += damp · mean(diag H) · I`, and `U` is the upper Cholesky factor of `H⁻¹`;
+//! 4. columns are quantized in blocks of `block_size`: column `j` with its group's scale and
+//!    zero point, error `e = (w_j - q_j) / U_jj`, the rest of the block updated at once
+//!    (`W[:, j+1..] -= e · U[j, j+1..]`), the columns after the block lazily with all of the
+//!    block's errors (one matrix product).
+//!
+//! Groups (`group_size` columns in quantization order) fit their scale and zero point when the
+//! first column of the group comes up, on the weights as they stand at the start of the current
+//! block (the reference reads the outer matrix, which the in-block updates do not reach yet), with
+//! the same convention as [`crate::rtn`] (GPTQ's zero-inclusive range, f16 scales). With
+//! `static_groups` every group is fit on the original weights before any update, and groups stay
+//! in the original column order even with act-order. Per-channel quantization (no group size)
+//! fits each row once on the original weights, as the reference does.
+//!
+//! Sparse bases: a weight that is exactly zero in the input stays exactly zero. Its code is the
+//! zero point (GPTQ's ranges always hold 0), and the error of dropping its updated value is fed
+//! forward like any other (SparseGPT's joint sparsification and quantization); group ranges are
+//! fit with the pruned weights at 0.
+//!
+//! Numerics: the Hessian is accumulated from f32 products into f64; the factorisation and the
+//! whole column loop run in f64 (the reference runs them in f32; f64 removes the dependence on
+//! summation order, so that codes agree with an f64 reference except at exact ties). The upper
+//! factor of `H⁻¹` is computed without forming `H⁻¹`: with `R` the reversal of the columns,
+//! `R·H·R = L·Lᵀ` gives `H = V·Vᵀ` with `V = R·L·R` upper, hence `U = V⁻¹`.
+
+use rayon::prelude::*;
+use serde::{Deserialize, Serialize};
+
+use crate::QuantError;
+use crate::rtn::{QuantConfig, Quantized};
+
+/// GPTQ's settings (the defaults are the reference's: damp 0.01, blocks of 128, no act-order).
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct GptqConfig {
+    pub quant: QuantConfig,
+    /// Dampening as a fraction of the mean diagonal of `H` (`damp_percent`).
+    pub damp: f64,
+    /// Columns per lazy-update block.
+    pub block_size: usize,
+    /// Quantize columns by decreasing `H_ii` (`desc_act`).
+    pub act_order: bool,
+    /// Fit every group on the original weights first (`static_groups`).
+    pub static_groups: bool,
+}
+
+impl Default for GptqConfig {
+    fn default() -> Self {
+        Self { quant: QuantConfig::default(), damp: 0.01, block_size: 128, act_order: false, static_groups: false }
+    }
+}
+
+impl GptqConfig {
+    /// Checks the settings against a row width.
+    pub fn validate(&self, in_features: usize) -> Result<(), QuantError> {
+        self.quant.validate(in_features)?;
+        if !(self.damp.is_finite() && self.damp > 0.0 && self.damp <= 1.0) {
+            return Err(QuantError::Config(format!("damp {}: expected a fraction in (0, 1]", self.damp)));
+        }
+        if self.block_size == 0 {
+            return Err(QuantError::Config("the GPTQ block size must be positive".into()));
+        }
+        Ok(())
+    }
+}
+
+/// The Hessian of one layer input, accumulated over calibration tokens.
+#[derive(Debug, Clone)]
+pub struct Hessian {
+    /// Input features.
+    pub n: usize,
+    /// `Σ x xᵀ`, `[n, n]` row-major.
+    pub sum: Vec<f64>,
+    /// Tokens accumulated (padding excluded).
+    pub tokens: u64,
+}
+
+impl Hessian {
+    pub fn new(n: usize) -> Self {
+        Self { n, sum: vec![0.0; n * n], tokens: 0 }
+    }
+
+    /// Adds `Σ x xᵀ` of a batch (`xtx`, `[n, n]`) holding `tokens` tokens.
+    pub fn add(&mut self, xtx: &[f32], tokens: u64) {
+        self.sum.iter_mut().zip(xtx).for_each(|(s, &v)| *s += v as f64);
+        self.tokens += tokens;
+    }
+
+    /// `H = 2/N · Σ x xᵀ`.
+    pub fn matrix(&self) -> Vec<f64> {
+        let f = 2.0 / self.tokens.max(1) as f64;
+        self.sum.iter().map(|v| v * f).collect()
+    }
+}
+
+/// A matrix quantized by GPTQ.
+#[derive(Debug, Clone)]
+pub struct GptqQuantized {
+    /// The codes, scales and zero points, in storage order: column `j` of `quantized` is input
+    /// `perm[j]` of the layer when `perm` is set (act-order), else input `j`.
+    pub quantized: Quantized,
+    /// The act-order permutation, when the groups follow it (act-order without static groups).
+    pub perm: Option<Vec<usize>>,
+    /// Inputs that never saw a non-zero activation.
+    pub dead: usize,
+    /// GPTQ's own loss, `Σ (w - q)² / U_jj² / 2`.
+    pub loss: f64,
+}
+
+impl GptqQuantized {
+    /// The dequantized weight `[out, in]` in the layer's input order.
+    pub fn dequantize(&self) -> Vec<f32> {
+        let d = self.quantized.dequantize();
+        match &self.perm {
+            None => d,
+            Some(perm) => unpermute_columns(&d, self.quantized.in_features, perm),
+        }
+    }
+}
+
+/// `out[:, perm[j]] = m[:, j]` for a row-major matrix of `n` columns.
+pub fn unpermute_columns<T: Copy + Default>(m: &[T], n: usize, perm: &[usize]) -> Vec<T> {
+    let mut out = vec![T::default(); m.len()];
+    for (o, r) in out.chunks_mut(n).zip(m.chunks(n)) {
+        for (j, &p) in perm.iter().enumerate() {
+            o[p] = r[j];
+        }
+    }
+    out
+}
+
+/// Scale and zero point of one group in f64 (the convention of [`crate::rtn::group_params`]).
+fn group_params(values: impl Iterator<Item = f64>, maxq: u32) -> (f64, u8) {
+    let (mut lo, mut hi) = (0.0f64, 0.0f64);
+    for v in values {
+        lo = lo.min(v);
+        hi = hi.max(v);
+    }
+    let (lo, hi) = if lo == 0.0 && hi == 0.0 { (-1.0, 1.0) } else { (lo, hi) };
+    let scale = half::f16::from_f64((hi - lo) / maxq as f64).to_f64();
+    let zero = (-lo / scale).round_ties_even().clamp(0.0, maxq as f64);
+    (scale, zero as u8)
+}
+
+fn quantize_value(w: f64, scale: f64, zero: u8, maxq: u32) -> u8 {
+    ((w / scale).round_ties_even() + zero as f64).clamp(0.0, maxq as f64) as u8
+}
+
+/// Sum of products with 8 independent accumulators (vectorises).
+fn dot(a: &[f64], b: &[f64]) -> f64 {
+    let mut acc = [0.0f64; 8];
+    let (ca, cb) = (a.chunks_exact(8), b.chunks_exact(8));
+    let (ra, rb) = (ca.remainder(), cb.remainder());
+    for (x, y) in ca.zip(cb) {
+        for l in 0..8 {
+            acc[l] += x[l] * y[l];
+        }
+    }
+    let tail: f64 = ra.iter().zip(rb).map(|(x, y)| x * y).sum();
+    acc.iter().sum::<f64>() + tail
+}
+
+/// The lower Cholesky factor of a symmetric positive-definite `[n, n]` matrix (in place, rows
+/// in parallel); `Err(j)` at the first pivot that is not positive.
+fn cholesky_lower(a: &mut [f64], n: usize) -> Result<(), usize> {
+    for j in 0..n {
+        let (head, tail) = a.split_at_mut((j + 1) * n);
+        let row_j = &mut head[j * n..];
+        let d = row_j[j] - dot(&row_j[..j], &row_j[..j]);
+        if !(d > 0.0 && d.is_finite()) {
+            return Err(j);
+        }
+        let d = d.sqrt();
+        row_j[j] = d;
+        let row_j = &*row_j;
+        let work = |row_i: &mut [f64]| row_i[j] = (row_i[j] - dot(&row_i[..j], &row_j[..j])) / d;
+        if (n - j) * j > 1 << 14 {
+            tail.par_chunks_mut(n).for_each(work);
+        } else {
+            tail.chunks_mut(n).for_each(work);
+        }
+    }
+    for i in 0..n {
+        a[i * n + i + 1..(i + 1) * n].iter_mut().for_each(|v| *v = 0.0);
+    }
+    Ok(())
+}
+
+/// The upper Cholesky factor `U` of `H⁻¹` (`H⁻¹ = Uᵀ·U`), `Err(j)` if `H` is not positive
+/// definite (pivot `j` in the reversed order).
+pub fn inverse_cholesky_upper(h: &[f64], n: usize) -> Result<Vec<f64>, usize> {
+    // R·H·R = L·Lᵀ.
+    let mut l: Vec<f64> = (0..n * n).map(|k| h[(n - 1 - k / n) * n + (n - 1 - k % n)]).collect();
+    cholesky_lower(&mut l, n).map_err(|j| n - 1 - j)?;
+    // M = L⁻¹ (lower), column by column by forward substitution; stored transposed so that each
+    // column is one contiguous row of `mt`.
+    let mut mt = vec![0.0f64; n * n];
+    mt.par_chunks_mut(n).enumerate().for_each(|(j, col)| {
+        col[j] = 1.0 / l[j * n + j];
+        for i in j + 1..n {
+            col[i] = -dot(&l[i * n + j..i * n + i], &col[j..i]) / l[i * n + i];
+        }
+    });
+    // U = V⁻¹ = R·M·R: U[a][b] = M[n-1-a][n-1-b] = mt[n-1-b][n-1-a].
+    Ok((0..n * n).map(|k| mt[(n - 1 - k % n) * n + (n - 1 - k / n)]).collect())
+}
+
+/// Rows handled together (the lazy update is a matrix product over them).
+const ROW_CHUNK: usize = 16;
+
+/// Quantizes a row-major `[out, in]` matrix with the Hessian `h` (`[in, in]`, as
+/// [`Hessian::matrix`] gives it). `site` names the layer in errors.
+pub fn gptq(
+    w: &[f32],
+    out_features: usize,
+    in_features: usize,
+    h: &[f64],
+    cfg: &GptqConfig,
+    site: &str,
+) -> Result<GptqQuantized, QuantError> {
+    let n = in_features;
+    cfg.validate(n).map_err(|e| QuantError::Config(format!("{site}: {e}")))?;
+    if w.len() != out_features * n || h.len() != n * n {
+        return Err(QuantError::Config(format!(
+            "{site}: {} weights and a {}-entry Hessian for a {out_features}x{n} layer",
+            w.len(),
+            h.len()
+        )));
+    }
+    let maxq = cfg.quant.maxq();
+    let mut h = h.to_vec();
+    if let Some(k) = h.iter().position(|v| !v.is_finite()) {
+        return Err(QuantError::Gptq {
+            site: site.into(),
+            reason: format!("the Hessian holds a non-finite value at ({}, {})", k / n, k % n),
+        });
+    }
+    // Zeros of a sparse base, kept exactly.
+    let sparse = w.contains(&0.0);
+    let original: Vec<f64> = w.iter().map(|&v| v as f64).collect();
+    let mut wd = original.clone();
+    let mut dead = 0;
+    for i in 0..n {
+        if h[i * n + i] == 0.0 {
+            h[i * n + i] = 1.0;
+            dead += 1;
+            wd.chunks_mut(n).for_each(|r| r[i] = 0.0);
+        }
+    }
+    let g = cfg.quant.group(n);
+    let grouped = cfg.quant.group_size.is_some();
+    let groups = n.div_ceil(g);
+    // Static groups (and per-channel parameters): fit on the weights before any update, in the
+    // original column order. Per-channel parameters use the weights before dead inputs are
+    // zeroed, as the reference's first `find_params(W)` does.
+    let fixed: Option<Vec<(f64, u8)>> = if !grouped {
+        Some(original.chunks(n).map(|r| group_params(r.iter().copied(), maxq)).collect())
+    } else if cfg.static_groups {
+        Some(wd.chunks(n).flat_map(|r| r.chunks(g).map(|c| group_params(c.iter().copied(), maxq)).collect::<Vec<_>>()).collect())
+    } else {
+        None
+    };
+    let perm: Option<Vec<usize>> = cfg.act_order.then(|| {
+        let mut p: Vec<usize> = (0..n).collect();
+        p.sort_by(|&a, &b| h[b * n + b].total_cmp(&h[a * n + a]));
+        p
+    });
+    if let Some(p) = &perm {
+        wd = wd.chunks(n).flat_map(|r| p.iter().map(|&c| r[c]).collect::<Vec<_>>()).collect();
+        h = (0..n * n).map(|k| h[p[k / n] * n + p[k % n]]).collect();
+    }
+    let keep: Option<Vec<bool>> = sparse.then(|| match &perm {
+        Some(p) => w.chunks(n).flat_map(|r| p.iter().map(|&c| r[c] != 0.0).collect::<Vec<_>>()).collect(),
+        None => w.iter().map(|&v| v != 0.0).collect(),
+    });
+    let mean_diag = (0..n).map(|i| h[i * n + i]).sum::<f64>() / n as f64;
+    let damp = cfg.damp * mean_diag;
+    for i in 0..n {
+        h[i * n + i] += damp;
+    }
+    let u = inverse_cholesky_upper(&h, n).map_err(|j| QuantError::Gptq {
+        site: site.into(),
+        reason: format!("the Hessian is not positive definite after dampening {} (pivot {j}); raise --damp", cfg.damp),
+    })?;
+    // The group of quantization position j, for static groups (original order).
+    let static_group = |j: usize| perm.as_ref().map_or(j, |p| p[j]) / g;
+
+    let mut q = vec![0u8; out_features * n];
+    let mut scales = vec![0f32; out_features * groups];
+    let mut zeros = vec![0u8; out_features * groups];
+    let losses: Vec<f64> = wd
+        .par_chunks_mut(ROW_CHUNK * n)
+        .zip(q.par_chunks_mut(ROW_CHUNK * n))
+        .zip(scales.par_chunks_mut(ROW_CHUNK * groups).zip(zeros.par_chunks_mut(ROW_CHUNK * groups)))
+        .enumerate()
+        .map(|(chunk, ((wc, qc), (sc, zc)))| {
+            let rows = wc.len() / n;
+            let r0 = chunk * ROW_CHUNK;
+            let keep = keep.as_ref().map(|k| &k[r0 * n..(r0 + rows) * n]);
+            let mut params: Vec<(f64, u8)> = vec![(1.0, 0); rows];
+            let mut loss = 0.0;
+            let mut w1 = vec![0.0f64; rows * cfg.block_size];
+            let mut err = vec![0.0f64; rows * cfg.block_size];
+            for i1 in (0..n).step_by(cfg.block_size) {
+                let i2 = (i1 + cfg.block_size).min(n);
+                let count = i2 - i1;
+                for r in 0..rows {
+                    w1[r * count..(r + 1) * count].copy_from_slice(&wc[r * n + i1..r * n + i2]);
+                }
+                for i in 0..count {
+                    let col = i1 + i;
+                    for (r, p) in params.iter_mut().enumerate() {
+                        *p = match &fixed {
+                            Some(f) if !grouped => f[r0 + r],
+                            Some(f) => f[(r0 + r) * groups + static_group(col)],
+                            None if col % g == 0 => {
+                                let end = (col + g).min(n);
+                                let vals = (col..end).map(|c| match keep {
+                                    Some(k) if !k[r * n + c] => 0.0,
+                                    _ => wc[r * n + c],
+                                });
+                                let fit = group_params(vals, maxq);
+                                sc[r * groups + col / g] = fit.0 as f32;
+                                zc[r * groups + col / g] = fit.1;
+                                fit
+                            }
+                            None => *p,
+                        };
+                    }
+                    let d = u[col * n + col];
+                    let urow = &u[col * n + col..col * n + i2];
+                    for (r, &(scale, zero)) in params.iter().enumerate() {
+                        let row = &mut w1[r * count..(r + 1) * count];
+                        let wv = row[i];
+                        let code = match keep {
+                            Some(k) if !k[r * n + col] => zero,
+                            _ => quantize_value(wv, scale, zero, maxq),
+                        };
+                        qc[r * n + col] = code;
+                        let deq = scale * (code as f64 - zero as f64);
+                        let e = (wv - deq) / d;
+                        loss += (wv - deq) * (wv - deq) / (d * d) / 2.0;
+                        err[r * count + i] = e;
+                        row[i..].iter_mut().zip(urow).for_each(|(x, &uv)| *x -= e * uv);
+                    }
+                }
+                if i2 < n {
+                    // W[:, i2..] -= Err · U[i1..i2, i2..]
+                    // SAFETY: the extents below lie inside `wc`, `err` and `u`, and `wc` is not aliased.
+                    unsafe {
+                        gemm::gemm(
+                            rows,
+                            n - i2,
+                            count,
+                            wc.as_mut_ptr().add(i2),
+                            1,
+                            n as isize,
+                            true,
+                            err.as_ptr(),
+                            1,
+                            count as isize,
+                            u.as_ptr().add(i1 * n + i2),
+                            1,
+                            n as isize,
+                            1.0,
+                            -1.0,
+                            false,
+                            false,
+                            false,
+                            gemm::Parallelism::None,
+                        );
+                    }
+                }
+            }
+            if let Some(f) = &fixed {
+                for r in 0..rows {
+                    for k in 0..groups {
+                        let (s, z) = if grouped { f[(r0 + r) * groups + k] } else { f[r0 + r] };
+                        sc[r * groups + k] = s as f32;
+                        zc[r * groups + k] = z;
+                    }
+                }
+            }
+            loss
+        })
+        .collect();
+    let loss = losses.iter().sum();
+    let mut quantized = Quantized { out_features, in_features: n, config: cfg.quant, q, scales, zeros };
+    // Static groups follow the original order: put the codes back in it.
+    let perm = match perm {
+        Some(p) if cfg.static_groups || !grouped => {
+            quantized.q = unpermute_columns(&quantized.q, n, &p);
+            None
+        }
+        p => p,
+    };
+    Ok(GptqQuantized { quantized, perm, dead, loss })
+}
+
+/// `Σ_r (w_r - ŵ_r)ᵀ · H · (w_r - ŵ_r)`: the layer's squared reconstruction error
+/// `‖W·X - Ŵ·X‖²` up to the factor `2/N` of `H`.
+pub fn reconstruction_error(w: &[f32], w_hat: &[f32], h: &[f64], n: usize) -> f64 {
+    w.par_chunks(n)
+        .zip(w_hat.par_chunks(n))
+        .map(|(a, b)| {
+            let d: Vec<f64> = a.iter().zip(b).map(|(x, y)| *x as f64 - *y as f64).collect();
+            (0..n).map(|i| d[i] * dot(&h[i * n..(i + 1) * n], &d)).sum::<f64>()
+        })
+        .sum()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::rtn::quantize;
+
+    fn lcg(seed: u64) -> impl FnMut() -> f64 {
+        let mut s = seed;
+        move || {
+            s = s.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            ((s >> 11) as f64 / (1u64 << 53) as f64) * 2.0 - 1.0
+        }
+    }
+
+    /// `X: [tokens, n]` with correlated features, and `H = 2/N XᵀX`.
+    fn hessian(n: usize, tokens: usize, seed: u64) -> Vec<f64> {
+        let mut r = lcg(seed);
+        let base: Vec<f64> = (0..tokens * 4).map(|_| r()).collect();
+        let x: Vec<f64> = (0..tokens * n).map(|k| base[(k / n) * 4 + k % 4] * (1.0 + (k % n) as f64 / n as f64) + 0.3 * r()).collect();
+        let mut h = vec![0.0; n * n];
+        for t in 0..tokens {
+            for i in 0..n {
+                for j in 0..n {
+                    h[i * n + j] += 2.0 * x[t * n + i] * x[t * n + j] / tokens as f64;
+                }
+            }
+        }
+        h
+    }
+
+    #[test]
+    fn inverse_cholesky_is_the_upper_factor_of_the_inverse() {
+        let n = 37;
+        let mut h = hessian(n, 80, 3);
+        (0..n).for_each(|i| h[i * n + i] += 0.01);
+        let u = inverse_cholesky_upper(&h, n).unwrap();
+        // Upper triangular with a positive diagonal, and H · (Uᵀ U) = I.
+        for a in 0..n {
+            assert!(u[a * n + a] > 0.0);
+            for b in 0..a {
+                assert_eq!(u[a * n + b], 0.0);
+            }
+        }
+        for a in 0..n {
+            for b in 0..n {
+                let hinv_row_b: f64 = (0..n).map(|k| h[a * n + k] * (0..n).map(|m| u[m * n + k] * u[m * n + b]).sum::<f64>()).sum();
+                let want = if a == b { 1.0 } else { 0.0 };
+                assert!((hinv_row_b - want).abs() < 1e-8, "({a}, {b}): {hinv_row_b}");
+            }
+        }
+        let mut bad = vec![0.0; 4];
+        bad[0] = 1.0;
+        assert!(inverse_cholesky_upper(&bad, 2).is_err(), "a singular matrix is refused");
+    }
+
+    #[test]
+    fn with_uncorrelated_inputs_gptq_is_round_to_nearest() {
+        // H diagonal: U is diagonal, no error is fed forward, every column rounds to nearest.
+        let (o, n) = (8, 32);
+        let mut r = lcg(1);
+        let w: Vec<f32> = (0..o * n).map(|_| r() as f32).collect();
+        let h: Vec<f64> = (0..n * n).map(|k| if k / n == k % n { 1.0 + (k % n) as f64 } else { 0.0 }).collect();
+        for group_size in [Some(8), None] {
+            let quant = QuantConfig { bits: 4, group_size };
+            let g = gptq(&w, o, n, &h, &GptqConfig { quant, ..Default::default() }, "t").unwrap();
+            assert_eq!(g.quantized, quantize(&w, o, n, quant).unwrap());
+        }
+    }
+
+    #[test]
+    fn error_feedback_beats_rounding_and_keeps_zeros() {
+        let (o, n) = (24, 64);
+        let h = hessian(n, 200, 5);
+        let mut r = lcg(2);
+        let mut w: Vec<f32> = (0..o * n).map(|_| r() as f32).collect();
+        for cfg in [
+            GptqConfig { quant: QuantConfig { bits: 4, group_size: Some(16) }, block_size: 24, ..Default::default() },
+            GptqConfig { quant: QuantConfig { bits: 3, group_size: None }, act_order: true, ..Default::default() },
+            GptqConfig { quant: QuantConfig { bits: 4, group_size: Some(16) }, act_order: true, ..Default::default() },
+            GptqConfig { quant: QuantConfig { bits: 2, group_size: Some(32) }, act_order: true, static_groups: true, ..Default::default() },
+        ] {
+            let rtn = quantize(&w, o, n, cfg.quant).unwrap().dequantize();
+            let g = gptq(&w, o, n, &h, &cfg, "t").unwrap();
+            assert_eq!(g.perm.is_some(), cfg.act_order && !cfg.static_groups && cfg.quant.group_size.is_some());
+            let deq = g.dequantize();
+            let (eg, er) = (reconstruction_error(&w, &deq, &h, n), reconstruction_error(&w, &rtn, &h, n));
+            assert!(eg < 0.8 * er, "{cfg:?}: GPTQ {eg} vs RTN {er}");
+        }
+        // Half the weights pruned: those stay exactly zero.
+        w.iter_mut().enumerate().filter(|(k, _)| k % 2 == 0).for_each(|(_, v)| *v = 0.0);
+        let g = gptq(
+            &w,
+            o,
+            n,
+            &h,
+            &GptqConfig { act_order: true, quant: QuantConfig { bits: 4, group_size: Some(16) }, ..Default::default() },
+            "t",
+        )
+        .unwrap();
+        let deq = g.dequantize();
+        assert!(w.iter().zip(&deq).all(|(a, b)| *a != 0.0 || *b == 0.0), "a pruned weight came back");
+    }
+
+    #[test]
+    fn dead_inputs_and_bad_hessians() {
+        let (o, n) = (16, 16);
+        let mut h = hessian(n, 50, 9);
+        for k in 0..n {
+            h[3 * n + k] = 0.0;
+            h[k * n + 3] = 0.0;
+        }
+        let w: Vec<f32> = (0..o * n).map(|k| (k as f32 * 0.37).sin()).collect();
+        let cfg = GptqConfig { quant: QuantConfig { bits: 4, group_size: Some(8) }, ..Default::default() };
+        let g = gptq(&w, o, n, &h, &cfg, "t").unwrap();
+        assert_eq!(g.dead, 1);
+        assert!(g.dequantize().chunks(n).all(|r| r[3] == 0.0), "a dead input's weights are zeroed");
+        h[0] = f64::NAN;
+        let e = gptq(&w, o, n, &h, &cfg, "layers.0.q").unwrap_err().to_string();
+        assert!(e.contains("layers.0.q") && e.contains("non-finite"), "{e}");
+        // Indefinite: a negative eigenvalue that dampening by 1% cannot lift.
+        let neg: Vec<f64> = (0..n * n).map(|k| if k / n == k % n { if k == 0 { -50.0 } else { 1.0 } } else { 0.0 }).collect();
+        let e = gptq(&w, o, n, &neg, &cfg, "layers.1.down").unwrap_err().to_string();
+        assert!(e.contains("layers.1.down") && e.contains("positive definite"), "{e}");
+    }
+}

