@@ -321,6 +321,40 @@ fn quantize_writes_a_checkpoint_that_runs() {
     assert!(!ok && stderr.contains("--bits 9"), "{stderr}");
 }
 
+#[test]
+fn quantize_by_gptq_with_act_order_writes_a_loadable_checkpoint() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("g");
+    let dir = fixture("llama_gqa");
+    let calib = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../sparsity/tests/fixtures/calibration.json");
+    let (ok, stdout, stderr) = secateur(&[
+        "quantize",
+        "--model",
+        dir.to_str().unwrap(),
+        "--calibration",
+        calib.to_str().unwrap(),
+        "--seq-len",
+        "16",
+        "--act-order",
+        "--group-size",
+        "16",
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    assert!(ok, "{stderr}");
+    let v: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    assert_eq!(v["method"], "gptq", "GPTQ is the default with --calibration");
+    assert_eq!(v["calibration_samples"], 8);
+    assert!(v["gptq"]["reconstruction_error_gptq"].as_f64().unwrap() < v["gptq"]["reconstruction_error_rtn"].as_f64().unwrap());
+    let config: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(out.join("config.json")).unwrap()).unwrap();
+    assert_eq!(config["quantization_config"]["desc_act"], true);
+    assert_eq!(config["quantization_config"]["damp_percent"], 0.01);
+    let report: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(out.join("gptq-report.json")).unwrap()).unwrap();
+    assert_eq!(report["sites"].as_array().unwrap().len(), 14);
+    let (ok, text, stderr) = secateur(&["generate", "--model", out.to_str().unwrap(), "--prompt", "the cat", "--max-new-tokens", "4"]);
+    assert!(ok && !text.trim().is_empty(), "{stderr}");
+}
+
 fn check_nas_rows(out: &std::path::Path) -> serde_json::Value {
     let report: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(out.join("report.json")).unwrap()).unwrap();
     let rows = report["rows"].as_array().unwrap();

@@ -214,45 +214,82 @@ pub fn inverse_cholesky_upper(h: &[f64], n: usize) -> Result<Vec<f64>, usize> {
 /// Rows handled together (the lazy update is a matrix product over them).
 const ROW_CHUNK: usize = 16;
 
+/// What GPTQ derives from a Hessian alone (shared by the projections that read one input):
+/// the dead inputs, the act-order permutation and the upper Cholesky factor of the dampened,
+/// permuted `H⁻¹`.
+#[derive(Debug, Clone)]
+pub struct Factored {
+    pub n: usize,
+    /// Inputs with `H_ii = 0`.
+    pub dead: Vec<usize>,
+    /// Quantization order (act-order), else `None`.
+    pub perm: Option<Vec<usize>>,
+    /// `[n, n]`, in quantization order.
+    pub u: Vec<f64>,
+}
+
+impl Factored {
+    /// Factors `h` (`[n, n]`, as [`Hessian::matrix`] gives it) with `cfg`'s dampening and
+    /// act-order. `site` names the layer in errors.
+    pub fn new(h: &[f64], n: usize, cfg: &GptqConfig, site: &str) -> Result<Self, QuantError> {
+        if h.len() != n * n {
+            return Err(QuantError::Config(format!("{site}: a {}-entry Hessian for {n} inputs", h.len())));
+        }
+        if let Some(k) = h.iter().position(|v| !v.is_finite()) {
+            return Err(QuantError::Gptq {
+                site: site.into(),
+                reason: format!("the Hessian holds a non-finite value at ({}, {})", k / n, k % n),
+            });
+        }
+        let mut h = h.to_vec();
+        let dead: Vec<usize> = (0..n).filter(|&i| h[i * n + i] == 0.0).collect();
+        for &i in &dead {
+            h[i * n + i] = 1.0;
+        }
+        let perm: Option<Vec<usize>> = cfg.act_order.then(|| {
+            let mut p: Vec<usize> = (0..n).collect();
+            p.sort_by(|&a, &b| h[b * n + b].total_cmp(&h[a * n + a]));
+            p
+        });
+        if let Some(p) = &perm {
+            h = (0..n * n).map(|k| h[p[k / n] * n + p[k % n]]).collect();
+        }
+        let mean_diag = (0..n).map(|i| h[i * n + i]).sum::<f64>() / n as f64;
+        let damp = cfg.damp * mean_diag;
+        for i in 0..n {
+            h[i * n + i] += damp;
+        }
+        let u = inverse_cholesky_upper(&h, n).map_err(|j| QuantError::Gptq {
+            site: site.into(),
+            reason: format!("the Hessian is not positive definite after dampening {} (pivot {j}); raise --damp", cfg.damp),
+        })?;
+        Ok(Self { n, dead, perm, u })
+    }
+}
+
 /// Quantizes a row-major `[out, in]` matrix with the Hessian `h` (`[in, in]`, as
 /// [`Hessian::matrix`] gives it). `site` names the layer in errors.
-pub fn gptq(
-    w: &[f32],
-    out_features: usize,
-    in_features: usize,
-    h: &[f64],
-    cfg: &GptqConfig,
-    site: &str,
-) -> Result<GptqQuantized, QuantError> {
-    let n = in_features;
+pub fn gptq(w: &[f32], out_features: usize, in_features: usize, h: &[f64], cfg: &GptqConfig, site: &str) -> Result<GptqQuantized, QuantError> {
+    cfg.validate(in_features).map_err(|e| QuantError::Config(format!("{site}: {e}")))?;
+    gptq_factored(w, out_features, &Factored::new(h, in_features, cfg, site)?, cfg, site)
+}
+
+/// [`gptq`] with the Hessian already factored (by [`Factored::new`] with the same `cfg`).
+pub fn gptq_factored(w: &[f32], out_features: usize, f: &Factored, cfg: &GptqConfig, site: &str) -> Result<GptqQuantized, QuantError> {
+    let n = f.n;
     cfg.validate(n).map_err(|e| QuantError::Config(format!("{site}: {e}")))?;
-    if w.len() != out_features * n || h.len() != n * n {
-        return Err(QuantError::Config(format!(
-            "{site}: {} weights and a {}-entry Hessian for a {out_features}x{n} layer",
-            w.len(),
-            h.len()
-        )));
+    if w.len() != out_features * n {
+        return Err(QuantError::Config(format!("{site}: {} weights for a {out_features}x{n} layer", w.len())));
     }
     let maxq = cfg.quant.maxq();
-    let mut h = h.to_vec();
-    if let Some(k) = h.iter().position(|v| !v.is_finite()) {
-        return Err(QuantError::Gptq {
-            site: site.into(),
-            reason: format!("the Hessian holds a non-finite value at ({}, {})", k / n, k % n),
-        });
-    }
     // Zeros of a sparse base, kept exactly.
     let sparse = w.contains(&0.0);
     let original: Vec<f64> = w.iter().map(|&v| v as f64).collect();
     let mut wd = original.clone();
-    let mut dead = 0;
-    for i in 0..n {
-        if h[i * n + i] == 0.0 {
-            h[i * n + i] = 1.0;
-            dead += 1;
-            wd.chunks_mut(n).for_each(|r| r[i] = 0.0);
-        }
+    for &i in &f.dead {
+        wd.chunks_mut(n).for_each(|r| r[i] = 0.0);
     }
+    let dead = f.dead.len();
     let g = cfg.quant.group(n);
     let grouped = cfg.quant.group_size.is_some();
     let groups = n.div_ceil(g);
@@ -266,28 +303,15 @@ pub fn gptq(
     } else {
         None
     };
-    let perm: Option<Vec<usize>> = cfg.act_order.then(|| {
-        let mut p: Vec<usize> = (0..n).collect();
-        p.sort_by(|&a, &b| h[b * n + b].total_cmp(&h[a * n + a]));
-        p
-    });
+    let perm = f.perm.clone();
     if let Some(p) = &perm {
         wd = wd.chunks(n).flat_map(|r| p.iter().map(|&c| r[c]).collect::<Vec<_>>()).collect();
-        h = (0..n * n).map(|k| h[p[k / n] * n + p[k % n]]).collect();
     }
     let keep: Option<Vec<bool>> = sparse.then(|| match &perm {
         Some(p) => w.chunks(n).flat_map(|r| p.iter().map(|&c| r[c] != 0.0).collect::<Vec<_>>()).collect(),
         None => w.iter().map(|&v| v != 0.0).collect(),
     });
-    let mean_diag = (0..n).map(|i| h[i * n + i]).sum::<f64>() / n as f64;
-    let damp = cfg.damp * mean_diag;
-    for i in 0..n {
-        h[i * n + i] += damp;
-    }
-    let u = inverse_cholesky_upper(&h, n).map_err(|j| QuantError::Gptq {
-        site: site.into(),
-        reason: format!("the Hessian is not positive definite after dampening {} (pivot {j}); raise --damp", cfg.damp),
-    })?;
+    let u = &f.u;
     // The group of quantization position j, for static groups (original order).
     let static_group = |j: usize| perm.as_ref().map_or(j, |p| p[j]) / g;
 
@@ -404,13 +428,40 @@ pub fn gptq(
 }
 
 /// `Σ_r (w_r - ŵ_r)ᵀ · H · (w_r - ŵ_r)`: the layer's squared reconstruction error
-/// `‖W·X - Ŵ·X‖²` up to the factor `2/N` of `H`.
+/// `‖W·X - Ŵ·X‖²` up to the factor `2/N` of `H` (one matrix product per chunk of rows).
 pub fn reconstruction_error(w: &[f32], w_hat: &[f32], h: &[f64], n: usize) -> f64 {
-    w.par_chunks(n)
-        .zip(w_hat.par_chunks(n))
+    const ROWS: usize = 32;
+    w.par_chunks(ROWS * n)
+        .zip(w_hat.par_chunks(ROWS * n))
         .map(|(a, b)| {
+            let rows = a.len() / n;
             let d: Vec<f64> = a.iter().zip(b).map(|(x, y)| *x as f64 - *y as f64).collect();
-            (0..n).map(|i| d[i] * dot(&h[i * n..(i + 1) * n], &d)).sum::<f64>()
+            let mut dh = vec![0.0f64; rows * n];
+            // SAFETY: `dh` is [rows, n], `d` is [rows, n] and `h` is [n, n], all row-major.
+            unsafe {
+                gemm::gemm(
+                    rows,
+                    n,
+                    n,
+                    dh.as_mut_ptr(),
+                    1,
+                    n as isize,
+                    false,
+                    d.as_ptr(),
+                    1,
+                    n as isize,
+                    h.as_ptr(),
+                    1,
+                    n as isize,
+                    0.0,
+                    1.0,
+                    false,
+                    false,
+                    false,
+                    gemm::Parallelism::None,
+                );
+            }
+            dot(&dh, &d)
         })
         .sum()
 }

@@ -16,7 +16,7 @@ use secateur_sparsity::{CalibrationBatches, InputObserver};
 use serde::Serialize;
 
 use crate::QuantError;
-use crate::gptq::{GptqConfig, Hessian, gptq, reconstruction_error};
+use crate::gptq::{Factored, GptqConfig, Hessian, gptq_factored, reconstruction_error};
 use crate::linear::{QuantLinear, QuantLm};
 use crate::pack::Packed;
 use crate::rtn::quantize;
@@ -111,16 +111,24 @@ pub fn gptq_model<B: Backend>(
         }
         let observer = batches.observe(block.clone(), layer, HessianObserver { leaders, hessians: HashMap::new() })?;
         let mut packed: HashMap<SiteKind, Packed> = HashMap::new();
+        // One factorisation per distinct input (q, k and v share theirs).
+        let mut factored: HashMap<usize, (Vec<f64>, Factored)> = HashMap::new();
         let dequantized = block.map_projections(layer, &mut |site: Site, dense: Dense<B>| {
             let [o, i] = dense.shape();
             let name = site.to_string();
+            let input = input_of(site.kind);
             let hess = observer
                 .hessians
-                .get(&input_of(site.kind))
+                .get(&input)
                 .ok_or_else(|| QuantError::Gptq { site: name.clone(), reason: "no calibration input reached this projection".into() })?;
-            let h = hess.matrix();
+            if !factored.contains_key(&input) {
+                let h = hess.matrix();
+                let f = Factored::new(&h, i, cfg, &name)?;
+                factored.insert(input, (h, f));
+            }
+            let (h, f) = &factored[&input];
             let w = host(dense.weight.val());
-            let g = gptq(&w, o, i, &h, cfg, &name)?;
+            let g = gptq_factored(&w, o, f, cfg, &name)?;
             let deq = g.dequantize();
             let rtn = quantize(&w, o, i, cfg.quant)?.dequantize();
             sites.push(GptqSiteReport {
@@ -128,8 +136,8 @@ pub fn gptq_model<B: Backend>(
                 tokens: hess.tokens,
                 dead: g.dead,
                 zeros: w.iter().filter(|v| **v == 0.0).count(),
-                gptq_error: reconstruction_error(&w, &deq, &h, i) / 2.0,
-                rtn_error: reconstruction_error(&w, &rtn, &h, i) / 2.0,
+                gptq_error: reconstruction_error(&w, &deq, h, i) / 2.0,
+                rtn_error: reconstruction_error(&w, &rtn, h, i) / 2.0,
             });
             packed.insert(
                 site.kind,

@@ -17,7 +17,7 @@ pub mod linear;
 pub mod pack;
 pub mod rtn;
 
-pub use gptq::{GptqConfig, GptqQuantized, Hessian, gptq};
+pub use gptq::{Factored, GptqConfig, GptqQuantized, Hessian, gptq, gptq_factored};
 pub use gptq_model::{GptqOutcome, GptqSiteReport, gptq_model};
 pub use linear::{QuantLinear, QuantLm};
 pub use rtn::{QuantConfig, Quantized, quantize};

@@ -118,6 +118,12 @@ impl<B: Backend> Projection<B> for Recorder<B> {
         let shared = self.shared.0.downcast_ref::<Shared<B>>().expect("the recorder's own backend");
         let rows = shared.rows.lock().expect("calibration rows").clone().expect("rows set before the forward");
         shared.observer.observe(self.kind, x.clone().reshape([b * s, i]), rows);
+        if self.kind == SiteKind::Down {
+            // The last projection of every block feeds only the block's output, which a
+            // calibration pass discards: skip its product.
+            let out = self.inner.weight.dims()[0];
+            return Tensor::zeros([b, s, out], &x.device());
+        }
         self.inner.forward(x)
     }
 }
@@ -158,7 +164,8 @@ impl<B: Backend> CalibrationBatches<B> {
     }
 
     /// Runs every batch through `block`, showing each projection's input to `observer`; the
-    /// hidden states are left as they were (the block's output is discarded).
+    /// hidden states are left as they were (the block's output is discarded, so the down
+    /// projection's product is not computed).
     pub fn observe<O: InputObserver<B> + 'static>(&self, block: Block<B, Dense<B>>, layer: usize, observer: O) -> Result<O, SparsityError> {
         let typed = Arc::new(Mutex::new(observer));
         let shared = Arc::new(Shared { rows: Mutex::new(None), observer: typed.clone() as Arc<dyn Slot<B>> });
