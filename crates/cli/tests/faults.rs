@@ -465,7 +465,10 @@ fn degenerate_data_and_nonsense_settings_are_refused_before_any_work() {
     refused(&["quantize", "--model", m, "--group-size", "16", "--method", "gptq", "--out", o], "--method gptq needs --calibration");
     refused(&["quantize", "--model", m, "--group-size", "16", "--method", "rtn", "--act-order", "--out", o], "GPTQ settings");
     refused(&["quantize", "--model", m, "--group-size", "16", "--method", "gptq", "--damp", "0", "--calibration", m, "--out", o], "damp 0");
-    refused(&["quantize", "--model", m, "--group-size", "16", "--method", "gptq", "--calibration", "/nonexistent.json", "--out", o], "/nonexistent.json");
+    refused(
+        &["quantize", "--model", m, "--group-size", "16", "--method", "gptq", "--calibration", "/nonexistent.json", "--out", o],
+        "/nonexistent.json",
+    );
     assert!(!out.exists(), "nothing was written by a refused quantize");
     refused(&["moo-bench", "--problem", "zdt1", "--evals", "0"], "--evals must be at least 1");
     refused(&["moo-bench", "--problem", "zdt1", "--algo", "hill-climb"], "real variables");

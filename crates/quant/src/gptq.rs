@@ -269,7 +269,14 @@ impl Factored {
 
 /// Quantizes a row-major `[out, in]` matrix with the Hessian `h` (`[in, in]`, as
 /// [`Hessian::matrix`] gives it). `site` names the layer in errors.
-pub fn gptq(w: &[f32], out_features: usize, in_features: usize, h: &[f64], cfg: &GptqConfig, site: &str) -> Result<GptqQuantized, QuantError> {
+pub fn gptq(
+    w: &[f32],
+    out_features: usize,
+    in_features: usize,
+    h: &[f64],
+    cfg: &GptqConfig,
+    site: &str,
+) -> Result<GptqQuantized, QuantError> {
     cfg.validate(in_features).map_err(|e| QuantError::Config(format!("{site}: {e}")))?;
     gptq_factored(w, out_features, &Factored::new(h, in_features, cfg, site)?, cfg, site)
 }
