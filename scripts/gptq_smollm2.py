@@ -190,6 +190,16 @@ def write_markdown(result, path=os.path.join(ROOT, "docs/results/gptq-smollm2.md
                   f" {ours:.0f} s (load, quantize, write) against the PyTorch reference (scripts/gptq_reference.py, torch"
                   f" {ref['torch']}, f32, {ref['threads']} threads) {theirs:.0f} s ({ref['gptq_s']:.0f} s of it quantizing):"
                   f" secateur {theirs / ours:.2f}x as fast."]
+    timing = os.path.join(ROOT, "docs/results/gptq-timing.json")
+    if not ref and os.path.exists(timing):
+        t = json.load(open(timing))
+        r = t["reference"]
+        lines += ["", f"Time (`gptq-timing.json`; {t['config']}; {t['calibration']}): `secateur quantize --method gptq`"
+                  f" {t['secateur_seconds_total']:.0f} s (load, quantize, write; its reconstruction error"
+                  f" {t['secateur_reconstruction_error_gptq_over_rtn']:.3f} of RTN's) against the PyTorch reference"
+                  f" (scripts/gptq_reference.py, torch {r['torch']}, f32, {r['threads']} threads) {r['load_s'] + r['gptq_s']:.0f} s:"
+                  f" secateur {t['speedup']:.2f}x as fast. The two ran one after the other on this machine, not in one command"
+                  " (the table's run uses fewer calibration samples to fit the session)."]
     if result.get("check_act_order"):
         lines += ["", f"`scripts/check_gptq_checkpoint.py` on the act-order checkpoint (AutoGPTQ's reading of `g_idx`): {result['check_act_order']}"]
     with open(path, "w") as f:
