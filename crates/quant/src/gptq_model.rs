@@ -121,10 +121,10 @@ pub fn gptq_model<B: Backend>(
                 .hessians
                 .get(&input)
                 .ok_or_else(|| QuantError::Gptq { site: name.clone(), reason: "no calibration input reached this projection".into() })?;
-            if !factored.contains_key(&input) {
+            if let std::collections::hash_map::Entry::Vacant(slot) = factored.entry(input) {
                 let h = hess.matrix();
                 let f = Factored::new(&h, i, cfg, &name)?;
-                factored.insert(input, (h, f));
+                slot.insert((h, f));
             }
             let (h, f) = &factored[&input];
             let w = host(dense.weight.val());
