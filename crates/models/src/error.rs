@@ -46,6 +46,9 @@ pub enum ModelError {
     /// A tensor holds NaN or an infinity.
     #[error("{path}: tensor `{name}` holds a non-finite value ({value} at element {index})")]
     NonFinite { path: PathBuf, name: String, index: usize, value: f32 },
+    /// A GGUF file is malformed, or holds something secateur cannot import or write.
+    #[error("{path}: GGUF: {reason}")]
+    Gguf { path: PathBuf, reason: String },
     /// The tokenizer file could not be loaded or used.
     #[error("{path}: tokenizer error: {reason}")]
     Tokenizer { path: PathBuf, reason: String },

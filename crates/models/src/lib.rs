@@ -11,6 +11,7 @@ pub mod cost;
 pub mod error;
 pub mod extract;
 pub mod generate;
+pub mod gguf;
 pub mod gpt_neox;
 pub mod host;
 pub mod latency;

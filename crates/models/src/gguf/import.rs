@@ -1,0 +1,500 @@
+//! A GGUF model as a Hugging Face checkpoint: `config.json` from the architecture metadata,
+//! `model.safetensors` (f32, every tensor dequantized, llama.cpp's Q/K row permutation undone),
+//! `tokenizer.json` rebuilt from `tokenizer.ggml.*`, `tokenizer_config.json` with the chat
+//! template, and `generation_config.json`. What transformers' `from_pretrained(dir,
+//! gguf_file=...)` does, as files every secateur command reads.
+//!
+//! [`resolve_model`] is the entry point the commands use: a `.gguf` file (or a directory holding
+//! one and no `config.json`) is imported once into a cache directory and that directory is used.
+//!
+//! Architectures: `llama` (LLaMA and Mistral-style models).
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::path::{Path, PathBuf};
+
+use serde_json::{Value as Json, json};
+
+use super::{GgufFile, Value};
+use crate::error::{ModelError, Result};
+use crate::site::SiteKind;
+use crate::spec::ArchSpec;
+use crate::weights::{Dtype, RawTensor, WEIGHTS_FILE, encode_f32, write_atomic, write_safetensors};
+
+/// Bumped when the import's output changes, so cached imports are redone.
+const IMPORT_VERSION: u32 = 1;
+
+/// How a tensor's rows are reordered between the two layouts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RowOrder {
+    /// Same order.
+    Same,
+    /// llama.cpp's RoPE layout of Q or K rows for this many heads.
+    Rope(usize),
+}
+
+/// One tensor of a model in both namings.
+#[derive(Debug, Clone)]
+pub struct TensorPair {
+    /// The GGUF name (`blk.0.attn_q.weight`).
+    pub gguf: String,
+    /// The Hugging Face name (`model.layers.0.self_attn.q_proj.weight`).
+    pub hf: String,
+    /// The PyTorch shape.
+    pub shape: Vec<usize>,
+    /// Row reordering between the layouts.
+    pub rows: RowOrder,
+}
+
+/// The GGUF name of a LLaMA projection.
+fn llama_site(kind: SiteKind) -> Option<&'static str> {
+    Some(match kind {
+        SiteKind::Q => "attn_q",
+        SiteKind::K => "attn_k",
+        SiteKind::V => "attn_v",
+        SiteKind::O => "attn_output",
+        SiteKind::Gate => "ffn_gate",
+        SiteKind::Up => "ffn_up",
+        SiteKind::Down => "ffn_down",
+        SiteKind::Qkv => return None,
+    })
+}
+
+/// Every tensor of a LLaMA-family model of `spec`, in both namings (llama.cpp's
+/// `convert_hf_to_gguf.py` names and Q/K permutation).
+pub fn llama_tensors(spec: &ArchSpec) -> Vec<TensorPair> {
+    let names = spec.weight_names();
+    let h = spec.hidden_size;
+    let pair = |gguf: String, hf: String, shape: Vec<usize>, rows| TensorPair { gguf, hf, shape, rows };
+    let mut v = vec![pair("token_embd.weight".into(), names.embed.clone(), vec![spec.vocab_size, h], RowOrder::Same)];
+    for l in 0..spec.num_layers {
+        let (n1, n2) = &names.block_norms[l];
+        v.push(pair(format!("blk.{l}.attn_norm.weight"), format!("{n1}.weight"), vec![h], RowOrder::Same));
+        v.push(pair(format!("blk.{l}.ffn_norm.weight"), format!("{n2}.weight"), vec![h], RowOrder::Same));
+        for kind in spec.block_site_kinds() {
+            let Some(g) = llama_site(kind) else { continue };
+            let shape = spec.site_shape(l, kind);
+            let rows = match kind {
+                SiteKind::Q => RowOrder::Rope(spec.layer(l).num_heads),
+                SiteKind::K => RowOrder::Rope(spec.layer(l).num_kv_heads),
+                _ => RowOrder::Same,
+            };
+            let module = spec.hf_module(l, kind);
+            v.push(pair(format!("blk.{l}.{g}.weight"), format!("{module}.weight"), shape.to_vec(), rows));
+            if spec.site_has_bias(kind) {
+                v.push(pair(format!("blk.{l}.{g}.bias"), format!("{module}.bias"), vec![shape[0]], rows));
+            }
+        }
+    }
+    v.push(pair("output_norm.weight".into(), format!("{}.weight", names.final_norm), vec![h], RowOrder::Same));
+    if let Some(head) = &names.lm_head {
+        v.push(pair("output.weight".into(), head.clone(), vec![spec.vocab_size, h], RowOrder::Same));
+    }
+    v
+}
+
+/// Reorders rows from llama.cpp's RoPE layout to Hugging Face's (`to_hf`) or back. Rows of
+/// head `h` are `[h, 2, d]` in Hugging Face order and `[h, d, 2]` in llama.cpp's.
+pub fn permute_rows(values: &[f32], rows: usize, heads: usize, to_hf: bool) -> Vec<f32> {
+    let cols = values.len() / rows;
+    let d = rows / heads / 2;
+    let mut out = vec![0f32; values.len()];
+    for h in 0..heads {
+        for a in 0..2 {
+            for i in 0..d {
+                let hf = h * 2 * d + a * d + i;
+                let gg = h * 2 * d + i * 2 + a;
+                let (src, dst) = if to_hf { (gg, hf) } else { (hf, gg) };
+                out[dst * cols..(dst + 1) * cols].copy_from_slice(&values[src * cols..(src + 1) * cols]);
+            }
+        }
+    }
+    out
+}
+
+impl GgufFile {
+    fn bad(&self, reason: impl Into<String>) -> ModelError {
+        ModelError::Gguf { path: self.path.clone(), reason: reason.into() }
+    }
+
+    /// The `config.json` transformers would write for this file's model.
+    pub fn hf_config(&self) -> Result<Json> {
+        let arch = self.require_str("general.architecture")?.to_string();
+        if arch != "llama" {
+            return Err(self.bad(format!(
+                "architecture `{arch}` cannot be imported (secateur imports GGUF `llama` models; \
+                 its gptneox, bloom and mpt families are read from Hugging Face checkpoints)"
+            )));
+        }
+        let key = |k: &str| format!("{arch}.{k}");
+        let u = |k: &str| -> Result<usize> { Ok(self.require_u64(&key(k))? as usize) };
+        let opt_u = |k: &str| -> Result<Option<usize>> {
+            match self.get(&key(k)) {
+                None => Ok(None),
+                Some(v) => v.as_u64().map(|x| Some(x as usize)).ok_or_else(|| self.bad(format!("`{}` is {v:?}, not an integer", key(k)))),
+            }
+        };
+        let hidden = u("embedding_length")?;
+        let heads = u("attention.head_count")?;
+        let kv_heads = opt_u("attention.head_count_kv")?.unwrap_or(heads);
+        if heads == 0 {
+            return Err(self.bad(format!("`{}` is 0", key("attention.head_count"))));
+        }
+        let head_dim = opt_u("attention.key_length")?.unwrap_or(hidden / heads);
+        if let Some(rot) = opt_u("rope.dimension_count")?
+            && rot != head_dim
+        {
+            return Err(self.bad(format!(
+                "`{}` = {rot} but heads have {head_dim} dimensions: partial rotary embeddings are not a LLaMA model",
+                key("rope.dimension_count")
+            )));
+        }
+        if self.tensor("rope_freqs.weight").is_some() {
+            return Err(self.bad("tensor `rope_freqs.weight` (Llama 3.1-style RoPE frequency factors) is not supported"));
+        }
+        let embed = self.tensor("token_embd.weight").ok_or_else(|| self.bad("tensor `token_embd.weight` is missing"))?;
+        let vocab = match opt_u("vocab_size")? {
+            Some(v) => v,
+            None => embed.shape()[0],
+        };
+        let eps = self.require(&key("attention.layer_norm_rms_epsilon"))?;
+        let eps = eps.as_f64().ok_or_else(|| self.bad(format!("`{}` is {eps:?}, not a number", key("attention.layer_norm_rms_epsilon"))))?;
+        let theta = self.get(&key("rope.freq_base")).and_then(Value::as_f64).unwrap_or(10000.0);
+        let rope_scaling = match self.get(&key("rope.scaling.type")).and_then(Value::as_str) {
+            None | Some("none") => Json::Null,
+            Some("linear") => {
+                let f = self.require(&key("rope.scaling.factor"))?.as_f64().ok_or_else(|| self.bad("rope.scaling.factor is not a number"))?;
+                json!({"type": "linear", "factor": f})
+            }
+            Some(other) => return Err(self.bad(format!("`{}` = {other:?} is not supported (none, linear)", key("rope.scaling.type")))),
+        };
+        let mut config = json!({
+            "architectures": ["LlamaForCausalLM"],
+            "model_type": "llama",
+            "vocab_size": vocab,
+            "hidden_size": hidden,
+            "intermediate_size": u("feed_forward_length")?,
+            "num_hidden_layers": u("block_count")?,
+            "num_attention_heads": heads,
+            "num_key_value_heads": kv_heads,
+            "head_dim": head_dim,
+            "hidden_act": "silu",
+            "rms_norm_eps": eps,
+            "rope_theta": theta,
+            "rope_scaling": rope_scaling,
+            "max_position_embeddings": opt_u("context_length")?.unwrap_or(2048),
+            "attention_bias": self.tensor("blk.0.attn_q.bias").is_some(),
+            "mlp_bias": false,
+            "tie_word_embeddings": self.tensor("output.weight").is_none(),
+            "torch_dtype": "float32",
+        });
+        for (field, k) in [("bos_token_id", "bos_token_id"), ("eos_token_id", "eos_token_id"), ("pad_token_id", "padding_token_id")] {
+            if let Some(id) = self.get(&format!("tokenizer.ggml.{k}")).and_then(Value::as_u64) {
+                config[field] = json!(id);
+            }
+        }
+        Ok(config)
+    }
+
+    /// Every tensor in Hugging Face naming and layout, as f32, with the spec that names them.
+    /// Every tensor of the file must be one the model uses (else an error names it).
+    pub fn hf_tensors(&self, spec: &ArchSpec) -> Result<Vec<(TensorPair, Vec<f32>)>> {
+        let pairs = llama_tensors(spec);
+        let wanted: HashSet<&str> = pairs.iter().map(|p| p.gguf.as_str()).collect();
+        if let Some(extra) = self.tensors.iter().find(|t| !wanted.contains(t.name.as_str())) {
+            return Err(self.bad(format!("tensor `{}` has no place in a `llama` model of this config", extra.name)));
+        }
+        let mut out = Vec::with_capacity(pairs.len());
+        for p in pairs {
+            let t = self.tensor(&p.gguf).ok_or_else(|| self.bad(format!("tensor `{}` is missing", p.gguf)))?;
+            if t.shape() != p.shape {
+                return Err(ModelError::ShapeMismatch { path: self.path.clone(), name: p.gguf.clone(), expected: p.shape.clone(), found: t.shape() });
+            }
+            let mut values = self.read_f32(&p.gguf)?;
+            if let RowOrder::Rope(heads) = p.rows {
+                let rows = p.shape[0];
+                if heads == 0 || !rows.is_multiple_of(2 * heads) {
+                    return Err(self.bad(format!("tensor `{}`: {rows} rows cannot be {heads} RoPE heads", p.gguf)));
+                }
+                values = permute_rows(&values, rows, heads, true);
+            }
+            out.push((p, values));
+        }
+        Ok(out)
+    }
+
+    /// The token strings, or an error naming the key.
+    pub fn tokens(&self) -> Result<Vec<&str>> {
+        let v = self.require("tokenizer.ggml.tokens")?;
+        let arr = v.as_array().ok_or_else(|| self.bad("`tokenizer.ggml.tokens` is not an array"))?;
+        arr.iter().map(|t| t.as_str().ok_or_else(|| self.bad("`tokenizer.ggml.tokens` holds a non-string"))).collect()
+    }
+
+    /// `tokenizer.json` (the `tokenizers` crate's format) rebuilt from `tokenizer.ggml.*`: a
+    /// byte-level BPE (`tokenizer.ggml.model = gpt2`) with the pre-tokenizer regexes llama.cpp
+    /// uses for `tokenizer.ggml.pre`, control tokens (type 3) as special added tokens, and BOS
+    /// added when `tokenizer.ggml.add_bos_token` says so.
+    pub fn hf_tokenizer(&self) -> Result<Json> {
+        let model = self.require_str("tokenizer.ggml.model")?;
+        if model != "gpt2" {
+            return Err(self.bad(format!(
+                "`tokenizer.ggml.model` = {model:?}: only byte-level BPE tokenizers (`gpt2`) are imported; SentencePiece (`llama`) is not yet"
+            )));
+        }
+        let tokens = self.tokens()?;
+        let merges = self.require("tokenizer.ggml.merges")?;
+        let merges = merges.as_array().ok_or_else(|| self.bad("`tokenizer.ggml.merges` is not an array"))?;
+        let merges: Vec<Json> = merges
+            .iter()
+            .enumerate()
+            .map(|(i, m)| {
+                let s = m.as_str().ok_or_else(|| self.bad(format!("`tokenizer.ggml.merges`[{i}] is not a string")))?;
+                let (a, b) = s.split_once(' ').ok_or_else(|| self.bad(format!("`tokenizer.ggml.merges`[{i}] = {s:?} is not `A B`")))?;
+                Ok(json!([a, b]))
+            })
+            .collect::<Result<_>>()?;
+        let types: Vec<i64> = match self.get("tokenizer.ggml.token_type") {
+            None => vec![1; tokens.len()],
+            Some(v) => {
+                let a = v.as_array().ok_or_else(|| self.bad("`tokenizer.ggml.token_type` is not an array"))?;
+                if a.len() != tokens.len() {
+                    return Err(self.bad(format!("`tokenizer.ggml.token_type` has {} entries for {} tokens", a.len(), tokens.len())));
+                }
+                a.iter()
+                    .map(|t| match *t {
+                        Value::I32(x) => Ok(x as i64),
+                        _ => t.as_u64().map(|x| x as i64).ok_or_else(|| self.bad("`tokenizer.ggml.token_type` holds a non-integer")),
+                    })
+                    .collect::<Result<_>>()?
+            }
+        };
+        let pre = self.get("tokenizer.ggml.pre").and_then(Value::as_str).unwrap_or("default");
+        let (regexes, ignore_merges) = pre_tokenizer_regexes(pre).ok_or_else(|| {
+            self.bad(format!("`tokenizer.ggml.pre` = {pre:?} is not a pre-tokenizer secateur knows ({})", KNOWN_PRE.join(", ")))
+        })?;
+        let mut pre_tokenizers: Vec<Json> = regexes
+            .iter()
+            .map(|r| json!({"type": "Split", "pattern": {"Regex": r}, "behavior": "Isolated", "invert": false}))
+            .collect();
+        pre_tokenizers.push(json!({"type": "ByteLevel", "add_prefix_space": false, "trim_offsets": false, "use_regex": false}));
+        let mut vocab = serde_json::Map::new();
+        let mut seen = HashSet::new();
+        for (i, t) in tokens.iter().enumerate() {
+            if !seen.insert(*t) {
+                // A duplicate string keeps its first id (as llama.cpp's token-to-id map does).
+                continue;
+            }
+            vocab.insert(t.to_string(), json!(i));
+        }
+        let added: Vec<Json> = types
+            .iter()
+            .enumerate()
+            .filter(|&(_, &ty)| ty == 3 || ty == 4)
+            .map(|(i, &ty)| {
+                json!({"id": i, "content": tokens[i], "single_word": false, "lstrip": false, "rstrip": false,
+                       "normalized": false, "special": ty == 3})
+            })
+            .collect();
+        let add_bos = self.get("tokenizer.ggml.add_bos_token").and_then(Value::as_bool).unwrap_or(false);
+        let bos = self.get("tokenizer.ggml.bos_token_id").and_then(Value::as_u64);
+        let post = match (add_bos, bos) {
+            (true, Some(id)) => {
+                let b = *tokens.get(id as usize).ok_or_else(|| self.bad(format!("bos_token_id {id} is not a token")))?;
+                json!({"type": "TemplateProcessing",
+                       "single": [{"SpecialToken": {"id": b, "type_id": 0}}, {"Sequence": {"id": "A", "type_id": 0}}],
+                       "pair": [{"SpecialToken": {"id": b, "type_id": 0}}, {"Sequence": {"id": "A", "type_id": 0}},
+                                {"SpecialToken": {"id": b, "type_id": 1}}, {"Sequence": {"id": "B", "type_id": 1}}],
+                       "special_tokens": {b: {"id": b, "ids": [id], "tokens": [b]}}})
+            }
+            (true, None) => return Err(self.bad("`tokenizer.ggml.add_bos_token` is true but there is no `tokenizer.ggml.bos_token_id`")),
+            (false, _) => Json::Null,
+        };
+        Ok(json!({
+            "version": "1.0",
+            "truncation": null,
+            "padding": null,
+            "added_tokens": added,
+            "normalizer": null,
+            "pre_tokenizer": {"type": "Sequence", "pretokenizers": pre_tokenizers},
+            "post_processor": post,
+            "decoder": {"type": "ByteLevel", "add_prefix_space": false, "trim_offsets": false, "use_regex": false},
+            "model": {"type": "BPE", "dropout": null, "unk_token": null, "continuing_subword_prefix": null,
+                      "end_of_word_suffix": null, "fuse_unk": false, "byte_fallback": false, "ignore_merges": ignore_merges,
+                      "vocab": vocab, "merges": merges},
+        }))
+    }
+
+    /// `tokenizer_config.json`: special tokens, `add_bos_token`, and the chat template.
+    pub fn hf_tokenizer_config(&self) -> Result<Json> {
+        let tokens = self.tokens()?;
+        let mut cfg = json!({
+            "tokenizer_class": "PreTrainedTokenizerFast",
+            "add_bos_token": self.get("tokenizer.ggml.add_bos_token").and_then(Value::as_bool).unwrap_or(false),
+            "add_eos_token": self.get("tokenizer.ggml.add_eos_token").and_then(Value::as_bool).unwrap_or(false),
+            "clean_up_tokenization_spaces": false,
+        });
+        for (field, k) in [("bos_token", "bos_token_id"), ("eos_token", "eos_token_id"), ("pad_token", "padding_token_id"), ("unk_token", "unknown_token_id")]
+        {
+            if let Some(id) = self.get(&format!("tokenizer.ggml.{k}")).and_then(Value::as_u64) {
+                let t = tokens.get(id as usize).ok_or_else(|| self.bad(format!("`tokenizer.ggml.{k}` = {id} is not a token")))?;
+                cfg[field] = json!(t);
+            }
+        }
+        if let Some(t) = self.get("tokenizer.chat_template") {
+            cfg["chat_template"] = json!(t.as_str().ok_or_else(|| self.bad("`tokenizer.chat_template` is not a string"))?);
+        }
+        if let Some(n) = self.get("llama.context_length").and_then(Value::as_u64) {
+            cfg["model_max_length"] = json!(n);
+        }
+        Ok(cfg)
+    }
+}
+
+/// `tokenizer.ggml.pre` values [`pre_tokenizer_regexes`] knows.
+pub const KNOWN_PRE: &[&str] = &["default", "gpt2", "gpt-2", "smollm", "starcoder", "refact", "llama3", "llama-v3", "llama-bpe", "qwen2"];
+
+const GPT2_REGEX: &str = r"'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)";
+const LLAMA3_REGEX: &str = r"(?:'[sS]|'[tT]|'[rR][eE]|'[vV][eE]|'[mM]|'[lL][lL]|'[dD])|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
+const QWEN2_REGEX: &str = r"(?:'[sS]|'[tT]|'[rR][eE]|'[vV][eE]|'[mM]|'[lL][lL]|'[dD])|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
+
+/// The regexes llama.cpp splits text with before BPE (applied in turn, matches and the text
+/// between them kept as pieces; `llama-vocab.cpp`), and whether merges are skipped for whole
+/// tokens (`ignore_merges`, LLaMA 3).
+pub fn pre_tokenizer_regexes(pre: &str) -> Option<(Vec<&'static str>, bool)> {
+    Some(match pre {
+        "gpt2" | "gpt-2" | "default" => (vec![GPT2_REGEX], false),
+        "smollm" | "starcoder" | "refact" => (vec![r"\p{N}", GPT2_REGEX], false),
+        "llama3" | "llama-v3" | "llama-bpe" => (vec![LLAMA3_REGEX], true),
+        "qwen2" => (vec![QWEN2_REGEX], false),
+        _ => return None,
+    })
+}
+
+/// What [`import`] wrote.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct ImportReport {
+    /// The GGUF file read.
+    pub source: PathBuf,
+    /// The checkpoint directory written.
+    pub dir: PathBuf,
+    /// Tensors per stored ggml type.
+    pub tensor_types: BTreeMap<String, usize>,
+    /// Parameters.
+    pub parameters: usize,
+}
+
+/// Imports `gguf` into a new Hugging Face checkpoint directory `out` (written whole: staged,
+/// then renamed into place).
+pub fn import(gguf: &Path, out: &Path) -> Result<ImportReport> {
+    let file = GgufFile::open(gguf)?;
+    let config = file.hf_config()?;
+    let spec = ArchSpec::from_config_value(gguf, config.clone())?;
+    let tensors = file.hf_tensors(&spec)?;
+    let tokenizer = file.hf_tokenizer()?;
+    let tok_cfg = file.hf_tokenizer_config()?;
+    let mut gen_cfg = json!({});
+    for k in ["bos_token_id", "eos_token_id", "pad_token_id"] {
+        if let Some(v) = config.get(k) {
+            gen_cfg[k] = v.clone();
+        }
+    }
+    let mut types = BTreeMap::new();
+    for t in &file.tensors {
+        *types.entry(format!("{:?}", t.ggml_type)).or_insert(0) += 1;
+    }
+    let parameters = tensors.iter().map(|(_, v)| v.len()).sum();
+    let staged = secateur_runs::StagedDir::new(out)?;
+    let raw: Vec<RawTensor> = tensors
+        .into_iter()
+        .map(|(p, v)| (p.hf, Dtype::F32, p.shape, encode_f32(&v, Dtype::F32).expect("f32 encodes")))
+        .collect();
+    let meta = Some(HashMap::from([("format".to_string(), "pt".to_string())]));
+    write_safetensors(&staged.path().join(WEIGHTS_FILE), &raw, meta)?;
+    drop(raw);
+    let put = |name: &str, v: &Json| write_atomic(&staged.path().join(name), serde_json::to_string_pretty(v).expect("JSON").as_bytes());
+    put("config.json", &config)?;
+    put("tokenizer.json", &tokenizer)?;
+    put("tokenizer_config.json", &tok_cfg)?;
+    put("generation_config.json", &gen_cfg)?;
+    put(IMPORT_MARKER, &json!({"source": gguf, "import_version": IMPORT_VERSION}))?;
+    staged.publish()?;
+    Ok(ImportReport { source: gguf.to_path_buf(), dir: out.to_path_buf(), tensor_types: types, parameters })
+}
+
+/// The file [`import`] leaves in its output, naming the GGUF it came from.
+pub const IMPORT_MARKER: &str = "gguf-import.json";
+
+/// The GGUF file `path` names: `path` itself when it is one, or the single `.gguf` file in a
+/// directory without `config.json`. `None` for a Hugging Face checkpoint directory.
+pub fn gguf_source(path: &Path) -> Result<Option<PathBuf>> {
+    if path.is_file() {
+        if super::is_gguf(path) {
+            return Ok(Some(path.to_path_buf()));
+        }
+        return Err(ModelError::Gguf { path: path.to_path_buf(), reason: "a model file must be a GGUF file (no `GGUF` magic)".into() });
+    }
+    if !path.is_dir() || path.join("config.json").is_file() {
+        return Ok(None);
+    }
+    let mut found: Vec<PathBuf> = std::fs::read_dir(path)
+        .map_err(|e| ModelError::io(path, e))?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|x| x.eq_ignore_ascii_case("gguf")))
+        .collect();
+    found.sort();
+    match found.len() {
+        0 => Ok(None),
+        1 => Ok(found.pop()),
+        n => Err(ModelError::Gguf {
+            path: path.to_path_buf(),
+            reason: format!("{n} .gguf files and no config.json: name the file to use ({})", found[0].display()),
+        }),
+    }
+}
+
+/// Where imports are cached: `$SECATEUR_CACHE`, else `$XDG_CACHE_HOME/secateur`, else
+/// `~/.cache/secateur`.
+pub fn cache_dir() -> PathBuf {
+    if let Some(d) = std::env::var_os("SECATEUR_CACHE") {
+        return PathBuf::from(d);
+    }
+    if let Some(d) = std::env::var_os("XDG_CACHE_HOME") {
+        return PathBuf::from(d).join("secateur");
+    }
+    std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache").join("secateur")).unwrap_or_else(|| std::env::temp_dir().join("secateur"))
+}
+
+/// The checkpoint directory for `--model PATH`: `PATH` itself for a Hugging Face checkpoint;
+/// for a GGUF model (see [`gguf_source`]) its import in [`cache_dir`], made on first use and
+/// reused while the file is unchanged (same canonical path, size and modification time).
+pub fn resolve_model(path: &Path) -> Result<PathBuf> {
+    let Some(gguf) = gguf_source(path)? else { return Ok(path.to_path_buf()) };
+    let canonical = gguf.canonicalize().map_err(|e| ModelError::io(&gguf, e))?;
+    let meta = std::fs::metadata(&canonical).map_err(|e| ModelError::io(&canonical, e))?;
+    let mtime = meta.modified().ok().and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok()).map(|d| d.as_nanos()).unwrap_or(0);
+    let key = fnv1a(format!("{}|{}|{mtime}|{IMPORT_VERSION}", canonical.display(), meta.len()).as_bytes());
+    let stem = canonical.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_else(|| "model".into());
+    let dir = cache_dir().join("gguf").join(format!("{stem}-{key:016x}"));
+    if !dir.join(IMPORT_MARKER).is_file() {
+        import(&canonical, &dir)?;
+    }
+    Ok(dir)
+}
+
+fn fnv1a(bytes: &[u8]) -> u64 {
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, &b| (h ^ b as u64).wrapping_mul(0x0100_0000_01b3))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rope_permutation_round_trips() {
+        let (rows, cols, heads) = (8, 3, 2);
+        let w: Vec<f32> = (0..rows * cols).map(|i| i as f32).collect();
+        let g = permute_rows(&w, rows, heads, false);
+        // Head 0, rows [0 1 2 3] in HF order are [0 2 1 3] in llama.cpp's.
+        assert_eq!(&g[..cols * 4], &[0., 1., 2., 6., 7., 8., 3., 4., 5., 9., 10., 11.]);
+        assert_eq!(permute_rows(&g, rows, heads, true), w);
+    }
+}
