@@ -27,7 +27,8 @@ enum DeviceKind {
 
 #[derive(clap::Args)]
 struct ModelArgs {
-    /// A Hugging Face checkpoint directory (config.json, safetensors weights).
+    /// A Hugging Face checkpoint directory (config.json, safetensors weights), or a GGUF file
+    /// (or a directory holding one), imported on first use into the cache (`SECATEUR_CACHE`).
     #[arg(long)]
     model: PathBuf,
     /// Where to run.
@@ -356,14 +357,17 @@ fn check_cuda_driver() -> Result<(), CliError> {
     if driver { Ok(()) } else { Err(CliError::NoCudaDriver) }
 }
 
-fn run(cli: Cli) -> Result<(), CliError> {
-    let device = match &cli.command {
+fn run(mut cli: Cli) -> Result<(), CliError> {
+    let device = match &mut cli.command {
         Command::Info { model }
         | Command::Eval { model, .. }
         | Command::Logits { model, .. }
         | Command::Generate { model, .. }
         | Command::Prune { model, .. }
-        | Command::Quantize { model, .. } => model.device,
+        | Command::Quantize { model, .. } => {
+            model.model = secateur::models::gguf::import::resolve_model(&model.model)?;
+            model.device
+        }
         Command::Shears { device, .. } | Command::Sqft { device, .. } | Command::Nas { device, .. } | Command::Search { device, .. } => {
             *device
         }

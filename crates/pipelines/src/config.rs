@@ -267,7 +267,7 @@ pub fn load_task(args: &ShearsConfig) -> Result<Task, PipelineError> {
 /// Writes the embedded tiny model into `out/base` when no `--model` is given; returns the base.
 pub(crate) fn materialize_base(args: &ShearsConfig, out: &Path) -> Result<PathBuf, PipelineError> {
     match &args.model {
-        Some(d) => Ok(d.clone()),
+        Some(d) => Ok(secateur_models::gguf::import::resolve_model(d)?),
         None => {
             let d = out.join("base");
             let staged = StagedDir::new(&d)?;
@@ -284,7 +284,7 @@ pub(crate) fn materialize_base(args: &ShearsConfig, out: &Path) -> Result<PathBu
 /// read from its config alone: settings are checked against it before any work.
 pub fn base_spec(args: &ShearsConfig) -> Result<ArchSpec, PipelineError> {
     Ok(match &args.model {
-        Some(m) => ArchSpec::from_config_file(&m.join("config.json"))?,
+        Some(m) => ArchSpec::from_config_file(&secateur_models::gguf::import::resolve_model(m)?.join("config.json"))?,
         None => {
             let path = Path::new("<embedded tiny-llama>/config.json");
             let value = serde_json::from_slice(TINY_CONFIG).map_err(|e| err(path, e))?;

@@ -215,7 +215,10 @@ pub fn load_run<B: Backend>(dir: &Path, device: &B::Device) -> Result<(RunDir, L
     let manifest_path = dir.join(secateur_runs::MANIFEST);
     let args: ShearsConfig = serde_json::from_value(manifest.args).map_err(|e| err(&manifest_path, format!("field `args`: {e}")))?;
     let (_, alpha) = ranks_and_alpha(&args);
-    let base_dir = args.model.clone().unwrap_or_else(|| dir.join("base"));
+    let base_dir = match &args.model {
+        Some(m) => secateur_models::gguf::import::resolve_model(m)?,
+        None => dir.join("base"),
+    };
     let adapters = secateur_supernet::train::final_adapters(&dir.join("train-nls"))?;
     let tokenizer = TextTokenizer::from_file(&base_dir.join("tokenizer.json"))?;
     let space = SearchSpace::from_file(&dir.join("search_space.json"))?;

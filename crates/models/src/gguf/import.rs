@@ -157,12 +157,14 @@ impl GgufFile {
             None => embed.shape()[0],
         };
         let eps = self.require(&key("attention.layer_norm_rms_epsilon"))?;
-        let eps = eps.as_f64().ok_or_else(|| self.bad(format!("`{}` is {eps:?}, not a number", key("attention.layer_norm_rms_epsilon"))))?;
+        let eps =
+            eps.as_f64().ok_or_else(|| self.bad(format!("`{}` is {eps:?}, not a number", key("attention.layer_norm_rms_epsilon"))))?;
         let theta = self.get(&key("rope.freq_base")).and_then(Value::as_f64).unwrap_or(10000.0);
         let rope_scaling = match self.get(&key("rope.scaling.type")).and_then(Value::as_str) {
             None | Some("none") => Json::Null,
             Some("linear") => {
-                let f = self.require(&key("rope.scaling.factor"))?.as_f64().ok_or_else(|| self.bad("rope.scaling.factor is not a number"))?;
+                let f =
+                    self.require(&key("rope.scaling.factor"))?.as_f64().ok_or_else(|| self.bad("rope.scaling.factor is not a number"))?;
                 json!({"type": "linear", "factor": f})
             }
             Some(other) => return Err(self.bad(format!("`{}` = {other:?} is not supported (none, linear)", key("rope.scaling.type")))),
@@ -207,7 +209,12 @@ impl GgufFile {
         for p in pairs {
             let t = self.tensor(&p.gguf).ok_or_else(|| self.bad(format!("tensor `{}` is missing", p.gguf)))?;
             if t.shape() != p.shape {
-                return Err(ModelError::ShapeMismatch { path: self.path.clone(), name: p.gguf.clone(), expected: p.shape.clone(), found: t.shape() });
+                return Err(ModelError::ShapeMismatch {
+                    path: self.path.clone(),
+                    name: p.gguf.clone(),
+                    expected: p.shape.clone(),
+                    found: t.shape(),
+                });
             }
             let mut values = self.read_f32(&p.gguf)?;
             if let RowOrder::Rope(heads) = p.rows {
@@ -271,10 +278,8 @@ impl GgufFile {
         let (regexes, ignore_merges) = pre_tokenizer_regexes(pre).ok_or_else(|| {
             self.bad(format!("`tokenizer.ggml.pre` = {pre:?} is not a pre-tokenizer secateur knows ({})", KNOWN_PRE.join(", ")))
         })?;
-        let mut pre_tokenizers: Vec<Json> = regexes
-            .iter()
-            .map(|r| json!({"type": "Split", "pattern": {"Regex": r}, "behavior": "Isolated", "invert": false}))
-            .collect();
+        let mut pre_tokenizers: Vec<Json> =
+            regexes.iter().map(|r| json!({"type": "Split", "pattern": {"Regex": r}, "behavior": "Isolated", "invert": false})).collect();
         pre_tokenizers.push(json!({"type": "ByteLevel", "add_prefix_space": false, "trim_offsets": false, "use_regex": false}));
         let mut vocab = serde_json::Map::new();
         let mut seen = HashSet::new();
@@ -308,6 +313,12 @@ impl GgufFile {
             (true, None) => return Err(self.bad("`tokenizer.ggml.add_bos_token` is true but there is no `tokenizer.ggml.bos_token_id`")),
             (false, _) => Json::Null,
         };
+        // A byte-level vocabulary covers every byte; a smaller one maps what it lacks to
+        // `tokenizer.ggml.unknown_token_id` when the file names one.
+        let unk = match self.get("tokenizer.ggml.unknown_token_id").and_then(Value::as_u64) {
+            Some(id) => json!(*tokens.get(id as usize).ok_or_else(|| self.bad(format!("unknown_token_id {id} is not a token")))?),
+            None => Json::Null,
+        };
         Ok(json!({
             "version": "1.0",
             "truncation": null,
@@ -317,7 +328,7 @@ impl GgufFile {
             "pre_tokenizer": {"type": "Sequence", "pretokenizers": pre_tokenizers},
             "post_processor": post,
             "decoder": {"type": "ByteLevel", "add_prefix_space": false, "trim_offsets": false, "use_regex": false},
-            "model": {"type": "BPE", "dropout": null, "unk_token": null, "continuing_subword_prefix": null,
+            "model": {"type": "BPE", "dropout": null, "unk_token": unk, "continuing_subword_prefix": null,
                       "end_of_word_suffix": null, "fuse_unk": false, "byte_fallback": false, "ignore_merges": ignore_merges,
                       "vocab": vocab, "merges": merges},
         }))
@@ -332,8 +343,12 @@ impl GgufFile {
             "add_eos_token": self.get("tokenizer.ggml.add_eos_token").and_then(Value::as_bool).unwrap_or(false),
             "clean_up_tokenization_spaces": false,
         });
-        for (field, k) in [("bos_token", "bos_token_id"), ("eos_token", "eos_token_id"), ("pad_token", "padding_token_id"), ("unk_token", "unknown_token_id")]
-        {
+        for (field, k) in [
+            ("bos_token", "bos_token_id"),
+            ("eos_token", "eos_token_id"),
+            ("pad_token", "padding_token_id"),
+            ("unk_token", "unknown_token_id"),
+        ] {
             if let Some(id) = self.get(&format!("tokenizer.ggml.{k}")).and_then(Value::as_u64) {
                 let t = tokens.get(id as usize).ok_or_else(|| self.bad(format!("`tokenizer.ggml.{k}` = {id} is not a token")))?;
                 cfg[field] = json!(t);
@@ -403,10 +418,8 @@ pub fn import(gguf: &Path, out: &Path) -> Result<ImportReport> {
     }
     let parameters = tensors.iter().map(|(_, v)| v.len()).sum();
     let staged = secateur_runs::StagedDir::new(out)?;
-    let raw: Vec<RawTensor> = tensors
-        .into_iter()
-        .map(|(p, v)| (p.hf, Dtype::F32, p.shape, encode_f32(&v, Dtype::F32).expect("f32 encodes")))
-        .collect();
+    let raw: Vec<RawTensor> =
+        tensors.into_iter().map(|(p, v)| (p.hf, Dtype::F32, p.shape, encode_f32(&v, Dtype::F32).expect("f32 encodes"))).collect();
     let meta = Some(HashMap::from([("format".to_string(), "pt".to_string())]));
     write_safetensors(&staged.path().join(WEIGHTS_FILE), &raw, meta)?;
     drop(raw);
@@ -460,7 +473,9 @@ pub fn cache_dir() -> PathBuf {
     if let Some(d) = std::env::var_os("XDG_CACHE_HOME") {
         return PathBuf::from(d).join("secateur");
     }
-    std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache").join("secateur")).unwrap_or_else(|| std::env::temp_dir().join("secateur"))
+    std::env::var_os("HOME")
+        .map(|h| PathBuf::from(h).join(".cache").join("secateur"))
+        .unwrap_or_else(|| std::env::temp_dir().join("secateur"))
 }
 
 /// The checkpoint directory for `--model PATH`: `PATH` itself for a Hugging Face checkpoint;

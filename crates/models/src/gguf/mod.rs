@@ -337,9 +337,8 @@ impl GgufFile {
 
     /// A tensor dequantized to f32, in storage order (row-major in PyTorch's shape).
     pub fn read_f32(&self, name: &str) -> Result<Vec<f32>> {
-        let t = self
-            .tensor(name)
-            .ok_or_else(|| ModelError::Gguf { path: self.path.clone(), reason: format!("tensor `{name}` is missing") })?;
+        let t =
+            self.tensor(name).ok_or_else(|| ModelError::Gguf { path: self.path.clone(), reason: format!("tensor `{name}` is missing") })?;
         let bytes = self.bytes_of(t)?;
         let values = quants::dequantize(t.ggml_type, bytes)
             .map_err(|reason| ModelError::Gguf { path: self.path.clone(), reason: format!("tensor `{name}`: {reason}") })?;

