@@ -231,9 +231,14 @@ def random_llama(hidden, inter, layers, heads, kv, seed, **extra):
 
 
 def main():
+    # Everything here but smollm2-reference.json (scripts/make_smollm2_gguf_reference.py) is ours.
+    keep = {"smollm2-reference.json"}
     if os.path.isdir(OUT):
-        shutil.rmtree(OUT)
-    os.makedirs(OUT)
+        for name in os.listdir(OUT):
+            if name not in keep:
+                p = os.path.join(OUT, name)
+                shutil.rmtree(p) if os.path.isdir(p) else os.remove(p)
+    os.makedirs(OUT, exist_ok=True)
     dequant_fixtures()
     tok_json = json.load(open(os.path.join(FIX, "llama_gqa", "tokenizer.json")))
     manifest = {}

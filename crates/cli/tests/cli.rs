@@ -30,10 +30,9 @@ fn info_summarises_the_checkpoint() {
     assert_eq!(sites[1]["shape"], serde_json::json!([16, 32]));
 }
 
-#[test]
-fn logits_of_unequal_lengths_match_transformers() {
-    let variant = "bloom_6heads_postln";
-    let bytes = std::fs::read(fixture(variant).join("reference.safetensors")).unwrap();
+/// `secateur logits --model MODEL` on the input ids of a transformers reference equals its logits.
+fn check_logits(model: &std::path::Path, reference: &std::path::Path, cache: &std::path::Path) {
+    let bytes = std::fs::read(reference).unwrap();
     let st = SafeTensors::deserialize(&bytes).unwrap();
     let ids: Vec<i64> = st.tensor("input_ids").unwrap().data().chunks_exact(8).map(|c| i64::from_le_bytes(c.try_into().unwrap())).collect();
     let mask: Vec<i64> =
@@ -46,10 +45,13 @@ fn logits_of_unequal_lengths_match_transformers() {
     let tmp = tempfile::tempdir().unwrap();
     let input = tmp.path().join("ids.json");
     std::fs::write(&input, serde_json::to_string(&seqs).unwrap()).unwrap();
-    let dir = fixture(variant);
-    let (ok, stdout, stderr) = secateur(&["logits", "--model", dir.to_str().unwrap(), "--input-ids", input.to_str().unwrap()]);
-    assert!(ok, "{stderr}");
-    let out: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_secateur"))
+        .args(["logits", "--model", model.to_str().unwrap(), "--input-ids", input.to_str().unwrap()])
+        .env("SECATEUR_CACHE", cache)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let out: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     let rows = out["logits"].as_array().unwrap();
     assert_eq!(rows.len(), seqs.len());
     for (b, seq) in seqs.iter().enumerate() {
@@ -60,10 +62,33 @@ fn logits_of_unequal_lengths_match_transformers() {
             assert_eq!(logits.len(), v);
             for (i, x) in logits.iter().enumerate() {
                 let want = reference[(b * s + t) * v + i];
-                assert!((x.as_f64().unwrap() as f32 - want).abs() <= 1e-4);
+                assert!((x.as_f64().unwrap() as f32 - want).abs() <= 1e-4, "{}: [{b}, {t}, {i}]", model.display());
             }
         }
     }
+}
+
+#[test]
+fn logits_of_unequal_lengths_match_transformers() {
+    let tmp = tempfile::tempdir().unwrap();
+    check_logits(&fixture("bloom_6heads_postln"), &fixture("bloom_6heads_postln").join("reference.safetensors"), tmp.path());
+}
+
+#[test]
+fn a_gguf_file_is_a_model_and_its_import_is_cached() {
+    // transformers' logits of its own `from_pretrained(dir, gguf_file=...)` load of the file.
+    let tmp = tempfile::tempdir().unwrap();
+    let cache = tmp.path().join("cache");
+    let gguf = fixture("gguf").join("llama64_q4_1.gguf");
+    check_logits(&gguf, &fixture("gguf").join("llama64_q4_1.reference.safetensors"), &cache);
+    let imported: Vec<_> = std::fs::read_dir(cache.join("gguf")).unwrap().collect();
+    assert_eq!(imported.len(), 1, "one import in the cache");
+    // The second use reuses the import (same directory, not rewritten).
+    let dir = imported[0].as_ref().unwrap().path();
+    let stamp = std::fs::metadata(dir.join("config.json")).unwrap().modified().unwrap();
+    check_logits(&gguf, &fixture("gguf").join("llama64_q4_1.reference.safetensors"), &cache);
+    assert_eq!(std::fs::read_dir(cache.join("gguf")).unwrap().count(), 1);
+    assert_eq!(std::fs::metadata(dir.join("config.json")).unwrap().modified().unwrap(), stamp);
 }
 
 #[test]
