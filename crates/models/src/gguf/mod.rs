@@ -1,12 +1,11 @@
 //! GGUF, llama.cpp's model format: reading (header, typed metadata, tensor infos, block-quantized
 //! data dequantized to f32), importing a GGUF model as a Hugging Face checkpoint
-//! ([`import`]), and writing one ([`export`]).
+//! ([`import`]). Writing GGUF is not done yet.
 //!
 //! The layout follows the `gguf` Python package (its reference reader and writer): magic `GGUF`,
 //! version (2 or 3), tensor count, metadata count, metadata key/values, tensor infos (name, dims
 //! fastest-first, type, offset), padding to `general.alignment` (default 32), then the data.
 
-pub mod export;
 pub mod import;
 pub mod quants;
 
@@ -319,7 +318,7 @@ impl GgufFile {
     pub fn bytes_of(&self, t: &TensorInfo) -> Result<&[u8]> {
         let bad = |reason: String| ModelError::Gguf { path: self.path.clone(), reason: format!("tensor `{}`: {reason}", t.name) };
         let row = t.dims[0];
-        if row % t.ggml_type.block_size() as u64 != 0 {
+        if !row.is_multiple_of(t.ggml_type.block_size() as u64) {
             return Err(bad(format!("rows of {row} are not a whole number of {:?} blocks of {}", t.ggml_type, t.ggml_type.block_size())));
         }
         let n = t
