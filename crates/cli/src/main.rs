@@ -226,6 +226,20 @@ enum Command {
         #[arg(long, value_enum, default_value = "cpu")]
         device: DeviceKind,
     },
+    /// Write a LLaMA-family checkpoint (dense, pruned, merged, or a homogeneous extracted
+    /// sub-network) as a GGUF v3 file for llama.cpp, with its tokenizer and chat template.
+    Export {
+        #[command(flatten)]
+        model: ModelArgs,
+        #[arg(long, value_enum, default_value = "gguf")]
+        format: ExportFormat,
+        /// Type of the matrices (norms stay f32; rows that do not fill whole blocks fall back to f16).
+        #[arg(long = "type", value_enum, default_value = "q8_0")]
+        ty: GgufType,
+        /// Output file (default: MODEL-TYPE.gguf in the current directory). Written whole or not at all.
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
     /// Run a search algorithm on a benchmark problem and print one JSON line with the
     /// hypervolume (reference point 1.1 per objective), evaluations and seconds.
     MooBench {
@@ -271,6 +285,39 @@ enum BenchAlgo {
 /// A value's name on the command line (`zdt1-discrete`).
 fn value_name(v: &impl ValueEnum) -> String {
     v.to_possible_value().map_or_else(String::new, |p| p.get_name().to_string())
+}
+
+#[derive(Clone, Copy, PartialEq, ValueEnum)]
+enum ExportFormat {
+    /// llama.cpp's GGUF v3.
+    Gguf,
+}
+
+#[derive(Clone, Copy, PartialEq, ValueEnum)]
+enum GgufType {
+    #[value(name = "f32")]
+    F32,
+    #[value(name = "f16")]
+    F16,
+    #[value(name = "q8_0")]
+    Q8_0,
+    #[value(name = "q4_0")]
+    Q4_0,
+    #[value(name = "q4_1")]
+    Q4_1,
+}
+
+impl GgufType {
+    fn ggml(self) -> secateur::models::gguf::GgmlType {
+        use secateur::models::gguf::GgmlType as G;
+        match self {
+            GgufType::F32 => G::F32,
+            GgufType::F16 => G::F16,
+            GgufType::Q8_0 => G::Q8_0,
+            GgufType::Q4_0 => G::Q4_0,
+            GgufType::Q4_1 => G::Q4_1,
+        }
+    }
 }
 
 #[derive(Clone, Copy, PartialEq, ValueEnum, serde::Serialize)]
@@ -364,7 +411,8 @@ fn run(mut cli: Cli) -> Result<(), CliError> {
         | Command::Logits { model, .. }
         | Command::Generate { model, .. }
         | Command::Prune { model, .. }
-        | Command::Quantize { model, .. } => {
+        | Command::Quantize { model, .. }
+        | Command::Export { model, .. } => {
             model.model = secateur::models::gguf::import::resolve_model(&model.model)?;
             model.device
         }
@@ -385,6 +433,20 @@ fn run(mut cli: Cli) -> Result<(), CliError> {
         ),
         Command::MooBench { problem, algo, evals, pop, seed, ref_points, out } => {
             moo_bench(problem, algo, evals, pop, seed, ref_points.as_deref(), out.as_deref())?
+        }
+        Command::Export { model, format: ExportFormat::Gguf, ty, out } => {
+            let ty = ty.ggml();
+            let out = out.unwrap_or_else(|| {
+                let stem = model.model.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| "model".into());
+                PathBuf::from(format!("{stem}-{}.gguf", ty.name().to_lowercase()))
+            });
+            let report = secateur::models::gguf::export::export(&model.model, &out, ty)?;
+            emit(
+                &serde_json::to_string_pretty(
+                    &json!({"path": report.path, "bytes": report.bytes, "tensor_types": report.tensor_types, "f16_fallbacks": report.fallbacks}),
+                )
+                .expect("JSON"),
+            );
         }
         cmd => on_backend!(device, B => run_on::<<B as AutodiffBackend>::InnerBackend>(cmd, Default::default()))?,
     }
@@ -599,7 +661,12 @@ fn run_on<B: Backend>(cmd: Command, device: B::Device) -> Result<(), CliError> {
                 .expect("JSON"),
             );
         }
-        Command::Shears { .. } | Command::Sqft { .. } | Command::Nas { .. } | Command::Search { .. } | Command::MooBench { .. } => {
+        Command::Shears { .. }
+        | Command::Sqft { .. }
+        | Command::Nas { .. }
+        | Command::Search { .. }
+        | Command::MooBench { .. }
+        | Command::Export { .. } => {
             unreachable!("handled in run")
         }
         Command::Prune { model, method, sparsity, nm, calibration, calibration_samples, seq_len, seed, batch_size, out, force } => {

@@ -567,3 +567,36 @@ fn eval_generation_task_scores_exact_match() {
     assert_eq!(samples.lines().count(), 5);
     assert!(samples.lines().all(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["output"].is_string()));
 }
+
+#[test]
+fn export_writes_a_gguf_that_runs_like_the_checkpoint() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("llama_gqa.gguf");
+    let (ok, stdout, stderr) = secateur(&[
+        "export",
+        "--model",
+        fixture("llama_gqa").to_str().unwrap(),
+        "--format",
+        "gguf",
+        "--type",
+        "f32",
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    assert!(ok, "{stderr}");
+    let report: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    assert_eq!(report["tensor_types"]["F32"], 21);
+    // The file, read back as a model, gives transformers' logits of the checkpoint's GGUF.
+    check_logits(&out, &fixture("gguf").join("llama_gqa_f32.reference.safetensors"), &tmp.path().join("cache"));
+    let (ok, _, stderr) = secateur(&[
+        "export",
+        "--model",
+        fixture("mpt_4heads").to_str().unwrap(),
+        "--type",
+        "q8_0",
+        "--out",
+        tmp.path().join("m.gguf").to_str().unwrap(),
+    ]);
+    assert!(!ok && stderr.contains("config.json") && stderr.contains("Mpt"), "{stderr}");
+    assert!(!tmp.path().join("m.gguf").exists());
+}

@@ -274,3 +274,59 @@ fn smollm2_logits_equal_transformers() {
         assert!(worst <= 1e-4, "max |diff| {worst}");
     }
 }
+
+#[test]
+fn exported_gguf_equals_the_gguf_package_writer_and_imports_back() {
+    use secateur_models::gguf::export::export;
+    // The gguf package (its GGUFWriter, via scripts/make_gguf_fixtures.py) wrote llama_gqa_f32
+    // and llama_gqa_f16 from the same checkpoint: every tensor must be byte-identical (names,
+    // shapes, types, data; Q/K rows in llama.cpp's order) and the shared metadata equal.
+    let tmp = tempfile::tempdir().unwrap();
+    for (ty, name) in [(GgmlType::F32, "llama_gqa_f32"), (GgmlType::F16, "llama_gqa_f16")] {
+        let out = tmp.path().join(format!("{name}.gguf"));
+        let report = export(&fixtures().join("llama_gqa"), &out, ty).unwrap();
+        assert!(report.fallbacks.is_empty(), "{:?}", report.fallbacks);
+        let ours = GgufFile::open(&out).unwrap();
+        let theirs = GgufFile::open(&gguf_fixtures().join(format!("{name}.gguf"))).unwrap();
+        assert_eq!(ours.tensors.len(), theirs.tensors.len());
+        for t in &theirs.tensors {
+            let o = ours.tensor(&t.name).unwrap_or_else(|| panic!("{name}: `{}` not written", t.name));
+            assert_eq!((o.shape(), o.ggml_type), (t.shape(), t.ggml_type), "{name}: {}", t.name);
+            assert!(ours.bytes_of(o).unwrap() == theirs.bytes_of(t).unwrap(), "{name}: bytes of {} differ", t.name);
+        }
+        let mut shared = 0;
+        for (k, v) in &theirs.metadata {
+            if k.starts_with("llama.") || ["tokenizer.ggml.model", "tokenizer.ggml.tokens", "tokenizer.ggml.merges"].contains(&k.as_str()) {
+                assert_eq!(ours.get(k), Some(v), "{name}: metadata `{k}`");
+                shared += 1;
+            }
+        }
+        assert!(shared >= 12, "{name}: only {shared} shared keys");
+        // And it imports back to transformers' logits of the package's file.
+        let dir = tmp.path().join(format!("{name}-imported"));
+        import(&out, &dir).unwrap();
+        let model = DenseLm::<B>::load(&dir, &Default::default()).unwrap();
+        let (ids, mask, expected, [_, s, v]) = reference_logits(name);
+        let got: Vec<f32> = model.forward(token_tensor::<B>(&ids, &Default::default()), &mask).unwrap().into_data().to_vec().unwrap();
+        for (b, row) in mask.iter().enumerate() {
+            for (t, _) in row.iter().enumerate().filter(|(_, real)| **real) {
+                let at = (b * s + t) * v;
+                for (x, y) in got[at..at + v].iter().zip(&expected[at..at + v]) {
+                    assert!((x - y).abs() <= 1e-4, "{name}: logits [{b}, {t}] {x} vs {y}");
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn export_refuses_what_gguf_cannot_express() {
+    use secateur_models::gguf::export::export;
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("x.gguf");
+    let e = export(&fixtures().join("bloom_4heads"), &out, GgmlType::Q8_0).unwrap_err().to_string();
+    assert!(e.contains("config.json") && e.contains("Bloom"), "{e}");
+    let e = export(&fixtures().join("llama_gqa"), &out, GgmlType::Q4_K).unwrap_err().to_string();
+    assert!(e.contains("Q4_K"), "{e}");
+    assert!(!out.exists(), "nothing half-written");
+}

@@ -1,11 +1,12 @@
 //! GGUF, llama.cpp's model format: reading (header, typed metadata, tensor infos, block-quantized
 //! data dequantized to f32), importing a GGUF model as a Hugging Face checkpoint
-//! ([`import`]). Writing GGUF is not done yet.
+//! ([`import`]), and writing one ([`export`]).
 //!
 //! The layout follows the `gguf` Python package (its reference reader and writer): magic `GGUF`,
 //! version (2 or 3), tensor count, metadata count, metadata key/values, tensor infos (name, dims
 //! fastest-first, type, offset), padding to `general.alignment` (default 32), then the data.
 
+pub mod export;
 pub mod import;
 pub mod quants;
 

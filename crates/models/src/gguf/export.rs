@@ -1,0 +1,324 @@
+//! Writing a LLaMA-family Hugging Face checkpoint as a GGUF v3 file, laid out like the `gguf`
+//! package's `GGUFWriter` and named like llama.cpp's `convert_hf_to_gguf.py`: architecture
+//! metadata, the byte-level BPE tokenizer, the chat template, Q/K rows in llama.cpp's RoPE
+//! order, norms in F32 and every matrix in the requested type (F16 where its rows do not fill
+//! whole blocks of that type, as llama.cpp's converter does).
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use serde_json::Value as Json;
+
+use super::import::{KNOWN_PRE, RowOrder, llama_tensors, permute_rows, pre_tokenizer_regexes};
+use super::quants::{GgmlType, quantize};
+use crate::error::{ModelError, Result};
+use crate::spec::{ArchSpec, Family, PositionKind};
+use crate::weights::{Checkpoint, write_atomic};
+
+/// Tensor data alignment (`general.alignment` default).
+const ALIGN: usize = 32;
+
+/// What [`export`] wrote.
+#[derive(Debug, Clone)]
+pub struct ExportReport {
+    /// The GGUF file.
+    pub path: PathBuf,
+    /// Its size in bytes.
+    pub bytes: u64,
+    /// Tensors per ggml type.
+    pub tensor_types: BTreeMap<String, usize>,
+    /// Matrices written as F16 because their rows do not fill whole blocks of the type asked for.
+    pub fallbacks: Vec<String>,
+}
+
+/// The types [`export`] writes matrices in.
+pub const EXPORT_TYPES: &[GgmlType] = &[GgmlType::F32, GgmlType::F16, GgmlType::Q8_0, GgmlType::Q4_0, GgmlType::Q4_1];
+
+/// A metadata value as GGUF stores it.
+enum Meta {
+    U32(u32),
+    F32(f32),
+    Bool(bool),
+    Str(String),
+    StrArray(Vec<String>),
+    I32Array(Vec<i32>),
+}
+
+fn put_str(out: &mut Vec<u8>, s: &str) {
+    out.extend((s.len() as u64).to_le_bytes());
+    out.extend(s.as_bytes());
+}
+
+impl Meta {
+    fn write(&self, out: &mut Vec<u8>) {
+        match self {
+            Meta::U32(x) => {
+                out.extend(4u32.to_le_bytes());
+                out.extend(x.to_le_bytes());
+            }
+            Meta::F32(x) => {
+                out.extend(6u32.to_le_bytes());
+                out.extend(x.to_le_bytes());
+            }
+            Meta::Bool(x) => {
+                out.extend(7u32.to_le_bytes());
+                out.push(*x as u8);
+            }
+            Meta::Str(s) => {
+                out.extend(8u32.to_le_bytes());
+                put_str(out, s);
+            }
+            Meta::StrArray(v) => {
+                out.extend(9u32.to_le_bytes());
+                out.extend(8u32.to_le_bytes());
+                out.extend((v.len() as u64).to_le_bytes());
+                for s in v {
+                    put_str(out, s);
+                }
+            }
+            Meta::I32Array(v) => {
+                out.extend(9u32.to_le_bytes());
+                out.extend(5u32.to_le_bytes());
+                out.extend((v.len() as u64).to_le_bytes());
+                for x in v {
+                    out.extend(x.to_le_bytes());
+                }
+            }
+        }
+    }
+}
+
+fn bad(path: &Path, reason: impl Into<String>) -> ModelError {
+    ModelError::Gguf { path: path.to_path_buf(), reason: reason.into() }
+}
+
+/// The architecture metadata of a LLaMA-family `spec`, or why GGUF's `llama` cannot express it.
+fn arch_metadata(spec: &ArchSpec, config: &Path) -> Result<Vec<(String, Meta)>> {
+    if spec.family != Family::Llama {
+        return Err(bad(
+            config,
+            format!("a {:?} model cannot be written as GGUF yet (secateur writes the `llama` architecture)", spec.family),
+        ));
+    }
+    if spec.layer_dims.is_some() {
+        return Err(bad(
+            config,
+            "a heterogeneous sub-network (per-layer heads or widths) cannot be written as GGUF: llama.cpp's `llama` \
+             architecture takes one head count and one feed-forward width for every block (extract a homogeneous one)",
+        ));
+    }
+    if spec.sliding_window.is_some() {
+        return Err(bad(config, "sliding-window attention cannot be written as a GGUF `llama` model"));
+    }
+    let PositionKind::Rope { theta, rotary_dim, scaling } = &spec.position else {
+        return Err(bad(config, "a LLaMA model without RoPE cannot be written as GGUF"));
+    };
+    if scaling.is_some() {
+        return Err(bad(config, "RoPE scaling (`rope_scaling`) is not written to GGUF yet"));
+    }
+    if *rotary_dim != spec.head_dim || spec.hidden_size != spec.num_heads * spec.head_dim {
+        return Err(bad(config, "partial rotary embeddings or a head dimension other than hidden / heads are not written to GGUF"));
+    }
+    let k = |s: &str| format!("llama.{s}");
+    Ok(vec![
+        (k("context_length"), Meta::U32(spec.max_position_embeddings.unwrap_or(2048) as u32)),
+        (k("embedding_length"), Meta::U32(spec.hidden_size as u32)),
+        (k("block_count"), Meta::U32(spec.num_layers as u32)),
+        (k("feed_forward_length"), Meta::U32(spec.intermediate_size as u32)),
+        (k("rope.dimension_count"), Meta::U32(*rotary_dim as u32)),
+        (k("attention.head_count"), Meta::U32(spec.num_heads as u32)),
+        (k("attention.head_count_kv"), Meta::U32(spec.num_kv_heads as u32)),
+        (k("attention.layer_norm_rms_epsilon"), Meta::F32(spec.norm_eps as f32)),
+        (k("rope.freq_base"), Meta::F32(*theta as f32)),
+        (k("vocab_size"), Meta::U32(spec.vocab_size as u32)),
+    ])
+}
+
+fn read_json(path: &Path) -> Result<Json> {
+    let bytes = std::fs::read(path).map_err(|e| ModelError::io(path, e))?;
+    serde_json::from_slice(&bytes).map_err(|e| bad(path, format!("not JSON: {e}")))
+}
+
+/// The `tokenizer.ggml.pre` name of a `tokenizer.json` pre-tokenizer: plain GPT-2 byte level,
+/// or a sequence of splits equal to the regexes of one of llama.cpp's names.
+fn pre_name(pre: &Json, path: &Path) -> Result<String> {
+    if pre["type"] == "ByteLevel" && pre["use_regex"] != false {
+        return Ok("gpt2".into());
+    }
+    let regexes: Option<Vec<&str>> = pre["pretokenizers"]
+        .as_array()
+        .map(|steps| steps.iter().filter(|s| s["type"] == "Split").filter_map(|s| s["pattern"]["Regex"].as_str()).collect());
+    if let Some(found) = regexes {
+        for name in KNOWN_PRE {
+            if let Some((want, _)) = pre_tokenizer_regexes(name)
+                && want == found
+            {
+                return Ok((*name).to_string());
+            }
+        }
+    }
+    Err(bad(
+        path,
+        "its pre-tokenizer is not one llama.cpp names (GPT-2 byte level, or the splits of a `tokenizer.ggml.pre` secateur knows)",
+    ))
+}
+
+/// The tokenizer metadata from `tokenizer.json` and `tokenizer_config.json` (byte-level BPE).
+fn tokenizer_metadata(dir: &Path, vocab_size: usize) -> Result<Vec<(String, Meta)>> {
+    let path = dir.join("tokenizer.json");
+    let tok = read_json(&path)?;
+    let model = &tok["model"];
+    if model["type"] != "BPE" {
+        return Err(bad(&path, format!("a {} tokenizer cannot be written to GGUF yet (secateur writes byte-level BPE)", model["type"])));
+    }
+    let mut tokens: Vec<Option<String>> = vec![None; vocab_size];
+    let mut types = vec![1i32; vocab_size];
+    let vocab = model["vocab"].as_object().ok_or_else(|| bad(&path, "`model.vocab` is not an object"))?;
+    let mut place = |t: &str, id: u64, ty: Option<i32>| -> Result<()> {
+        let slot = tokens
+            .get_mut(id as usize)
+            .ok_or_else(|| bad(&path, format!("token `{t}` has id {id}, past the model's {vocab_size} embeddings")))?;
+        *slot = Some(t.to_string());
+        if let Some(ty) = ty {
+            types[id as usize] = ty;
+        }
+        Ok(())
+    };
+    for (t, id) in vocab {
+        place(t, id.as_u64().ok_or_else(|| bad(&path, format!("token `{t}` has no integer id")))?, None)?;
+    }
+    for a in tok["added_tokens"].as_array().into_iter().flatten() {
+        let (Some(t), Some(id)) = (a["content"].as_str(), a["id"].as_u64()) else {
+            return Err(bad(&path, "an entry of `added_tokens` lacks `content` or `id`"));
+        };
+        place(t, id, Some(if a["special"] == true { 3 } else { 4 }))?;
+    }
+    // Embedding rows past the tokenizer's vocabulary, named as llama.cpp's converter names them.
+    let tokens: Vec<String> = tokens
+        .into_iter()
+        .enumerate()
+        .map(|(i, t)| {
+            t.unwrap_or_else(|| {
+                types[i] = 5;
+                format!("[PAD{i}]")
+            })
+        })
+        .collect();
+    let merges: Vec<String> = model["merges"]
+        .as_array()
+        .ok_or_else(|| bad(&path, "`model.merges` is not an array"))?
+        .iter()
+        .map(|m| match m {
+            Json::String(s) => Ok(s.clone()),
+            Json::Array(p) if p.len() == 2 && p.iter().all(Json::is_string) => {
+                Ok(format!("{} {}", p[0].as_str().unwrap_or_default(), p[1].as_str().unwrap_or_default()))
+            }
+            _ => Err(bad(&path, format!("merge {m} is neither `a b` nor [a, b]"))),
+        })
+        .collect::<Result<_>>()?;
+    let mut meta = vec![
+        ("tokenizer.ggml.model".to_string(), Meta::Str("gpt2".into())),
+        ("tokenizer.ggml.pre".to_string(), Meta::Str(pre_name(&tok["pre_tokenizer"], &path)?)),
+    ];
+    let id_of = |t: &str| tokens.iter().position(|x| x == t);
+    let cfg_path = dir.join("tokenizer_config.json");
+    let cfg = if cfg_path.is_file() { read_json(&cfg_path)? } else { Json::Null };
+    let mut ids = Vec::new();
+    for (field, key) in
+        [("bos_token", "bos_token_id"), ("eos_token", "eos_token_id"), ("unk_token", "unknown_token_id"), ("pad_token", "padding_token_id")]
+    {
+        let t = cfg[field].as_str().or_else(|| cfg[field]["content"].as_str());
+        if let Some(t) = t {
+            let id = id_of(t).ok_or_else(|| bad(&cfg_path, format!("`{field}` `{t}` is not a token of {}", path.display())))?;
+            ids.push((format!("tokenizer.ggml.{key}"), Meta::U32(id as u32)));
+        }
+    }
+    meta.push(("tokenizer.ggml.tokens".into(), Meta::StrArray(tokens)));
+    meta.push(("tokenizer.ggml.token_type".into(), Meta::I32Array(types)));
+    meta.push(("tokenizer.ggml.merges".into(), Meta::StrArray(merges)));
+    meta.extend(ids);
+    meta.push(("tokenizer.ggml.add_bos_token".into(), Meta::Bool(cfg["add_bos_token"] == true)));
+    if let Some(t) = cfg["chat_template"].as_str() {
+        meta.push(("tokenizer.chat_template".into(), Meta::Str(t.to_string())));
+    }
+    Ok(meta)
+}
+
+/// Writes the LLaMA-family checkpoint `dir` (dense, pruned, merged or an extracted homogeneous
+/// sub-network) as the GGUF v3 file `out`, matrices in `ty` (one of [`EXPORT_TYPES`]); the
+/// file appears whole or not at all.
+pub fn export(dir: &Path, out: &Path, ty: GgmlType) -> Result<ExportReport> {
+    let config = dir.join("config.json");
+    if !EXPORT_TYPES.contains(&ty) {
+        return Err(bad(out, format!("{} is not a type secateur writes (f32, f16, q8_0, q4_0, q4_1)", ty.name())));
+    }
+    let spec = ArchSpec::from_config_file(&config)?;
+    let mut meta: Vec<(String, Meta)> = vec![
+        ("general.architecture".into(), Meta::Str("llama".into())),
+        ("general.name".into(), Meta::Str(dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| "model".into()))),
+        ("general.file_type".into(), Meta::U32(file_type(ty))),
+    ];
+    meta.extend(arch_metadata(&spec, &config)?);
+    meta.extend(tokenizer_metadata(dir, spec.vocab_size)?);
+    meta.push(("general.quantization_version".into(), Meta::U32(2)));
+
+    let ckpt = Checkpoint::open(dir)?;
+    let mut infos = Vec::new();
+    let mut data: Vec<u8> = Vec::new();
+    let mut report = ExportReport { path: out.to_path_buf(), bytes: 0, tensor_types: BTreeMap::new(), fallbacks: Vec::new() };
+    for p in llama_tensors(&spec) {
+        let mut values = ckpt.read_f32(&p.hf, &p.shape)?;
+        if let RowOrder::Rope(heads) = p.rows {
+            values = permute_rows(&values, p.shape[0], heads, false);
+        }
+        let t = if p.shape.len() == 1 {
+            GgmlType::F32
+        } else if p.shape[1] % ty.block_size() != 0 {
+            report.fallbacks.push(p.hf.clone());
+            GgmlType::F16
+        } else {
+            ty
+        };
+        let bytes = quantize(t, &values).map_err(|reason| bad(ckpt.path_of(&p.hf), format!("tensor `{}`: {reason}", p.hf)))?;
+        let offset = data.len();
+        data.extend(&bytes);
+        data.resize(data.len().next_multiple_of(ALIGN), 0);
+        *report.tensor_types.entry(t.name().to_string()).or_default() += 1;
+        infos.push((p.gguf, p.shape, t, offset));
+    }
+
+    let mut file = Vec::with_capacity(data.len() + (1 << 20));
+    file.extend(b"GGUF");
+    file.extend(3u32.to_le_bytes());
+    file.extend((infos.len() as u64).to_le_bytes());
+    file.extend((meta.len() as u64).to_le_bytes());
+    for (k, v) in &meta {
+        put_str(&mut file, k);
+        v.write(&mut file);
+    }
+    for (name, shape, t, offset) in &infos {
+        put_str(&mut file, name);
+        file.extend((shape.len() as u32).to_le_bytes());
+        for d in shape.iter().rev() {
+            file.extend((*d as u64).to_le_bytes());
+        }
+        file.extend(t.id().to_le_bytes());
+        file.extend((*offset as u64).to_le_bytes());
+    }
+    file.resize(file.len().next_multiple_of(ALIGN), 0);
+    file.extend(data);
+    report.bytes = file.len() as u64;
+    write_atomic(out, &file)?;
+    Ok(report)
+}
+
+/// llama.cpp's `general.file_type` (`LLAMA_FTYPE_*`) of a model whose matrices are `ty`.
+fn file_type(ty: GgmlType) -> u32 {
+    match ty {
+        GgmlType::F32 => 0,
+        GgmlType::F16 => 1,
+        GgmlType::Q4_0 => 2,
+        GgmlType::Q4_1 => 3,
+        _ => 7, // Q8_0
+    }
+}
