@@ -440,7 +440,12 @@ fn run(mut cli: Cli) -> Result<(), CliError> {
                 let stem = model.model.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| "model".into());
                 PathBuf::from(format!("{stem}-{}.gguf", ty.name().to_lowercase()))
             });
-            let report = secateur::models::gguf::export::export(&model.model, &out, ty)?;
+            let report = on_backend!(model.device, B => secateur::quant::checkpoint::export_gguf::<<B as AutodiffBackend>::InnerBackend>(
+                &model.model,
+                &out,
+                ty,
+                &Default::default()
+            ))?;
             emit(
                 &serde_json::to_string_pretty(
                     &json!({"path": report.path, "bytes": report.bytes, "tensor_types": report.tensor_types, "f16_fallbacks": report.fallbacks}),

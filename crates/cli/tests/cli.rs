@@ -68,6 +68,36 @@ fn check_logits(model: &std::path::Path, reference: &std::path::Path, cache: &st
     }
 }
 
+/// The largest |difference| of `secateur logits` between two models on the same token ids
+/// (40 rows: more than the INT-n kernels' int8-activation path takes, so GPTQ weights are
+/// dequantized exactly).
+fn logits_gap(a: &std::path::Path, b: &std::path::Path, cache: &std::path::Path) -> f32 {
+    let tmp = tempfile::tempdir().unwrap();
+    let input = tmp.path().join("ids.json");
+    let ids: Vec<Vec<u32>> = vec![(0..22).map(|i| (i * 7 + 1) % 60).collect(), (0..18).map(|i| (i * 5 + 3) % 60).collect()];
+    std::fs::write(&input, serde_json::to_string(&ids).unwrap()).unwrap();
+    let run = |m: &std::path::Path| -> Vec<f32> {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_secateur"))
+            .args(["logits", "--model", m.to_str().unwrap(), "--input-ids", input.to_str().unwrap()])
+            .env("SECATEUR_CACHE", cache)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        v["logits"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .flat_map(|r| r.as_array().unwrap())
+            .flat_map(|t| t.as_array().unwrap())
+            .map(|x| x.as_f64().unwrap() as f32)
+            .collect()
+    };
+    let (x, y) = (run(a), run(b));
+    assert_eq!(x.len(), y.len());
+    x.iter().zip(&y).map(|(p, q)| (p - q).abs()).fold(0.0, f32::max)
+}
+
 #[test]
 fn logits_of_unequal_lengths_match_transformers() {
     let tmp = tempfile::tempdir().unwrap();
@@ -216,6 +246,8 @@ fn shears_runs_end_to_end_on_a_user_model_and_resumes() {
         "2",
         "--eval-task",
         &ppl,
+        "--export",
+        "gguf:f16",
         "--out",
         out.to_str().unwrap(),
     ];
@@ -245,6 +277,16 @@ fn shears_runs_end_to_end_on_a_user_model_and_resumes() {
     assert!(out.join("wanda/masks.safetensors").is_file());
     assert!(out.join("train-nls/state.json").is_file());
     assert!(out.join(secateur::runs::MANIFEST).is_file(), "the run records what made it");
+    // --export: the sparse base and the merged heuristic sub-adapter, as GGUF files that run.
+    let gguf = report["gguf"].as_array().unwrap();
+    assert_eq!(gguf.len(), 2, "{gguf:?}");
+    for (g, name) in gguf.iter().zip(["wanda-f16.gguf", "nls-heuristic-merged-f16.gguf"]) {
+        let path = out.join("gguf").join(name);
+        assert_eq!(g["path"].as_str(), path.to_str());
+        // F16 rounds every weight: the logits stay close to the checkpoint's.
+        let gap = logits_gap(&path, std::path::Path::new(g["model"].as_str().unwrap()), &tmp.path().join("cache"));
+        assert!(gap < 0.01, "{name}: {gap}");
+    }
     // A second run on the same directory needs --resume; resuming a finished run retrains nothing.
     let (ok, _, stderr) = secateur(&args);
     assert!(!ok && stderr.contains("--resume"), "{stderr}");
@@ -308,6 +350,8 @@ fn sqft_runs_the_three_pipelines_and_keeps_sparsity_and_precision() {
         "3",
         "--group-size",
         "16",
+        "--export",
+        "gguf:f32",
         "--out",
         out.to_str().unwrap(),
     ]);
@@ -328,6 +372,15 @@ fn sqft_runs_the_three_pipelines_and_keeps_sparsity_and_precision() {
     assert!(ok, "{stderr}");
     assert!(info.contains("quantized_projection_bytes"));
     assert!(rows[5]["size_bytes"].as_u64().unwrap() < rows[4]["size_bytes"].as_u64().unwrap());
+    // --export gguf:f32: both merged models, the INT4 one dequantized; each runs as its checkpoint.
+    let gguf = report["gguf"].as_array().unwrap();
+    assert_eq!(gguf.len(), 2, "{gguf:?}");
+    for (g, name) in gguf.iter().zip(["sparsepeft-merged", "qa-sparsepeft-merged"]) {
+        let path = out.join("gguf").join(format!("{name}-f32.gguf"));
+        assert_eq!(g["path"].as_str(), path.to_str());
+        let gap = logits_gap(&path, &out.join(name), &tmp.path().join("cache"));
+        assert!(gap < 1e-4, "{name}: {gap}");
+    }
 }
 
 #[test]
@@ -441,10 +494,23 @@ fn nas_trains_searches_and_extracts_a_front() {
     let report = check_nas_rows(&o);
     assert_eq!(report["train"]["resumed_from"], report["train"]["steps"]);
     // Per-block widths, searched against measured latency.
-    let (ok, _, stderr, o) = nas(&["--budget", "6", "--strategy", "calibrate-mag", "--per-layer", "--objective", "latency"], "per-layer");
+    let (ok, _, stderr, o) = nas(
+        &["--budget", "6", "--strategy", "calibrate-mag", "--per-layer", "--objective", "latency", "--export", "gguf:f16"],
+        "per-layer",
+    );
     assert!(ok, "{stderr}");
     let report = check_nas_rows(&o);
     assert_eq!(report["objective"], "decode ms per token");
+    // --export: every homogeneous sub-network as GGUF; a heterogeneous one is skipped, saying why.
+    let gguf = report["gguf"].as_array().unwrap();
+    assert_eq!(gguf.len(), report["rows"].as_array().unwrap().len());
+    assert!(gguf[0]["path"].is_string(), "the maximal sub-network is homogeneous: {:?}", gguf[0]);
+    for g in gguf {
+        match g["path"].as_str() {
+            Some(p) => assert!(logits_gap(p.as_ref(), g["model"].as_str().unwrap().as_ref(), &o.join("cache")) < 0.01),
+            None => assert!(g["skipped"].as_str().unwrap().contains("heterogeneous"), "{g}"),
+        }
+    }
     // LoNAS: elastic LoRA ranks on the frozen base, sliced with the weights; everything extracts.
     // The search here ranks by validation accuracy of the extracted sub-networks.
     let (ok, stdout, stderr, o) = nas(&["--lora", "--ranks", "4,2", "--budget", "4", "--per-layer", "--metric", "accuracy"], "lonas");

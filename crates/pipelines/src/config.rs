@@ -17,6 +17,8 @@ use serde::Serialize;
 
 use crate::{PipelineError, Reporter};
 use secateur_eval::{Encoder, EvalConfig, TaskSpec};
+use secateur_models::gguf::GgmlType;
+use secateur_models::gguf::export::{EXPORT_TYPES, check_exportable};
 use secateur_models::{CausalLm, Projection};
 use std::collections::BTreeMap;
 
@@ -96,10 +98,15 @@ pub struct ShearsConfig {
     /// Run directory (default: `runs/<command>`).
     #[arg(long)]
     pub out: Option<PathBuf>,
+    /// Also write the run's final models as GGUF files in `OUT/gguf/`: `gguf:TYPE`, TYPE one of
+    /// f32, f16, q8_0, q4_0, q4_1 (LLaMA-family models; as `secateur export` writes them).
+    #[arg(long, value_name = "gguf:TYPE")]
+    #[serde(default)]
+    pub export: Option<String>,
 }
 
 /// Arguments that do not change a run's results: a resumed run may give other values.
-pub const NOT_RESULTS: &[&str] = &["out", "resume", "force", "checkpoint_every"];
+pub const NOT_RESULTS: &[&str] = &["out", "resume", "force", "checkpoint_every", "export"];
 
 /// Largest rank choice, learning rate and alpha accepted (larger ones are typos).
 const MAX_ALPHA: f64 = 1e6;
@@ -158,7 +165,16 @@ impl ShearsConfig {
             }
         }
         train_config(self, Strategy::Fixed, false).validate()?;
+        self.export_type()?;
         Ok(())
+    }
+
+    /// The GGUF type of `--export gguf:TYPE`, if one is asked for.
+    pub fn export_type(&self) -> Result<Option<GgmlType>, PipelineError> {
+        let Some(spec) = &self.export else { return Ok(None) };
+        let usage = || PipelineError::Usage(format!("--export {spec:?}: give gguf:TYPE, TYPE one of f32, f16, q8_0, q4_0, q4_1"));
+        let ty = spec.strip_prefix("gguf:").ok_or_else(usage)?;
+        EXPORT_TYPES.iter().copied().find(|t| t.name().eq_ignore_ascii_case(ty)).map(Some).ok_or_else(usage)
     }
 
     /// Checks the settings that need the base model's architecture (ranks against the adapted
@@ -168,7 +184,15 @@ impl ShearsConfig {
         let targets = self.targets.as_deref().map(SearchSpace::parse_targets).transpose()?;
         let space = SearchSpace::preset(spec, targets.as_deref(), ranks)?;
         check_ranks_fit(spec, &space)?;
+        self.validate_export(spec)?;
         Ok(space)
+    }
+
+    /// Checks that `--export`, if given, can write the base `spec` (GGUF `llama`).
+    pub fn validate_export(&self, spec: &ArchSpec) -> Result<(), PipelineError> {
+        let Some(export) = &self.export else { return Ok(()) };
+        let config = self.model.as_ref().map_or_else(|| PathBuf::from("<embedded tiny-llama>/config.json"), |m| m.join("config.json"));
+        check_exportable(spec, &config).map_err(|e| PipelineError::Usage(format!("--export {export}: {e}")))
     }
 
     /// Opens the run directory of `command` with these arguments (and `extra`, the command's
@@ -262,6 +286,32 @@ pub fn load_task(args: &ShearsConfig) -> Result<Task, PipelineError> {
             Ok(Task { train, val, test, calibration_docs })
         }
     }
+}
+
+/// `--export gguf:TYPE`: writes the checkpoint `dir` as `out/gguf/NAME-TYPE.gguf` (NAME: the
+/// directory's name). Returns what the run's report records: the file, or why GGUF cannot
+/// express this model (a heterogeneous sub-network), which skips it without failing the run.
+pub(crate) fn export_model<B: Backend>(
+    args: &ShearsConfig,
+    out: &Path,
+    dir: &Path,
+    device: &B::Device,
+    reporter: &dyn Reporter,
+) -> Result<Option<serde_json::Value>, PipelineError> {
+    let Some(ty) = args.export_type()? else { return Ok(None) };
+    let name = dir.file_name().map_or_else(|| "model".to_string(), |n| n.to_string_lossy().into_owned());
+    let config = dir.join("config.json");
+    if let Err(e) = check_exportable(&ArchSpec::from_config_file(&config)?, &config) {
+        reporter.line(&format!("export: {name} not written as GGUF: {e}"));
+        return Ok(Some(serde_json::json!({"model": dir, "skipped": e.to_string()})));
+    }
+    let file = out.join("gguf").join(format!("{name}-{}.gguf", ty.name().to_lowercase()));
+    std::fs::create_dir_all(out.join("gguf")).map_err(|e| err(&out.join("gguf"), e))?;
+    let r = secateur_quant::checkpoint::export_gguf::<B>(dir, &file, ty, device)?;
+    reporter.line(&format!("export: {} ({:.1} MB)", file.display(), r.bytes as f64 / 1e6));
+    Ok(Some(
+        serde_json::json!({"model": dir, "path": r.path, "bytes": r.bytes, "tensor_types": r.tensor_types, "f16_fallbacks": r.fallbacks}),
+    ))
 }
 
 /// Writes the embedded tiny model into `out/base` when no `--model` is given; returns the base.

@@ -27,7 +27,9 @@ use secateur_supernet::train::Strategy;
 use serde::Serialize;
 use serde_json::json;
 
-use crate::config::{Evals, ShearsConfig, base_spec, check_ranks_fit, eval_columns, load_task, materialize_base, train_config};
+use crate::config::{
+    Evals, ShearsConfig, base_spec, check_ranks_fit, eval_columns, export_model, load_task, materialize_base, train_config,
+};
 use crate::{PipelineError, Reporter};
 
 /// The super-network's sampler (the paper's strategies).
@@ -312,7 +314,9 @@ pub fn nas<B: AutodiffBackend>(args: &NasConfig, device: &B::Device, reporter: &
         return Err(PipelineError::Usage(format!("--bins {} and --budget {}: both must be at least 1", args.bins, args.budget)));
     }
     let lonas_ranks = a.ranks.clone().unwrap_or_else(|| if a.model.is_none() { vec![16, 14] } else { vec![32, 28] });
-    let lspace = if args.lora { Some(lonas_space(a, &base_spec(a)?, &lonas_ranks)?) } else { None };
+    let base = base_spec(a)?;
+    a.validate_export(&base)?;
+    let lspace = if args.lora { Some(lonas_space(a, &base, &lonas_ranks)?) } else { None };
     let task = load_task(a)?;
     let extra = serde_json::json!({"strategy": args.strategy, "importance": args.importance, "lora": args.lora, "per_layer": args.per_layer, "fixed_embedding": args.fixed_embedding, "metric": kebab(&args.metric), "objective": args.objective, "bins": args.bins, "budget": args.budget});
     let run_dir = a.open_run("nas", extra)?;
@@ -421,10 +425,18 @@ pub fn nas<B: AutodiffBackend>(args: &NasConfig, device: &B::Device, reporter: &
         let dir = out.join(name);
         let staged = StagedDir::new(&dir)?;
         save_new(&small, &small_cfg, staged.path())?;
-        let tokenizer = base_dir.join("tokenizer.json");
-        write_atomic(&staged.path().join("tokenizer.json"), &std::fs::read(&tokenizer).map_err(|e| io(&tokenizer, e))?)?;
+        for f in ["tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "generation_config.json"] {
+            let from = base_dir.join(f);
+            if from.is_file() || f == "tokenizer.json" {
+                write_atomic(&staged.path().join(f), &std::fs::read(&from).map_err(|e| io(&from, e))?)?;
+            }
+        }
         staged.publish()?;
         extracted.push((s, small, dir));
+    }
+    let mut gguf = Vec::new();
+    for (_, _, dir) in &extracted {
+        gguf.extend(export_model::<B::InnerBackend>(a, &out, dir, device, reporter)?);
     }
     let latencies = measure_many(&extracted.iter().map(|e| &e.1).collect::<Vec<_>>(), &timing, device)?;
     let base = latencies[0];
@@ -474,7 +486,7 @@ pub fn nas<B: AutodiffBackend>(args: &NasConfig, device: &B::Device, reporter: &
     for (line, extra) in lines.iter().zip(cells) {
         table += &format!("{line}{extra}\n");
     }
-    let report_json = json!({"strategy": kebab(&args.strategy), "lora": args.lora, "importance": args.importance, "per_layer": args.per_layer, "objective": objective.name(), "metric": kebab(&args.metric), "space": space, "latency_setup": timing, "grid_size": sampler.grid.len(), "train": report, "rows": rows});
+    let report_json = json!({"strategy": kebab(&args.strategy), "lora": args.lora, "importance": args.importance, "per_layer": args.per_layer, "objective": objective.name(), "metric": kebab(&args.metric), "space": space, "latency_setup": timing, "grid_size": sampler.grid.len(), "train": report, "rows": rows, "gguf": gguf});
     write_atomic(&out.join("report.json"), serde_json::to_string_pretty(&report_json).expect("JSON").as_bytes())?;
     write_atomic(&out.join("report.md"), table.as_bytes())?;
     Ok(NasResult { dir: out, rows, table })

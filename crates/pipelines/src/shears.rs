@@ -20,7 +20,8 @@ use serde::Serialize;
 use serde_json::json;
 
 use crate::config::{
-    Evals, ShearsConfig, Task, base_spec, err, eval_columns, load_task, materialize_base, ranks_and_alpha, train_config, wanda,
+    Evals, ShearsConfig, Task, base_spec, err, eval_columns, export_model, load_task, materialize_base, ranks_and_alpha, train_config,
+    wanda,
 };
 use crate::{PipelineError, Reporter};
 
@@ -179,6 +180,20 @@ pub fn shears<B: AutodiffBackend>(args: &ShearsConfig, device: &B::Device, repor
     let peft = StagedDir::new(&out.join("nls-heuristic-adapter"))?;
     export_peft(nls, peft.path(), &wanda_dir.to_string_lossy())?;
     peft.publish()?;
+    // GGUF: the sparse base, and the heuristic sub-adapter merged into it (dense again: Shears'
+    // adapters are not sparsity-preserving; SQFT's SparsePEFT is).
+    let mut gguf = Vec::new();
+    if args.export.is_some() {
+        let merged_dir = out.join("nls-heuristic-merged");
+        let merged = secateur_elastic_lora::peft::merge(adapters.swap_remove(1).model);
+        let staged = StagedDir::new(&merged_dir)?;
+        secateur_models::weights::save_like(&merged, &wanda_dir, staged.path())?;
+        staged.publish()?;
+        drop(merged);
+        for dir in [&wanda_dir, &merged_dir] {
+            gguf.extend(export_model::<B::InnerBackend>(args, &out, dir, device, reporter)?);
+        }
+    }
 
     let table = markdown(&rows);
     let report = json!({
@@ -189,6 +204,7 @@ pub fn shears<B: AutodiffBackend>(args: &ShearsConfig, device: &B::Device, repor
         "prune_seconds": prune_seconds,
         "total_seconds": total_clock.elapsed().as_secs_f64(),
         "rows": rows,
+        "gguf": gguf,
     });
     write_atomic(&out.join("report.json"), serde_json::to_string_pretty(&report).expect("JSON").as_bytes())?;
     write_atomic(&out.join("report.md"), table.as_bytes())?;

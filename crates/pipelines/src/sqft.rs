@@ -28,7 +28,8 @@ use serde::Serialize;
 use serde_json::json;
 
 use crate::config::{
-    Evals, ShearsConfig, base_spec, calibration_windows, eval_columns, load_task, materialize_base, ranks_and_alpha, train_config, wanda,
+    Evals, ShearsConfig, base_spec, calibration_windows, eval_columns, export_model, load_task, materialize_base, ranks_and_alpha,
+    train_config, wanda,
 };
 use crate::{PipelineError, Reporter};
 
@@ -265,7 +266,7 @@ pub fn sqft<B: AutodiffBackend>(args: &SqftConfig, device: &B::Device, reporter:
         });
     }
 
-    for pipeline in pipelines {
+    for &pipeline in &pipelines {
         match pipeline {
             "nls-quantized" => {
                 let base = load_quantized::<B>(&int_dir, device)?.no_grad();
@@ -336,6 +337,11 @@ pub fn sqft<B: AutodiffBackend>(args: &SqftConfig, device: &B::Device, reporter:
             _ => unreachable!(),
         }
     }
+    // The merged models (NLS on the quantized base keeps its adapters apart: nothing merged).
+    let mut gguf = Vec::new();
+    for p in pipelines.iter().filter(|p| **p != "nls-quantized") {
+        gguf.extend(export_model::<B::InnerBackend>(a, &out, &out.join(format!("{p}-merged")), device, reporter)?);
+    }
     let (header, rule, cells) = eval_columns(&rows.iter().map(|r| &r.eval).collect::<Vec<_>>());
     let mut table = format!(
         "| Pipeline | Accuracy | Sparsity | Base | Adapter | Mergeable | Size on disk (KB) | Train time (s) |{header}\n|---|---|---|---|---|---|---|---|{rule}\n",
@@ -353,7 +359,7 @@ pub fn sqft<B: AutodiffBackend>(args: &SqftConfig, device: &B::Device, reporter:
             r.train_seconds.map_or("-".into(), |t| format!("{t:.0}"))
         );
     }
-    let report = json!({"bits": args.bits, "group_size": args.group_size, "ranks": ranks, "alpha": alpha, "rows": rows});
+    let report = json!({"bits": args.bits, "group_size": args.group_size, "ranks": ranks, "alpha": alpha, "rows": rows, "gguf": gguf});
     write_atomic(&out.join("report.json"), serde_json::to_string_pretty(&report).expect("JSON").as_bytes())?;
     write_atomic(&out.join("report.md"), table.as_bytes())?;
     Ok(SqftResult { dir: out, rows, table })

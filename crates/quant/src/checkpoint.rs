@@ -233,3 +233,30 @@ fn load_projection<B: Backend>(
         reason: e.to_string(),
     })
 }
+
+/// Writes any checkpoint secateur loads as a GGUF v3 file (see
+/// [`secateur_models::gguf::export::export`]): a dense one as it is, a GPTQ-format one with its
+/// projections dequantized, then written in `ty` (the GPTQ grid is not carried over exactly:
+/// GGUF's blocks have their own scales).
+pub fn export_gguf<B: Backend>(
+    dir: &Path,
+    out: &Path,
+    ty: secateur_models::gguf::GgmlType,
+    device: &B::Device,
+) -> Result<secateur_models::gguf::export::ExportReport, QuantError> {
+    use secateur_models::gguf::export::{check_exportable, export, export_with};
+    if quant_config(dir)?.is_none() {
+        return Ok(export(dir, out, ty)?);
+    }
+    let config = dir.join("config.json");
+    check_exportable(&ArchSpec::from_config_file(&config)?, &config)?;
+    let model = load_quantized::<B>(dir, device)?;
+    let spec = model.spec().clone();
+    let weights: std::collections::HashMap<String, Vec<f32>> = model
+        .projections()
+        .into_iter()
+        .map(|(site, p)| (format!("{}.weight", spec.hf_module(site.layer, site.kind)), p.dequantized()))
+        .collect();
+    drop(model);
+    Ok(export_with(dir, out, ty, &|name| weights.get(name).cloned())?)
+}

@@ -116,22 +116,32 @@ fn arch_metadata(spec: &ArchSpec, config: &Path) -> Result<Vec<(String, Meta)>> 
     if scaling.is_some() {
         return Err(bad(config, "RoPE scaling (`rope_scaling`) is not written to GGUF yet"));
     }
-    if *rotary_dim != spec.head_dim || spec.hidden_size != spec.num_heads * spec.head_dim {
-        return Err(bad(config, "partial rotary embeddings or a head dimension other than hidden / heads are not written to GGUF"));
+    if *rotary_dim != spec.head_dim {
+        return Err(bad(config, "partial rotary embeddings are not written to GGUF (llama.cpp's `llama` rotates whole heads)"));
     }
     let k = |s: &str| format!("llama.{s}");
-    Ok(vec![
-        (k("context_length"), Meta::U32(spec.max_position_embeddings.unwrap_or(2048) as u32)),
-        (k("embedding_length"), Meta::U32(spec.hidden_size as u32)),
-        (k("block_count"), Meta::U32(spec.num_layers as u32)),
-        (k("feed_forward_length"), Meta::U32(spec.intermediate_size as u32)),
-        (k("rope.dimension_count"), Meta::U32(*rotary_dim as u32)),
-        (k("attention.head_count"), Meta::U32(spec.num_heads as u32)),
-        (k("attention.head_count_kv"), Meta::U32(spec.num_kv_heads as u32)),
-        (k("attention.layer_norm_rms_epsilon"), Meta::F32(spec.norm_eps as f32)),
-        (k("rope.freq_base"), Meta::F32(*theta as f32)),
-        (k("vocab_size"), Meta::U32(spec.vocab_size as u32)),
-    ])
+    let mut head_dims = Vec::new();
+    if spec.hidden_size != spec.num_heads * spec.head_dim {
+        // A narrower residual stream than heads x head_dim (an extracted sub-network): llama.cpp
+        // reads the head size from these keys, transformers from `rope.dimension_count`.
+        head_dims.push((k("attention.key_length"), Meta::U32(spec.head_dim as u32)));
+        head_dims.push((k("attention.value_length"), Meta::U32(spec.head_dim as u32)));
+    }
+    Ok(head_dims
+        .into_iter()
+        .chain([
+            (k("context_length"), Meta::U32(spec.max_position_embeddings.unwrap_or(2048) as u32)),
+            (k("embedding_length"), Meta::U32(spec.hidden_size as u32)),
+            (k("block_count"), Meta::U32(spec.num_layers as u32)),
+            (k("feed_forward_length"), Meta::U32(spec.intermediate_size as u32)),
+            (k("rope.dimension_count"), Meta::U32(*rotary_dim as u32)),
+            (k("attention.head_count"), Meta::U32(spec.num_heads as u32)),
+            (k("attention.head_count_kv"), Meta::U32(spec.num_kv_heads as u32)),
+            (k("attention.layer_norm_rms_epsilon"), Meta::F32(spec.norm_eps as f32)),
+            (k("rope.freq_base"), Meta::F32(*theta as f32)),
+            (k("vocab_size"), Meta::U32(spec.vocab_size as u32)),
+        ])
+        .collect())
 }
 
 fn read_json(path: &Path) -> Result<Json> {
@@ -244,10 +254,30 @@ fn tokenizer_metadata(dir: &Path, vocab_size: usize) -> Result<Vec<(String, Meta
     Ok(meta)
 }
 
+/// Checks that the model `spec` (read from `config`) is one GGUF's `llama` architecture can
+/// express, before any work that would end in writing it; the error says what is not.
+pub fn check_exportable(spec: &ArchSpec, config: &Path) -> Result<()> {
+    arch_metadata(spec, config).map(drop)
+}
+
 /// Writes the LLaMA-family checkpoint `dir` (dense, pruned, merged or an extracted homogeneous
 /// sub-network) as the GGUF v3 file `out`, matrices in `ty` (one of [`EXPORT_TYPES`]); the
 /// file appears whole or not at all.
+///
+/// ```no_run
+/// use secateur_models::gguf::{GgmlType, export::export};
+/// let report = export("runs/nas/heuristic".as_ref(), "heuristic-q8_0.gguf".as_ref(), GgmlType::Q8_0)?;
+/// println!("{} bytes, {:?}", report.bytes, report.tensor_types);
+/// # Ok::<(), secateur_models::ModelError>(())
+/// ```
 pub fn export(dir: &Path, out: &Path, ty: GgmlType) -> Result<ExportReport> {
+    export_with(dir, out, ty, &|_| None)
+}
+
+/// [`export`], with the values of some tensors given by `weight` (by Hugging Face name, `[out,
+/// in]` row-major) instead of read from the checkpoint: how a quantized checkpoint, whose
+/// projections are packed codes, is written with its dequantized weights.
+pub fn export_with(dir: &Path, out: &Path, ty: GgmlType, weight: &dyn Fn(&str) -> Option<Vec<f32>>) -> Result<ExportReport> {
     let config = dir.join("config.json");
     if !EXPORT_TYPES.contains(&ty) {
         return Err(bad(out, format!("{} is not a type secateur writes (f32, f16, q8_0, q4_0, q4_1)", ty.name())));
@@ -267,7 +297,18 @@ pub fn export(dir: &Path, out: &Path, ty: GgmlType) -> Result<ExportReport> {
     let mut data: Vec<u8> = Vec::new();
     let mut report = ExportReport { path: out.to_path_buf(), bytes: 0, tensor_types: BTreeMap::new(), fallbacks: Vec::new() };
     for p in llama_tensors(&spec) {
-        let mut values = ckpt.read_f32(&p.hf, &p.shape)?;
+        let mut values = match weight(&p.hf) {
+            Some(v) if v.len() == p.shape.iter().product::<usize>() => v,
+            Some(v) => {
+                return Err(ModelError::ShapeMismatch {
+                    path: config.clone(),
+                    name: p.hf.clone(),
+                    expected: p.shape.clone(),
+                    found: vec![v.len()],
+                });
+            }
+            None => ckpt.read_f32(&p.hf, &p.shape)?,
+        };
         if let RowOrder::Rope(heads) = p.rows {
             values = permute_rows(&values, p.shape[0], heads, false);
         }
