@@ -11,8 +11,8 @@ For each type it exports the model, then
    `gguf.quants.quantize` of the source weights (Q/K rows permuted as llama.cpp's converter does);
 2. loads it with transformers (`from_pretrained(dir, gguf_file=...)`) and requires its logits to
    equal `secateur logits --model FILE` within 1e-4 (max |diff| printed);
-3. if llama_cpp imports, requires llama.cpp's first 16 greedy tokens of a prompt to equal
-   `secateur generate` on the same file.
+3. if llama_cpp imports, requires llama.cpp's prompt ids and first 16 greedy token ids (up to
+   the end of text) to equal `secateur generate --json` on the same file.
 """
 import argparse
 import json
@@ -111,16 +111,15 @@ def main():
         llm = Llama(model_path=out, n_ctx=256, verbose=False, logits_all=False)
         pids = llm.tokenize(a.prompt.encode(), add_bos=False, special=True)
         theirs = []
-        for t in llm.generate(pids, top_k=1, top_p=1.0, temp=0.0, repeat_penalty=1.0):
-            theirs.append(t)
-            if len(theirs) == 16:
+        for t in llm.generate(pids, top_k=1, top_p=1.0, temp=0.0, repeat_penalty=1.0, reset=True):
+            if t == llm.token_eos() or len(theirs) == 16:
                 break
-        gen = run([a.secateur, "generate", "--model", out, "--prompt", a.prompt, "--max-new-tokens", "16"], env)
-        mine = tok(a.prompt + gen.rstrip("\n"), add_special_tokens=False)["input_ids"][len(pids):]
-        text = llm.detokenize(theirs).decode(errors="replace")
-        print(f"  llama.cpp: {text!r}\n  secateur:  {gen.rstrip(chr(10))!r}")
-        same = llm.detokenize(theirs).decode(errors="replace") == gen.rstrip("\n")[: len(text)] or mine[:16] == theirs
-        print(f"  llama.cpp greedy 16 tokens equal: {same}")
+            theirs.append(t)
+        gen = json.loads(run([a.secateur, "generate", "--model", out, "--prompt", a.prompt, "--max-new-tokens", "16", "--json"], env))
+        mine = [t for t in gen["completion_ids"] if t != llm.token_eos()]
+        print(f"  llama.cpp: {llm.detokenize(theirs).decode(errors='replace')!r}\n  secateur:  {gen['completion']!r}")
+        same = gen["prompt_ids"] == pids and mine == theirs
+        print(f"  llama.cpp: prompt ids equal: {gen['prompt_ids'] == pids}; greedy tokens ({len(theirs)}) equal: {mine == theirs}")
         ok &= same
     print("OK" if ok else "FAILED")
     sys.exit(0 if ok else 1)

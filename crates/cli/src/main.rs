@@ -107,6 +107,16 @@ enum Command {
         /// Recompute the whole sequence at every step instead of using the KV cache.
         #[arg(long)]
         no_cache: bool,
+        /// Apply the model's chat template: the prompt is the user's message, the template's
+        /// opening of the assistant turn is added, and decoding stops at its end of turn.
+        #[arg(long)]
+        chat: bool,
+        /// With --chat: a system message before the user's.
+        #[arg(long, requires = "chat")]
+        system: Option<String>,
+        /// Print JSON: the prompt as the model saw it, its token ids, the completion and its ids.
+        #[arg(long)]
+        json: bool,
     },
     /// Prune every linear layer of the decoder blocks (Wanda or magnitude) and write the sparse
     /// checkpoint, its masks (masks.safetensors) and a report (sparsity.json).
@@ -557,7 +567,7 @@ fn run_on<B: Backend>(cmd: Command, device: B::Device) -> Result<(), CliError> {
             let _ = write("]}\n");
             let _ = piped(out.flush());
         }
-        Command::Generate { model, prompt, max_new_tokens, temperature, top_p, seed, no_cache } => {
+        Command::Generate { model, prompt, max_new_tokens, temperature, top_p, seed, no_cache, chat, system, json: as_json } => {
             if !(temperature.is_finite() && temperature >= 0.0 && top_p > 0.0 && top_p <= 1.0) || max_new_tokens == 0 {
                 return Err(CliError::Usage(format!(
                     "--temperature {temperature} must be >= 0, --top-p {top_p} in (0, 1] and --max-new-tokens at least 1"
@@ -572,24 +582,40 @@ fn run_on<B: Backend>(cmd: Command, device: B::Device) -> Result<(), CliError> {
                     prompt.len()
                 )));
             }
-            let ids = tok.encode(&prompt)?;
+            let mut eos_token_ids = m.spec().eos_token_ids.clone();
+            let (text, ids) = if chat {
+                let template = secateur::models::ChatTemplate::from_dir(&model.model)?.ok_or_else(|| {
+                    CliError::Usage(format!(
+                        "--chat: {} has no chat template (`chat_template` in tokenizer_config.json, or chat_template.jinja)",
+                        model.model.display()
+                    ))
+                })?;
+                let mut messages: Vec<_> = system.iter().map(|s| secateur::models::Message::new("system", s)).collect();
+                messages.push(secateur::models::Message::new("user", &prompt));
+                eos_token_ids = template.stop_ids(&tok, &eos_token_ids);
+                (template.render(&messages, true)?, template.prompt_ids(&tok, &messages)?)
+            } else {
+                (prompt.clone(), tok.encode(&prompt)?)
+            };
             if ids.len() + max_new_tokens > context {
                 return Err(CliError::Usage(format!(
                     "--prompt is {} tokens; with --max-new-tokens {max_new_tokens} that exceeds the model's context window of {context} tokens",
                     ids.len()
                 )));
             }
-            let opts = GenerateOptions {
-                max_new_tokens,
-                temperature,
-                top_p,
-                seed,
-                eos_token_ids: m.spec().eos_token_ids.clone(),
-                use_cache: !no_cache,
-                max_context: None,
-            };
-            let out = with_lm!(&m, |m| generate(m, &[ids], &opts, &device))?;
-            emit(&tok.decode(&out[0])?);
+            let opts = GenerateOptions { max_new_tokens, temperature, top_p, seed, eos_token_ids, use_cache: !no_cache, max_context: None };
+            let out = with_lm!(&m, |m| generate(m, &[ids.clone()], &opts, &device))?;
+            let completion = tok.decode(&out[0])?;
+            if as_json {
+                emit(
+                    &serde_json::to_string_pretty(
+                        &json!({"prompt": text, "prompt_ids": ids, "completion": completion, "completion_ids": out[0]}),
+                    )
+                    .expect("JSON"),
+                );
+            } else {
+                emit(&completion);
+            }
         }
         Command::Quantize {
             model,

@@ -141,6 +141,49 @@ fn generate_is_deterministic_and_greedy_by_default() {
 }
 
 #[test]
+fn generate_chat_applies_the_template_and_stops_at_its_end_of_turn() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("m");
+    std::fs::create_dir(&dir).unwrap();
+    for f in ["config.json", "model.safetensors", "tokenizer.json"] {
+        std::fs::copy(fixture("llama_gqa").join(f), dir.join(f)).unwrap();
+    }
+    let d = dir.to_str().unwrap();
+    let (ok, _, stderr) = secateur(&["generate", "--model", d, "--prompt", "hi", "--chat"]);
+    assert!(!ok && stderr.contains("no chat template") && stderr.contains(d), "{stderr}");
+    // transformers' rendering of the Zephyr-style template (fixtures/chat/templates.json).
+    let fixtures: serde_json::Value = serde_json::from_slice(&std::fs::read(fixture("chat").join("templates.json")).unwrap()).unwrap();
+    let zephyr = fixtures["templates"].as_array().unwrap().iter().find(|t| t["name"] == "zephyr").unwrap();
+    let case = &zephyr["cases"][2]; // system + user, with the generation prompt
+    assert_eq!(case["add_generation_prompt"], true);
+    let config = serde_json::json!({"chat_template": zephyr["template"], "bos_token": "<s>", "eos_token": "</s>"});
+    std::fs::write(dir.join("tokenizer_config.json"), config.to_string()).unwrap();
+    let (system, user) = (case["messages"][0]["content"].as_str().unwrap(), case["messages"][1]["content"].as_str().unwrap());
+    let args = ["generate", "--model", d, "--chat", "--system", system, "--prompt", user, "--max-new-tokens", "5", "--json"];
+    let (ok, out, stderr) = secateur(&args);
+    assert!(ok, "{stderr}");
+    let out: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(out["prompt"], case["rendered"]);
+    let ids = |v: &serde_json::Value| -> Vec<u64> { v["completion_ids"].as_array().unwrap().iter().map(|x| x.as_u64().unwrap()).collect() };
+    assert_eq!(ids(&out).len(), 5, "{out}");
+    // Decoding stops at the end of turn: with a template that puts no tag after a turn that is
+    // the eos token, so naming a token the model generates as eos cuts the completion there.
+    let features = fixtures["templates"].as_array().unwrap().iter().find(|t| t["name"] == "features").unwrap();
+    let with_eos = |eos: &str| {
+        let config = serde_json::json!({"chat_template": features["template"], "eos_token": eos});
+        std::fs::write(dir.join("tokenizer_config.json"), config.to_string()).unwrap();
+        let (ok, out, stderr) = secateur(&["generate", "--model", d, "--chat", "--prompt", user, "--max-new-tokens", "6", "--json"]);
+        assert!(ok, "{stderr}");
+        ids(&serde_json::from_str(&out).unwrap())
+    };
+    let free = with_eos("</s>");
+    let tok = secateur::models::TextTokenizer::from_file(&dir.join("tokenizer.json")).unwrap();
+    let k = (1..free.len()).find(|&k| !free[..k].contains(&free[k])).expect("a token not generated before");
+    let stop = tok.vocab_token(free[k] as u32).unwrap();
+    assert_eq!(with_eos(&stop), free[..=k], "stops at {stop:?}");
+}
+
+#[test]
 fn bad_input_fails_with_a_message_naming_the_file() {
     let tmp = tempfile::tempdir().unwrap();
     let input = tmp.path().join("ids.json");

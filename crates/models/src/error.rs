@@ -49,6 +49,9 @@ pub enum ModelError {
     /// A GGUF file is malformed, or holds something secateur cannot import or write.
     #[error("{path}: GGUF: {reason}")]
     Gguf { path: PathBuf, reason: String },
+    /// A chat template does not parse, or refuses the conversation (its `raise_exception`).
+    #[error("{path}: chat template: {reason}")]
+    ChatTemplate { path: PathBuf, reason: String },
     /// The tokenizer file could not be loaded or used.
     #[error("{path}: tokenizer error: {reason}")]
     Tokenizer { path: PathBuf, reason: String },

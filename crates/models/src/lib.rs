@@ -7,6 +7,7 @@
 //! with an adapter), addressed by stable [`Site`] names such as `layers.3.self_attn.q`.
 
 pub mod bloom;
+pub mod chat;
 pub mod cost;
 pub mod error;
 pub mod extract;
@@ -26,6 +27,7 @@ pub mod tokenizer;
 pub mod transformer;
 pub mod weights;
 
+pub use chat::{ChatTemplate, Message};
 pub use error::{ModelError, Result};
 pub use generate::{GenerateOptions, generate, generate_until};
 pub use nn::{Dense, Int8Rows, Norm, Projection, Sliceable};

@@ -49,6 +49,11 @@ impl TextTokenizer {
         self.inner.decode(&[id], false).ok()
     }
 
+    /// The vocabulary's string of token `id` (as stored: `Ġbook` for a byte-level " book").
+    pub fn vocab_token(&self, id: u32) -> Option<String> {
+        self.inner.id_to_token(id)
+    }
+
     /// The id of a token string, if it is in the vocabulary.
     pub fn token_id(&self, token: &str) -> Option<u32> {
         self.inner.token_to_id(token)

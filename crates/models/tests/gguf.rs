@@ -254,6 +254,15 @@ fn smollm2_logits_equal_transformers() {
     let dir = tmp.path().join("smollm2");
     let report = import(&path, &dir).unwrap();
     assert_eq!(report.parameters, 134_515_008);
+    // The chat template the GGUF carries, as transformers' fixture has it, and its end of turn.
+    let chat = secateur_models::ChatTemplate::from_dir(&dir).unwrap().expect("SmolLM2 has a chat template");
+    let fixtures: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/chat/templates.json")).unwrap())
+            .unwrap();
+    assert_eq!(chat.source, fixtures["templates"][0]["template"].as_str().unwrap());
+    assert_eq!(chat.end_of_turn().as_deref(), Some("<|im_end|>"));
+    let tok = TextTokenizer::from_file(&dir.join("tokenizer.json")).unwrap();
+    assert_eq!(tok.token_id("<|im_end|>"), Some(2));
     let device = Default::default();
     let model = DenseLm::<B>::load(&dir, &device).unwrap();
     let reference = smollm2_reference();
