@@ -18,6 +18,33 @@ pub fn temp_sibling(path: &Path, kind: &str) -> PathBuf {
     dir.join(format!(".{name}.{kind}-{}-{n}", std::process::id()))
 }
 
+/// Removes the temporaries of `path` ([`temp_sibling`]s: `.NAME.partial-PID-N`, `.tmp-`,
+/// `.old-`) that a process which no longer runs left behind when it was killed. Those of live
+/// processes stay; where liveness cannot be told (no `/proc`), nothing is removed. Returns how
+/// many were removed.
+pub fn remove_stale_siblings(path: &Path) -> usize {
+    let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    let name = path.file_name().map_or_else(|| "out".into(), |n| n.to_string_lossy());
+    if !Path::new("/proc/self").exists() {
+        return 0;
+    }
+    let Ok(entries) = std::fs::read_dir(dir) else { return 0 };
+    let mut removed = 0;
+    for entry in entries.flatten() {
+        let file = entry.file_name().to_string_lossy().into_owned();
+        let Some(rest) = file.strip_prefix(&format!(".{name}.")) else { continue };
+        let Some((_, tail)) = ["partial-", "tmp-", "old-"].iter().find_map(|k| rest.strip_prefix(k).map(|t| (k, t))) else { continue };
+        let Some(pid) = tail.split_once('-').and_then(|(p, n)| n.parse::<u64>().ok().and(p.parse::<u32>().ok())) else { continue };
+        if pid == std::process::id() || Path::new("/proc").join(pid.to_string()).exists() {
+            continue;
+        }
+        let p = entry.path();
+        let gone = if p.is_dir() { std::fs::remove_dir_all(&p) } else { std::fs::remove_file(&p) };
+        removed += usize::from(gone.is_ok());
+    }
+    removed
+}
+
 /// Writes `bytes` to `path` through a unique temporary file beside it (synced, then renamed),
 /// so `path` holds either its old content or all of the new one. The temporary is removed on
 /// every error path (a full disk is not kept full by our leftovers).
@@ -113,6 +140,25 @@ impl Drop for StagedDir {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn stale_siblings_of_dead_processes_are_removed() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dest = tmp.path().join("model-1f");
+        // Process 999999999 cannot exist (above Linux's pid_max); ours does.
+        let dead = tmp.path().join(".model-1f.partial-999999999-0");
+        let live = temp_sibling(&dest, "partial");
+        let other = tmp.path().join(".model-2a.partial-999999999-0");
+        for d in [&dead, &live, &other] {
+            std::fs::create_dir(d).unwrap();
+            std::fs::write(d.join("model.safetensors"), b"half").unwrap();
+        }
+        std::fs::write(tmp.path().join(".model-1f.tmp-999999999-3"), b"x").unwrap();
+        let expected = if Path::new("/proc/self").exists() { 2 } else { 0 };
+        assert_eq!(remove_stale_siblings(&dest), expected);
+        assert_eq!(dead.exists(), expected == 0);
+        assert!(live.exists() && other.exists(), "a live process's and another destination's stay");
+    }
 
     #[test]
     fn temporaries_are_unique_and_atomic_writes_replace_whole() {

@@ -21,7 +21,7 @@ mod dir;
 mod jsonl;
 mod progress;
 
-pub use atomic::{StagedDir, temp_sibling, write_atomic};
+pub use atomic::{StagedDir, remove_stale_siblings, temp_sibling, write_atomic};
 pub use checkpoint::StepCheckpoints;
 pub use dir::{MANIFEST, Manifest, OpenMode, OutputDir, RunDir, check_not_input};
 pub use jsonl::{append_jsonl, read_jsonl, truncate_jsonl};

@@ -490,6 +490,8 @@ pub fn resolve_model(path: &Path) -> Result<PathBuf> {
     let stem = canonical.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_else(|| "model".into());
     let dir = cache_dir().join("gguf").join(format!("{stem}-{key:016x}"));
     if !dir.join(IMPORT_MARKER).is_file() {
+        // An import killed midway left a partial directory beside this one: remove it first.
+        secateur_runs::remove_stale_siblings(&dir);
         import(&canonical, &dir)?;
     }
     Ok(dir)
