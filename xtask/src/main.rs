@@ -8,6 +8,8 @@
 //!   interleaved, into `docs/results/bench-real.{json,md}` (see [`bench_real`]).
 //! - `recipe sqft | shears | nas | lonas`: the papers' tables at small scale on the embedded
 //!   default, into `runs/recipe-<name>/report.md` (see [`recipe`]).
+//! - `smollm2 fetch | prune | all`: the recipes on the real SmolLM2-135M-Instruct, into
+//!   `docs/results/smollm2-*.md` (see [`smollm2`]).
 //! - `pretrain-tiny`: pretrain the embedded tiny LLaMA (`examples/pretrain_tiny.rs`).
 
 mod bench;
@@ -16,6 +18,7 @@ mod fixtures;
 mod nas_summary;
 mod pretrain;
 mod recipe;
+mod smollm2;
 
 use std::path::PathBuf;
 use std::process::{Command, ExitCode};
@@ -44,6 +47,8 @@ enum Task {
     },
     /// Pretrain the embedded tiny LLaMA on the generated corpus.
     PretrainTiny(pretrain::Args),
+    /// The papers' recipes on the real SmolLM2-135M-Instruct (see [`smollm2`]).
+    Smollm2(smollm2::Args),
 }
 
 /// Runs a command in the repository root, echoing it; whether it succeeded.
@@ -71,6 +76,7 @@ fn main() -> ExitCode {
         Task::BenchReal(args) => bench_real::run(&args),
         Task::Recipe { name } => recipe::run(name),
         Task::PretrainTiny(args) => pretrain::run(&args),
+        Task::Smollm2(args) => smollm2::run(&args),
     };
     if ok { ExitCode::SUCCESS } else { ExitCode::FAILURE }
 }

@@ -604,7 +604,7 @@ fn run_on<B: Backend>(cmd: Command, device: B::Device) -> Result<(), CliError> {
                 )));
             }
             let opts = GenerateOptions { max_new_tokens, temperature, top_p, seed, eos_token_ids, use_cache: !no_cache, max_context: None };
-            let out = with_lm!(&m, |m| generate(m, &[ids.clone()], &opts, &device))?;
+            let out = with_lm!(&m, |m| generate(m, std::slice::from_ref(&ids), &opts, &device))?;
             let completion = tok.decode(&out[0])?;
             if as_json {
                 emit(
