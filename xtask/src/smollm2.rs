@@ -202,6 +202,14 @@ fn prune(args: &Args) -> bool {
             r["prune_seconds"].as_f64().map_or("-".into(), |s| format!("{s:.0}"))
         );
     }
+    // The Wanda paper's claim, in this run's numbers: word perplexity against dense's.
+    let word =
+        |name: &str| rows.iter().find(|r| r["name"] == name).and_then(|r| r["metrics"]["word_perplexity"].as_f64()).unwrap_or(f64::NAN);
+    md += "\nWord perplexity as a multiple of dense's (the Wanda paper: Wanda stays close to dense where magnitude collapses):\n";
+    for (pattern, key) in [("50% unstructured", "50"), ("2:4", "2of4")] {
+        let (w, m) = (word(&format!("wanda-{key}")) / word("dense"), word(&format!("magnitude-{key}")) / word("dense"));
+        md += &format!("- {pattern}: Wanda {w:.1}x, magnitude {m:.1}x (magnitude {:.0}x Wanda's).\n", m / w);
+    }
     md += "\n## Commands\n\n```\n";
     for c in &commands {
         md += c;
