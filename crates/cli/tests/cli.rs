@@ -30,6 +30,20 @@ fn info_summarises_the_checkpoint() {
     assert_eq!(sites[1]["shape"], serde_json::json!([16, 32]));
 }
 
+/// `secateur logits --model MODEL` on the token ids `ids` (JSON), with its own import cache.
+fn secateur_logits(model: &std::path::Path, ids: &str, cache: &std::path::Path) -> serde_json::Value {
+    let tmp = tempfile::tempdir().unwrap();
+    let input = tmp.path().join("ids.json");
+    std::fs::write(&input, ids).unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_secateur"))
+        .args(["logits", "--model", model.to_str().unwrap(), "--input-ids", input.to_str().unwrap()])
+        .env("SECATEUR_CACHE", cache)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
 /// `secateur logits --model MODEL` on the input ids of a transformers reference equals its logits.
 fn check_logits(model: &std::path::Path, reference: &std::path::Path, cache: &std::path::Path) {
     let bytes = std::fs::read(reference).unwrap();
@@ -42,16 +56,7 @@ fn check_logits(model: &std::path::Path, reference: &std::path::Path, cache: &st
     let reference: Vec<f32> = lt.data().chunks_exact(4).map(|c| f32::from_le_bytes(c.try_into().unwrap())).collect();
     let seqs: Vec<Vec<i64>> =
         ids.chunks(s).zip(mask.chunks(s)).map(|(i, m)| i.iter().zip(m).filter(|(_, m)| **m == 1).map(|(i, _)| *i).collect()).collect();
-    let tmp = tempfile::tempdir().unwrap();
-    let input = tmp.path().join("ids.json");
-    std::fs::write(&input, serde_json::to_string(&seqs).unwrap()).unwrap();
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_secateur"))
-        .args(["logits", "--model", model.to_str().unwrap(), "--input-ids", input.to_str().unwrap()])
-        .env("SECATEUR_CACHE", cache)
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    let out: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let out = secateur_logits(model, &serde_json::to_string(&seqs).unwrap(), cache);
     let rows = out["logits"].as_array().unwrap();
     assert_eq!(rows.len(), seqs.len());
     for (b, seq) in seqs.iter().enumerate() {
@@ -72,19 +77,10 @@ fn check_logits(model: &std::path::Path, reference: &std::path::Path, cache: &st
 /// (40 rows: more than the INT-n kernels' int8-activation path takes, so GPTQ weights are
 /// dequantized exactly).
 fn logits_gap(a: &std::path::Path, b: &std::path::Path, cache: &std::path::Path) -> f32 {
-    let tmp = tempfile::tempdir().unwrap();
-    let input = tmp.path().join("ids.json");
     let ids: Vec<Vec<u32>> = vec![(0..22).map(|i| (i * 7 + 1) % 60).collect(), (0..18).map(|i| (i * 5 + 3) % 60).collect()];
-    std::fs::write(&input, serde_json::to_string(&ids).unwrap()).unwrap();
+    let ids = serde_json::to_string(&ids).unwrap();
     let run = |m: &std::path::Path| -> Vec<f32> {
-        let out = std::process::Command::new(env!("CARGO_BIN_EXE_secateur"))
-            .args(["logits", "--model", m.to_str().unwrap(), "--input-ids", input.to_str().unwrap()])
-            .env("SECATEUR_CACHE", cache)
-            .output()
-            .unwrap();
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-        v["logits"]
+        secateur_logits(m, &ids, cache)["logits"]
             .as_array()
             .unwrap()
             .iter()
