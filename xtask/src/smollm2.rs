@@ -100,19 +100,20 @@ fn calibration_file(path: &Path) -> bool {
     std::fs::create_dir_all(path.parent().unwrap()).is_ok() && crate::run(Command::new("python3").arg("-c").arg(script).arg(path))
 }
 
-/// Perplexity of `model` on the held-out text, evaluated once into `out`.
-fn perplexity(model: &Path, out: &Path, seq_len: usize) -> Option<Value> {
+/// Perplexity of `model` on the held-out text with `window`-token windows, evaluated once into
+/// `out`; the command goes to `commands`.
+fn perplexity(model: &Path, out: &Path, window: usize, commands: &mut Vec<String>) -> Option<Value> {
+    let args: Vec<String> =
+        ["eval", "--model", &model.to_string_lossy(), "--task", &format!("ppl:{HELD_OUT}"), "--max-length", &window.to_string()]
+            .into_iter()
+            .map(String::from)
+            .collect();
+    commands.push(format!("secateur {}", args.join(" ")));
     let results = out.join("results.json");
-    if read_json(&results).is_none() {
-        let args =
-            ["eval", "--model", &model.to_string_lossy(), "--task", &format!("ppl:{HELD_OUT}"), "--max-length", &seq_len.to_string()]
-                .into_iter()
-                .map(String::from)
-                .chain(["--out".into(), out.to_string_lossy().into_owned(), "--force".into()])
-                .collect::<Vec<_>>();
-        if !secateur(&args) {
-            return None;
-        }
+    if read_json(&results).is_none()
+        && !secateur(&[args, vec!["--out".into(), out.to_string_lossy().into_owned(), "--force".into()]].concat())
+    {
+        return None;
     }
     Some(read_json(&results)?["results"][0]["metrics"].clone())
 }
@@ -135,9 +136,7 @@ fn prune(args: &Args) -> bool {
     }
     let mut rows = Vec::new();
     let mut commands = Vec::new();
-    let dense = perplexity(&model, &runs.join("eval-dense"), args.window);
-    commands.push(format!("secateur eval --model {} --task ppl:{HELD_OUT} --max-length {}", model.display(), args.window));
-    let Some(dense) = dense else { return false };
+    let Some(dense) = perplexity(&model, &runs.join("eval-dense"), args.window, &mut commands) else { return false };
     rows.push(json!({"name": "dense", "method": "dense", "pattern": "-", "sparsity": 0.0, "metrics": dense, "prune_seconds": null}));
     for (pattern, flag) in [("50% unstructured", vec!["--sparsity", "0.5"]), ("2:4", vec!["--nm", "2:4"])] {
         for method in ["magnitude", "wanda"] {
@@ -163,8 +162,7 @@ fn prune(args: &Args) -> bool {
             }
             let sparsity = read_json(&report).unwrap_or(Value::Null);
             let seconds: Option<f64> = std::fs::read_to_string(dir.join("xtask-seconds.txt")).ok().and_then(|s| s.trim().parse().ok());
-            commands.push(format!("secateur eval --model {} --task ppl:{HELD_OUT} --max-length {}", dir.display(), args.window));
-            let Some(metrics) = perplexity(&dir, &runs.join(format!("eval-{name}")), args.window) else { return false };
+            let Some(metrics) = perplexity(&dir, &runs.join(format!("eval-{name}")), args.window, &mut commands) else { return false };
             rows.push(json!({"name": name, "method": method, "pattern": pattern, "sparsity": sparsity["total_sparsity"], "nonzero_parameters": sparsity["nonzero_parameters"], "metrics": metrics, "prune_seconds": seconds}));
         }
     }

@@ -593,7 +593,7 @@ fn run_on<B: Backend>(cmd: Command, device: B::Device) -> Result<(), CliError> {
                 let mut messages: Vec<_> = system.iter().map(|s| secateur::models::Message::new("system", s)).collect();
                 messages.push(secateur::models::Message::new("user", &prompt));
                 eos_token_ids = template.stop_ids(&tok, &eos_token_ids);
-                (template.render(&messages, true)?, template.prompt_ids(&tok, &messages)?)
+                template.prompt(&tok, &messages)?
             } else {
                 (prompt.clone(), tok.encode(&prompt)?)
             };

@@ -162,11 +162,13 @@ impl ChatTemplate {
 }
 
 impl ChatTemplate {
-    /// The prompt ids of a conversation, ending in the opening of the assistant's turn, as
-    /// transformers' `apply_chat_template(..., add_generation_prompt=True, tokenize=True)` gives
-    /// them (the rendered text encoded without adding special tokens again).
-    pub fn prompt_ids(&self, tok: &crate::TextTokenizer, messages: &[Message]) -> Result<Vec<u32>> {
-        tok.encode_plain(&self.render(messages, true)?)
+    /// The prompt of a conversation, ending in the opening of the assistant's turn, and its ids
+    /// as transformers' `apply_chat_template(..., add_generation_prompt=True, tokenize=True)`
+    /// gives them (the rendered text encoded without adding special tokens again).
+    pub fn prompt(&self, tok: &crate::TextTokenizer, messages: &[Message]) -> Result<(String, Vec<u32>)> {
+        let text = self.render(messages, true)?;
+        let ids = tok.encode_plain(&text)?;
+        Ok((text, ids))
     }
 
     /// The ids that end an assistant turn: the model's `eos` ids and the end-of-turn tag's id
@@ -192,48 +194,35 @@ fn tojson(value: Value, indent: Option<usize>) -> std::result::Result<Value, Err
 
 fn python_json(v: &Value, indent: Option<usize>, depth: usize, out: &mut String) -> std::result::Result<(), Error> {
     use minijinja::value::ValueKind;
-    let pad = |d: usize| indent.map_or(String::new(), |n| format!("\n{}", " ".repeat(n * d)));
-    let sep = if indent.is_some() { "," } else { ", " };
     match v.kind() {
         ValueKind::Undefined | ValueKind::None => out.push_str("null"),
         ValueKind::Bool => out.push_str(if v.is_true() { "true" } else { "false" }),
         ValueKind::Number => out.push_str(&v.to_string()),
         ValueKind::String => out.push_str(&Json::String(v.as_str().unwrap_or_default().to_string()).to_string()),
-        ValueKind::Seq | ValueKind::Iterable => {
+        kind @ (ValueKind::Seq | ValueKind::Iterable | ValueKind::Map) => {
+            let map = kind == ValueKind::Map;
+            // A map iterates over its keys.
             let items: Vec<Value> = v.try_iter()?.collect();
-            if items.is_empty() {
-                out.push_str("[]");
-                return Ok(());
-            }
-            out.push('[');
-            for (i, x) in items.iter().enumerate() {
+            let (open, close) = if map { ('{', '}') } else { ('[', ']') };
+            out.push(open);
+            let pad = |d: usize| indent.map_or(String::new(), |n| format!("\n{}", " ".repeat(n * d)));
+            for (i, item) in items.iter().enumerate() {
                 if i > 0 {
-                    out.push_str(sep);
+                    out.push_str(if indent.is_some() { "," } else { ", " });
                 }
                 out.push_str(&pad(depth + 1));
-                python_json(x, indent, depth + 1, out)?;
-            }
-            out.push_str(&pad(depth));
-            out.push(']');
-        }
-        ValueKind::Map => {
-            let keys: Vec<Value> = v.try_iter()?.collect();
-            if keys.is_empty() {
-                out.push_str("{}");
-                return Ok(());
-            }
-            out.push('{');
-            for (i, k) in keys.iter().enumerate() {
-                if i > 0 {
-                    out.push_str(sep);
+                if map {
+                    out.push_str(&Json::String(item.to_string()).to_string());
+                    out.push_str(": ");
+                    python_json(&v.get_item(item)?, indent, depth + 1, out)?;
+                } else {
+                    python_json(item, indent, depth + 1, out)?;
                 }
-                out.push_str(&pad(depth + 1));
-                out.push_str(&Json::String(k.to_string()).to_string());
-                out.push_str(": ");
-                python_json(&v.get_item(k)?, indent, depth + 1, out)?;
             }
-            out.push_str(&pad(depth));
-            out.push('}');
+            if !items.is_empty() {
+                out.push_str(&pad(depth));
+            }
+            out.push(close);
         }
         _ => return Err(Error::new(ErrorKind::InvalidOperation, format!("tojson: cannot write a {} value", v.kind()))),
     }

@@ -14,7 +14,7 @@ use secateur_elastic_lora::peft::merge;
 use secateur_elastic_lora::{AdaptedLm, RankControl, SearchSpace, SubnetConfig};
 use secateur_models::extract::extract;
 use secateur_models::latency::{Latency, LatencySetup, measure, measure_many};
-use secateur_models::weights::{save_new, write_atomic};
+use secateur_models::weights::{COPIED_FILES, save_new, write_atomic};
 use secateur_models::{ArchSpec, DenseLm, PositionKind, SubnetStructure, TextTokenizer};
 use secateur_runs::StagedDir;
 use secateur_search::nsga2::Nsga2;
@@ -425,9 +425,10 @@ pub fn nas<B: AutodiffBackend>(args: &NasConfig, device: &B::Device, reporter: &
         let dir = out.join(name);
         let staged = StagedDir::new(&dir)?;
         save_new(&small, &small_cfg, staged.path())?;
-        for f in ["tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "generation_config.json"] {
+        // The tokenizer files beside the weights (save_new wrote config.json).
+        for f in COPIED_FILES.iter().filter(|f| **f != "config.json") {
             let from = base_dir.join(f);
-            if from.is_file() || f == "tokenizer.json" {
+            if from.is_file() || *f == "tokenizer.json" {
                 write_atomic(&staged.path().join(f), &std::fs::read(&from).map_err(|e| io(&from, e))?)?;
             }
         }

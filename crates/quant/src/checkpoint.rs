@@ -252,11 +252,11 @@ pub fn export_gguf<B: Backend>(
     check_exportable(&ArchSpec::from_config_file(&config)?, &config)?;
     let model = load_quantized::<B>(dir, device)?;
     let spec = model.spec().clone();
-    let weights: std::collections::HashMap<String, Vec<f32>> = model
+    let mut weights: std::collections::HashMap<String, Vec<f32>> = model
         .projections()
         .into_iter()
         .map(|(site, p)| (format!("{}.weight", spec.hf_module(site.layer, site.kind)), p.dequantized()))
         .collect();
     drop(model);
-    Ok(export_with(dir, out, ty, &|name| weights.get(name).cloned())?)
+    Ok(export_with(dir, out, ty, &mut |name| weights.remove(name))?)
 }

@@ -33,8 +33,10 @@ pub fn remove_stale_siblings(path: &Path) -> usize {
     for entry in entries.flatten() {
         let file = entry.file_name().to_string_lossy().into_owned();
         let Some(rest) = file.strip_prefix(&format!(".{name}.")) else { continue };
-        let Some((_, tail)) = ["partial-", "tmp-", "old-"].iter().find_map(|k| rest.strip_prefix(k).map(|t| (k, t))) else { continue };
-        let Some(pid) = tail.split_once('-').and_then(|(p, n)| n.parse::<u64>().ok().and(p.parse::<u32>().ok())) else { continue };
+        let Some(tail) = ["partial-", "tmp-", "old-"].iter().find_map(|k| rest.strip_prefix(k)) else { continue };
+        // PID-N, as temp_sibling names them.
+        let Some((pid, n)) = tail.split_once('-') else { continue };
+        let (Ok(pid), Ok(_)) = (pid.parse::<u32>(), n.parse::<u64>()) else { continue };
         if pid == std::process::id() || Path::new("/proc").join(pid.to_string()).exists() {
             continue;
         }

@@ -271,13 +271,13 @@ pub fn check_exportable(spec: &ArchSpec, config: &Path) -> Result<()> {
 /// # Ok::<(), secateur_models::ModelError>(())
 /// ```
 pub fn export(dir: &Path, out: &Path, ty: GgmlType) -> Result<ExportReport> {
-    export_with(dir, out, ty, &|_| None)
+    export_with(dir, out, ty, &mut |_| None)
 }
 
 /// [`export`], with the values of some tensors given by `weight` (by Hugging Face name, `[out,
-/// in]` row-major) instead of read from the checkpoint: how a quantized checkpoint, whose
-/// projections are packed codes, is written with its dequantized weights.
-pub fn export_with(dir: &Path, out: &Path, ty: GgmlType, weight: &dyn Fn(&str) -> Option<Vec<f32>>) -> Result<ExportReport> {
+/// in]` row-major; called once per tensor) instead of read from the checkpoint: how a quantized
+/// checkpoint, whose projections are packed codes, is written with its dequantized weights.
+pub fn export_with(dir: &Path, out: &Path, ty: GgmlType, weight: &mut dyn FnMut(&str) -> Option<Vec<f32>>) -> Result<ExportReport> {
     let config = dir.join("config.json");
     if !EXPORT_TYPES.contains(&ty) {
         return Err(bad(out, format!("{} is not a type secateur writes (f32, f16, q8_0, q4_0, q4_1)", ty.name())));
