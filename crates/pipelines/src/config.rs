@@ -308,7 +308,7 @@ pub(crate) fn export_model<B: Backend>(
     let file = out.join("gguf").join(format!("{name}-{}.gguf", ty.name().to_lowercase()));
     std::fs::create_dir_all(out.join("gguf")).map_err(|e| err(&out.join("gguf"), e))?;
     let r = secateur_quant::checkpoint::export_gguf::<B>(dir, &file, ty, device)?;
-    reporter.line(&format!("export: {} ({:.1} MB)", file.display(), r.bytes as f64 / 1e6));
+    reporter.line(&format!("export: {} ({} bytes)", file.display(), r.bytes));
     Ok(Some(
         serde_json::json!({"model": dir, "path": r.path, "bytes": r.bytes, "tensor_types": r.tensor_types, "f16_fallbacks": r.fallbacks}),
     ))
