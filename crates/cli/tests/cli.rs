@@ -1,6 +1,6 @@
 //! End-to-end tests of the `secateur` binary on the models crate's fixtures.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use safetensors::tensor::SafeTensors;
 
@@ -134,6 +134,61 @@ fn generate_is_deterministic_and_greedy_by_default() {
     let (_, s2, _) = secateur(&[&args[..], &sample].concat());
     assert!(ok);
     assert_eq!(s1, s2);
+}
+
+/// `eval --chat` scores as lm-eval's `--apply_chat_template --system_instruction` (the fixture
+/// of crates/eval/tests, `scripts/make_eval_fixtures.py`), records the setting, and refuses a
+/// model without a template and the Alpaca-prompted `gen:` tasks.
+#[test]
+fn eval_chat_scores_as_lm_eval_apply_chat_template() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("m");
+    std::fs::create_dir(&dir).unwrap();
+    for f in ["config.json", "model.safetensors", "tokenizer.json"] {
+        std::fs::copy(fixture("llama_gqa").join(f), dir.join(f)).unwrap();
+    }
+    let d = dir.to_str().unwrap();
+    let eval_dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../eval/tests");
+    let mc = format!("mc:{}", eval_dir.join("data/mc.jsonl").display());
+    let (ok, _, stderr) = secateur(&["eval", "--model", d, "--task", &mc, "--chat"]);
+    assert!(!ok && stderr.contains("no chat template") && stderr.contains(d), "{stderr}");
+    let templates: serde_json::Value = serde_json::from_slice(&std::fs::read(fixture("chat").join("templates.json")).unwrap()).unwrap();
+    let zephyr = templates["templates"].as_array().unwrap().iter().find(|t| t["name"] == "zephyr").unwrap();
+    let config = serde_json::json!({"chat_template": zephyr["template"], "bos_token": "<s>", "eos_token": "</s>", "unk_token": "<unk>"});
+    std::fs::write(dir.join("tokenizer_config.json"), config.to_string()).unwrap();
+    let reference: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(eval_dir.join("fixtures/chat_llama_gqa.json")).unwrap()).unwrap();
+    let run = &reference["runs"][0];
+    assert_eq!(run["template"], "zephyr");
+    let system = run["system_instruction"].as_str().unwrap();
+    let out = tmp.path().join("out");
+    let args = ["eval", "--model", d, "--task", &mc, "--chat", "--system", system, "--max-length", "512", "--out", out.to_str().unwrap()];
+    let (ok, _, stderr) = secateur(&args);
+    assert!(ok, "{stderr}");
+    let results: serde_json::Value = serde_json::from_slice(&std::fs::read(out.join("results.json")).unwrap()).unwrap();
+    assert_eq!(results["settings"]["chat_template"]["system_instruction"], system);
+    let (ours, theirs) = (&results["results"][0]["metrics"], &run["tasks"]["mc"]["metrics"]);
+    for metric in ["acc", "acc_norm"] {
+        assert_eq!(ours[metric].as_f64(), theirs[metric].as_f64(), "{metric}");
+    }
+    let samples = std::fs::read_to_string(out.join("samples-mc_mc.jsonl")).unwrap();
+    let lls: Vec<f64> = samples
+        .lines()
+        .flat_map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["requests"].as_array().unwrap().clone())
+        .map(|q| q["loglik"].as_f64().unwrap())
+        .collect();
+    let want: Vec<f64> = run["tasks"]["mc"]["samples"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|s| s["lls"].as_array().unwrap().clone())
+        .map(|v| v.as_f64().unwrap())
+        .collect();
+    assert_eq!(lls.len(), want.len());
+    assert!(lls.iter().zip(&want).all(|(a, b)| (a - b).abs() <= 1e-4), "{lls:?} vs lm-eval {want:?}");
+    let generation = format!("gen:{}", eval_dir.join("data/gsm8k.jsonl").display());
+    let (ok, _, stderr) = secateur(&["eval", "--model", d, "--task", &generation, "--chat"]);
+    assert!(!ok && stderr.contains("without --chat"), "{stderr}");
 }
 
 #[test]

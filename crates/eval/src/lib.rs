@@ -20,7 +20,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use burn::prelude::Backend;
-use secateur_models::{ArchSpec, CausalLm, Projection, TextTokenizer};
+use secateur_models::{ArchSpec, CausalLm, ChatTemplate, Message, Projection, TextTokenizer};
 use serde::Serialize;
 
 pub use generation::{GenDoc, RegexFilter};
@@ -51,6 +51,50 @@ pub enum EvalError {
     /// A request the model cannot score.
     #[error("{0}")]
     Request(String),
+}
+
+/// lm-eval's `--apply_chat_template` (few-shot examples in one user turn, its default) with
+/// `--system_instruction`: each context is rendered by the model's chat template as a user
+/// message after the system prompt, with the generation prompt, and choices follow it with no
+/// `target_delimiter`.
+#[derive(Clone, Copy)]
+pub struct Chat<'a> {
+    pub template: &'a ChatTemplate,
+    /// The system instruction (lm-eval's `--system_instruction`).
+    pub system: Option<&'a str>,
+}
+
+impl Chat<'_> {
+    /// The system message for a task's `description`: the system instruction and the
+    /// description joined by the few-shot delimiter (`"\n\n"`), either alone, or none when empty.
+    pub fn system_prompt(&self, description: &str) -> Option<String> {
+        let p = match (self.system, description.is_empty()) {
+            (Some(s), false) => format!("{s}\n\n{description}"),
+            (Some(s), true) => s.to_string(),
+            (None, _) => description.to_string(),
+        };
+        (!p.is_empty()).then_some(p)
+    }
+
+    /// `messages` rendered with the generation prompt. As lm-eval's `HFLM.apply_chat_template`,
+    /// a template that refuses them is tried once more without the system messages.
+    pub fn render_messages(&self, messages: &[Message]) -> Result<String, EvalError> {
+        match self.template.render(messages, true) {
+            Ok(s) => Ok(s),
+            Err(e) if messages.iter().any(|m| m.role == "system") => {
+                let rest: Vec<Message> = messages.iter().filter(|m| m.role != "system").cloned().collect();
+                self.template.render(&rest, true).map_err(|_| e.into())
+            }
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// The prompt of one user message after an optional system message.
+    pub fn render(&self, system: Option<&str>, user: &str) -> Result<String, EvalError> {
+        let mut messages: Vec<Message> = system.map(|s| Message::new("system", s)).into_iter().collect();
+        messages.push(Message::new("user", user));
+        self.render_messages(&messages)
+    }
 }
 
 /// Settings of an evaluation.
@@ -192,6 +236,12 @@ pub fn evaluate<B: Backend, P: Projection<B>>(
     let mut samples = Vec::new();
     let requests_total;
     if let TaskSpec::Generation(path) = spec {
+        if enc.chat.is_some() {
+            return Err(EvalError::Spec(format!(
+                "{}: gen:FILE tasks prompt with the pipelines' Alpaca template; evaluate them without --chat",
+                path.display()
+            )));
+        }
         let records: Vec<_> = secateur_supernet::data::read_records(path)?.into_iter().take(limit).collect();
         let acc = secateur_supernet::eval::accuracy(
             model,
@@ -223,7 +273,10 @@ pub fn evaluate<B: Backend, P: Projection<B>>(
         {
             until.push(eos);
         }
-        let contexts: Vec<String> = docs.iter().map(|d| d.context.clone()).collect();
+        let contexts: Vec<String> = match &enc.chat {
+            Some(chat) => docs.iter().map(|d| chat.render(chat.system_prompt("").as_deref(), &d.context)).collect::<Result<_, _>>()?,
+            None => docs.iter().map(|d| d.context.clone()).collect(),
+        };
         let max_gen = cfg.max_new_tokens.unwrap_or(generation::GSM8K_MAX_GEN_TOKS);
         let outputs = generation::generate_texts(model, enc, &contexts, &until, max_gen, cfg.max_length, cfg.batch_size, device)?;
         requests_total = docs.len();
@@ -280,14 +333,17 @@ pub fn evaluate<B: Backend, P: Projection<B>>(
         metrics.insert("bits_per_byte".into(), -ll / bytes as f64 / std::f64::consts::LN_2);
         metrics.insert("token_perplexity".into(), (-ll / tokens as f64).exp());
     } else {
-        let docs: Vec<McDoc> = tasks::mc_docs(spec, cfg.num_fewshot)?.into_iter().take(limit).collect();
+        let mut docs: Vec<McDoc> = tasks::mc_docs(spec, cfg.num_fewshot)?.into_iter().take(limit).collect();
+        if let Some(chat) = &enc.chat {
+            docs = docs.into_iter().map(|d| d.into_chat(chat)).collect::<Result<_, _>>()?;
+        }
         let mut requests = Vec::new();
         for d in &docs {
             // One context (its encoding shared by the choices), or one per choice (partial scoring).
             let encoded = match &d.shared_continuation {
                 None => {
                     let conts: Vec<String> = (0..d.choices.len()).map(|i| d.pair(i).1).collect();
-                    enc.pairs(&d.contexts[0], &conts.iter().map(String::as_str).collect::<Vec<_>>())?
+                    enc.pairs(&d.pair(0).0, &conts.iter().map(String::as_str).collect::<Vec<_>>())?
                 }
                 Some(_) => (0..d.choices.len()).map(|i| d.pair(i)).map(|(c, k)| enc.pair(&c, &k)).collect::<Result<_, _>>()?,
             };

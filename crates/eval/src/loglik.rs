@@ -37,6 +37,9 @@ pub struct Encoder<'a> {
     pub prefix_token: u32,
     /// Prepend the BOS token to every encoding (lm-eval's `add_bos_token`; off for causal LMs).
     pub add_bos: Option<u32>,
+    /// Contexts as chat prompts (lm-eval's `--apply_chat_template`); rolling perplexity has no
+    /// context and ignores it, as lm-eval does.
+    pub chat: Option<crate::Chat<'a>>,
 }
 
 impl Encoder<'_> {

@@ -4,6 +4,7 @@
 
 use std::path::{Path, PathBuf};
 
+use secateur_models::Message;
 use serde_json::Value;
 
 use crate::EvalError;
@@ -23,15 +24,42 @@ pub struct McDoc {
     pub shared_continuation: Option<String>,
     pub gold: usize,
     pub target_delimiter: String,
+    /// The task's description (lm-eval's `description`, MMLU's subject line), before the
+    /// contexts; a chat prompt makes it the system message.
+    pub description: String,
 }
 
 impl McDoc {
     /// The (context, continuation) pair of choice `i`.
     pub fn pair(&self, i: usize) -> (String, String) {
+        let d = &self.description;
         match &self.shared_continuation {
-            Some(cont) => (self.contexts[i].clone(), format!("{}{cont}", self.target_delimiter)),
-            None => (self.contexts[0].clone(), format!("{}{}", self.target_delimiter, self.choices[i])),
+            Some(cont) => (format!("{d}{}", self.contexts[i]), format!("{}{cont}", self.target_delimiter)),
+            None => (format!("{d}{}", self.contexts[0]), format!("{}{}", self.target_delimiter, self.choices[i])),
         }
+    }
+
+    /// The document as lm-eval builds it with `--apply_chat_template` (not few-shot as
+    /// multi-turn): the context becomes one user message after the system prompt, rendered with
+    /// the generation prompt, and `target_delimiter` becomes empty. With partial scoring
+    /// (`multiple_input`), each context is a user message of its own, rendered after the system
+    /// prompt's render (lm-eval's `construct_requests`: `ctx + chat_template([user: choice])`).
+    pub fn into_chat(mut self, chat: &crate::Chat) -> Result<Self, EvalError> {
+        let system = chat.system_prompt(&self.description);
+        match self.shared_continuation {
+            None => self.contexts = vec![chat.render(system.as_deref(), &self.contexts[0])?],
+            Some(_) => {
+                let head = match &system {
+                    Some(s) => chat.render_messages(&[Message::new("system", s)])?,
+                    None => String::new(),
+                };
+                self.contexts =
+                    self.contexts.iter().map(|c| Ok(format!("{head}{}", chat.render(None, c)?))).collect::<Result<_, EvalError>>()?;
+            }
+        }
+        self.description.clear();
+        self.target_delimiter.clear();
+        Ok(self)
     }
 }
 
@@ -248,6 +276,7 @@ fn named_doc(task: Named, path: &Path, line: usize, row: &Value) -> Result<McDoc
         shared_continuation: None,
         gold,
         target_delimiter: " ".into(),
+        description: String::new(),
     };
     Ok(match task {
         // super_glue/boolq/default.yaml: "{{passage}}\nQuestion: {{question}}?\nAnswer:", ["no", "yes"], label.
@@ -307,6 +336,7 @@ fn named_doc(task: Named, path: &Path, line: usize, row: &Value) -> Result<McDoc
                 shared_continuation: Some(sentence[idx + 1..].trim_matches(crate::loglik::python_whitespace).to_string()),
                 gold,
                 target_delimiter: " ".into(),
+                description: String::new(),
             }
         }
         // arc/arc_easy.yaml (and arc_challenge): "Question: {{question}}\nAnswer:", choices.text,
@@ -387,6 +417,7 @@ pub fn mc_docs(spec: &TaskSpec, num_fewshot: usize) -> Result<Vec<McDoc>, EvalEr
                     shared_continuation: None,
                     gold,
                     target_delimiter,
+                    description: String::new(),
                 }
             }
         };
@@ -420,13 +451,13 @@ pub fn mc_docs(spec: &TaskSpec, num_fewshot: usize) -> Result<Vec<McDoc>, EvalEr
             }
         }
         for (d, (_, row)) in docs.iter_mut().zip(read_rows(path)?) {
-            let description = match row.get("subject").and_then(Value::as_str) {
+            d.description = match row.get("subject").and_then(Value::as_str) {
                 Some(subject) => {
                     format!("The following are multiple choice questions (with answers) about {}.\n\n", subject.replace('_', " "))
                 }
                 None => String::new(),
             };
-            d.contexts[0] = format!("{description}{prefix}{}", d.contexts[0]);
+            d.contexts[0] = format!("{prefix}{}", d.contexts[0]);
         }
     }
     Ok(docs)

@@ -83,6 +83,11 @@ pub struct ShearsConfig {
     #[arg(long)]
     #[serde(default)]
     pub eval_limit: Option<usize>,
+    /// Tokens per window of the `--eval-task` evaluations (default: the model's context length,
+    /// as `secateur eval --max-length` takes it).
+    #[arg(long)]
+    #[serde(default)]
+    pub eval_max_length: Option<usize>,
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
     /// Save a training checkpoint every N steps.
@@ -155,6 +160,9 @@ impl ShearsConfig {
         secateur_sparsity::check_calibration_size(self.calibration_samples, 64)?;
         if self.eval_limit == Some(0) {
             return usage("--eval-limit must be at least 1".into());
+        }
+        if self.eval_max_length.is_some_and(|n| n < 2) {
+            return usage("--eval-max-length must be at least 2 tokens".into());
         }
         for t in &self.eval_task {
             let spec = TaskSpec::parse(t).map_err(|e| PipelineError::Usage(format!("--eval-task: {e}")))?;
@@ -426,7 +434,7 @@ impl Evals {
             num_fewshot: 0,
             limit: args.eval_limit,
             batch_size: 8,
-            max_length: secateur_eval::default_max_length(base_dir, spec),
+            max_length: args.eval_max_length.unwrap_or_else(|| secateur_eval::default_max_length(base_dir, spec)),
             max_new_tokens: None,
         };
         let prefix_token = if specs.is_empty() { 0 } else { secateur_eval::prefix_token(base_dir, spec, tok)? };
@@ -441,7 +449,7 @@ impl Evals {
         device: &B::Device,
         reporter: &dyn Reporter,
     ) -> Result<BTreeMap<String, f64>, PipelineError> {
-        let enc = Encoder { tokenizer: tok, prefix_token: self.prefix_token, add_bos: None };
+        let enc = Encoder { tokenizer: tok, prefix_token: self.prefix_token, add_bos: None, chat: None };
         let mut out = BTreeMap::new();
         for spec in &self.specs {
             let r = secateur_eval::evaluate(model, &enc, spec, &self.cfg, device)?;
