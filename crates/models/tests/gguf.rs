@@ -154,6 +154,39 @@ fn imported_tokenizer_equals_the_original_tokenizer_json() {
     assert!(cfg["chat_template"].as_str().unwrap().contains("add_generation_prompt"));
 }
 
+/// A SentencePiece (`llama`) vocabulary: ids equal transformers' GGUF conversion and llama.cpp's
+/// own tokenizer on 290 strings (prose, code, spaces, non-Latin scripts and emoji through byte
+/// fallback, special tokens in text), and decoding gives transformers' text back
+/// (`scripts/make_gguf_spm_fixture.py`).
+#[test]
+fn sentencepiece_tokenizer_equals_transformers_and_llama_cpp() {
+    let file = GgufFile::open(&gguf_fixtures().join("spm_tokenizer.gguf")).unwrap();
+    let tmp = tempfile::tempdir().unwrap();
+    let tj = tmp.path().join("tokenizer.json");
+    std::fs::write(&tj, serde_json::to_vec(&file.hf_tokenizer().unwrap()).unwrap()).unwrap();
+    let tok = TextTokenizer::from_file(&tj).unwrap();
+    let reference: serde_json::Value = serde_json::from_slice(&std::fs::read(gguf_fixtures().join("spm-reference.json")).unwrap()).unwrap();
+    let rows = reference["strings"].as_array().unwrap();
+    assert!(rows.len() >= 280);
+    let mut bad = Vec::new();
+    for r in rows {
+        let text = r["text"].as_str().unwrap();
+        let ours = tok.encode(text).unwrap();
+        for who in ["transformers", "llama_cpp"] {
+            if ours != ids(&r[who]) {
+                bad.push(format!("{text:?}: ours {ours:?}, {who} {:?}", ids(&r[who])));
+            }
+        }
+        let decoded = tok.decode(&ours).unwrap();
+        if decoded != r["decoded"].as_str().unwrap() {
+            bad.push(format!("{text:?}: decoded {decoded:?}, transformers {:?}", r["decoded"]));
+        }
+    }
+    assert!(bad.is_empty(), "{} differences:\n{}", bad.len(), bad.join("\n"));
+    let cfg = file.hf_tokenizer_config().unwrap();
+    assert_eq!((cfg["bos_token"].as_str(), cfg["add_bos_token"].as_bool()), (Some("<s>"), Some(true)));
+}
+
 fn expect_gguf_error(bytes: &[u8], what: &str) -> String {
     let tmp = tempfile::tempdir().unwrap();
     let p = tmp.path().join("bad.gguf");

@@ -238,13 +238,17 @@ impl GgufFile {
 
     /// `tokenizer.json` (the `tokenizers` crate's format) rebuilt from `tokenizer.ggml.*`: a
     /// byte-level BPE (`tokenizer.ggml.model = gpt2`) with the pre-tokenizer regexes llama.cpp
-    /// uses for `tokenizer.ggml.pre`, control tokens (type 3) as special added tokens, and BOS
+    /// uses for `tokenizer.ggml.pre`, or a SentencePiece vocabulary (`llama`, see
+    /// [`Self::spm_tokenizer`]); control tokens (type 3) as special added tokens, and BOS
     /// added when `tokenizer.ggml.add_bos_token` says so.
     pub fn hf_tokenizer(&self) -> Result<Json> {
         let model = self.require_str("tokenizer.ggml.model")?;
+        if model == "llama" {
+            return self.spm_tokenizer();
+        }
         if model != "gpt2" {
             return Err(self.bad(format!(
-                "`tokenizer.ggml.model` = {model:?}: only byte-level BPE tokenizers (`gpt2`) are imported; SentencePiece (`llama`) is not yet"
+                "`tokenizer.ggml.model` = {model:?}: secateur imports byte-level BPE (`gpt2`) and SentencePiece (`llama`) tokenizers"
             )));
         }
         let tokens = self.tokens()?;
@@ -259,21 +263,7 @@ impl GgufFile {
                 Ok(json!([a, b]))
             })
             .collect::<Result<_>>()?;
-        let types: Vec<i64> = match self.get("tokenizer.ggml.token_type") {
-            None => vec![1; tokens.len()],
-            Some(v) => {
-                let a = v.as_array().ok_or_else(|| self.bad("`tokenizer.ggml.token_type` is not an array"))?;
-                if a.len() != tokens.len() {
-                    return Err(self.bad(format!("`tokenizer.ggml.token_type` has {} entries for {} tokens", a.len(), tokens.len())));
-                }
-                a.iter()
-                    .map(|t| match *t {
-                        Value::I32(x) => Ok(x as i64),
-                        _ => t.as_u64().map(|x| x as i64).ok_or_else(|| self.bad("`tokenizer.ggml.token_type` holds a non-integer")),
-                    })
-                    .collect::<Result<_>>()?
-            }
-        };
+        let types = self.token_types(tokens.len())?;
         let pre = self.get("tokenizer.ggml.pre").and_then(Value::as_str).unwrap_or("default");
         let (regexes, ignore_merges) = pre_tokenizer_regexes(pre).ok_or_else(|| {
             self.bad(format!("`tokenizer.ggml.pre` = {pre:?} is not a pre-tokenizer secateur knows ({})", KNOWN_PRE.join(", ")))
@@ -299,20 +289,7 @@ impl GgufFile {
                        "normalized": false, "special": ty == 3})
             })
             .collect();
-        let add_bos = self.get("tokenizer.ggml.add_bos_token").and_then(Value::as_bool).unwrap_or(false);
-        let bos = self.get("tokenizer.ggml.bos_token_id").and_then(Value::as_u64);
-        let post = match (add_bos, bos) {
-            (true, Some(id)) => {
-                let b = *tokens.get(id as usize).ok_or_else(|| self.bad(format!("bos_token_id {id} is not a token")))?;
-                json!({"type": "TemplateProcessing",
-                       "single": [{"SpecialToken": {"id": b, "type_id": 0}}, {"Sequence": {"id": "A", "type_id": 0}}],
-                       "pair": [{"SpecialToken": {"id": b, "type_id": 0}}, {"Sequence": {"id": "A", "type_id": 0}},
-                                {"SpecialToken": {"id": b, "type_id": 1}}, {"Sequence": {"id": "B", "type_id": 1}}],
-                       "special_tokens": {b: {"id": b, "ids": [id], "tokens": [b]}}})
-            }
-            (true, None) => return Err(self.bad("`tokenizer.ggml.add_bos_token` is true but there is no `tokenizer.ggml.bos_token_id`")),
-            (false, _) => Json::Null,
-        };
+        let post = self.post_processor(&tokens, false)?;
         // A byte-level vocabulary covers every byte; a smaller one maps what it lacks to
         // `tokenizer.ggml.unknown_token_id` when the file names one.
         let unk = match self.get("tokenizer.ggml.unknown_token_id").and_then(Value::as_u64) {
@@ -334,12 +311,166 @@ impl GgufFile {
         }))
     }
 
+    /// `tokenizer.ggml.token_type` (1, normal, for every token when absent).
+    fn token_types(&self, n: usize) -> Result<Vec<i64>> {
+        let Some(v) = self.get("tokenizer.ggml.token_type") else { return Ok(vec![1; n]) };
+        let a = v.as_array().ok_or_else(|| self.bad("`tokenizer.ggml.token_type` is not an array"))?;
+        if a.len() != n {
+            return Err(self.bad(format!("`tokenizer.ggml.token_type` has {} entries for {n} tokens", a.len())));
+        }
+        a.iter()
+            .map(|t| match *t {
+                Value::I32(x) => Ok(x as i64),
+                _ => t.as_u64().map(|x| x as i64).ok_or_else(|| self.bad("`tokenizer.ggml.token_type` holds a non-integer")),
+            })
+            .collect()
+    }
+
+    /// BOS (and EOS) around every encoding as `tokenizer.ggml.add_bos_token` /
+    /// `add_eos_token` ask (`add_bos` when the file does not say).
+    fn post_processor(&self, tokens: &[&str], add_bos: bool) -> Result<Json> {
+        let flag = |k: &str, default: bool| self.get(&format!("tokenizer.ggml.{k}")).and_then(Value::as_bool).unwrap_or(default);
+        let mut ends = Vec::new();
+        for (key, wanted) in [("bos", flag("add_bos_token", add_bos)), ("eos", flag("add_eos_token", false))] {
+            if !wanted {
+                continue;
+            }
+            let id = self.get(&format!("tokenizer.ggml.{key}_token_id")).and_then(Value::as_u64).ok_or_else(|| {
+                self.bad(format!("`tokenizer.ggml.add_{key}_token` is true but there is no `tokenizer.ggml.{key}_token_id`"))
+            })?;
+            let t = *tokens.get(id as usize).ok_or_else(|| self.bad(format!("{key}_token_id {id} is not a token")))?;
+            ends.push((key, t, id));
+        }
+        if ends.is_empty() {
+            return Ok(Json::Null);
+        }
+        let special = |key: &str, type_id: u32| -> Vec<Json> {
+            ends.iter().filter(|e| e.0 == key).map(|e| json!({"SpecialToken": {"id": e.1, "type_id": type_id}})).collect()
+        };
+        let seq = |id: &str, type_id: u32| json!({"Sequence": {"id": id, "type_id": type_id}});
+        let single: Vec<Json> = [special("bos", 0), vec![seq("A", 0)], special("eos", 0)].concat();
+        let pair: Vec<Json> =
+            [special("bos", 0), vec![seq("A", 0)], special("eos", 0), special("bos", 1), vec![seq("B", 1)], special("eos", 1)].concat();
+        let specials: serde_json::Map<String, Json> =
+            ends.iter().map(|e| (e.1.to_string(), json!({"id": e.1, "ids": [e.2], "tokens": [e.1]}))).collect();
+        Ok(json!({"type": "TemplateProcessing", "single": single, "pair": pair, "special_tokens": specials}))
+    }
+
+    /// A SentencePiece vocabulary (`tokenizer.ggml.model = llama`: tokens and scores, byte
+    /// tokens `<0xNN>`) as transformers' GGUF conversion builds it (`GGUFLlamaConverter`, legacy
+    /// LLaMA): `▁` prepended (unless `tokenizer.ggml.add_space_prefix` is false) and spaces
+    /// replaced by `▁`, then BPE with byte fallback whose merges come from the scores (for each
+    /// token, every split into two tokens, those ranked by the halves' scores, all ranked by the
+    /// token's score, ties in vocabulary order), or from `tokenizer.ggml.merges` when the file
+    /// has them; BOS added unless `tokenizer.ggml.add_bos_token` is false. llama.cpp's own
+    /// tokenizer gives the same ids on the fixture's strings (`scripts/make_gguf_spm_fixture.py`).
+    pub fn spm_tokenizer(&self) -> Result<Json> {
+        let tokens = self.tokens()?;
+        let types = self.token_types(tokens.len())?;
+        let scores: Vec<f64> = match self.get("tokenizer.ggml.scores") {
+            None => vec![0.0; tokens.len()],
+            Some(v) => {
+                let a = v.as_array().ok_or_else(|| self.bad("`tokenizer.ggml.scores` is not an array"))?;
+                if a.len() != tokens.len() {
+                    return Err(self.bad(format!("`tokenizer.ggml.scores` has {} entries for {} tokens", a.len(), tokens.len())));
+                }
+                a.iter().map(|x| x.as_f64().ok_or_else(|| self.bad("`tokenizer.ggml.scores` holds a non-number"))).collect::<Result<_>>()?
+            }
+        };
+        // Python's `{t: i}` / `{t: score}`: a repeated string keeps its first position and its
+        // last value.
+        let mut order: Vec<&str> = Vec::new();
+        let mut last: std::collections::HashMap<&str, usize> = std::collections::HashMap::new();
+        for (i, t) in tokens.iter().enumerate() {
+            if last.insert(t, i).is_none() {
+                order.push(t);
+            }
+        }
+        let merges: Vec<Json> = match self.get("tokenizer.ggml.merges") {
+            Some(m) => {
+                let m = m.as_array().ok_or_else(|| self.bad("`tokenizer.ggml.merges` is not an array"))?;
+                m.iter()
+                    .enumerate()
+                    .map(|(i, m)| {
+                        let s = m.as_str().ok_or_else(|| self.bad(format!("`tokenizer.ggml.merges`[{i}] is not a string")))?;
+                        let (a, b) =
+                            s.split_once(' ').ok_or_else(|| self.bad(format!("`tokenizer.ggml.merges`[{i}] = {s:?} is not `A B`")))?;
+                        Ok(json!([a, b]))
+                    })
+                    .collect::<Result<_>>()?
+            }
+            None => {
+                let score = |t: &str| scores[last[t]];
+                let mut all: Vec<(&str, &str, f64)> = Vec::new();
+                for t in &order {
+                    let mut local: Vec<(&str, &str, f64)> = t
+                        .char_indices()
+                        .skip(1)
+                        .map(|(at, _)| t.split_at(at))
+                        .filter(|(l, r)| last.contains_key(l) && last.contains_key(r))
+                        .map(|(l, r)| (l, r, score(t)))
+                        .collect();
+                    local.sort_by(|a, b| {
+                        (score(b.0), score(b.1)).partial_cmp(&(score(a.0), score(a.1))).unwrap_or(std::cmp::Ordering::Equal)
+                    });
+                    all.extend(local);
+                }
+                all.sort_by(|a, b| b.2.partial_cmp(&a.2).unwrap_or(std::cmp::Ordering::Equal));
+                all.into_iter().map(|(l, r, _)| json!([l, r])).collect()
+            }
+        };
+        let vocab: serde_json::Map<String, Json> = order.iter().map(|t| (t.to_string(), json!(last[t]))).collect();
+        let unk_id = self.get("tokenizer.ggml.unknown_token_id").and_then(Value::as_u64).map(|u| u as usize);
+        let unk = match unk_id {
+            Some(id) => json!(*tokens.get(id).ok_or_else(|| self.bad(format!("unknown_token_id {id} is not a token")))?),
+            None => Json::Null,
+        };
+        let added: Vec<Json> = types
+            .iter()
+            .enumerate()
+            .filter(|&(i, &ty)| ty == 3 || ty == 4 || Some(i) == unk_id)
+            .map(|(i, &ty)| {
+                json!({"id": i, "content": tokens[i], "single_word": false, "lstrip": false, "rstrip": false,
+                       "normalized": false, "special": ty != 4})
+            })
+            .collect();
+        let prefix = self.get("tokenizer.ggml.add_space_prefix").and_then(Value::as_bool).unwrap_or(true);
+        let mut normalizers = Vec::new();
+        if prefix {
+            normalizers.push(json!({"type": "Prepend", "prepend": "\u{2581}"}));
+        }
+        normalizers.push(json!({"type": "Replace", "pattern": {"String": " "}, "content": "\u{2581}"}));
+        let mut decoders = vec![
+            json!({"type": "ByteFallback"}),
+            json!({"type": "Fuse"}),
+            json!({"type": "Replace", "pattern": {"String": "\u{2581}"}, "content": " "}),
+        ];
+        if prefix {
+            decoders.push(json!({"type": "Strip", "content": " ", "start": 1, "stop": 0}));
+        }
+        Ok(json!({
+            "version": "1.0",
+            "truncation": null,
+            "padding": null,
+            "added_tokens": added,
+            "normalizer": {"type": "Sequence", "normalizers": normalizers},
+            "pre_tokenizer": null,
+            "post_processor": self.post_processor(&tokens, true)?,
+            "decoder": {"type": "Sequence", "decoders": decoders},
+            "model": {"type": "BPE", "dropout": null, "unk_token": unk, "continuing_subword_prefix": null,
+                      "end_of_word_suffix": null, "fuse_unk": true, "byte_fallback": true, "ignore_merges": false,
+                      "vocab": vocab, "merges": merges},
+        }))
+    }
+
     /// `tokenizer_config.json`: special tokens, `add_bos_token`, and the chat template.
     pub fn hf_tokenizer_config(&self) -> Result<Json> {
         let tokens = self.tokens()?;
+        // SentencePiece vocabularies add BOS unless the file says otherwise (llama.cpp).
+        let spm = self.get("tokenizer.ggml.model").and_then(Value::as_str) == Some("llama");
         let mut cfg = json!({
             "tokenizer_class": "PreTrainedTokenizerFast",
-            "add_bos_token": self.get("tokenizer.ggml.add_bos_token").and_then(Value::as_bool).unwrap_or(false),
+            "add_bos_token": self.get("tokenizer.ggml.add_bos_token").and_then(Value::as_bool).unwrap_or(spm),
             "add_eos_token": self.get("tokenizer.ggml.add_eos_token").and_then(Value::as_bool).unwrap_or(false),
             "clean_up_tokenization_spaces": false,
         });
