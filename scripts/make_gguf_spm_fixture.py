@@ -6,7 +6,7 @@ tokens `<0x00>`..`<0xFF>`, then the pieces of a SentencePiece BPE model trained 
 fallback on) on the Python 3.11 reference manual's topics (`pydoc_data.topics`), with their
 scores. The file holds metadata only (no tensors): what a tokenizer needs.
 
-Writes crates/models/tests/fixtures/gguf/spm_tokenizer.gguf and spm-reference.json (per string:
+Writes crates/models/tests/fixtures/gguf/tokenizer/spm_tokenizer.gguf and spm-reference.json (per string:
 transformers' ids, llama.cpp's ids when llama-cpp-python is installed, transformers' decoding).
 
 Pinned: sentencepiece==0.2.1, gguf==0.19.0, transformers==4.57.1, llama-cpp-python==0.3.16
@@ -24,7 +24,7 @@ import sentencepiece as spm
 from pydoc_data.topics import topics
 
 ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")
-OUT = os.path.join(ROOT, "crates/models/tests/fixtures/gguf")
+OUT = os.path.join(ROOT, "crates/models/tests/fixtures/gguf/tokenizer")
 VOCAB = 600
 
 

@@ -160,12 +160,13 @@ fn imported_tokenizer_equals_the_original_tokenizer_json() {
 /// (`scripts/make_gguf_spm_fixture.py`).
 #[test]
 fn sentencepiece_tokenizer_equals_transformers_and_llama_cpp() {
-    let file = GgufFile::open(&gguf_fixtures().join("spm_tokenizer.gguf")).unwrap();
+    let file = GgufFile::open(&gguf_fixtures().join("tokenizer/spm_tokenizer.gguf")).unwrap();
     let tmp = tempfile::tempdir().unwrap();
     let tj = tmp.path().join("tokenizer.json");
     std::fs::write(&tj, serde_json::to_vec(&file.hf_tokenizer().unwrap()).unwrap()).unwrap();
     let tok = TextTokenizer::from_file(&tj).unwrap();
-    let reference: serde_json::Value = serde_json::from_slice(&std::fs::read(gguf_fixtures().join("spm-reference.json")).unwrap()).unwrap();
+    let reference: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(gguf_fixtures().join("tokenizer/spm-reference.json")).unwrap()).unwrap();
     let rows = reference["strings"].as_array().unwrap();
     assert!(rows.len() >= 280);
     let mut bad = Vec::new();
