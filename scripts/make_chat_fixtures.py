@@ -95,6 +95,32 @@ CONVERSATIONS = [
 ]
 
 
+# Training examples as `--chat` builds them (secateur_supernet::PromptFormat): the instruction (and
+# the input after a blank line) as the user's turn, after an optional system message; the prompt
+# rendered with the generation prompt, the whole example with the output as the assistant's turn.
+TRAINING = [
+    ({"instruction": "Add 2 and 3.", "input": "", "output": "2 + 3 = 5. The answer is 5."}, None),
+    ({"instruction": "Sum the numbers.", "input": "4, 5", "output": "4 + 5 = 9. The answer is 9."}, "Be brief."),
+]
+
+
+def training_cases(tok, template):
+    cases = []
+    for record, system in TRAINING:
+        user = record["instruction"] + ("\n\n" + record["input"] if record["input"] else "")
+        messages = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": user}]
+        case = {"record": record, "system": system}
+        try:
+            case["prompt"] = tok.apply_chat_template(messages, chat_template=template, tokenize=False, add_generation_prompt=True)
+            case["full"] = tok.apply_chat_template(
+                messages + [{"role": "assistant", "content": record["output"]}], chat_template=template, tokenize=False, add_generation_prompt=False
+            )
+        except Exception as e:  # jinja2's TemplateError from raise_exception
+            case["error"] = str(e)
+        cases.append(case)
+    return cases
+
+
 def main():
     tok = PreTrainedTokenizerFast(tokenizer_file=os.path.join(FIX, "llama_gqa", "tokenizer.json"), bos_token="<s>", eos_token="</s>")
     out = []
@@ -108,7 +134,8 @@ def main():
                 except Exception as e:  # jinja2's TemplateError from raise_exception
                     case["error"] = str(e)
                 cases.append(case)
-        out.append({"name": name, "template": template, "bos_token": "<s>", "eos_token": "</s>", "cases": cases})
+        out.append({"name": name, "template": template, "bos_token": "<s>", "eos_token": "</s>", "cases": cases,
+                    "training": training_cases(tok, template)})
     os.makedirs(os.path.join(FIX, "chat"), exist_ok=True)
     with open(os.path.join(FIX, "chat", "templates.json"), "w") as f:
         json.dump({"generator": "transformers 4.57.1 apply_chat_template", "templates": out}, f, indent=1, ensure_ascii=False)

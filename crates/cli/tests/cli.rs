@@ -138,7 +138,7 @@ fn generate_is_deterministic_and_greedy_by_default() {
 
 /// `eval --chat` scores as lm-eval's `--apply_chat_template --system_instruction` (the fixture
 /// of crates/eval/tests, `scripts/make_eval_fixtures.py`), records the setting, and refuses a
-/// model without a template and the Alpaca-prompted `gen:` tasks.
+/// model without a template.
 #[test]
 fn eval_chat_scores_as_lm_eval_apply_chat_template() {
     let tmp = tempfile::tempdir().unwrap();
@@ -186,9 +186,11 @@ fn eval_chat_scores_as_lm_eval_apply_chat_template() {
         .collect();
     assert_eq!(lls.len(), want.len());
     assert!(lls.iter().zip(&want).all(|(a, b)| (a - b).abs() <= 1e-4), "{lls:?} vs lm-eval {want:?}");
-    let generation = format!("gen:{}", eval_dir.join("data/gsm8k.jsonl").display());
-    let (ok, _, stderr) = secateur(&["eval", "--model", d, "--task", &generation, "--chat"]);
-    assert!(!ok && stderr.contains("without --chat"), "{stderr}");
+    // The pipelines' --chat needs a base with a template, checked before any work.
+    let run = tmp.path().join("run");
+    let (ok, _, stderr) = secateur(&["shears", "--chat", "--out", run.to_str().unwrap()]);
+    assert!(!ok && stderr.contains("no chat template"), "{stderr}");
+    assert!(!run.exists(), "nothing written");
 }
 
 #[test]
@@ -305,6 +307,43 @@ fn prune_writes_a_sparse_checkpoint_with_masks() {
     assert!(!ok && stderr.contains("4:4"), "{stderr}");
     let (ok, _, stderr) = secateur(&["prune", "--model", dir.to_str().unwrap(), "--sparsity", "0.5", "--out", "/tmp/x"]);
     assert!(!ok && stderr.contains("--calibration"), "{stderr}");
+}
+
+/// `shears --chat`: the examples and the evaluation prompts are the base's chat template's
+/// (the training loss differs from the Alpaca run's), the setting is recorded, and `search`
+/// reloads it from the run.
+#[test]
+fn shears_chat_trains_on_the_template_and_search_reads_it() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = toy_dataset(tmp.path());
+    let dir = tmp.path().join("m");
+    std::fs::create_dir(&dir).unwrap();
+    for f in ["config.json", "model.safetensors", "tokenizer.json"] {
+        std::fs::copy(fixture("llama_gqa").join(f), dir.join(f)).unwrap();
+    }
+    let templates: serde_json::Value = serde_json::from_slice(&std::fs::read(fixture("chat").join("templates.json")).unwrap()).unwrap();
+    let zephyr = templates["templates"].as_array().unwrap().iter().find(|t| t["name"] == "zephyr").unwrap();
+    let config = serde_json::json!({"chat_template": zephyr["template"], "bos_token": "<s>", "eos_token": "</s>"});
+    std::fs::write(dir.join("tokenizer_config.json"), config.to_string()).unwrap();
+    let run = |chat: bool| {
+        let out = tmp.path().join(if chat { "chat" } else { "alpaca" });
+        let mut args: Vec<&str> = vec!["shears", "--model", dir.to_str().unwrap(), "--dataset", data.to_str().unwrap()];
+        args.extend(["--epochs", "1", "--batch-size", "8", "--ranks", "4,2", "--test-size", "6", "--val-size", "4"]);
+        args.extend(["--calibration-samples", "4", "--max-new-tokens", "3", "--out", out.to_str().unwrap()]);
+        if chat {
+            args.extend(["--chat", "--system", "Be brief."]);
+        }
+        let (ok, _, stderr) = secateur(&args);
+        assert!(ok, "{stderr}");
+        let losses: serde_json::Value = serde_json::from_slice(&std::fs::read(out.join("train-lora/report.json")).unwrap()).unwrap();
+        (out, losses["losses"][0].as_f64().unwrap())
+    };
+    let ((out, chat_loss), (_, alpaca_loss)) = (run(true), run(false));
+    assert_ne!(chat_loss, alpaca_loss, "the chat examples are other tokens");
+    let manifest: serde_json::Value = serde_json::from_slice(&std::fs::read(out.join(secateur::runs::MANIFEST)).unwrap()).unwrap();
+    assert_eq!((manifest["args"]["chat"].as_bool(), manifest["args"]["system"].as_str()), (Some(true), Some("Be brief.")));
+    let (ok, stdout, stderr) = secateur(&["search", "--run", out.to_str().unwrap(), "--algo", "heuristic"]);
+    assert!(ok && stdout.contains("| heuristic |"), "{stderr}");
 }
 
 #[test]

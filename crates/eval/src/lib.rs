@@ -236,16 +236,16 @@ pub fn evaluate<B: Backend, P: Projection<B>>(
     let mut samples = Vec::new();
     let requests_total;
     if let TaskSpec::Generation(path) = spec {
-        if enc.chat.is_some() {
-            return Err(EvalError::Spec(format!(
-                "{}: gen:FILE tasks prompt with the pipelines' Alpaca template; evaluate them without --chat",
-                path.display()
-            )));
-        }
         let records: Vec<_> = secateur_supernet::data::read_records(path)?.into_iter().take(limit).collect();
-        let acc = secateur_supernet::eval::accuracy(
+        // The pipelines' prompts: Alpaca, or with --chat the instruction as the user's turn.
+        let format = match &enc.chat {
+            Some(c) => secateur_supernet::PromptFormat::Chat { template: c.template.clone(), system: c.system.map(String::from) },
+            None => secateur_supernet::PromptFormat::Alpaca,
+        };
+        let acc = secateur_supernet::eval::accuracy_as(
             model,
             enc.tokenizer,
+            &format,
             &records,
             secateur_supernet::eval::AnswerKind::Math,
             cfg.max_new_tokens.unwrap_or(64),

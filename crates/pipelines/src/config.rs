@@ -10,7 +10,7 @@ use secateur_models::weights::write_atomic;
 use secateur_models::{ArchSpec, DenseLm, TextTokenizer};
 use secateur_runs::{Manifest, OpenMode, RunDir, StagedDir};
 use secateur_sparsity::{Pattern, PruneConfig, ScoreMethod, prune, sample_calibration};
-use secateur_supernet::data::{self, Record};
+use secateur_supernet::data::{self, PromptFormat, Record};
 use secateur_supernet::toy;
 use secateur_supernet::train::{Strategy, TrainConfig};
 use serde::Serialize;
@@ -63,6 +63,17 @@ pub struct ShearsConfig {
     /// Train on prompt and answer tokens (default: the answer only).
     #[arg(long)]
     pub train_on_inputs: bool,
+    /// Prompts in the base model's chat template instead of LLM-Adapters' Alpaca template: the
+    /// instruction is the user's message, the output the assistant's turn (closed by the
+    /// template's end-of-turn tag, where generation also stops). Training, Wanda's calibration
+    /// texts and the accuracy evaluations all use it.
+    #[arg(long)]
+    #[serde(default)]
+    pub chat: bool,
+    /// With --chat: a system message before each instruction.
+    #[arg(long, requires = "chat")]
+    #[serde(default)]
+    pub system: Option<String>,
     /// Train on the first N records of the training split only (default: all of them).
     #[arg(long)]
     pub train_size: Option<usize>,
@@ -249,6 +260,26 @@ pub struct Task {
     pub test: Vec<Record>,
     pub val: Vec<Record>,
     pub calibration_docs: Vec<String>,
+    /// How the records become prompts (`--chat`).
+    pub format: PromptFormat,
+}
+
+/// The run's prompt format: the base's chat template with `--chat`, else Alpaca.
+fn prompt_format(args: &ShearsConfig) -> Result<PromptFormat, PipelineError> {
+    if !args.chat {
+        return Ok(PromptFormat::Alpaca);
+    }
+    let Some(model) = &args.model else {
+        return Err(PipelineError::Usage("--chat: the embedded model has no chat template; give a --model that has one".into()));
+    };
+    let dir = secateur_models::gguf::import::resolve_model(model)?;
+    let template = secateur_models::ChatTemplate::from_dir(&dir)?.ok_or_else(|| {
+        PipelineError::Usage(format!(
+            "--chat: {} has no chat template (`chat_template` in tokenizer_config.json, or chat_template.jinja)",
+            dir.display()
+        ))
+    })?;
+    Ok(PromptFormat::Chat { template, system: args.system.clone() })
 }
 
 /// The splits a run with `args` uses (regenerated or re-split identically from the seed).
@@ -259,7 +290,7 @@ pub fn load_task(args: &ShearsConfig) -> Result<Task, PipelineError> {
         None => {
             let (mut train, val, test) = toy::arithmetic_task(2000, args.val_size, args.test_size, 0);
             train.truncate(args.train_size.unwrap_or(usize::MAX));
-            Ok(Task { train, val, test, calibration_docs: toy::corpus(512, 1) })
+            Ok(Task { train, val, test, calibration_docs: toy::corpus(512, 1), format: prompt_format(args)? })
         }
         Some(path) => {
             let records = data::read_records(path)?;
@@ -290,8 +321,9 @@ pub fn load_task(args: &ShearsConfig) -> Result<Task, PipelineError> {
             let (rest, test) = data::split(&records, args.test_size, args.seed);
             let (mut train, val) = data::split(&rest, args.val_size, args.seed.wrapping_add(1));
             train.truncate(args.train_size.unwrap_or(usize::MAX));
-            let calibration_docs = train.iter().map(|r| format!("{}{}", data::alpaca_prompt(&r.instruction, &r.input), r.output)).collect();
-            Ok(Task { train, val, test, calibration_docs })
+            let format = prompt_format(args)?;
+            let calibration_docs = train.iter().map(|r| Ok(format.example(r)?.1)).collect::<Result<_, PipelineError>>()?;
+            Ok(Task { train, val, test, calibration_docs, format })
         }
     }
 }
@@ -385,7 +417,7 @@ pub(crate) fn calibration_windows(
     tok: &TextTokenizer,
     task: &Task,
 ) -> Result<Vec<Vec<u32>>, PipelineError> {
-    let docs = task.calibration_docs.iter().map(|d| tok.encode(d)).collect::<Result<Vec<_>, _>>()?;
+    let docs = task.calibration_docs.iter().map(|d| task.format.encode(tok, d)).collect::<Result<Vec<_>, _>>()?;
     let seq_len = if args.model.is_none() { 64 } else { spec.max_position_embeddings.unwrap_or(2048).min(2048) };
     Ok(sample_calibration(&docs, args.calibration_samples, seq_len, args.seed))
 }

@@ -20,7 +20,7 @@ use secateur_runs::StagedDir;
 use secateur_search::nsga2::Nsga2;
 use secateur_search::{Evaluator, Problem, Variable};
 use secateur_supernet::data::{self, Example};
-use secateur_supernet::eval::{AnswerKind, accuracy};
+use secateur_supernet::eval::{AnswerKind, accuracy_as};
 use secateur_supernet::nas::{Sampler, SamplerKind, StructureChoice, StructureSpace, structure_cost, train_supernet, validation_loss};
 use secateur_supernet::reorder::{descending, importance, reorder};
 use secateur_supernet::train::Strategy;
@@ -196,7 +196,7 @@ struct SpaceProblem<'a, B: Backend> {
     pad: u32,
     objective: Objective,
     /// With the accuracy metric: the tokenizer, validation records and answer length.
-    accuracy: Option<(&'a TextTokenizer, &'a [data::Record], usize)>,
+    accuracy: Option<(&'a TextTokenizer, &'a data::PromptFormat, &'a [data::Record], usize)>,
 }
 
 /// The cost objective of the search.
@@ -253,8 +253,10 @@ impl<B: Backend> Problem for SpaceProblem<'_, B> {
             None
         };
         let loss = match (self.accuracy, &small) {
-            (Some((tok, records, max_new)), Some(small)) => {
-                1.0 - accuracy(small, tok, records, AnswerKind::Math, max_new, 64, self.device).map_err(|e| e.to_string())?.accuracy
+            (Some((tok, format, records, max_new)), Some(small)) => {
+                1.0 - accuracy_as(small, tok, format, records, AnswerKind::Math, max_new, 64, self.device)
+                    .map_err(|e| e.to_string())?
+                    .accuracy
             }
             _ => self.trained.loss(&s, c.ranks.as_ref(), self.val, self.pad)?,
         };
@@ -332,12 +334,12 @@ pub fn nas<B: AutodiffBackend>(args: &NasConfig, device: &B::Device, reporter: &
     let evals = Evals::new(a, &base_dir, &spec, &tok)?;
     let eos = spec.eos_token_ids.first().copied();
     let pad = eos.unwrap_or(0);
-    let tokenize = |r: &data::Record| data::tokenize(r, &tok, eos, a.cutoff, a.train_on_inputs);
+    let tokenize = |r: &data::Record| data::tokenize_as(r, &tok, &task.format, eos, a.cutoff, a.train_on_inputs);
     let train: Vec<Example> = task.train.iter().map(tokenize).collect::<Result<_, _>>()?;
     let val: Vec<Example> = task.val.iter().map(tokenize).collect::<Result<_, _>>()?;
     let mut block_order = None;
     if args.importance {
-        let docs = task.calibration_docs.iter().map(|d| tok.encode(d)).collect::<Result<Vec<_>, _>>()?;
+        let docs = task.calibration_docs.iter().map(|d| task.format.encode(&tok, d)).collect::<Result<Vec<_>, _>>()?;
         let calib = secateur_sparsity::sample_calibration(&docs, a.calibration_samples.min(64), 64, a.seed);
         let imp = importance(&model, &calib, 8)?;
         let alibi = matches!(spec.position, PositionKind::Alibi { .. });
@@ -369,7 +371,7 @@ pub fn nas<B: AutodiffBackend>(args: &NasConfig, device: &B::Device, reporter: &
     if let Some(rs) = trained.rank_space() {
         vars.extend(rs.groups.iter().map(|g| Variable::Choice { n: g.choices.len() }));
     }
-    let accuracy_metric = (args.metric == Metric::Accuracy).then_some((&tok, task.val.as_slice(), a.max_new_tokens));
+    let accuracy_metric = (args.metric == Metric::Accuracy).then_some((&tok, &task.format, task.val.as_slice(), a.max_new_tokens));
     let problem = SpaceProblem {
         vars,
         space: &space,
@@ -446,7 +448,7 @@ pub fn nas<B: AutodiffBackend>(args: &NasConfig, device: &B::Device, reporter: &
             Some(l) => *l,
             None => trained.loss(s, c.ranks.as_ref(), &val, pad).map_err(|e| io(dir, e))?,
         };
-        let acc = accuracy(small, &tok, &task.test, AnswerKind::Math, a.max_new_tokens, 64, device)?;
+        let acc = accuracy_as(small, &tok, &task.format, &task.test, AnswerKind::Math, a.max_new_tokens, 64, device)?;
         let eval = evals.run(small, &tok, device, reporter)?;
         let (params, macs) = structure_cost(&spec, s, 128);
         let ranks = match (&c.ranks, rank_space) {

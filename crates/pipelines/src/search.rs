@@ -15,7 +15,7 @@ use secateur_search::problem::{heuristic, maximal, minimal};
 use secateur_search::rnsga2::RNsga2;
 use secateur_search::{Evaluated, Evaluator, Problem, Variable};
 use secateur_supernet::data::Record;
-use secateur_supernet::eval::{AnswerKind, accuracy};
+use secateur_supernet::eval::{AnswerKind, accuracy_as};
 use serde::Serialize;
 use serde_json::json;
 
@@ -91,6 +91,7 @@ struct SubAdapterProblem<'a, B: Backend> {
     device: &'a B::Device,
     ranks: &'a RankControl,
     tok: &'a TextTokenizer,
+    format: &'a secateur_supernet::data::PromptFormat,
     val: &'a [Record],
     spec: &'a ArchSpec,
     context: usize,
@@ -140,8 +141,9 @@ impl<B: Backend> Problem for SubAdapterProblem<'_, B> {
                 SearchObjective::Accuracy => {
                     let _guard = self.lock.lock().map_err(|e| e.to_string())?;
                     self.ranks.apply(&config).map_err(|e| e.to_string())?;
-                    let acc = accuracy(self.model, self.tok, self.val, AnswerKind::Math, self.max_new_tokens, 64, self.device)
-                        .map_err(|e| e.to_string())?;
+                    let acc =
+                        accuracy_as(self.model, self.tok, self.format, self.val, AnswerKind::Math, self.max_new_tokens, 64, self.device)
+                            .map_err(|e| e.to_string())?;
                     1.0 - acc.accuracy
                 }
                 SearchObjective::Macs => c.macs() as f64,
@@ -207,6 +209,7 @@ pub fn search<B: Backend>(args: &SearchConfig, device: &B::Device, reporter: &dy
         device,
         ranks: &loaded.ranks,
         tok: &loaded.tokenizer,
+        format: &loaded.task.format,
         val: &loaded.task.val,
         spec: &spec,
         context: args.context,
@@ -255,7 +258,16 @@ pub fn search<B: Backend>(args: &SearchConfig, device: &B::Device, reporter: &dy
         let config = SubAdapterProblem::<B>::config(x);
         loaded.ranks.apply(&config)?;
         let c = problem.costs(&config).map_err(PipelineError::Usage)?;
-        let acc = accuracy(&loaded.model, &loaded.tokenizer, &loaded.task.test, AnswerKind::Math, loaded.args.max_new_tokens, 64, device)?;
+        let acc = accuracy_as(
+            &loaded.model,
+            &loaded.tokenizer,
+            &loaded.task.format,
+            &loaded.task.test,
+            AnswerKind::Math,
+            loaded.args.max_new_tokens,
+            64,
+            device,
+        )?;
         chosen.push(Chosen {
             label,
             ranks: loaded.ranks.space.ranks(&config)?,

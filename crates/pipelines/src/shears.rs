@@ -14,7 +14,7 @@ use secateur_models::weights::write_atomic;
 use secateur_models::{DenseLm, TextTokenizer};
 use secateur_runs::{RunDir, StagedDir};
 use secateur_supernet::data::{self, Example};
-use secateur_supernet::eval::{AnswerKind, accuracy};
+use secateur_supernet::eval::{AnswerKind, accuracy_as};
 use secateur_supernet::train::{Strategy, train};
 use serde::Serialize;
 use serde_json::json;
@@ -85,7 +85,7 @@ pub fn shears<B: AutodiffBackend>(args: &ShearsConfig, device: &B::Device, repor
     let spec = dense.spec().clone();
     let dense_params = dense.num_params();
     let evals = Evals::new(args, &base_dir, &spec, &tok)?;
-    let acc = accuracy(&dense, &tok, &task.test, AnswerKind::Math, args.max_new_tokens, 64, device)?;
+    let acc = accuracy_as(&dense, &tok, &task.format, &task.test, AnswerKind::Math, args.max_new_tokens, 64, device)?;
     reporter.line(&format!("dense base: accuracy {:.3}", acc.accuracy));
     let eval = evals.run(&dense, &tok, device, reporter)?;
     rows.push(Row {
@@ -104,7 +104,7 @@ pub fn shears<B: AutodiffBackend>(args: &ShearsConfig, device: &B::Device, repor
     // 2. Wanda.
     let wanda_dir = out.join("wanda");
     let (pruned, sparsity, nonzero, prune_seconds) = wanda(args, &base_dir, &wanda_dir, dense, &tok, &task, reporter)?;
-    let acc = accuracy(&pruned, &tok, &task.test, AnswerKind::Math, args.max_new_tokens, 64, device)?;
+    let acc = accuracy_as(&pruned, &tok, &task.format, &task.test, AnswerKind::Math, args.max_new_tokens, 64, device)?;
     reporter.line(&format!("wanda: accuracy {:.3}", acc.accuracy));
     let eval = evals.run(&pruned, &tok, device, reporter)?;
     rows.push(Row {
@@ -124,8 +124,11 @@ pub fn shears<B: AutodiffBackend>(args: &ShearsConfig, device: &B::Device, repor
     // 3. Adapters on the sparse base: plain LoRA at the maximal rank, then NLS.
     space.to_file(&out.join("search_space.json"))?;
     let eos = spec.eos_token_ids.first().copied();
-    let examples: Vec<Example> =
-        task.train.iter().map(|r| data::tokenize(r, &tok, eos, args.cutoff, args.train_on_inputs)).collect::<Result<_, _>>()?;
+    let examples: Vec<Example> = task
+        .train
+        .iter()
+        .map(|r| data::tokenize_as(r, &tok, &task.format, eos, args.cutoff, args.train_on_inputs))
+        .collect::<Result<_, _>>()?;
     let pad = eos.unwrap_or(0);
     let lora_cfg = LoraConfig { alpha, scaling: Scaling::MaxRank, seed: args.seed };
     let train_cfg = |strategy| train_config(args, strategy, reporter.bars());
@@ -152,7 +155,7 @@ pub fn shears<B: AutodiffBackend>(args: &ShearsConfig, device: &B::Device, repor
         ctl.apply(config)?;
         let ranks = ctl.space.ranks(config)?;
         let active = secateur_elastic_lora::adapter_params(&model.sites(), &ctl.ranks());
-        let acc = accuracy(model, &tok, &task.test, AnswerKind::Math, args.max_new_tokens, 64, device)?;
+        let acc = accuracy_as(model, &tok, &task.format, &task.test, AnswerKind::Math, args.max_new_tokens, 64, device)?;
         reporter.line(&format!("{name}: accuracy {:.3}", acc.accuracy));
         Ok(Row {
             name,

@@ -22,7 +22,7 @@ use secateur_quant::rtn::Quantized;
 use secateur_quant::{GptqConfig, QuantConfig, gptq_model};
 use secateur_runs::StagedDir;
 use secateur_supernet::data::{self, Example};
-use secateur_supernet::eval::{AnswerKind, accuracy};
+use secateur_supernet::eval::{AnswerKind, accuracy_as};
 use secateur_supernet::train::{Strategy, save_adapters, train};
 use serde::Serialize;
 use serde_json::json;
@@ -176,7 +176,7 @@ pub fn sqft<B: AutodiffBackend>(args: &SqftConfig, device: &B::Device, reporter:
 
     let dense = DenseLm::<B::InnerBackend>::load(&base_dir, device)?;
     let evals = Evals::new(a, &base_dir, &spec, &tok)?;
-    let acc = acc_of("dense", test(&|r| accuracy(&dense, &tok, r, AnswerKind::Math, a.max_new_tokens, 64, device)))?;
+    let acc = acc_of("dense", test(&|r| accuracy_as(&dense, &tok, &task.format, r, AnswerKind::Math, a.max_new_tokens, 64, device)))?;
     let eval = evals.run(&dense, &tok, device, reporter)?;
     rows.push(SqftRow {
         name: "Dense base (no tuning)".into(),
@@ -216,7 +216,8 @@ pub fn sqft<B: AutodiffBackend>(args: &SqftConfig, device: &B::Device, reporter:
     staged.publish()?;
     // QA-SparsePEFT trains on this base's codes, scales and zero points.
     let base_codes: HashMap<Site, Quantized> = sparse_q.projections().into_iter().map(|(site, p)| (site, p.packed.unpack())).collect();
-    let acc = acc_of("sparse int", test(&|r| accuracy(&sparse_q, &tok, r, AnswerKind::Math, a.max_new_tokens, 64, device)))?;
+    let acc =
+        acc_of("sparse int", test(&|r| accuracy_as(&sparse_q, &tok, &task.format, r, AnswerKind::Math, a.max_new_tokens, 64, device)))?;
     let eval = evals.run(&sparse_q, &tok, device, reporter)?;
     rows.push(SqftRow {
         name: format!(
@@ -238,7 +239,7 @@ pub fn sqft<B: AutodiffBackend>(args: &SqftConfig, device: &B::Device, reporter:
 
     let eos = spec.eos_token_ids.first().copied();
     let examples: Vec<Example> =
-        task.train.iter().map(|r| data::tokenize(r, &tok, eos, a.cutoff, a.train_on_inputs)).collect::<Result<_, _>>()?;
+        task.train.iter().map(|r| data::tokenize_as(r, &tok, &task.format, eos, a.cutoff, a.train_on_inputs)).collect::<Result<_, _>>()?;
     let pad = eos.unwrap_or(0);
     let lora_cfg = LoraConfig { alpha, scaling: Scaling::MaxRank, seed: a.seed };
     let ckpt = |name: &str| -> PathBuf { out.join(format!("train-{name}")) };
@@ -249,7 +250,7 @@ pub fn sqft<B: AutodiffBackend>(args: &SqftConfig, device: &B::Device, reporter:
         let (m, ctl) = attach(base, &space, &lora_cfg, device)?;
         let (m, rep) = train(m, &ctl, &examples, &train_config(a, Strategy::Fixed, reporter.bars()), pad, Some(&ckpt("lora")))?;
         let m = m.valid();
-        let acc = acc_of("lora", test(&|r| accuracy(&m, &tok, r, AnswerKind::Math, a.max_new_tokens, 64, device)))?;
+        let acc = acc_of("lora", test(&|r| accuracy_as(&m, &tok, &task.format, r, AnswerKind::Math, a.max_new_tokens, 64, device)))?;
         let eval = evals.run(&m, &tok, device, reporter)?;
         save_adapters(&m, &out.join("lora-adapters.safetensors"))?;
         let size = weights_bytes(&wanda_dir) + std::fs::metadata(out.join("lora-adapters.safetensors")).map(|m| m.len()).unwrap_or(0);
@@ -274,7 +275,8 @@ pub fn sqft<B: AutodiffBackend>(args: &SqftConfig, device: &B::Device, reporter:
                 let (m, rep) = train(m, &ctl, &examples, &train_config(a, Strategy::Nls, reporter.bars()), pad, Some(&ckpt(pipeline)))?;
                 let m = m.valid();
                 ctl.apply(&space.heuristic())?;
-                let acc = acc_of(pipeline, test(&|r| accuracy(&m, &tok, r, AnswerKind::Math, a.max_new_tokens, 64, device)))?;
+                let acc =
+                    acc_of(pipeline, test(&|r| accuracy_as(&m, &tok, &task.format, r, AnswerKind::Math, a.max_new_tokens, 64, device)))?;
                 let eval = evals.run(&m, &tok, device, reporter)?;
                 let adapters = out.join("nls-quantized-adapters.safetensors");
                 save_adapters(&m, &adapters)?;
@@ -301,7 +303,10 @@ pub fn sqft<B: AutodiffBackend>(args: &SqftConfig, device: &B::Device, reporter:
                 let merged_dir = out.join(format!("{pipeline}-merged"));
                 let (acc, eval, merged_sparsity, size, precision) = if qa {
                     let merged = merge_quantized(m)?;
-                    let acc = acc_of(pipeline, test(&|r| accuracy(&merged, &tok, r, AnswerKind::Math, a.max_new_tokens, 64, device)))?;
+                    let acc = acc_of(
+                        pipeline,
+                        test(&|r| accuracy_as(&merged, &tok, &task.format, r, AnswerKind::Math, a.max_new_tokens, 64, device)),
+                    )?;
                     let eval = evals.run(&merged, &tok, device, reporter)?;
                     let staged = StagedDir::new(&merged_dir)?;
                     write_quantized(&wanda_dir, staged.path(), &merged)?;
@@ -310,7 +315,10 @@ pub fn sqft<B: AutodiffBackend>(args: &SqftConfig, device: &B::Device, reporter:
                     (acc, eval, s, weights_bytes(&merged_dir), format!("INT{}", args.bits))
                 } else {
                     let merged = merge_sparse(m);
-                    let acc = acc_of(pipeline, test(&|r| accuracy(&merged, &tok, r, AnswerKind::Math, a.max_new_tokens, 64, device)))?;
+                    let acc = acc_of(
+                        pipeline,
+                        test(&|r| accuracy_as(&merged, &tok, &task.format, r, AnswerKind::Math, a.max_new_tokens, 64, device)),
+                    )?;
                     let eval = evals.run(&merged, &tok, device, reporter)?;
                     let staged = StagedDir::new(&merged_dir)?;
                     secateur_models::weights::save_like(&merged, &wanda_dir, staged.path())?;

@@ -5,7 +5,7 @@ use std::path::Path;
 use rand::SeedableRng;
 use rand::rngs::StdRng;
 use rand::seq::SliceRandom;
-use secateur_models::TextTokenizer;
+use secateur_models::{ChatTemplate, Message, TextTokenizer};
 use serde::{Deserialize, Serialize};
 
 use crate::TrainError;
@@ -63,6 +63,78 @@ pub struct Example {
     pub target: Vec<bool>,
 }
 
+/// How records become prompts, in training and in evaluation alike.
+#[derive(Debug, Clone, Default)]
+pub enum PromptFormat {
+    /// LLM-Adapters' Alpaca template ([`alpaca_prompt`]); the response ends with EOS.
+    #[default]
+    Alpaca,
+    /// The model's chat template: the instruction (and the input after a blank line) is the
+    /// user's message, after `system` when given, rendered with the generation prompt; the
+    /// response is the assistant's turn as the template closes it (its end-of-turn tag), and
+    /// generation stops at that tag.
+    Chat { template: ChatTemplate, system: Option<String> },
+}
+
+impl PromptFormat {
+    fn messages(&self, record: &Record) -> Vec<Message> {
+        let mut m = Vec::new();
+        if let PromptFormat::Chat { system: Some(s), .. } = self {
+            m.push(Message::new("system", s));
+        }
+        let user =
+            if record.input.trim().is_empty() { record.instruction.clone() } else { format!("{}\n\n{}", record.instruction, record.input) };
+        m.push(Message::new("user", &user));
+        m
+    }
+
+    /// The prompt of `record`, without the response.
+    pub fn prompt(&self, record: &Record) -> Result<String, TrainError> {
+        match self {
+            PromptFormat::Alpaca => Ok(alpaca_prompt(&record.instruction, &record.input)),
+            PromptFormat::Chat { template, .. } => Ok(template.render(&self.messages(record), true)?),
+        }
+    }
+
+    /// The prompt and the whole example: for a chat template, the conversation with the output
+    /// as the assistant's turn (rendered without the generation prompt; the prompt must be its
+    /// beginning, else the output and the end-of-turn tag follow the prompt).
+    pub fn example(&self, record: &Record) -> Result<(String, String), TrainError> {
+        let prompt = self.prompt(record)?;
+        let full = match self {
+            PromptFormat::Alpaca => format!("{prompt}{}", record.output),
+            PromptFormat::Chat { template, .. } => {
+                let mut m = self.messages(record);
+                m.push(Message::new("assistant", &record.output));
+                let full = template.render(&m, false)?;
+                if full.starts_with(&prompt) {
+                    full
+                } else {
+                    format!("{prompt}{}{}", record.output, template.end_of_turn().unwrap_or_default())
+                }
+            }
+        };
+        Ok((prompt, full))
+    }
+
+    /// `text` as token ids: with the tokenizer's special tokens for Alpaca, as the template
+    /// wrote them for a chat (transformers' `apply_chat_template(tokenize=True)`).
+    pub fn encode(&self, tok: &TextTokenizer, text: &str) -> Result<Vec<u32>, TrainError> {
+        Ok(match self {
+            PromptFormat::Alpaca => tok.encode(text)?,
+            PromptFormat::Chat { .. } => tok.encode_plain(text)?,
+        })
+    }
+
+    /// The ids generation stops at: the model's EOS ids, and a chat template's end of turn.
+    pub fn stop_ids(&self, tok: &TextTokenizer, eos: &[u32]) -> Vec<u32> {
+        match self {
+            PromptFormat::Alpaca => eos.to_vec(),
+            PromptFormat::Chat { template, .. } => template.stop_ids(tok, eos),
+        }
+    }
+}
+
 /// Tokenises `prompt + output` (+ EOS when it fits), cut at `cutoff` tokens. With
 /// `train_on_inputs` every token is a target, else only the response's.
 pub fn tokenize(
@@ -72,11 +144,24 @@ pub fn tokenize(
     cutoff: usize,
     train_on_inputs: bool,
 ) -> Result<Example, TrainError> {
-    let prompt = alpaca_prompt(&record.instruction, &record.input);
-    let prompt_len = tok.encode(&prompt)?.len();
-    let mut ids = tok.encode(&format!("{prompt}{}", record.output))?;
+    tokenize_as(record, tok, &PromptFormat::Alpaca, eos, cutoff, train_on_inputs)
+}
+
+/// [`tokenize`] in `format`. A chat example ends with the template's end-of-turn tag instead
+/// of EOS.
+pub fn tokenize_as(
+    record: &Record,
+    tok: &TextTokenizer,
+    format: &PromptFormat,
+    eos: Option<u32>,
+    cutoff: usize,
+    train_on_inputs: bool,
+) -> Result<Example, TrainError> {
+    let (prompt, full) = format.example(record)?;
+    let prompt_len = format.encode(tok, &prompt)?.len();
+    let mut ids = format.encode(tok, &full)?;
     ids.truncate(cutoff);
-    if let Some(e) = eos
+    if let (Some(e), PromptFormat::Alpaca) = (eos, format)
         && ids.len() < cutoff
         && ids.last() != Some(&e)
     {

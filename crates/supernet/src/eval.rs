@@ -7,7 +7,7 @@ use secateur_models::{CausalLm, GenerateOptions, Projection, TextTokenizer, gene
 use serde::{Deserialize, Serialize};
 
 use crate::TrainError;
-use crate::data::{Record, alpaca_prompt};
+use crate::data::{PromptFormat, Record};
 
 /// How an answer is read from generated text.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -88,6 +88,21 @@ pub fn accuracy<B: Backend, P: Projection<B>>(
     batch_size: usize,
     device: &B::Device,
 ) -> Result<Accuracy, TrainError> {
+    accuracy_as(model, tok, &PromptFormat::Alpaca, records, kind, max_new_tokens, batch_size, device)
+}
+
+/// [`accuracy`] with the prompts in `format` (a chat template's turns stop at its end of turn).
+#[allow(clippy::too_many_arguments)]
+pub fn accuracy_as<B: Backend, P: Projection<B>>(
+    model: &CausalLm<B, P>,
+    tok: &TextTokenizer,
+    format: &PromptFormat,
+    records: &[Record],
+    kind: AnswerKind,
+    max_new_tokens: usize,
+    batch_size: usize,
+    device: &B::Device,
+) -> Result<Accuracy, TrainError> {
     if records.is_empty() {
         return Err(TrainError::Config("no examples to evaluate (the split is empty)".into()));
     }
@@ -95,7 +110,7 @@ pub fn accuracy<B: Backend, P: Projection<B>>(
     if max_new_tokens == 0 || max_new_tokens >= context {
         return Err(TrainError::Config(format!("--max-new-tokens {max_new_tokens} must be in 1..{context} (the context window)")));
     }
-    let opts = GenerateOptions { max_new_tokens, eos_token_ids: model.spec().eos_token_ids.clone(), ..Default::default() };
+    let opts = GenerateOptions { max_new_tokens, eos_token_ids: format.stop_ids(tok, &model.spec().eos_token_ids), ..Default::default() };
     // Prompts longer than the window keep their last tokens (the question comes last).
     let room = context - max_new_tokens;
     let mut truncated = 0;
@@ -105,14 +120,14 @@ pub fn accuracy<B: Backend, P: Projection<B>>(
         let prompts = chunk
             .iter()
             .map(|r| {
-                let ids = tok.encode(&alpaca_prompt(&r.instruction, &r.input))?;
+                let ids = format.encode(tok, &format.prompt(r)?)?;
                 if ids.len() > room {
                     truncated += 1;
                     return Ok(ids[ids.len() - room..].to_vec());
                 }
                 Ok(ids)
             })
-            .collect::<Result<Vec<_>, secateur_models::ModelError>>()?;
+            .collect::<Result<Vec<_>, TrainError>>()?;
         for ids in generate(model, &prompts, &opts, device)? {
             outputs.push(tok.decode(&ids)?);
         }

@@ -20,7 +20,7 @@ pub mod reorder;
 pub mod toy;
 pub mod train;
 
-pub use data::{Example, Record, alpaca_prompt};
+pub use data::{Example, PromptFormat, Record, alpaca_prompt};
 pub use train::{Activation, AdapterSteps, FullSteps, StepSource, Strategy, TrainConfig, TrainReport, fit, train};
 
 /// Errors of training and evaluation.
