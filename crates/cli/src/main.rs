@@ -249,6 +249,10 @@ enum Command {
     Export {
         #[command(flatten)]
         model: ModelArgs,
+        /// Write this PEFT LoRA adapter directory (on `--model`) as a llama.cpp LoRA adapter
+        /// file instead (`llama-cli -m MODEL.gguf --lora ADAPTER.gguf`; types f32, f16, q8_0).
+        #[arg(long)]
+        adapter: Option<PathBuf>,
         #[arg(long, value_enum, default_value = "gguf")]
         format: ExportFormat,
         /// Type of the matrices (norms stay f32; rows that do not fill whole blocks fall back to f16).
@@ -452,7 +456,21 @@ fn run(mut cli: Cli) -> Result<(), CliError> {
         Command::MooBench { problem, algo, evals, pop, seed, ref_points, out } => {
             moo_bench(problem, algo, evals, pop, seed, ref_points.as_deref(), out.as_deref())?
         }
-        Command::Export { model, format: ExportFormat::Gguf, ty, out } => {
+        Command::Export { model, adapter: Some(adapter), format: ExportFormat::Gguf, ty, out } => {
+            let ty = ty.ggml();
+            let out = out.unwrap_or_else(|| {
+                let stem = adapter.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| "adapter".into());
+                PathBuf::from(format!("{stem}-{}.gguf", ty.name().to_lowercase()))
+            });
+            let report = secateur::lora::peft::export_gguf_adapter(&model.model, &adapter, &out, ty)?;
+            emit(
+                &serde_json::to_string_pretty(
+                    &json!({"path": report.path, "bytes": report.bytes, "tensor_types": report.tensor_types, "f16_fallbacks": report.fallbacks}),
+                )
+                .expect("JSON"),
+            );
+        }
+        Command::Export { model, adapter: None, format: ExportFormat::Gguf, ty, out } => {
             let ty = ty.ggml();
             let out = out.unwrap_or_else(|| {
                 let stem = model.model.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| "model".into());

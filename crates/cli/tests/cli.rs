@@ -412,7 +412,7 @@ fn shears_runs_end_to_end_on_a_user_model_and_resumes() {
     assert!(out.join(secateur::runs::MANIFEST).is_file(), "the run records what made it");
     // --export: the sparse base and the merged heuristic sub-adapter, as GGUF files that run.
     let gguf = report["gguf"].as_array().unwrap();
-    assert_eq!(gguf.len(), 2, "{gguf:?}");
+    assert_eq!(gguf.len(), 3, "{gguf:?}");
     for (g, name) in gguf.iter().zip(["wanda-f16.gguf", "nls-heuristic-merged-f16.gguf"]) {
         let path = out.join("gguf").join(name);
         assert_eq!(g["path"].as_str(), path.to_str());
@@ -420,6 +420,34 @@ fn shears_runs_end_to_end_on_a_user_model_and_resumes() {
         let gap = logits_gap(&path, std::path::Path::new(g["model"].as_str().unwrap()), &tmp.path().join("cache"));
         assert!(gap < 0.01, "{name}: {gap}");
     }
+    // The heuristic sub-adapter as a llama.cpp LoRA file: base + scale·B·A is the merged model
+    // (B's Q/K rows in llama.cpp's RoPE order, the PEFT scale folded in, alpha 0).
+    let adapter = secateur::models::gguf::GgufFile::open(&out.join("gguf/nls-heuristic-adapter-f16.gguf")).unwrap();
+    assert_eq!(adapter.get("general.type").and_then(|v| v.as_str()), Some("adapter"));
+    assert_eq!(adapter.get("adapter.lora.alpha").and_then(|v| v.as_f64()), Some(0.0));
+    let base = secateur::models::weights::Checkpoint::open(&out.join("wanda")).unwrap();
+    let merged = secateur::models::weights::Checkpoint::open(&out.join("nls-heuristic-merged")).unwrap();
+    for (gguf_name, hf, heads) in [
+        ("blk.1.attn_q.weight", "model.layers.1.self_attn.q_proj.weight", Some(4)),
+        ("blk.0.ffn_down.weight", "model.layers.0.mlp.down_proj.weight", None),
+    ] {
+        let Some(info) = adapter.tensor(&format!("{gguf_name}.lora_b")) else { continue };
+        let [r, rows] = [info.shape()[1], info.shape()[0]];
+        let mut b = adapter.read_f32(&format!("{gguf_name}.lora_b")).unwrap();
+        let a = adapter.read_f32(&format!("{gguf_name}.lora_a")).unwrap();
+        let cols = a.len() / r;
+        if let Some(h) = heads {
+            b = secateur::models::gguf::import::permute_rows(&b, rows, h, true);
+        }
+        let (w0, w1) = (base.read_f32(hf, &[rows, cols]).unwrap(), merged.read_f32(hf, &[rows, cols]).unwrap());
+        for i in (0..rows).step_by(3) {
+            for j in (0..cols).step_by(5) {
+                let delta: f32 = (0..r).map(|k| b[i * r + k] * a[k * cols + j]).sum();
+                assert!((w0[i * cols + j] + delta - w1[i * cols + j]).abs() < 2e-3, "{hf}[{i},{j}]");
+            }
+        }
+    }
+    assert!(adapter.tensor("blk.1.attn_q.weight.lora_b").is_some(), "q is adapted");
     // A second run on the same directory needs --resume; resuming a finished run retrains nothing.
     let (ok, _, stderr) = secateur(&args);
     assert!(!ok && stderr.contains("--resume"), "{stderr}");

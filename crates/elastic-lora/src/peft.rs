@@ -108,24 +108,135 @@ fn pattern_value(pattern: Option<&serde_json::Value>, module: &str) -> Option<f6
     pattern?.as_object()?.iter().find(|(k, _)| module == k.as_str() || module.ends_with(&format!(".{k}"))).and_then(|(_, v)| v.as_f64())
 }
 
+/// The settings of a PEFT LoRA `adapter_config.json` that secateur reads.
+struct PeftConfig {
+    json: serde_json::Value,
+    r: f64,
+    alpha: f64,
+}
+
+impl PeftConfig {
+    fn read(dir: &Path) -> Result<Self, LoraError> {
+        let cfg_path = dir.join(ADAPTER_CONFIG);
+        let text = std::fs::read_to_string(&cfg_path).map_err(|source| LoraError::Io { path: cfg_path.clone(), source })?;
+        let bad = |reason: String| LoraError::File { path: cfg_path.clone(), reason };
+        let json: serde_json::Value = serde_json::from_str(&text).map_err(|e| bad(e.to_string()))?;
+        if json.get("peft_type").and_then(|v| v.as_str()) != Some("LORA") {
+            return Err(bad("`peft_type` is not LORA".into()));
+        }
+        for flag in ["use_dora", "fan_in_fan_out", "use_rslora"] {
+            if json.get(flag).and_then(|v| v.as_bool()) == Some(true) {
+                return Err(bad(format!("`{flag}: true` is not supported")));
+            }
+        }
+        let r = json.get("r").and_then(|v| v.as_f64()).ok_or_else(|| bad("missing `r`".into()))?;
+        let alpha = json.get("lora_alpha").and_then(|v| v.as_f64()).ok_or_else(|| bad("missing `lora_alpha`".into()))?;
+        Ok(Self { json, r, alpha })
+    }
+
+    /// `module`'s alpha (`alpha_pattern`, else `lora_alpha`), once its tensor `ka`'s rank `r`
+    /// is checked against the config's (`rank_pattern`, else `r`).
+    fn alpha_of(&self, module: &str, r: usize, ka: &str, dir: &Path) -> Result<f64, LoraError> {
+        let r_cfg = pattern_value(self.json.get("rank_pattern"), module).unwrap_or(self.r) as usize;
+        if r != r_cfg {
+            return Err(LoraError::File {
+                path: dir.join(ADAPTER_WEIGHTS),
+                reason: format!("`{ka}` has rank {r}, the config says {r_cfg}"),
+            });
+        }
+        Ok(pattern_value(self.json.get("alpha_pattern"), module).unwrap_or(self.alpha))
+    }
+}
+
+/// A PEFT LoRA adapter directory as a llama.cpp LoRA adapter file for the LLaMA-family base
+/// in `base` (its GGUF from `secateur export`): GGUF v3 with `general.type = adapter`,
+/// `adapter.type = lora`, and per adapted projection `blk.N.<name>.weight.lora_a` (`[r, in]`)
+/// and `.lora_b` (`[out, r]`), B's rows in llama.cpp's RoPE order for Q and K as the base's
+/// rows are (`convert_lora_to_gguf.py`). Each module's PEFT scale `alpha / r` is folded into B
+/// and `adapter.lora.alpha` is 0, which llama.cpp applies as is: per-module `rank_pattern` /
+/// `alpha_pattern` (Shears' sub-adapters) keep their scales, where a single alpha could not.
+/// Matrices are `ty` (f32, f16 or q8_0; F16 where rows do not fill whole blocks). Written
+/// atomically; an adapter on a tensor GGUF adapters cannot hold (embeddings, head) is an error
+/// naming it.
+pub fn export_gguf_adapter(
+    base: &Path,
+    adapter: &Path,
+    out: &Path,
+    ty: secateur_models::gguf::GgmlType,
+) -> Result<secateur_models::gguf::export::ExportReport, LoraError> {
+    use secateur_models::gguf::GgmlType;
+    use secateur_models::gguf::export::{ExportReport, Meta, check_exportable, push_tensor, write_gguf};
+    use secateur_models::gguf::import::{RowOrder, llama_tensors, permute_rows};
+    let config = base.join("config.json");
+    let spec = secateur_models::ArchSpec::from_config_file(&config)?;
+    check_exportable(&spec, &config)?;
+    if ![GgmlType::F32, GgmlType::F16, GgmlType::Q8_0].contains(&ty) {
+        return Err(LoraError::File {
+            path: out.to_path_buf(),
+            reason: format!("adapters are written as f32, f16 or q8_0, not {}", ty.name()),
+        });
+    }
+    let cfg = PeftConfig::read(adapter)?;
+    let weights_path = adapter.join(ADAPTER_WEIGHTS);
+    let weights = Checkpoint::from_files(std::slice::from_ref(&weights_path))?;
+    let bad = |reason: String| LoraError::File { path: weights_path.clone(), reason };
+    let mut used = std::collections::HashSet::new();
+    let mut infos = Vec::new();
+    let mut data = Vec::new();
+    let mut report = ExportReport { path: out.to_path_buf(), bytes: 0, tensor_types: BTreeMap::new(), fallbacks: Vec::new() };
+    for p in llama_tensors(&spec).into_iter().filter(|p| p.shape.len() == 2) {
+        let Some(module) = p.hf.strip_suffix(".weight") else { continue };
+        let (ka, kb) = (key(module, "A"), key(module, "B"));
+        let (Some(sa), Some(sb)) = (weights.shape(&ka), weights.shape(&kb)) else {
+            if weights.shape(&ka).is_some() || weights.shape(&kb).is_some() {
+                return Err(bad(format!("`{module}` has only one of lora_A and lora_B")));
+            }
+            continue;
+        };
+        let (r, [out_dim, in_dim]) = (sa[0], [p.shape[0], p.shape[1]]);
+        if sa != [r, in_dim] || sb != [out_dim, r] {
+            return Err(bad(format!("`{ka}` {sa:?} / `{kb}` {sb:?} do not fit `{}` {:?}", p.hf, p.shape)));
+        }
+        let scale = cfg.alpha_of(module, r, &ka, adapter)? / r as f64;
+        let a = weights.read_f32(&ka, &[r, in_dim])?;
+        let mut b: Vec<f32> = weights.read_f32(&kb, &[out_dim, r])?.into_iter().map(|x| (x as f64 * scale) as f32).collect();
+        if let RowOrder::Rope(heads) = p.rows {
+            b = permute_rows(&b, out_dim, heads, false);
+        }
+        for (suffix, values, shape, cols) in [("lora_a", a, vec![r, in_dim], in_dim), ("lora_b", b, vec![out_dim, r], r)] {
+            let name = format!("{}.{suffix}", p.gguf);
+            let (t, offset, fallback) = push_tensor(&mut data, &values, cols, ty).map_err(|e| bad(format!("`{name}`: {e}")))?;
+            if fallback {
+                report.fallbacks.push(name.clone());
+            }
+            *report.tensor_types.entry(t.name().to_string()).or_default() += 1;
+            infos.push((name, shape, t, offset));
+        }
+        used.extend([ka, kb]);
+    }
+    if let Some(other) = weights.names().into_iter().find(|n| !used.contains(n)) {
+        return Err(bad(format!("`{other}` adapts a tensor a llama.cpp LoRA adapter cannot hold (only the blocks' projections)")));
+    }
+    if infos.is_empty() {
+        return Err(bad("no lora_A / lora_B pairs on the base's projections".into()));
+    }
+    let name = adapter.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| "adapter".into());
+    let meta = vec![
+        ("general.architecture".to_string(), Meta::Str("llama".into())),
+        ("general.type".to_string(), Meta::Str("adapter".into())),
+        ("general.name".to_string(), Meta::Str(name)),
+        ("adapter.type".to_string(), Meta::Str("lora".into())),
+        ("adapter.lora.alpha".to_string(), Meta::F32(0.0)),
+    ];
+    report.bytes = write_gguf(out, &meta, &infos, data)?;
+    Ok(report)
+}
+
 /// Loads a PEFT LoRA adapter directory onto a dense model. Each site with `lora_A`/`lora_B`
 /// tensors gets an adapter of that rank with PEFT's scale `lora_alpha / r` (per-module values
 /// from `rank_pattern` and `alpha_pattern`).
 pub fn import_peft<B: Backend>(model: DenseLm<B>, dir: &Path, device: &B::Device) -> Result<AdaptedLm<B>, LoraError> {
-    let cfg_path = dir.join(ADAPTER_CONFIG);
-    let text = std::fs::read_to_string(&cfg_path).map_err(|source| LoraError::Io { path: cfg_path.clone(), source })?;
-    let bad = |reason: String| LoraError::File { path: cfg_path.clone(), reason };
-    let cfg: serde_json::Value = serde_json::from_str(&text).map_err(|e| bad(e.to_string()))?;
-    if cfg.get("peft_type").and_then(|v| v.as_str()) != Some("LORA") {
-        return Err(bad("`peft_type` is not LORA".into()));
-    }
-    for flag in ["use_dora", "fan_in_fan_out", "use_rslora"] {
-        if cfg.get(flag).and_then(|v| v.as_bool()) == Some(true) {
-            return Err(bad(format!("`{flag}: true` is not supported")));
-        }
-    }
-    let r_default = cfg.get("r").and_then(|v| v.as_f64()).ok_or_else(|| bad("missing `r`".into()))?;
-    let alpha_default = cfg.get("lora_alpha").and_then(|v| v.as_f64()).ok_or_else(|| bad("missing `lora_alpha`".into()))?;
+    let cfg = PeftConfig::read(dir)?;
     let weights = Checkpoint::from_files(&[dir.join(ADAPTER_WEIGHTS)])?;
     let spec = model.spec().clone();
     let adapted = model.map_projections(|site, base: Dense<B>| {
@@ -136,14 +247,7 @@ pub fn import_peft<B: Backend>(model: DenseLm<B>, dir: &Path, device: &B::Device
             (Some(sa), Some(_)) => {
                 let [out, inp] = base.shape();
                 let r = sa[0];
-                let r_cfg = pattern_value(cfg.get("rank_pattern"), &module).unwrap_or(r_default) as usize;
-                if r != r_cfg {
-                    return Err(LoraError::File {
-                        path: dir.join(ADAPTER_WEIGHTS),
-                        reason: format!("`{ka}` has rank {r}, the config says {r_cfg}"),
-                    });
-                }
-                let alpha = pattern_value(cfg.get("alpha_pattern"), &module).unwrap_or(alpha_default);
+                let alpha = cfg.alpha_of(&module, r, &ka, dir)?;
                 let a = weights.read_f32(&ka, &[r, inp])?;
                 let b = weights.read_f32(&kb, &[out, r])?;
                 Some(LoraAdapter {

@@ -354,6 +354,27 @@ pub(crate) fn export_model<B: Backend>(
     ))
 }
 
+/// `--export gguf:TYPE` for a PEFT adapter directory on `base`: a llama.cpp LoRA adapter file
+/// `out/gguf/NAME-TYPE.gguf` (4-bit types write the adapter as q8_0), recorded like a model.
+pub(crate) fn export_adapter(
+    args: &ShearsConfig,
+    out: &Path,
+    base: &Path,
+    adapter: &Path,
+    reporter: &dyn Reporter,
+) -> Result<Option<serde_json::Value>, PipelineError> {
+    let Some(ty) = args.export_type()? else { return Ok(None) };
+    let ty = if matches!(ty, GgmlType::Q4_0 | GgmlType::Q4_1) { GgmlType::Q8_0 } else { ty };
+    let name = adapter.file_name().map_or_else(|| "adapter".to_string(), |n| n.to_string_lossy().into_owned());
+    let file = out.join("gguf").join(format!("{name}-{}.gguf", ty.name().to_lowercase()));
+    std::fs::create_dir_all(out.join("gguf")).map_err(|e| err(&out.join("gguf"), e))?;
+    let r = secateur_elastic_lora::peft::export_gguf_adapter(base, adapter, &file, ty)?;
+    reporter.line(&format!("export: {} ({} bytes)", file.display(), r.bytes));
+    Ok(Some(
+        serde_json::json!({"adapter": adapter, "base": base, "path": r.path, "bytes": r.bytes, "tensor_types": r.tensor_types, "f16_fallbacks": r.fallbacks}),
+    ))
+}
+
 /// Writes the embedded tiny model into `out/base` when no `--model` is given; returns the base.
 pub(crate) fn materialize_base(args: &ShearsConfig, out: &Path) -> Result<PathBuf, PipelineError> {
     match &args.model {

@@ -20,8 +20,8 @@ use serde::Serialize;
 use serde_json::json;
 
 use crate::config::{
-    Evals, ShearsConfig, Task, base_spec, err, eval_columns, export_model, load_task, materialize_base, ranks_and_alpha, train_config,
-    wanda,
+    Evals, ShearsConfig, Task, base_spec, err, eval_columns, export_adapter, export_model, load_task, materialize_base, ranks_and_alpha,
+    train_config, wanda,
 };
 use crate::{PipelineError, Reporter};
 
@@ -196,6 +196,9 @@ pub fn shears<B: AutodiffBackend>(args: &ShearsConfig, device: &B::Device, repor
         for dir in [&wanda_dir, &merged_dir] {
             gguf.extend(export_model::<B::InnerBackend>(args, &out, dir, device, reporter)?);
         }
+        // The heuristic sub-adapter as a llama.cpp LoRA file: with the sparse base's GGUF, the
+        // base stays sparse (llama.cpp applies B·A at run time).
+        gguf.extend(export_adapter(args, &out, &wanda_dir, &out.join("nls-heuristic-adapter"), reporter)?);
     }
 
     let table = markdown(&rows);

@@ -35,7 +35,7 @@ pub struct ExportReport {
 pub const EXPORT_TYPES: &[GgmlType] = &[GgmlType::F32, GgmlType::F16, GgmlType::Q8_0, GgmlType::Q4_0, GgmlType::Q4_1];
 
 /// A metadata value as GGUF stores it.
-enum Meta {
+pub enum Meta {
     U32(u32),
     F32(f32),
     Bool(bool),
@@ -312,32 +312,38 @@ pub fn export_with(dir: &Path, out: &Path, ty: GgmlType, weight: &mut dyn FnMut(
         if let RowOrder::Rope(heads) = p.rows {
             values = permute_rows(&values, p.shape[0], heads, false);
         }
-        let t = if p.shape.len() == 1 {
-            GgmlType::F32
-        } else if p.shape[1] % ty.block_size() != 0 {
+        let (row_ty, cols) = if p.shape.len() == 1 { (GgmlType::F32, p.shape[0]) } else { (ty, p.shape[1]) };
+        let (t, offset, fallback) = push_tensor(&mut data, &values, cols, row_ty)
+            .map_err(|reason| bad(ckpt.path_of(&p.hf), format!("tensor `{}`: {reason}", p.hf)))?;
+        if fallback {
             report.fallbacks.push(p.hf.clone());
-            GgmlType::F16
-        } else {
-            ty
-        };
-        let bytes = quantize(t, &values).map_err(|reason| bad(ckpt.path_of(&p.hf), format!("tensor `{}`: {reason}", p.hf)))?;
-        let offset = data.len();
-        data.extend(&bytes);
-        data.resize(data.len().next_multiple_of(ALIGN), 0);
+        }
         *report.tensor_types.entry(t.name().to_string()).or_default() += 1;
         infos.push((p.gguf, p.shape, t, offset));
     }
 
+    report.bytes = write_gguf(out, &meta, &infos, data)?;
+    Ok(report)
+}
+
+/// One tensor of a GGUF file being written: its GGUF name, PyTorch shape (outermost first),
+/// type, and the offset of its bytes in the data section.
+pub type TensorInfo = (String, Vec<usize>, GgmlType, usize);
+
+/// Writes a GGUF v3 file atomically, laid out as the `gguf` package's writer does (metadata,
+/// tensor infos with dimensions fastest-first, 32-byte alignment) from `meta`, `infos` and the
+/// data section (each tensor at its offset, aligned); returns its size in bytes.
+pub fn write_gguf(out: &Path, meta: &[(String, Meta)], infos: &[TensorInfo], data: Vec<u8>) -> Result<u64> {
     let mut file = Vec::with_capacity(data.len() + (1 << 20));
     file.extend(b"GGUF");
     file.extend(3u32.to_le_bytes());
     file.extend((infos.len() as u64).to_le_bytes());
     file.extend((meta.len() as u64).to_le_bytes());
-    for (k, v) in &meta {
+    for (k, v) in meta {
         put_str(&mut file, k);
         v.write(&mut file);
     }
-    for (name, shape, t, offset) in &infos {
+    for (name, shape, t, offset) in infos {
         put_str(&mut file, name);
         file.extend((shape.len() as u32).to_le_bytes());
         for d in shape.iter().rev() {
@@ -348,9 +354,19 @@ pub fn export_with(dir: &Path, out: &Path, ty: GgmlType, weight: &mut dyn FnMut(
     }
     file.resize(file.len().next_multiple_of(ALIGN), 0);
     file.extend(data);
-    report.bytes = file.len() as u64;
     write_atomic(out, &file)?;
-    Ok(report)
+    Ok(file.len() as u64)
+}
+
+/// Appends `values` (`[rows, cols]` row-major) to `data` as `ty`, or as F16 when rows do not
+/// fill whole blocks of `ty` (then `fallback` is true); returns the type written and its offset.
+pub fn push_tensor(data: &mut Vec<u8>, values: &[f32], cols: usize, ty: GgmlType) -> std::result::Result<(GgmlType, usize, bool), String> {
+    let (t, fallback) = if cols % ty.block_size() != 0 { (GgmlType::F16, true) } else { (ty, false) };
+    let bytes = quantize(t, values)?;
+    let offset = data.len();
+    data.extend(&bytes);
+    data.resize(data.len().next_multiple_of(ALIGN), 0);
+    Ok((t, offset, fallback))
 }
 
 /// llama.cpp's `general.file_type` (`LLAMA_FTYPE_*`) of a model whose matrices are `ty`.
