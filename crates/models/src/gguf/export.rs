@@ -361,7 +361,7 @@ pub fn write_gguf(out: &Path, meta: &[(String, Meta)], infos: &[TensorInfo], dat
 /// Appends `values` (`[rows, cols]` row-major) to `data` as `ty`, or as F16 when rows do not
 /// fill whole blocks of `ty` (then `fallback` is true); returns the type written and its offset.
 pub fn push_tensor(data: &mut Vec<u8>, values: &[f32], cols: usize, ty: GgmlType) -> std::result::Result<(GgmlType, usize, bool), String> {
-    let (t, fallback) = if cols % ty.block_size() != 0 { (GgmlType::F16, true) } else { (ty, false) };
+    let (t, fallback) = if !cols.is_multiple_of(ty.block_size()) { (GgmlType::F16, true) } else { (ty, false) };
     let bytes = quantize(t, values)?;
     let offset = data.len();
     data.extend(&bytes);
