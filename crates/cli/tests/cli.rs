@@ -136,24 +136,36 @@ fn generate_is_deterministic_and_greedy_by_default() {
     assert_eq!(s1, s2);
 }
 
+/// A copy of the LLaMA fixture in `dir/m`, without a `tokenizer_config.json` (so no chat
+/// template until a test writes one).
+fn llama_copy(dir: &Path) -> PathBuf {
+    let m = dir.join("m");
+    std::fs::create_dir(&m).unwrap();
+    for f in ["config.json", "model.safetensors", "tokenizer.json"] {
+        std::fs::copy(fixture("llama_gqa").join(f), m.join(f)).unwrap();
+    }
+    m
+}
+
+/// The chat template fixture `name` (its source and transformers' renders).
+fn chat_fixture(name: &str) -> serde_json::Value {
+    let templates: serde_json::Value = serde_json::from_slice(&std::fs::read(fixture("chat").join("templates.json")).unwrap()).unwrap();
+    templates["templates"].as_array().unwrap().iter().find(|t| t["name"] == name).unwrap().clone()
+}
+
 /// `eval --chat` scores as lm-eval's `--apply_chat_template --system_instruction` (the fixture
 /// of crates/eval/tests, `scripts/make_eval_fixtures.py`), records the setting, and refuses a
 /// model without a template.
 #[test]
 fn eval_chat_scores_as_lm_eval_apply_chat_template() {
     let tmp = tempfile::tempdir().unwrap();
-    let dir = tmp.path().join("m");
-    std::fs::create_dir(&dir).unwrap();
-    for f in ["config.json", "model.safetensors", "tokenizer.json"] {
-        std::fs::copy(fixture("llama_gqa").join(f), dir.join(f)).unwrap();
-    }
+    let dir = llama_copy(tmp.path());
     let d = dir.to_str().unwrap();
     let eval_dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../eval/tests");
     let mc = format!("mc:{}", eval_dir.join("data/mc.jsonl").display());
     let (ok, _, stderr) = secateur(&["eval", "--model", d, "--task", &mc, "--chat"]);
     assert!(!ok && stderr.contains("no chat template") && stderr.contains(d), "{stderr}");
-    let templates: serde_json::Value = serde_json::from_slice(&std::fs::read(fixture("chat").join("templates.json")).unwrap()).unwrap();
-    let zephyr = templates["templates"].as_array().unwrap().iter().find(|t| t["name"] == "zephyr").unwrap();
+    let zephyr = chat_fixture("zephyr");
     let config = serde_json::json!({"chat_template": zephyr["template"], "bos_token": "<s>", "eos_token": "</s>", "unk_token": "<unk>"});
     std::fs::write(dir.join("tokenizer_config.json"), config.to_string()).unwrap();
     let reference: serde_json::Value =
@@ -196,17 +208,12 @@ fn eval_chat_scores_as_lm_eval_apply_chat_template() {
 #[test]
 fn generate_chat_applies_the_template_and_stops_at_its_end_of_turn() {
     let tmp = tempfile::tempdir().unwrap();
-    let dir = tmp.path().join("m");
-    std::fs::create_dir(&dir).unwrap();
-    for f in ["config.json", "model.safetensors", "tokenizer.json"] {
-        std::fs::copy(fixture("llama_gqa").join(f), dir.join(f)).unwrap();
-    }
+    let dir = llama_copy(tmp.path());
     let d = dir.to_str().unwrap();
     let (ok, _, stderr) = secateur(&["generate", "--model", d, "--prompt", "hi", "--chat"]);
     assert!(!ok && stderr.contains("no chat template") && stderr.contains(d), "{stderr}");
     // transformers' rendering of the Zephyr-style template (fixtures/chat/templates.json).
-    let fixtures: serde_json::Value = serde_json::from_slice(&std::fs::read(fixture("chat").join("templates.json")).unwrap()).unwrap();
-    let zephyr = fixtures["templates"].as_array().unwrap().iter().find(|t| t["name"] == "zephyr").unwrap();
+    let zephyr = chat_fixture("zephyr");
     let case = &zephyr["cases"][2]; // system + user, with the generation prompt
     assert_eq!(case["add_generation_prompt"], true);
     let config = serde_json::json!({"chat_template": zephyr["template"], "bos_token": "<s>", "eos_token": "</s>"});
@@ -221,7 +228,7 @@ fn generate_chat_applies_the_template_and_stops_at_its_end_of_turn() {
     assert_eq!(ids(&out).len(), 5, "{out}");
     // Decoding stops at the end of turn: with a template that puts no tag after a turn that is
     // the eos token, so naming a token the model generates as eos cuts the completion there.
-    let features = fixtures["templates"].as_array().unwrap().iter().find(|t| t["name"] == "features").unwrap();
+    let features = chat_fixture("features");
     let with_eos = |eos: &str| {
         let config = serde_json::json!({"chat_template": features["template"], "eos_token": eos});
         std::fs::write(dir.join("tokenizer_config.json"), config.to_string()).unwrap();
@@ -316,13 +323,8 @@ fn prune_writes_a_sparse_checkpoint_with_masks() {
 fn shears_chat_trains_on_the_template_and_search_reads_it() {
     let tmp = tempfile::tempdir().unwrap();
     let data = toy_dataset(tmp.path());
-    let dir = tmp.path().join("m");
-    std::fs::create_dir(&dir).unwrap();
-    for f in ["config.json", "model.safetensors", "tokenizer.json"] {
-        std::fs::copy(fixture("llama_gqa").join(f), dir.join(f)).unwrap();
-    }
-    let templates: serde_json::Value = serde_json::from_slice(&std::fs::read(fixture("chat").join("templates.json")).unwrap()).unwrap();
-    let zephyr = templates["templates"].as_array().unwrap().iter().find(|t| t["name"] == "zephyr").unwrap();
+    let dir = llama_copy(tmp.path());
+    let zephyr = chat_fixture("zephyr");
     let config = serde_json::json!({"chat_template": zephyr["template"], "bos_token": "<s>", "eos_token": "</s>"});
     std::fs::write(dir.join("tokenizer_config.json"), config.to_string()).unwrap();
     let run = |chat: bool| {
