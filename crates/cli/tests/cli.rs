@@ -255,6 +255,8 @@ fn bad_input_fails_with_a_message_naming_the_file() {
     let (ok, _, stderr) = secateur(&["info", "--model", "/nonexistent/model"]);
     assert!(!ok);
     assert!(stderr.contains("/nonexistent/model/config.json"), "{stderr}");
+    let (ok, _, stderr) = secateur(&["info", "--model", "/nonexistent/model.gguf"]);
+    assert!(!ok && stderr.contains("cannot read /nonexistent/model.gguf:") && !stderr.contains("config.json"), "{stderr}");
     assert!(!stderr.contains("panicked"));
 }
 

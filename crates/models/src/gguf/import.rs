@@ -576,6 +576,10 @@ pub fn gguf_source(path: &Path) -> Result<Option<PathBuf>> {
         }
         return Err(ModelError::Gguf { path: path.to_path_buf(), reason: "a model file must be a GGUF file (no `GGUF` magic)".into() });
     }
+    if !path.exists() && path.extension().is_some_and(|x| x.eq_ignore_ascii_case("gguf")) {
+        // A missing `.gguf` file, not a directory without its config.json.
+        return Err(ModelError::io(path, std::io::Error::from(std::io::ErrorKind::NotFound)));
+    }
     if !path.is_dir() || path.join("config.json").is_file() {
         return Ok(None);
     }
