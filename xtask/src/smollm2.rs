@@ -581,6 +581,26 @@ fn shears(args: &Args) -> bool {
         );
         rows_json.push(json!({"name": name, "accuracy": acc, "word_perplexity": ppl, "per_seed": cells.iter().map(|c| c.2.clone()).collect::<Vec<_>>()}));
     }
+    // The papers' claims in this run's numbers: mean accuracy differences, per seed paired.
+    let by_prefix = |prefix: &str| names.iter().find(|n| n.starts_with(prefix)).and_then(|n| table.get(n));
+    let diff = |a: &str, b: &str| -> Option<String> {
+        let (x, y) = (by_prefix(a)?, by_prefix(b)?);
+        let d: Vec<f64> = x.iter().zip(y).map(|(p, q)| (p.0 - q.0) * 100.0).collect();
+        let (m, sd) = mean_sd(&d);
+        Some(format!("{m:+.1} points (sd {sd:.1}; per seed {})", d.iter().map(|v| format!("{v:+.0}")).collect::<Vec<_>>().join(", ")))
+    };
+    md += "\nPaired differences in test accuracy (same seed, same split):\n";
+    for (label, a, b) in [
+        ("Wanda 50% + LoRA against dense + LoRA (what the sparsity costs after tuning)", "Wanda 50% + LoRA", "Dense + LoRA"),
+        ("Wanda 50% + NLS (maximal) against Wanda 50% + LoRA (NLS training at the same rank)", "Wanda 50% + NLS (maximal)", "Wanda 50% + LoRA"),
+        ("Wanda 50% + NLS (heuristic) against NLS (maximal) (the smaller sub-adapter)", "Wanda 50% + NLS (heuristic)", "Wanda 50% + NLS (maximal)"),
+        ("Wanda 50% + NLS (minimal) against NLS (maximal)", "Wanda 50% + NLS (minimal)", "Wanda 50% + NLS (maximal)"),
+        ("searched against heuristic", SEARCHED, "Wanda 50% + NLS (heuristic)"),
+    ] {
+        if let Some(d) = diff(a, b) {
+            md += &format!("- {label}: {d}.\n");
+        }
+    }
     md += "\n## Commands\n\n```\n";
     for c in &commands {
         md += c;
