@@ -592,8 +592,16 @@ fn shears(args: &Args) -> bool {
     md += "\nPaired differences in test accuracy (same seed, same split):\n";
     for (label, a, b) in [
         ("Wanda 50% + LoRA against dense + LoRA (what the sparsity costs after tuning)", "Wanda 50% + LoRA", "Dense + LoRA"),
-        ("Wanda 50% + NLS (maximal) against Wanda 50% + LoRA (NLS training at the same rank)", "Wanda 50% + NLS (maximal)", "Wanda 50% + LoRA"),
-        ("Wanda 50% + NLS (heuristic) against NLS (maximal) (the smaller sub-adapter)", "Wanda 50% + NLS (heuristic)", "Wanda 50% + NLS (maximal)"),
+        (
+            "Wanda 50% + NLS (maximal) against Wanda 50% + LoRA (NLS training at the same rank)",
+            "Wanda 50% + NLS (maximal)",
+            "Wanda 50% + LoRA",
+        ),
+        (
+            "Wanda 50% + NLS (heuristic) against NLS (maximal) (the smaller sub-adapter)",
+            "Wanda 50% + NLS (heuristic)",
+            "Wanda 50% + NLS (maximal)",
+        ),
         ("Wanda 50% + NLS (minimal) against NLS (maximal)", "Wanda 50% + NLS (minimal)", "Wanda 50% + NLS (maximal)"),
         ("searched against heuristic", SEARCHED, "Wanda 50% + NLS (heuristic)"),
     ] {
