@@ -252,17 +252,7 @@ impl GgufFile {
             )));
         }
         let tokens = self.tokens()?;
-        let merges = self.require("tokenizer.ggml.merges")?;
-        let merges = merges.as_array().ok_or_else(|| self.bad("`tokenizer.ggml.merges` is not an array"))?;
-        let merges: Vec<Json> = merges
-            .iter()
-            .enumerate()
-            .map(|(i, m)| {
-                let s = m.as_str().ok_or_else(|| self.bad(format!("`tokenizer.ggml.merges`[{i}] is not a string")))?;
-                let (a, b) = s.split_once(' ').ok_or_else(|| self.bad(format!("`tokenizer.ggml.merges`[{i}] = {s:?} is not `A B`")))?;
-                Ok(json!([a, b]))
-            })
-            .collect::<Result<_>>()?;
+        let merges = self.merges()?.ok_or_else(|| self.bad("metadata key `tokenizer.ggml.merges` is missing"))?;
         let types = self.token_types(tokens.len())?;
         let pre = self.get("tokenizer.ggml.pre").and_then(Value::as_str).unwrap_or("default");
         let (regexes, ignore_merges) = pre_tokenizer_regexes(pre).ok_or_else(|| {
@@ -309,6 +299,22 @@ impl GgufFile {
                       "end_of_word_suffix": null, "fuse_unk": false, "byte_fallback": false, "ignore_merges": ignore_merges,
                       "vocab": vocab, "merges": merges},
         }))
+    }
+
+    /// `tokenizer.ggml.merges` as `tokenizer.json` pairs, when the file has them.
+    fn merges(&self) -> Result<Option<Vec<Json>>> {
+        let Some(merges) = self.get("tokenizer.ggml.merges") else { return Ok(None) };
+        let merges = merges.as_array().ok_or_else(|| self.bad("`tokenizer.ggml.merges` is not an array"))?;
+        merges
+            .iter()
+            .enumerate()
+            .map(|(i, m)| {
+                let s = m.as_str().ok_or_else(|| self.bad(format!("`tokenizer.ggml.merges`[{i}] is not a string")))?;
+                let (a, b) = s.split_once(' ').ok_or_else(|| self.bad(format!("`tokenizer.ggml.merges`[{i}] = {s:?} is not `A B`")))?;
+                Ok(json!([a, b]))
+            })
+            .collect::<Result<_>>()
+            .map(Some)
     }
 
     /// `tokenizer.ggml.token_type` (1, normal, for every token when absent).
@@ -386,19 +392,8 @@ impl GgufFile {
                 order.push(t);
             }
         }
-        let merges: Vec<Json> = match self.get("tokenizer.ggml.merges") {
-            Some(m) => {
-                let m = m.as_array().ok_or_else(|| self.bad("`tokenizer.ggml.merges` is not an array"))?;
-                m.iter()
-                    .enumerate()
-                    .map(|(i, m)| {
-                        let s = m.as_str().ok_or_else(|| self.bad(format!("`tokenizer.ggml.merges`[{i}] is not a string")))?;
-                        let (a, b) =
-                            s.split_once(' ').ok_or_else(|| self.bad(format!("`tokenizer.ggml.merges`[{i}] = {s:?} is not `A B`")))?;
-                        Ok(json!([a, b]))
-                    })
-                    .collect::<Result<_>>()?
-            }
+        let merges: Vec<Json> = match self.merges()? {
+            Some(m) => m,
             None => {
                 let score = |t: &str| scores[last[t]];
                 let mut all: Vec<(&str, &str, f64)> = Vec::new();
