@@ -410,6 +410,61 @@ fn smollm2_logits_equal_transformers() {
     }
 }
 
+/// A SentencePiece-style `tokenizer.json` (transformers' conversion of the SentencePiece GGUF
+/// fixture, `scripts/make_spm_hf_tokenizer.py`) exported as a `llama` GGUF vocabulary: the
+/// original file's tokens and types come back, scores order the pieces as the original's do,
+/// and the exported vocabulary tokenizes the 290 strings as transformers and llama.cpp do.
+#[test]
+fn sentencepiece_tokenizer_exports_as_a_llama_vocabulary() {
+    use secateur_models::gguf::export::{tokenizer_metadata, write_gguf};
+    let original = GgufFile::open(&gguf_fixtures().join("tokenizer/spm_tokenizer.gguf")).unwrap();
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("exported.gguf");
+    let meta = tokenizer_metadata(&gguf_fixtures().join("tokenizer/hf"), 600).unwrap();
+    write_gguf(&out, &meta, &[], Vec::new()).unwrap();
+    let ours = GgufFile::open(&out).unwrap();
+    for key in ["tokenizer.ggml.model", "tokenizer.ggml.tokens", "tokenizer.ggml.token_type", "tokenizer.ggml.bos_token_id"] {
+        assert_eq!(ours.get(key), original.get(key), "{key}");
+    }
+    assert_eq!(ours.get("tokenizer.ggml.add_space_prefix").and_then(|v| v.as_bool()), Some(true));
+    assert!(ours.get("tokenizer.ggml.merges").is_none());
+    // Scores: every pair of normal pieces that a merge makes is ordered as in the original.
+    let scores = |f: &GgufFile| -> Vec<f64> {
+        f.get("tokenizer.ggml.scores").unwrap().as_array().unwrap().iter().map(|x| x.as_f64().unwrap()).collect()
+    };
+    let (a, b) = (scores(&ours), scores(&original));
+    // Pieces a merge makes score -rank, above -(number of merges); the rest below it.
+    let hf: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(gguf_fixtures().join("tokenizer/hf/tokenizer.json")).unwrap()).unwrap();
+    let n_merges = hf["model"]["merges"].as_array().unwrap().len() as f64;
+    let made: Vec<usize> = (259..a.len()).filter(|&i| a[i] > -n_merges).collect();
+    assert!(made.len() > 250, "{} merged pieces", made.len());
+    let mut inverted = 0;
+    for &i in &made {
+        for &j in &made {
+            if b[i] > b[j] && a[i] <= a[j] {
+                inverted += 1;
+            }
+        }
+    }
+    assert_eq!(inverted, 0, "pairs of pieces ordered unlike the original scores");
+    // And the exported vocabulary encodes as transformers and llama.cpp do on the original.
+    let tj = tmp.path().join("tokenizer.json");
+    std::fs::write(&tj, serde_json::to_vec(&ours.hf_tokenizer().unwrap()).unwrap()).unwrap();
+    let tok = TextTokenizer::from_file(&tj).unwrap();
+    let reference: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(gguf_fixtures().join("tokenizer/spm-reference.json")).unwrap()).unwrap();
+    let mut differ = Vec::new();
+    for r in reference["strings"].as_array().unwrap() {
+        let text = r["text"].as_str().unwrap();
+        let got = tok.encode(text).unwrap();
+        if got != ids(&r["llama_cpp"]) || got != ids(&r["transformers"]) {
+            differ.push(format!("{text:?}: {got:?} vs {:?}", ids(&r["llama_cpp"])));
+        }
+    }
+    assert!(differ.is_empty(), "{} of 290 strings differ:\n{}", differ.len(), differ.join("\n"));
+}
+
 #[test]
 fn exported_gguf_equals_the_gguf_package_writer_and_imports_back() {
     use secateur_models::gguf::export::export;

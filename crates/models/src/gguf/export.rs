@@ -42,6 +42,7 @@ pub enum Meta {
     Str(String),
     StrArray(Vec<String>),
     I32Array(Vec<i32>),
+    F32Array(Vec<f32>),
 }
 
 fn put_str(out: &mut Vec<u8>, s: &str) {
@@ -79,6 +80,14 @@ impl Meta {
             Meta::I32Array(v) => {
                 out.extend(9u32.to_le_bytes());
                 out.extend(5u32.to_le_bytes());
+                out.extend((v.len() as u64).to_le_bytes());
+                for x in v {
+                    out.extend(x.to_le_bytes());
+                }
+            }
+            Meta::F32Array(v) => {
+                out.extend(9u32.to_le_bytes());
+                out.extend(6u32.to_le_bytes());
                 out.extend((v.len() as u64).to_le_bytes());
                 for x in v {
                     out.extend(x.to_le_bytes());
@@ -255,14 +264,46 @@ fn pre_name(pre: &Json, path: &Path) -> Result<String> {
     ))
 }
 
-/// The tokenizer metadata from `tokenizer.json` and `tokenizer_config.json` (byte-level BPE).
-fn tokenizer_metadata(dir: &Path, vocab_size: usize) -> Result<Vec<(String, Meta)>> {
+/// Whether `tok` (a `tokenizer.json`) is a SentencePiece vocabulary as transformers converts
+/// them (LLaMA-2, Mistral, TinyLlama): BPE with byte fallback whose normaliser (or `Metaspace`
+/// pre-tokenizer) writes spaces as `▁`. `Some(add_space_prefix)` then, else `None`.
+fn sentencepiece_style(tok: &Json) -> Option<bool> {
+    if tok["model"]["byte_fallback"] != true {
+        return None;
+    }
+    let steps = |v: &Json, list: &str| -> Vec<Json> {
+        match v["type"].as_str() {
+            Some("Sequence") => v[list].as_array().cloned().unwrap_or_default(),
+            Some(_) => vec![v.clone()],
+            None => Vec::new(),
+        }
+    };
+    let norms = steps(&tok["normalizer"], "normalizers");
+    let replaces = norms.iter().any(|n| n["type"] == "Replace" && n["pattern"]["String"] == " " && n["content"] == "\u{2581}");
+    if replaces {
+        return Some(norms.iter().any(|n| n["type"] == "Prepend" && n["prepend"] == "\u{2581}"));
+    }
+    let meta = steps(&tok["pre_tokenizer"], "pretokenizers").into_iter().find(|p| p["type"] == "Metaspace")?;
+    Some(meta["prepend_scheme"] != "never" && meta["add_prefix_space"] != false)
+}
+
+/// The tokenizer metadata from `tokenizer.json` and `tokenizer_config.json`: a byte-level BPE
+/// (`tokenizer.ggml.model = gpt2`, with merges and the pre-tokenizer's llama.cpp name), or a
+/// SentencePiece-style one (see [`sentencepiece_style`]) as `llama` with scores.
+///
+/// `tokenizer.json` keeps no SentencePiece scores; llama.cpp merges the adjacent pair whose
+/// union has the highest score, so each piece gets `-rank` of the first merge that makes it
+/// (SentencePiece's own scores for BPE pieces follow merge order the same way), and pieces no
+/// merge makes score below all of them. Byte pieces `<0xXX>` are BYTE, the unknown token
+/// UNKNOWN, special added tokens CONTROL, other added tokens USER_DEFINED.
+pub fn tokenizer_metadata(dir: &Path, vocab_size: usize) -> Result<Vec<(String, Meta)>> {
     let path = dir.join("tokenizer.json");
     let tok = read_json(&path)?;
     let model = &tok["model"];
     if model["type"] != "BPE" {
-        return Err(bad(&path, format!("a {} tokenizer cannot be written to GGUF yet (secateur writes byte-level BPE)", model["type"])));
+        return Err(bad(&path, format!("a {} tokenizer cannot be written to GGUF yet (secateur writes BPE vocabularies)", model["type"])));
     }
+    let spm = sentencepiece_style(&tok);
     let mut tokens: Vec<Option<String>> = vec![None; vocab_size];
     let mut types = vec![1i32; vocab_size];
     let vocab = model["vocab"].as_object().ok_or_else(|| bad(&path, "`model.vocab` is not an object"))?;
@@ -277,13 +318,21 @@ fn tokenizer_metadata(dir: &Path, vocab_size: usize) -> Result<Vec<(String, Meta
         Ok(())
     };
     for (t, id) in vocab {
-        place(t, id.as_u64().ok_or_else(|| bad(&path, format!("token `{t}` has no integer id")))?, None)?;
+        let byte = spm.is_some() && t.len() == 6 && t.starts_with("<0x") && t.ends_with('>');
+        place(t, id.as_u64().ok_or_else(|| bad(&path, format!("token `{t}` has no integer id")))?, byte.then_some(6))?;
     }
     for a in tok["added_tokens"].as_array().into_iter().flatten() {
         let (Some(t), Some(id)) = (a["content"].as_str(), a["id"].as_u64()) else {
             return Err(bad(&path, "an entry of `added_tokens` lacks `content` or `id`"));
         };
-        place(t, id, Some(if a["special"] == true { 3 } else { 4 }))?;
+        let ty = if spm.is_some() && model["unk_token"].as_str() == Some(t) {
+            2
+        } else if a["special"] == true {
+            3
+        } else {
+            4
+        };
+        place(t, id, Some(ty))?;
     }
     // Embedding rows past the tokenizer's vocabulary, named as llama.cpp's converter names them.
     let tokens: Vec<String> = tokens
@@ -308,10 +357,14 @@ fn tokenizer_metadata(dir: &Path, vocab_size: usize) -> Result<Vec<(String, Meta
             _ => Err(bad(&path, format!("merge {m} is neither `a b` nor [a, b]"))),
         })
         .collect::<Result<_>>()?;
-    let mut meta = vec![
-        ("tokenizer.ggml.model".to_string(), Meta::Str("gpt2".into())),
-        ("tokenizer.ggml.pre".to_string(), Meta::Str(pre_name(&tok["pre_tokenizer"], &path)?)),
-    ];
+    let mut meta = Vec::new();
+    match spm {
+        None => {
+            meta.push(("tokenizer.ggml.model".to_string(), Meta::Str("gpt2".into())));
+            meta.push(("tokenizer.ggml.pre".to_string(), Meta::Str(pre_name(&tok["pre_tokenizer"], &path)?)));
+        }
+        Some(_) => meta.push(("tokenizer.ggml.model".to_string(), Meta::Str("llama".into()))),
+    }
     let id_of = |t: &str| tokens.iter().position(|x| x == t);
     let cfg_path = dir.join("tokenizer_config.json");
     let cfg = if cfg_path.is_file() { read_json(&cfg_path)? } else { Json::Null };
@@ -325,11 +378,30 @@ fn tokenizer_metadata(dir: &Path, vocab_size: usize) -> Result<Vec<(String, Meta
             ids.push((format!("tokenizer.ggml.{key}"), Meta::U32(id as u32)));
         }
     }
-    meta.push(("tokenizer.ggml.tokens".into(), Meta::StrArray(tokens)));
-    meta.push(("tokenizer.ggml.token_type".into(), Meta::I32Array(types)));
-    meta.push(("tokenizer.ggml.merges".into(), Meta::StrArray(merges)));
+    if let Some(prefix) = spm {
+        let index: std::collections::HashMap<&str, usize> = tokens.iter().enumerate().map(|(i, t)| (t.as_str(), i)).collect();
+        let normal_floor = -(merges.len() as f32);
+        let mut scores: Vec<f32> = (0..tokens.len()).map(|i| if types[i] == 1 { normal_floor - i as f32 } else { 0.0 }).collect();
+        for (rank, m) in merges.iter().enumerate().rev() {
+            let Some((l, r)) = m.split_once(' ') else { return Err(bad(&path, format!("merge `{m}` is not `a b`"))) };
+            if let Some(&i) = index.get(format!("{l}{r}").as_str()) {
+                scores[i] = -(rank as f32);
+            }
+        }
+        meta.push(("tokenizer.ggml.tokens".into(), Meta::StrArray(tokens)));
+        meta.push(("tokenizer.ggml.scores".into(), Meta::F32Array(scores)));
+        meta.push(("tokenizer.ggml.token_type".into(), Meta::I32Array(types)));
+        meta.push(("tokenizer.ggml.add_space_prefix".into(), Meta::Bool(prefix)));
+    } else {
+        meta.push(("tokenizer.ggml.tokens".into(), Meta::StrArray(tokens)));
+        meta.push(("tokenizer.ggml.token_type".into(), Meta::I32Array(types)));
+        meta.push(("tokenizer.ggml.merges".into(), Meta::StrArray(merges)));
+    }
     meta.extend(ids);
     meta.push(("tokenizer.ggml.add_bos_token".into(), Meta::Bool(cfg["add_bos_token"] == true)));
+    if cfg["add_eos_token"] == true {
+        meta.push(("tokenizer.ggml.add_eos_token".into(), Meta::Bool(true)));
+    }
     if let Some(t) = cfg["chat_template"].as_str() {
         meta.push(("tokenizer.chat_template".into(), Meta::Str(t.to_string())));
     }
