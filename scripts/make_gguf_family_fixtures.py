@@ -32,9 +32,12 @@ import torch
 from safetensors.torch import save_file
 from transformers import AutoModelForCausalLM
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from make_fixtures import patch_mpt_alibi_bias_max  # noqa: E402
+from make_gguf_fixtures import SEQS, seq_logits  # noqa: E402
+
 FIX = os.path.join("crates", "models", "tests", "fixtures")
 OUT = os.path.join(FIX, "gguf", "families")
-SEQS = [[3, 17, 42, 5, 88, 23, 61, 7, 12], [9, 31, 77, 2, 54, 19]]
 # The fixtures have no tokenizer_config.json; without one, GPTNeoXTokenizerFast adds its default
 # `<|endoftext|>` beyond the 96-token vocabulary and the converter refuses the vocabulary.
 TOKENIZER_CONFIG = {"tokenizer_class": "PreTrainedTokenizerFast", "bos_token": "<s>", "eos_token": "</s>", "unk_token": "<unk>"}
@@ -110,17 +113,7 @@ def convert(mod, src, outtype, out):
 
 
 def transformers_logits(src):
-    model = AutoModelForCausalLM.from_pretrained(src, torch_dtype=torch.float32).eval()
-    width = max(len(s) for s in SEQS)
-    ids = torch.zeros(len(SEQS), width, dtype=torch.int64)
-    mask = torch.zeros(len(SEQS), width, dtype=torch.int64)
-    logits = torch.zeros(len(SEQS), width, model.config.vocab_size)
-    with torch.no_grad():
-        for b, s in enumerate(SEQS):
-            ids[b, : len(s)] = torch.tensor(s)
-            mask[b, : len(s)] = 1
-            logits[b, : len(s)] = model(torch.tensor([s])).logits[0]
-    return ids, mask, logits
+    return seq_logits(AutoModelForCausalLM.from_pretrained(src, torch_dtype=torch.float32).eval())
 
 
 def llama_cpp_logits(path, vocab, width):
@@ -141,9 +134,6 @@ def llama_cpp_logits(path, vocab, width):
 
 def main():
     # transformers' MPT ignores `alibi_bias_max` (always 8); MosaicML's model and llama.cpp use it.
-    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-    from make_fixtures import patch_mpt_alibi_bias_max
-
     patch_mpt_alibi_bias_max()
     mod = converter()
     if os.path.isdir(OUT):

@@ -50,6 +50,14 @@ fn put_str(out: &mut Vec<u8>, s: &str) {
     out.extend(s.as_bytes());
 }
 
+/// An array of 4-byte elements of GGUF type `ty`.
+fn put_array(out: &mut Vec<u8>, ty: u32, items: impl ExactSizeIterator<Item = [u8; 4]>) {
+    out.extend(9u32.to_le_bytes());
+    out.extend(ty.to_le_bytes());
+    out.extend((items.len() as u64).to_le_bytes());
+    items.for_each(|x| out.extend(x));
+}
+
 impl Meta {
     fn write(&self, out: &mut Vec<u8>) {
         match self {
@@ -77,22 +85,8 @@ impl Meta {
                     put_str(out, s);
                 }
             }
-            Meta::I32Array(v) => {
-                out.extend(9u32.to_le_bytes());
-                out.extend(5u32.to_le_bytes());
-                out.extend((v.len() as u64).to_le_bytes());
-                for x in v {
-                    out.extend(x.to_le_bytes());
-                }
-            }
-            Meta::F32Array(v) => {
-                out.extend(9u32.to_le_bytes());
-                out.extend(6u32.to_le_bytes());
-                out.extend((v.len() as u64).to_le_bytes());
-                for x in v {
-                    out.extend(x.to_le_bytes());
-                }
-            }
+            Meta::I32Array(v) => put_array(out, 5, v.iter().map(|x| x.to_le_bytes())),
+            Meta::F32Array(v) => put_array(out, 6, v.iter().map(|x| x.to_le_bytes())),
         }
     }
 }
