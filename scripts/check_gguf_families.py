@@ -12,6 +12,11 @@ on the fixture's two input sequences with transformers' on the original checkpoi
 fixture's `reference.safetensors`). f32 must agree within 1e-2 (llama.cpp's own distance from
 transformers on the files its converter writes is 6e-4 to 3.6e-3: its GELU is tabulated in
 f16); f16 and q8_0 are printed beside it (rounding of the weights adds to that).
+
+Then a LoRA adapter on a fused-QKV family: the PEFT fixture `peft_neox_parallel` (on
+`query_key_value` and `dense_4h_to_h`) written by `secateur export --adapter`, loaded by llama.cpp
+beside the exported base (`lora_path`): its logits must equal transformers + PEFT's (the fixture's
+`reference.safetensors`) within the same 1e-2.
 """
 import argparse
 import json
@@ -58,6 +63,27 @@ def main():
             ok &= verdict == "ok"
             print(f"{name} {ty}: {report['tensor_types']}; llama.cpp vs transformers max |logit diff| {worst:.2e} {verdict}")
             del llm
+    # The adapter: B's fused-QKV rows go to GGUF's [q; k; v] order with the base's.
+    base = os.path.join(tmp, "neox_parallel-f32.gguf")
+    adapter = os.path.join(tmp, "peft_neox_parallel-f32.gguf")
+    peft_dir = os.path.join("crates", "elastic-lora", "tests", "fixtures", "peft_neox_parallel")
+    r = subprocess.run([a.secateur, "export", "--model", os.path.join(FIX, "neox_parallel"), "--adapter", peft_dir, "--type", "f32", "--out",
+                        adapter], capture_output=True, text=True)
+    if r.returncode != 0:
+        sys.exit(f"adapter export failed:\n{r.stderr}")
+    ids, mask = load_file(os.path.join(FIX, "neox_parallel", "reference.safetensors"))["input_ids"], None
+    mask = load_file(os.path.join(FIX, "neox_parallel", "reference.safetensors"))["attention_mask"]
+    want = load_file(os.path.join(peft_dir, "reference.safetensors"))["logits"]
+    llm = Llama(model_path=base, lora_path=adapter, n_ctx=64, logits_all=True, verbose=False, n_threads=1, n_batch=64)
+    worst = 0.0
+    for b in range(ids.shape[0]):
+        n = int(mask[b].sum())
+        llm.reset()
+        llm.eval([int(x) for x in ids[b, :n]])
+        worst = max(worst, float(np.abs(np.array(llm.scores[:n], dtype=np.float32) - want[b, :n]).max()))
+    verdict = "ok" if worst <= 1e-2 else "FAIL"
+    ok &= verdict == "ok"
+    print(f"neox_parallel + peft_neox_parallel (llama.cpp --lora) vs transformers + PEFT: max |logit diff| {worst:.2e} {verdict}")
     sys.exit(0 if ok else 1)
 
 
