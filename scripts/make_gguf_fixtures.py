@@ -201,6 +201,13 @@ def reference(name, path):
         model = AutoModelForCausalLM.from_pretrained(d, gguf_file="model.gguf", torch_dtype=torch.float32).eval()
     finally:
         shutil.rmtree(d)
+    ids, mask, logits = seq_logits(model)
+    save_file({"input_ids": ids, "attention_mask": mask, "logits": logits.contiguous()}, os.path.join(OUT, f"{name}.reference.safetensors"))
+    return model
+
+
+def seq_logits(model):
+    """Input ids, mask and `model`'s logits on SEQS, one sequence at a time (padded to the longest)."""
     width = max(len(s) for s in SEQS)
     ids = torch.zeros(len(SEQS), width, dtype=torch.int64)
     mask = torch.zeros(len(SEQS), width, dtype=torch.int64)
@@ -210,8 +217,7 @@ def reference(name, path):
             ids[b, : len(s)] = torch.tensor(s)
             mask[b, : len(s)] = 1
             logits[b, : len(s)] = model(torch.tensor([s])).logits[0]
-    save_file({"input_ids": ids, "attention_mask": mask, "logits": logits.contiguous()}, os.path.join(OUT, f"{name}.reference.safetensors"))
-    return model
+    return ids, mask, logits
 
 
 def random_llama(hidden, inter, layers, heads, kv, seed, **extra):

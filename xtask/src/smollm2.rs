@@ -331,6 +331,22 @@ fn write_new(path: &Path, text: &str) -> bool {
     std::fs::create_dir_all(path.parent().unwrap()).is_ok() && std::fs::write(&tmp, text).is_ok() && std::fs::rename(&tmp, path).is_ok()
 }
 
+/// Writes a report's markdown to `path`, keeping the hand-written `## Reading` section of the
+/// file it replaces (put back before the generated `## Commands`).
+fn write_report_md(path: &Path, md: &str) -> bool {
+    let reading = std::fs::read_to_string(path).ok().and_then(|old| {
+        let rest = &old[old.find("\n## Reading")? + 1..];
+        let end = rest[3..].find("\n## ").map_or(rest.len(), |e| e + 4);
+        Some(rest[..end].trim_end().to_string())
+    });
+    let md = match (reading, md.find("\n## Commands")) {
+        (Some(r), Some(c)) => format!("{}\n{r}\n{}", &md[..c], &md[c..]),
+        (Some(r), None) => format!("{md}\n{r}\n"),
+        (None, _) => md.to_string(),
+    };
+    write_new(path, &md)
+}
+
 /// Runs `secateur <cmd>` into `dir` unless `done` is there: resumed when the run directory has a
 /// manifest, else started afresh (whatever a killed first attempt left is replaced).
 fn run_once(cmd: &[String], dir: &Path, done: &Path) -> bool {
@@ -415,7 +431,7 @@ fn pipeline_report(name: &str, header: &str, runs: &[(String, Vec<String>, PathB
     let ok = write_new(
         &docs.join(format!("smollm2-{name}.json")),
         &(serde_json::to_string_pretty(&Value::Object(reports)).expect("JSON") + "\n"),
-    ) && write_new(&docs.join(format!("smollm2-{name}.md")), &md);
+    ) && write_report_md(&docs.join(format!("smollm2-{name}.md")), &md);
     println!("{md}");
     ok
 }
@@ -623,7 +639,27 @@ fn shears(args: &Args) -> bool {
     let docs = root.join("docs/results");
     let json = json!({"model": GGUF_NAME, "held_out": HELD_OUT, "window": args.window, "records": records, "seeds": per_seed.len(), "search_budget": args.search_budget, "rows": rows_json, "commands": commands});
     let ok = write_new(&docs.join("smollm2-shears.json"), &(serde_json::to_string_pretty(&json).expect("JSON") + "\n"))
-        && write_new(&docs.join("smollm2-shears.md"), &md);
+        && write_report_md(&docs.join("smollm2-shears.md"), &md);
     println!("{md}");
     ok
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_regenerated_report_keeps_its_reading_section() {
+        let path = std::env::temp_dir().join(format!("secateur-xtask-report-{}.md", std::process::id()));
+        let old = "# T\n\nold table\n\n## Reading (by hand)\n\n- a finding\n\n## Commands\n\n```\nold\n```\n";
+        std::fs::write(&path, old).unwrap();
+        assert!(write_report_md(&path, "# T\n\nnew table\n\n## Commands\n\n```\nnew\n```\n"));
+        let got = std::fs::read_to_string(&path).unwrap();
+        assert_eq!(got, "# T\n\nnew table\n\n## Reading (by hand)\n\n- a finding\n\n## Commands\n\n```\nnew\n```\n");
+        // A first report has none to keep.
+        std::fs::remove_file(&path).unwrap();
+        assert!(write_report_md(&path, "# T\n"));
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), "# T\n");
+        std::fs::remove_file(&path).unwrap();
+    }
 }

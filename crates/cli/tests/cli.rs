@@ -319,33 +319,47 @@ fn prune_writes_a_sparse_checkpoint_with_masks() {
 }
 
 /// `shears --chat`: the examples and the evaluation prompts are the base's chat template's
-/// (the training loss differs from the Alpaca run's), the setting is recorded, and `search`
-/// reloads it from the run.
+/// (the training loss differs from the Alpaca run's), the `--eval-task` evaluations are
+/// chat-prompted as lm-eval's `--apply_chat_template` prompts them (the dense row's scores equal
+/// lm-eval's on the same base), the setting is recorded, and `search` reloads it from the run.
 #[test]
 fn shears_chat_trains_on_the_template_and_search_reads_it() {
     let tmp = tempfile::tempdir().unwrap();
     let data = toy_dataset(tmp.path());
     let dir = llama_copy(tmp.path());
     let zephyr = chat_fixture("zephyr");
-    let config = serde_json::json!({"chat_template": zephyr["template"], "bos_token": "<s>", "eos_token": "</s>"});
+    let config = serde_json::json!({"chat_template": zephyr["template"], "bos_token": "<s>", "eos_token": "</s>", "unk_token": "<unk>"});
     std::fs::write(dir.join("tokenizer_config.json"), config.to_string()).unwrap();
+    let eval_dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../eval/tests");
+    let mc = format!("mc:{}", eval_dir.join("data/mc.jsonl").display());
+    let reference: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(eval_dir.join("fixtures/chat_llama_gqa.json")).unwrap()).unwrap();
+    let lm_eval = &reference["runs"][0];
+    assert_eq!(lm_eval["template"], "zephyr");
+    let system = lm_eval["system_instruction"].as_str().unwrap();
     let run = |chat: bool| {
         let out = tmp.path().join(if chat { "chat" } else { "alpaca" });
         let mut args: Vec<&str> = vec!["shears", "--model", dir.to_str().unwrap(), "--dataset", data.to_str().unwrap()];
         args.extend(["--epochs", "1", "--batch-size", "8", "--ranks", "4,2", "--test-size", "6", "--val-size", "4"]);
         args.extend(["--calibration-samples", "4", "--max-new-tokens", "3", "--out", out.to_str().unwrap()]);
+        args.extend(["--eval-task", &mc, "--eval-max-length", "512"]);
         if chat {
-            args.extend(["--chat", "--system", "Be brief."]);
+            args.extend(["--chat", "--system", system]);
         }
         let (ok, _, stderr) = secateur(&args);
         assert!(ok, "{stderr}");
         let losses: serde_json::Value = serde_json::from_slice(&std::fs::read(out.join("train-lora/report.json")).unwrap()).unwrap();
-        (out, losses["losses"][0].as_f64().unwrap())
+        let report: serde_json::Value = serde_json::from_slice(&std::fs::read(out.join("report.json")).unwrap()).unwrap();
+        (out, losses["losses"][0].as_f64().unwrap(), report["rows"][0]["eval"].clone())
     };
-    let ((out, chat_loss), (_, alpaca_loss)) = (run(true), run(false));
+    let ((out, chat_loss, chat_eval), (_, alpaca_loss, alpaca_eval)) = (run(true), run(false));
     assert_ne!(chat_loss, alpaca_loss, "the chat examples are other tokens");
+    for metric in ["acc", "acc_norm"] {
+        assert_eq!(chat_eval[format!("mc:mc {metric}")].as_f64(), lm_eval["tasks"]["mc"]["metrics"][metric].as_f64(), "{metric}");
+    }
+    assert_ne!(chat_eval, alpaca_eval, "the Alpaca run's evaluation is not chat-prompted");
     let manifest: serde_json::Value = serde_json::from_slice(&std::fs::read(out.join(secateur::runs::MANIFEST)).unwrap()).unwrap();
-    assert_eq!((manifest["args"]["chat"].as_bool(), manifest["args"]["system"].as_str()), (Some(true), Some("Be brief.")));
+    assert_eq!((manifest["args"]["chat"].as_bool(), manifest["args"]["system"].as_str()), (Some(true), Some(system)));
     let (ok, stdout, stderr) = secateur(&["search", "--run", out.to_str().unwrap(), "--algo", "heuristic"]);
     assert!(ok && stdout.contains("| heuristic |"), "{stderr}");
 }

@@ -166,7 +166,7 @@ pub fn export_gguf_adapter(
 ) -> Result<secateur_models::gguf::export::ExportReport, LoraError> {
     use secateur_models::gguf::GgmlType;
     use secateur_models::gguf::export::{ExportReport, Meta, check_exportable, push_tensor, write_gguf};
-    use secateur_models::gguf::import::{RowOrder, llama_tensors, permute_rows};
+    use secateur_models::gguf::import::{gguf_arch, gguf_tensors};
     let config = base.join("config.json");
     let spec = secateur_models::ArchSpec::from_config_file(&config)?;
     check_exportable(&spec, &config)?;
@@ -184,7 +184,7 @@ pub fn export_gguf_adapter(
     let mut infos = Vec::new();
     let mut data = Vec::new();
     let mut report = ExportReport { path: out.to_path_buf(), bytes: 0, tensor_types: BTreeMap::new(), fallbacks: Vec::new() };
-    for p in llama_tensors(&spec).into_iter().filter(|p| p.shape.len() == 2) {
+    for p in gguf_tensors(&spec).into_iter().filter(|p| p.shape.len() == 2) {
         let Some(module) = p.hf.strip_suffix(".weight") else { continue };
         let (ka, kb) = (key(module, "A"), key(module, "B"));
         let (Some(sa), Some(sb)) = (weights.shape(&ka), weights.shape(&kb)) else {
@@ -199,10 +199,8 @@ pub fn export_gguf_adapter(
         }
         let scale = cfg.alpha_of(module, r, &ka, adapter)? / r as f64;
         let a = weights.read_f32(&ka, &[r, in_dim])?;
-        let mut b: Vec<f32> = weights.read_f32(&kb, &[out_dim, r])?.into_iter().map(|x| (x as f64 * scale) as f32).collect();
-        if let RowOrder::Rope(heads) = p.rows {
-            b = permute_rows(&b, out_dim, heads, false);
-        }
+        let b: Vec<f32> = weights.read_f32(&kb, &[out_dim, r])?.into_iter().map(|x| (x as f64 * scale) as f32).collect();
+        let b = p.rows.apply(b, out_dim, false).ok_or_else(|| bad(format!("`{kb}`: {out_dim} rows do not split into the heads")))?;
         for (suffix, values, shape, cols) in [("lora_a", a, vec![r, in_dim], in_dim), ("lora_b", b, vec![out_dim, r], r)] {
             let name = format!("{}.{suffix}", p.gguf);
             let (t, offset, fallback) = push_tensor(&mut data, &values, cols, ty).map_err(|e| bad(format!("`{name}`: {e}")))?;
@@ -222,7 +220,7 @@ pub fn export_gguf_adapter(
     }
     let name = adapter.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| "adapter".into());
     let meta = vec![
-        ("general.architecture".to_string(), Meta::Str("llama".into())),
+        ("general.architecture".to_string(), Meta::Str(gguf_arch(spec.family).into())),
         ("general.type".to_string(), Meta::Str("adapter".into())),
         ("general.name".to_string(), Meta::Str(name)),
         ("adapter.type".to_string(), Meta::Str("lora".into())),

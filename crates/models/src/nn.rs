@@ -281,16 +281,20 @@ impl Int8Rows {
         if !cols.is_multiple_of(Q8_BLOCK) || w.len() != rows * cols {
             return None;
         }
+        use rayon::prelude::*;
         let mut codes = vec![0i8; w.len()];
-        let mut scales = Vec::with_capacity(w.len() / Q8_BLOCK);
-        for (wb, cb) in w.chunks(Q8_BLOCK).zip(codes.chunks_mut(Q8_BLOCK)) {
-            let d = wb.iter().fold(0f32, |m, v| m.max(v.abs())) / 127.0;
-            let inv = if d > 0.0 { 1.0 / d } else { 0.0 };
-            for (c, &v) in cb.iter_mut().zip(wb) {
-                *c = (v * inv).round().clamp(-127.0, 127.0) as i8;
+        let mut scales = vec![0f32; w.len() / Q8_BLOCK];
+        // Rows in parallel, each block of a row on its own.
+        codes.par_chunks_mut(cols).zip(w.par_chunks(cols)).zip(scales.par_chunks_mut(cols / Q8_BLOCK)).for_each(|((cr, wr), sr)| {
+            for ((wb, cb), d_out) in wr.chunks(Q8_BLOCK).zip(cr.chunks_mut(Q8_BLOCK)).zip(sr) {
+                let d = wb.iter().fold(0f32, |m, v| m.max(v.abs())) / 127.0;
+                let inv = if d > 0.0 { 1.0 / d } else { 0.0 };
+                for (c, &v) in cb.iter_mut().zip(wb) {
+                    *c = (v * inv).round().clamp(-127.0, 127.0) as i8;
+                }
+                *d_out = d;
             }
-            scales.push(d);
-        }
+        });
         Some(Self { rows, cols, codes, scales })
     }
 

@@ -66,7 +66,8 @@ pub struct ShearsConfig {
     /// Prompts in the base model's chat template instead of LLM-Adapters' Alpaca template: the
     /// instruction is the user's message, the output the assistant's turn (closed by the
     /// template's end-of-turn tag, where generation also stops). Training, Wanda's calibration
-    /// texts and the accuracy evaluations all use it.
+    /// texts and the accuracy evaluations all use it, and the `--eval-task` evaluations are
+    /// prompted as `secateur eval --chat` prompts them.
     #[arg(long)]
     #[serde(default)]
     pub chat: bool,
@@ -471,17 +472,26 @@ pub(crate) fn wanda<B: Backend>(
     Ok((pruned.model, sparsity, nonzero, seconds))
 }
 
-/// The `--eval-task` evaluations of a run, added to every row of its report.
+/// The `--eval-task` evaluations of a run, added to every row of its report. With `--chat`
+/// they are prompted in the chat template too, as `secateur eval --chat [--system]` (lm-eval's
+/// `--apply_chat_template`) prompts them; perplexity is unchanged by it.
 pub(crate) struct Evals {
     specs: Vec<TaskSpec>,
     cfg: EvalConfig,
     prefix_token: u32,
+    chat: Option<(secateur_models::ChatTemplate, Option<String>)>,
 }
 
 impl Evals {
     /// The run's evaluations on the base in `base_dir` (its window and prefix token, as
     /// `secateur eval` takes them).
-    pub(crate) fn new(args: &ShearsConfig, base_dir: &Path, spec: &ArchSpec, tok: &TextTokenizer) -> Result<Self, PipelineError> {
+    pub(crate) fn new(
+        args: &ShearsConfig,
+        base_dir: &Path,
+        spec: &ArchSpec,
+        tok: &TextTokenizer,
+        format: &PromptFormat,
+    ) -> Result<Self, PipelineError> {
         let specs = args.eval_task.iter().map(|t| TaskSpec::parse(t)).collect::<Result<Vec<_>, _>>()?;
         let cfg = EvalConfig {
             num_fewshot: 0,
@@ -491,7 +501,11 @@ impl Evals {
             max_new_tokens: None,
         };
         let prefix_token = if specs.is_empty() { 0 } else { secateur_eval::prefix_token(base_dir, spec, tok)? };
-        Ok(Self { specs, cfg, prefix_token })
+        let chat = match format {
+            PromptFormat::Alpaca => None,
+            PromptFormat::Chat { template, system } => Some((template.clone(), system.clone())),
+        };
+        Ok(Self { specs, cfg, prefix_token, chat })
     }
 
     /// Every task's metrics on `model`, keyed `TASK METRIC` (e.g. `ppl:heldout word_perplexity`).
@@ -502,7 +516,8 @@ impl Evals {
         device: &B::Device,
         reporter: &dyn Reporter,
     ) -> Result<BTreeMap<String, f64>, PipelineError> {
-        let enc = Encoder { tokenizer: tok, prefix_token: self.prefix_token, add_bos: None, chat: None };
+        let chat = self.chat.as_ref().map(|(template, system)| secateur_eval::Chat { template, system: system.as_deref() });
+        let enc = Encoder { tokenizer: tok, prefix_token: self.prefix_token, add_bos: None, chat };
         let mut out = BTreeMap::new();
         for spec in &self.specs {
             let r = secateur_eval::evaluate(model, &enc, spec, &self.cfg, device)?;

@@ -331,7 +331,7 @@ pub fn nas<B: AutodiffBackend>(args: &NasConfig, device: &B::Device, reporter: &
             .map_err(|e| io(&base_dir, e))?;
     let mut model = DenseLm::<B>::load(&base_dir, device)?;
     let spec = model.spec().clone();
-    let evals = Evals::new(a, &base_dir, &spec, &tok)?;
+    let evals = Evals::new(a, &base_dir, &spec, &tok, &task.format)?;
     let eos = spec.eos_token_ids.first().copied();
     let pad = eos.unwrap_or(0);
     let tokenize = |r: &data::Record| data::tokenize_as(r, &tok, &task.format, eos, a.cutoff, a.train_on_inputs);

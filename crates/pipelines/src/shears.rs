@@ -84,7 +84,7 @@ pub fn shears<B: AutodiffBackend>(args: &ShearsConfig, device: &B::Device, repor
     let dense = DenseLm::<B::InnerBackend>::load(&base_dir, device)?;
     let spec = dense.spec().clone();
     let dense_params = dense.num_params();
-    let evals = Evals::new(args, &base_dir, &spec, &tok)?;
+    let evals = Evals::new(args, &base_dir, &spec, &tok, &task.format)?;
     let acc = accuracy_as(&dense, &tok, &task.format, &task.test, AnswerKind::Math, args.max_new_tokens, 64, device)?;
     reporter.line(&format!("dense base: accuracy {:.3}", acc.accuracy));
     let eval = evals.run(&dense, &tok, device, reporter)?;

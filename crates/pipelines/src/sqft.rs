@@ -175,7 +175,7 @@ pub fn sqft<B: AutodiffBackend>(args: &SqftConfig, device: &B::Device, reporter:
     let mut rows = Vec::new();
 
     let dense = DenseLm::<B::InnerBackend>::load(&base_dir, device)?;
-    let evals = Evals::new(a, &base_dir, &spec, &tok)?;
+    let evals = Evals::new(a, &base_dir, &spec, &tok, &task.format)?;
     let acc = acc_of("dense", test(&|r| accuracy_as(&dense, &tok, &task.format, r, AnswerKind::Math, a.max_new_tokens, 64, device)))?;
     let eval = evals.run(&dense, &tok, device, reporter)?;
     rows.push(SqftRow {

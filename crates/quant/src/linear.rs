@@ -68,22 +68,20 @@ impl<B: Backend> QuantLinear<B> {
     /// Wraps packed tensors whose groups are contiguous (`g_idx[c] = c / group`, as
     /// [`Packed::pack`] writes them; see [`Self::from_packed`] for others), and an optional bias.
     pub fn new(packed: Packed, bias: Option<Tensor<B, 1>>) -> Self {
-        let q = packed.unpack();
-        let (o, groups) = (q.out_features, q.groups());
-        let mut zeros = vec![0f32; groups * o];
-        let mut scales = vec![0f32; groups * o];
-        for r in 0..o {
-            for g in 0..groups {
-                zeros[g * o + r] = q.zeros[r * groups + g] as f32;
-                scales[g * o + r] = q.scales[r * groups + g];
-            }
-        }
+        let o = packed.out_features;
+        let (zeros, scales) = packed.zeros_and_scales();
         let izeros = zeros.iter().map(|&z| z as i32).collect();
         let tiled = match IntLayout::of(&packed) {
-            Some(l) => (0..o / 16)
-                .flat_map(|t| (0..l.words).flat_map(move |w| (0..16).map(move |c| (t, w, c))))
-                .map(|(t, w, c)| packed.qweight[w * o + 16 * t + c])
-                .collect(),
+            Some(l) => {
+                let mut tiled = vec![0u32; o / 16 * l.words * 16];
+                tiled.par_chunks_mut(l.words * 16).enumerate().for_each(|(t, tile)| {
+                    for (k, word) in tile.iter_mut().enumerate() {
+                        let (w, c) = (k / 16, k % 16);
+                        *word = packed.qweight[w * o + 16 * t + c];
+                    }
+                });
+                tiled
+            }
             None => Vec::new(),
         };
         Self {

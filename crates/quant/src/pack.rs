@@ -11,6 +11,8 @@
 //! own kernels then use as is: that is the known overflow of this format (fixed by
 //! `gptq_v2`). secateur reads it back modulo `2^bits`, so its own round trip is exact.
 
+use rayon::prelude::*;
+
 use crate::QuantError;
 use crate::rtn::{QuantConfig, Quantized};
 
@@ -49,11 +51,13 @@ impl Packed {
         }
         let groups = q.groups();
         let mut qweight = vec![0u32; i / v * o];
-        for r in 0..o {
-            for c in 0..i {
-                qweight[(c / v) * o + r] |= (q.q[r * i + c] as u32) << (bits as usize * (c % v));
+        // Word rows in parallel: row `w` packs inputs `v·w..v·(w + 1)` of every output.
+        qweight.par_chunks_mut(o).enumerate().for_each(|(w, words)| {
+            for (r, word) in words.iter_mut().enumerate() {
+                let codes = &q.q[r * i + w * v..r * i + (w + 1) * v];
+                *word = codes.iter().enumerate().fold(0u32, |acc, (k, &c)| acc | (c as u32) << (bits as usize * k));
             }
-        }
+        });
         let mask = (1u32 << bits) - 1;
         let mut qzeros = vec![0u32; groups * (o / v)];
         for gi in 0..groups {
@@ -128,21 +132,32 @@ impl Packed {
         let mask = (1u32 << bits) - 1;
         let groups = self.scales.len() / o;
         let mut q = vec![0u8; o * i];
-        for c in 0..i {
-            for r in 0..o {
-                q[r * i + c] = ((self.qweight[(c / v) * o + r] >> (bits * (c % v))) & mask) as u8;
+        // Output rows in parallel.
+        q.par_chunks_mut(i).enumerate().for_each(|(r, row)| {
+            for (c, code) in row.iter_mut().enumerate() {
+                *code = ((self.qweight[(c / v) * o + r] >> (bits * (c % v))) & mask) as u8;
             }
-        }
-        let mut zeros = vec![0u8; o * groups];
-        let mut scales = vec![0f32; o * groups];
-        for gi in 0..groups {
-            for r in 0..o {
-                let stored = (self.qzeros[gi * (o / v) + r / v] >> (bits * (r % v))) & mask;
-                zeros[r * groups + gi] = ((stored + 1) & mask) as u8;
-                scales[r * groups + gi] = self.scales[gi * o + r].to_f32();
-            }
-        }
+        });
+        let (zeros, scales) = self.zeros_and_scales();
+        let (zeros, scales) = (0..o).flat_map(|r| (0..groups).map(move |gi| gi * o + r)).map(|k| (zeros[k] as u8, scales[k])).unzip();
         Quantized { out_features: o, in_features: i, config: self.config, q, scales, zeros }
+    }
+
+    /// Zero points and scales as f32, `[groups, out]` (the stored layout), without unpacking
+    /// the codes.
+    pub fn zeros_and_scales(&self) -> (Vec<f32>, Vec<f32>) {
+        let bits = self.config.bits as usize;
+        let v = 32 / bits;
+        let o = self.out_features;
+        let mask = (1u32 << bits) - 1;
+        let zeros = (0..self.scales.len())
+            .map(|k| {
+                let (gi, r) = (k / o, k % o);
+                let stored = (self.qzeros[gi * (o / v) + r / v] >> (bits * (r % v))) & mask;
+                ((stored + 1) & mask) as f32
+            })
+            .collect();
+        (zeros, self.scales.iter().map(|s| s.to_f32()).collect())
     }
 
     /// Bytes of the packed tensors.

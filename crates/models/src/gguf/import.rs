@@ -7,7 +7,8 @@
 //! [`resolve_model`] is the entry point the commands use: a `.gguf` file (or a directory holding
 //! one and no `config.json`) is imported once into a cache directory and that directory is used.
 //!
-//! Architectures: `llama` (LLaMA and Mistral-style models).
+//! Architectures: `llama` (LLaMA and Mistral-style models), `gptneox`, `bloom` and `mpt`, as
+//! llama.cpp's `convert_hf_to_gguf.py` writes them.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::{Path, PathBuf};
@@ -17,7 +18,7 @@ use serde_json::{Value as Json, json};
 use super::{GgufFile, Value};
 use crate::error::{ModelError, Result};
 use crate::site::SiteKind;
-use crate::spec::ArchSpec;
+use crate::spec::{ArchSpec, Family, NormKind, QkvLayout};
 use crate::weights::{Dtype, RawTensor, WEIGHTS_FILE, encode_f32, write_atomic, write_safetensors};
 
 /// Bumped when the import's output changes, so cached imports are redone.
@@ -28,8 +29,26 @@ const IMPORT_VERSION: u32 = 1;
 pub enum RowOrder {
     /// Same order.
     Same,
-    /// llama.cpp's RoPE layout of Q or K rows for this many heads.
+    /// llama.cpp's RoPE layout of LLaMA's Q or K rows for this many heads.
     Rope(usize),
+    /// A fused QKV projection whose Hugging Face rows interleave q, k and v per head
+    /// (`[heads, 3, head_dim]`, GPT-NeoX and BLOOM) and whose GGUF rows are `[q; k; v]`
+    /// (`convert_hf_to_gguf.py` re-lays them out), for this many heads.
+    QkvPerHead(usize),
+}
+
+impl RowOrder {
+    /// `values` (`rows` rows) reordered from GGUF's layout to Hugging Face's (`to_hf`) or back;
+    /// `None` when `rows` cannot be split into the heads.
+    pub fn apply(self, values: Vec<f32>, rows: usize, to_hf: bool) -> Option<Vec<f32>> {
+        match self {
+            RowOrder::Same => Some(values),
+            RowOrder::Rope(heads) => (heads > 0 && rows.is_multiple_of(2 * heads)).then(|| permute_rows(&values, rows, heads, to_hf)),
+            RowOrder::QkvPerHead(heads) => {
+                (heads > 0 && rows.is_multiple_of(3 * heads)).then(|| permute_qkv_rows(&values, rows, heads, to_hf))
+            }
+        }
+    }
 }
 
 /// One tensor of a model in both namings.
@@ -45,49 +64,72 @@ pub struct TensorPair {
     pub rows: RowOrder,
 }
 
-/// The GGUF name of a LLaMA projection.
-fn llama_site(kind: SiteKind) -> Option<&'static str> {
-    Some(match kind {
+/// llama.cpp's architecture name (`general.architecture`) of a family.
+pub fn gguf_arch(family: Family) -> &'static str {
+    match family {
+        Family::Llama => "llama",
+        Family::GptNeox => "gptneox",
+        Family::Bloom => "bloom",
+        Family::Mpt => "mpt",
+    }
+}
+
+/// The GGUF name of a projection.
+fn site_name(kind: SiteKind) -> &'static str {
+    match kind {
         SiteKind::Q => "attn_q",
         SiteKind::K => "attn_k",
         SiteKind::V => "attn_v",
+        SiteKind::Qkv => "attn_qkv",
         SiteKind::O => "attn_output",
         SiteKind::Gate => "ffn_gate",
         SiteKind::Up => "ffn_up",
         SiteKind::Down => "ffn_down",
-        SiteKind::Qkv => return None,
-    })
+    }
 }
 
-/// Every tensor of a LLaMA-family model of `spec`, in both namings (llama.cpp's
-/// `convert_hf_to_gguf.py` names and Q/K permutation).
-pub fn llama_tensors(spec: &ArchSpec) -> Vec<TensorPair> {
+/// Every tensor of a model of `spec`, in both namings, as llama.cpp's `convert_hf_to_gguf.py`
+/// names and lays them out: LLaMA's Q/K rows permuted for its RoPE, GPT-NeoX's and BLOOM's fused
+/// QKV rows as `[q; k; v]`, LayerNorm biases beside their weights, BLOOM's embedding norm as
+/// `token_embd_norm`, no `output.weight` when the head is tied.
+pub fn gguf_tensors(spec: &ArchSpec) -> Vec<TensorPair> {
     let names = spec.weight_names();
     let h = spec.hidden_size;
-    let pair = |gguf: String, hf: String, shape: Vec<usize>, rows| TensorPair { gguf, hf, shape, rows };
-    let mut v = vec![pair("token_embd.weight".into(), names.embed.clone(), vec![spec.vocab_size, h], RowOrder::Same)];
+    let norm_bias = matches!(spec.norm, NormKind::Layer { bias: true });
+    let mut v = Vec::new();
+    let mut pair = |gguf: String, hf: String, shape: Vec<usize>, rows| v.push(TensorPair { gguf, hf, shape, rows });
+    let norm = |pair: &mut dyn FnMut(String, String, Vec<usize>, RowOrder), gguf: &str, hf: &str| {
+        pair(format!("{gguf}.weight"), format!("{hf}.weight"), vec![h], RowOrder::Same);
+        if norm_bias {
+            pair(format!("{gguf}.bias"), format!("{hf}.bias"), vec![h], RowOrder::Same);
+        }
+    };
+    pair("token_embd.weight".into(), names.embed.clone(), vec![spec.vocab_size, h], RowOrder::Same);
+    if let Some(n) = &names.embed_norm {
+        norm(&mut pair, "token_embd_norm", n);
+    }
     for l in 0..spec.num_layers {
         let (n1, n2) = &names.block_norms[l];
-        v.push(pair(format!("blk.{l}.attn_norm.weight"), format!("{n1}.weight"), vec![h], RowOrder::Same));
-        v.push(pair(format!("blk.{l}.ffn_norm.weight"), format!("{n2}.weight"), vec![h], RowOrder::Same));
+        norm(&mut pair, &format!("blk.{l}.attn_norm"), n1);
+        norm(&mut pair, &format!("blk.{l}.ffn_norm"), n2);
         for kind in spec.block_site_kinds() {
-            let Some(g) = llama_site(kind) else { continue };
             let shape = spec.site_shape(l, kind);
-            let rows = match kind {
-                SiteKind::Q => RowOrder::Rope(spec.layer(l).num_heads),
-                SiteKind::K => RowOrder::Rope(spec.layer(l).num_kv_heads),
+            let rows = match (spec.family, kind) {
+                (Family::Llama, SiteKind::Q) => RowOrder::Rope(spec.layer(l).num_heads),
+                (Family::Llama, SiteKind::K) => RowOrder::Rope(spec.layer(l).num_kv_heads),
+                (_, SiteKind::Qkv) if spec.qkv == QkvLayout::FusedPerHead => RowOrder::QkvPerHead(spec.layer(l).num_heads),
                 _ => RowOrder::Same,
             };
-            let module = spec.hf_module(l, kind);
-            v.push(pair(format!("blk.{l}.{g}.weight"), format!("{module}.weight"), shape.to_vec(), rows));
+            let (g, module) = (site_name(kind), spec.hf_module(l, kind));
+            pair(format!("blk.{l}.{g}.weight"), format!("{module}.weight"), shape.to_vec(), rows);
             if spec.site_has_bias(kind) {
-                v.push(pair(format!("blk.{l}.{g}.bias"), format!("{module}.bias"), vec![shape[0]], rows));
+                pair(format!("blk.{l}.{g}.bias"), format!("{module}.bias"), vec![shape[0]], rows);
             }
         }
     }
-    v.push(pair("output_norm.weight".into(), format!("{}.weight", names.final_norm), vec![h], RowOrder::Same));
+    norm(&mut pair, "output_norm", &names.final_norm);
     if let Some(head) = &names.lm_head {
-        v.push(pair("output.weight".into(), head.clone(), vec![spec.vocab_size, h], RowOrder::Same));
+        pair("output.weight".into(), head.clone(), vec![spec.vocab_size, h], RowOrder::Same);
     }
     v
 }
@@ -95,18 +137,31 @@ pub fn llama_tensors(spec: &ArchSpec) -> Vec<TensorPair> {
 /// Reorders rows from llama.cpp's RoPE layout to Hugging Face's (`to_hf`) or back. Rows of
 /// head `h` are `[h, 2, d]` in Hugging Face order and `[h, d, 2]` in llama.cpp's.
 pub fn permute_rows(values: &[f32], rows: usize, heads: usize, to_hf: bool) -> Vec<f32> {
-    let cols = values.len() / rows;
     let d = rows / heads / 2;
+    reorder(values, rows, to_hf, |hf| {
+        let (h, a, i) = (hf / (2 * d), hf / d % 2, hf % d);
+        h * 2 * d + i * 2 + a
+    })
+}
+
+/// Reorders fused QKV rows from GGUF's `[q; k; v]` to Hugging Face's per-head interleave
+/// `[heads, 3, d]` (`to_hf`) or back.
+pub fn permute_qkv_rows(values: &[f32], rows: usize, heads: usize, to_hf: bool) -> Vec<f32> {
+    let d = rows / heads / 3;
+    reorder(values, rows, to_hf, |hf| {
+        let (h, part, i) = (hf / (3 * d), hf / d % 3, hf % d);
+        part * heads * d + h * d + i
+    })
+}
+
+/// Moves whole rows: Hugging Face row `hf` is GGUF row `gguf_of(hf)`.
+fn reorder(values: &[f32], rows: usize, to_hf: bool, gguf_of: impl Fn(usize) -> usize) -> Vec<f32> {
+    let cols = values.len() / rows;
     let mut out = vec![0f32; values.len()];
-    for h in 0..heads {
-        for a in 0..2 {
-            for i in 0..d {
-                let hf = h * 2 * d + a * d + i;
-                let gg = h * 2 * d + i * 2 + a;
-                let (src, dst) = if to_hf { (gg, hf) } else { (hf, gg) };
-                out[dst * cols..(dst + 1) * cols].copy_from_slice(&values[src * cols..(src + 1) * cols]);
-            }
-        }
+    for hf in 0..rows {
+        let gg = gguf_of(hf);
+        let (src, dst) = if to_hf { (gg, hf) } else { (hf, gg) };
+        out[dst * cols..(dst + 1) * cols].copy_from_slice(&values[src * cols..(src + 1) * cols]);
     }
     out
 }
@@ -116,15 +171,10 @@ impl GgufFile {
         ModelError::Gguf { path: self.path.clone(), reason: reason.into() }
     }
 
-    /// The `config.json` transformers would write for this file's model.
+    /// The `config.json` transformers would write for this file's model: `llama` (LLaMA and
+    /// Mistral-style), `gptneox`, `bloom` or `mpt`, from llama.cpp's metadata keys.
     pub fn hf_config(&self) -> Result<Json> {
         let arch = self.require_str("general.architecture")?.to_string();
-        if arch != "llama" {
-            return Err(self.bad(format!(
-                "architecture `{arch}` cannot be imported (secateur imports GGUF `llama` models; \
-                 its gptneox, bloom and mpt families are read from Hugging Face checkpoints)"
-            )));
-        }
         let key = |k: &str| format!("{arch}.{k}");
         let u = |k: &str| -> Result<usize> { Ok(self.require_u64(&key(k))? as usize) };
         let opt_u = |k: &str| -> Result<Option<usize>> {
@@ -133,62 +183,151 @@ impl GgufFile {
                 Some(v) => v.as_u64().map(|x| Some(x as usize)).ok_or_else(|| self.bad(format!("`{}` is {v:?}, not an integer", key(k)))),
             }
         };
+        let f = |k: &str| -> Result<f64> {
+            let v = self.require(&key(k))?;
+            v.as_f64().ok_or_else(|| self.bad(format!("`{}` is {v:?}, not a number", key(k))))
+        };
+        let opt_f = |k: &str| -> Result<Option<f64>> {
+            match self.get(&key(k)) {
+                None => Ok(None),
+                Some(v) => v.as_f64().map(Some).ok_or_else(|| self.bad(format!("`{}` is {v:?}, not a number", key(k)))),
+            }
+        };
         let hidden = u("embedding_length")?;
         let heads = u("attention.head_count")?;
-        let kv_heads = opt_u("attention.head_count_kv")?.unwrap_or(heads);
         if heads == 0 {
             return Err(self.bad(format!("`{}` is 0", key("attention.head_count"))));
         }
-        let head_dim = opt_u("attention.key_length")?.unwrap_or(hidden / heads);
-        if let Some(rot) = opt_u("rope.dimension_count")?
-            && rot != head_dim
-        {
-            return Err(self.bad(format!(
-                "`{}` = {rot} but heads have {head_dim} dimensions: partial rotary embeddings are not a LLaMA model",
-                key("rope.dimension_count")
-            )));
-        }
-        if self.tensor("rope_freqs.weight").is_some() {
-            return Err(self.bad("tensor `rope_freqs.weight` (Llama 3.1-style RoPE frequency factors) is not supported"));
-        }
+        let kv_heads = opt_u("attention.head_count_kv")?.unwrap_or(heads);
         let embed = self.tensor("token_embd.weight").ok_or_else(|| self.bad("tensor `token_embd.weight` is missing"))?;
         let vocab = match opt_u("vocab_size")? {
             Some(v) => v,
             None => embed.shape()[0],
         };
-        let eps = self.require(&key("attention.layer_norm_rms_epsilon"))?;
-        let eps =
-            eps.as_f64().ok_or_else(|| self.bad(format!("`{}` is {eps:?}, not a number", key("attention.layer_norm_rms_epsilon"))))?;
-        let theta = self.get(&key("rope.freq_base")).and_then(Value::as_f64).unwrap_or(10000.0);
-        let rope_scaling = match self.get(&key("rope.scaling.type")).and_then(Value::as_str) {
-            None | Some("none") => Json::Null,
-            Some("linear") => {
-                let f =
-                    self.require(&key("rope.scaling.factor"))?.as_f64().ok_or_else(|| self.bad("rope.scaling.factor is not a number"))?;
-                json!({"type": "linear", "factor": f})
+        let (layers, ffn) = (u("block_count")?, u("feed_forward_length")?);
+        let tied = self.tensor("output.weight").is_none();
+        let context = opt_u("context_length")?;
+        let mut config = match arch.as_str() {
+            "llama" => {
+                let head_dim = opt_u("attention.key_length")?.unwrap_or(hidden / heads);
+                if let Some(rot) = opt_u("rope.dimension_count")?
+                    && rot != head_dim
+                {
+                    return Err(self.bad(format!(
+                        "`{}` = {rot} but heads have {head_dim} dimensions: partial rotary embeddings are not a LLaMA model",
+                        key("rope.dimension_count")
+                    )));
+                }
+                if self.tensor("rope_freqs.weight").is_some() {
+                    return Err(self.bad("tensor `rope_freqs.weight` (Llama 3.1-style RoPE frequency factors) is not supported"));
+                }
+                let rope_scaling = match self.get(&key("rope.scaling.type")).and_then(Value::as_str) {
+                    None | Some("none") => Json::Null,
+                    Some("linear") => json!({"type": "linear", "factor": f("rope.scaling.factor")?}),
+                    Some(other) => {
+                        return Err(self.bad(format!("`{}` = {other:?} is not supported (none, linear)", key("rope.scaling.type"))));
+                    }
+                };
+                json!({
+                    "architectures": ["LlamaForCausalLM"],
+                    "model_type": "llama",
+                    "intermediate_size": ffn,
+                    "num_hidden_layers": layers,
+                    "num_attention_heads": heads,
+                    "num_key_value_heads": kv_heads,
+                    "head_dim": head_dim,
+                    "hidden_act": "silu",
+                    "rms_norm_eps": f("attention.layer_norm_rms_epsilon")?,
+                    "rope_theta": opt_f("rope.freq_base")?.unwrap_or(10000.0),
+                    "rope_scaling": rope_scaling,
+                    "max_position_embeddings": context.unwrap_or(2048),
+                    "attention_bias": self.tensor("blk.0.attn_q.bias").is_some(),
+                    "mlp_bias": false,
+                })
             }
-            Some(other) => return Err(self.bad(format!("`{}` = {other:?} is not supported (none, linear)", key("rope.scaling.type")))),
+            "gptneox" => {
+                let head_dim = hidden / heads;
+                let rot = opt_u("rope.dimension_count")?.unwrap_or(head_dim);
+                if rot == 0 || rot > head_dim || rot % 2 != 0 {
+                    return Err(self.bad(format!(
+                        "`{}` = {rot} is not an even number of the heads' {head_dim} dimensions",
+                        key("rope.dimension_count")
+                    )));
+                }
+                json!({
+                    "architectures": ["GPTNeoXForCausalLM"],
+                    "model_type": "gpt_neox",
+                    "intermediate_size": ffn,
+                    "num_hidden_layers": layers,
+                    "num_attention_heads": heads,
+                    "hidden_act": "gelu",
+                    "rotary_pct": rot as f64 / head_dim as f64,
+                    // llama.cpp's converter does not write the base; llama.cpp then uses 10000.
+                    "rotary_emb_base": opt_f("rope.freq_base")?.unwrap_or(10000.0),
+                    "layer_norm_eps": f("attention.layer_norm_epsilon")?,
+                    "use_parallel_residual": self.get(&key("use_parallel_residual")).and_then(Value::as_bool).unwrap_or(true),
+                    "attention_bias": self.tensor("blk.0.attn_qkv.bias").is_some(),
+                    "max_position_embeddings": context.unwrap_or(2048),
+                })
+            }
+            "bloom" => {
+                if ffn != 4 * hidden {
+                    return Err(self.bad(format!("`{}` = {ffn}, but BLOOM's MLP is 4 x {hidden} wide", key("feed_forward_length"))));
+                }
+                json!({
+                    "architectures": ["BloomForCausalLM"],
+                    "model_type": "bloom",
+                    "n_layer": layers,
+                    "n_head": heads,
+                    "layer_norm_epsilon": f("attention.layer_norm_epsilon")?,
+                    "apply_residual_connection_post_layernorm": false,
+                })
+            }
+            "mpt" => {
+                let bias_max = opt_f("attention.max_alibi_bias")?.unwrap_or(8.0);
+                if bias_max <= 0.0 {
+                    return Err(self.bad(format!(
+                        "`{}` = {bias_max}: MPT without ALiBi (learned positions) is not supported",
+                        key("attention.max_alibi_bias")
+                    )));
+                }
+                if !tied {
+                    return Err(self.bad("tensor `output.weight`: MPT's head is tied to the embedding"));
+                }
+                json!({
+                    "architectures": ["MptForCausalLM"],
+                    "model_type": "mpt",
+                    "d_model": hidden,
+                    "n_heads": heads,
+                    "n_layers": layers,
+                    "expansion_ratio": ffn as f64 / hidden as f64,
+                    "attn_config": {"alibi": true, "alibi_bias_max": bias_max, "clip_qkv": opt_f("attention.clamp_kqv")?},
+                    "no_bias": self.tensor("blk.0.attn_qkv.bias").is_none(),
+                    "layer_norm_epsilon": f("attention.layer_norm_epsilon")?,
+                    "max_seq_len": context.unwrap_or(2048),
+                })
+            }
+            other => {
+                return Err(self.bad(format!(
+                    "architecture `{other}` cannot be imported (secateur imports GGUF `llama`, `gptneox`, `bloom` and `mpt` models)"
+                )));
+            }
         };
-        let mut config = json!({
-            "architectures": ["LlamaForCausalLM"],
-            "model_type": "llama",
-            "vocab_size": vocab,
-            "hidden_size": hidden,
-            "intermediate_size": u("feed_forward_length")?,
-            "num_hidden_layers": u("block_count")?,
-            "num_attention_heads": heads,
-            "num_key_value_heads": kv_heads,
-            "head_dim": head_dim,
-            "hidden_act": "silu",
-            "rms_norm_eps": eps,
-            "rope_theta": theta,
-            "rope_scaling": rope_scaling,
-            "max_position_embeddings": opt_u("context_length")?.unwrap_or(2048),
-            "attention_bias": self.tensor("blk.0.attn_q.bias").is_some(),
-            "mlp_bias": false,
-            "tie_word_embeddings": self.tensor("output.weight").is_none(),
-            "torch_dtype": "float32",
-        });
+        if arch != "llama" && kv_heads != heads {
+            return Err(self.bad(format!(
+                "`{}` = {kv_heads} of {heads} heads: grouped key/value heads are not part of secateur's `{arch}` models",
+                key("attention.head_count_kv")
+            )));
+        }
+        if arch != "llama" && hidden % heads != 0 {
+            return Err(self.bad(format!("{hidden} embedding dimensions do not split into {heads} heads")));
+        }
+        config["vocab_size"] = json!(vocab);
+        if arch != "mpt" {
+            config["hidden_size"] = json!(hidden); // MPT's is `d_model` (`hidden_size` an alias)
+        }
+        config["tie_word_embeddings"] = json!(tied);
+        config["torch_dtype"] = json!("float32");
         for (field, k) in [("bos_token_id", "bos_token_id"), ("eos_token_id", "eos_token_id"), ("pad_token_id", "padding_token_id")] {
             if let Some(id) = self.get(&format!("tokenizer.ggml.{k}")).and_then(Value::as_u64) {
                 config[field] = json!(id);
@@ -200,10 +339,10 @@ impl GgufFile {
     /// Every tensor in Hugging Face naming and layout, as f32, with the spec that names them.
     /// Every tensor of the file must be one the model uses (else an error names it).
     pub fn hf_tensors(&self, spec: &ArchSpec) -> Result<Vec<(TensorPair, Vec<f32>)>> {
-        let pairs = llama_tensors(spec);
+        let pairs = gguf_tensors(spec);
         let wanted: HashSet<&str> = pairs.iter().map(|p| p.gguf.as_str()).collect();
         if let Some(extra) = self.tensors.iter().find(|t| !wanted.contains(t.name.as_str())) {
-            return Err(self.bad(format!("tensor `{}` has no place in a `llama` model of this config", extra.name)));
+            return Err(self.bad(format!("tensor `{}` has no place in a `{}` model of this config", extra.name, gguf_arch(spec.family))));
         }
         let mut out = Vec::with_capacity(pairs.len());
         for p in pairs {
@@ -216,14 +355,11 @@ impl GgufFile {
                     found: t.shape(),
                 });
             }
-            let mut values = self.read_f32(&p.gguf)?;
-            if let RowOrder::Rope(heads) = p.rows {
-                let rows = p.shape[0];
-                if heads == 0 || !rows.is_multiple_of(2 * heads) {
-                    return Err(self.bad(format!("tensor `{}`: {rows} rows cannot be {heads} RoPE heads", p.gguf)));
-                }
-                values = permute_rows(&values, rows, heads, true);
-            }
+            let rows = p.shape[0];
+            let values = p
+                .rows
+                .apply(self.read_f32(&p.gguf)?, rows, true)
+                .ok_or_else(|| self.bad(format!("tensor `{}`: {rows} rows cannot be split into the heads of {:?}", p.gguf, p.rows)))?;
             out.push((p, values));
         }
         Ok(out)
@@ -483,7 +619,8 @@ impl GgufFile {
         if let Some(t) = self.get("tokenizer.chat_template") {
             cfg["chat_template"] = json!(t.as_str().ok_or_else(|| self.bad("`tokenizer.chat_template` is not a string"))?);
         }
-        if let Some(n) = self.get("llama.context_length").and_then(Value::as_u64) {
+        let arch = self.get("general.architecture").and_then(Value::as_str).unwrap_or("llama");
+        if let Some(n) = self.get(&format!("{arch}.context_length")).and_then(Value::as_u64) {
             cfg["model_max_length"] = json!(n);
         }
         Ok(cfg)
