@@ -244,8 +244,8 @@ enum Command {
         #[arg(long, value_enum, default_value = "cpu")]
         device: DeviceKind,
     },
-    /// Write a LLaMA-family checkpoint (dense, pruned, merged, or a homogeneous extracted
-    /// sub-network) as a GGUF v3 file for llama.cpp, with its tokenizer and chat template.
+    /// Write a checkpoint (dense, pruned, merged, or an extracted sub-network; a heterogeneous
+    /// LLaMA one as llama.cpp's `deci`) as a GGUF v3 file for llama.cpp, with its tokenizer and chat template.
     Export {
         #[command(flatten)]
         model: ModelArgs,

@@ -221,6 +221,57 @@ fn families_export_as_llama_cpp_converts_them() {
 }
 
 #[test]
+fn heterogeneous_sub_networks_are_llama_cpp_deci_models() {
+    use secateur_models::SubnetStructure;
+    use secateur_models::extract::extract;
+    use secateur_models::gguf::export::export;
+    // scripts/make_gguf_deci_fixture.py wrote llama_gqa's `hetero` sub-network (narrower
+    // residual stream, blocks of 4 and 2 heads, MLPs 36 and 23 wide) as llama.cpp's `deci`
+    // with the `gguf` package, and ran llama.cpp on it (its f16 key/value cache: about 3e-3).
+    let tmp = tempfile::tempdir().unwrap();
+    let deci = |name: &str, ext: &str| gguf_fixtures().join("deci").join(format!("{name}.{ext}"));
+    for name in ["llama_gqa_hetero_f32", "llama_gqa_hetero_tied_f32"] {
+        let dir = tmp.path().join(name);
+        import(&deci(name, "gguf"), &dir).unwrap();
+        let config: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(dir.join("config.json")).unwrap()).unwrap();
+        assert_eq!(config["secateur_subnet"]["layers"].as_array().map(Vec::len), Some(2), "{name}: {config}");
+        let reference = deci(name, "reference.safetensors");
+        let hf = max_diff_from(&dir, reference_at(&reference, "logits"));
+        let cpp = max_diff_from(&dir, reference_at(&reference, "llama_cpp_logits"));
+        assert!(hf <= 1e-4 && cpp <= 1e-2, "{name}: max |diff| vs transformers {hf:.2e}, vs llama.cpp {cpp:.2e}");
+    }
+    // Extracted by secateur from the super-network and exported: the script's tensors, bit for
+    // bit, and its `deci.*` hyper-parameters (per-block arrays).
+    let meta: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(fixtures().join("subnets/llama_gqa-hetero.json")).unwrap()).unwrap();
+    let structure: SubnetStructure = serde_json::from_value(meta["structure"].clone()).unwrap();
+    let super_dir = fixtures().join("llama_gqa");
+    let model = DenseLm::<B>::load(&super_dir, &Default::default()).unwrap();
+    let config: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(super_dir.join("config.json")).unwrap()).unwrap();
+    let (small, small_config) = extract(&model, &structure, &config).unwrap();
+    let dir = tmp.path().join("extracted");
+    secateur_models::weights::save_new(&small, &small_config, &dir).unwrap();
+    std::fs::copy(super_dir.join("tokenizer.json"), dir.join("tokenizer.json")).unwrap();
+    let out = tmp.path().join("extracted.gguf");
+    export(&dir, &out, GgmlType::F32).unwrap();
+    let (ours, theirs) = (GgufFile::open(&out).unwrap(), GgufFile::open(&deci("llama_gqa_hetero_f32", "gguf")).unwrap());
+    assert_eq!(ours.get("general.architecture").and_then(|v| v.as_str()), Some("deci"));
+    assert_eq!(ours.tensors.len(), theirs.tensors.len());
+    for t in &theirs.tensors {
+        let o = ours.tensor(&t.name).unwrap_or_else(|| panic!("tensor `{}` is missing", t.name));
+        assert_eq!((o.shape(), o.ggml_type), (t.shape(), t.ggml_type), "{}", t.name);
+        assert!(ours.bytes_of(o).unwrap() == theirs.bytes_of(t).unwrap(), "bytes of {} differ", t.name);
+    }
+    let mut shared = 0;
+    for (k, v) in theirs.metadata.iter().filter(|(k, _)| k.starts_with("deci.")) {
+        assert_eq!(ours.get(k), Some(v), "metadata `{k}`");
+        shared += 1;
+    }
+    assert!(shared >= 10, "only {shared} `deci.*` keys");
+    assert!(theirs.get("deci.attention.head_count").is_some_and(|v| matches!(v, secateur_models::gguf::Value::Array(_))));
+}
+
+#[test]
 fn imported_tokenizer_equals_the_original_tokenizer_json() {
     // The fixtures' GGUF tokenizer was written from llama_gqa/tokenizer.json (byte-level BPE,
     // GPT-2 pre-tokenizer); the one rebuilt from the GGUF metadata must encode like the original.

@@ -331,7 +331,7 @@ pub fn load_task(args: &ShearsConfig) -> Result<Task, PipelineError> {
 
 /// `--export gguf:TYPE`: writes the checkpoint `dir` as `out/gguf/NAME-TYPE.gguf` (NAME: the
 /// directory's name). Returns what the run's report records: the file, or why GGUF cannot
-/// express this model (a heterogeneous sub-network), which skips it without failing the run.
+/// express this model (e.g. a heterogeneous GPT-NeoX sub-network), which skips it without failing the run.
 pub(crate) fn export_model<B: Backend>(
     args: &ShearsConfig,
     out: &Path,

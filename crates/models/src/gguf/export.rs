@@ -12,7 +12,7 @@ use serde_json::Value as Json;
 use super::import::{KNOWN_PRE, RowOrder, TensorPair, gguf_arch, gguf_tensors, pre_tokenizer_regexes};
 use super::quants::{GgmlType, quantize};
 use crate::error::{ModelError, Result};
-use crate::spec::{Activation, ArchSpec, Family, PositionKind, Residual};
+use crate::spec::{Activation, ArchSpec, Family, LayerDims, PositionKind, Residual};
 use crate::weights::{Checkpoint, write_atomic};
 
 /// Tensor data alignment (`general.alignment` default).
@@ -95,11 +95,20 @@ fn bad(path: &Path, reason: impl Into<String>) -> ModelError {
     ModelError::Gguf { path: path.to_path_buf(), reason: reason.into() }
 }
 
+/// The `general.architecture` a model of `spec` is written as: its family's (see [`gguf_arch`]),
+/// except a heterogeneous LLaMA sub-network (per-block heads or MLP widths), which is written as
+/// llama.cpp's `deci` (the architecture of DeciLM and Llama-Nemotron's NAS models: LLaMA blocks
+/// whose head counts and feed-forward widths are arrays with one entry per block).
+pub fn export_arch(spec: &ArchSpec) -> &'static str {
+    if spec.family == Family::Llama && !spec.is_homogeneous() { "deci" } else { gguf_arch(spec.family) }
+}
+
 /// The architecture metadata of `spec` under llama.cpp's keys for its family (`llama`,
 /// `gptneox`, `bloom`, `mpt`), or why GGUF cannot express the model.
 fn arch_metadata(spec: &ArchSpec, config: &Path) -> Result<Vec<(String, Meta)>> {
-    let arch = gguf_arch(spec.family);
-    if spec.layer_dims.is_some() {
+    let arch = export_arch(spec);
+    let hetero = !spec.is_homogeneous();
+    if spec.layer_dims.is_some() && spec.family != Family::Llama {
         return Err(bad(
             config,
             format!(
@@ -113,13 +122,18 @@ fn arch_metadata(spec: &ArchSpec, config: &Path) -> Result<Vec<(String, Meta)>> 
     }
     let k = |s: &str| format!("{arch}.{s}");
     let u = |s: &str, v: usize| (k(s), Meta::U32(v as u32));
+    // Per-block sizes: one value when every block has them, else one entry per block (`deci`).
+    let per_layer = |s: &str, f: fn(&LayerDims) -> usize| {
+        let dims: Vec<usize> = (0..spec.num_layers).map(|l| f(&spec.layer(l))).collect();
+        if hetero { (k(s), Meta::I32Array(dims.iter().map(|&d| d as i32).collect())) } else { u(s, dims[0]) }
+    };
     let context = spec.max_position_embeddings.unwrap_or(2048);
     let mut meta = vec![
         u("context_length", context),
         u("embedding_length", spec.hidden_size),
         u("block_count", spec.num_layers),
-        u("feed_forward_length", spec.intermediate_size),
-        u("attention.head_count", spec.num_heads),
+        per_layer("feed_forward_length", |d| d.intermediate_size),
+        per_layer("attention.head_count", |d| d.num_heads),
     ];
     let rope = |spec: &ArchSpec| match &spec.position {
         PositionKind::Rope { theta, rotary_dim, scaling: None } => Ok((*theta, *rotary_dim)),
@@ -132,7 +146,7 @@ fn arch_metadata(spec: &ArchSpec, config: &Path) -> Result<Vec<(String, Meta)>> 
             if rotary_dim != spec.head_dim {
                 return Err(bad(config, "partial rotary embeddings are not written to GGUF (llama.cpp's `llama` rotates whole heads)"));
             }
-            if spec.hidden_size != spec.num_heads * spec.head_dim {
+            if hetero || spec.hidden_size != spec.layer(0).num_heads * spec.head_dim {
                 // A narrower residual stream than heads x head_dim (an extracted sub-network): llama.cpp
                 // reads the head size from these keys, transformers from `rope.dimension_count`.
                 meta.insert(0, u("attention.key_length", spec.head_dim));
@@ -140,7 +154,7 @@ fn arch_metadata(spec: &ArchSpec, config: &Path) -> Result<Vec<(String, Meta)>> 
             }
             meta.extend([
                 u("rope.dimension_count", rotary_dim),
-                u("attention.head_count_kv", spec.num_kv_heads),
+                per_layer("attention.head_count_kv", |d| d.num_kv_heads),
                 (k("attention.layer_norm_rms_epsilon"), Meta::F32(spec.norm_eps as f32)),
                 (k("rope.freq_base"), Meta::F32(theta as f32)),
                 u("vocab_size", spec.vocab_size),
@@ -166,7 +180,7 @@ fn arch_metadata(spec: &ArchSpec, config: &Path) -> Result<Vec<(String, Meta)>> 
                 ));
             }
             meta.extend([
-                u("attention.head_count_kv", spec.num_kv_heads),
+                per_layer("attention.head_count_kv", |d| d.num_kv_heads),
                 (k("attention.layer_norm_epsilon"), Meta::F32(spec.norm_eps as f32)),
             ]);
         }
@@ -431,7 +445,7 @@ pub fn export_with(dir: &Path, out: &Path, ty: GgmlType, weight: &mut dyn FnMut(
     }
     let spec = ArchSpec::from_config_file(&config)?;
     let mut meta: Vec<(String, Meta)> = vec![
-        ("general.architecture".into(), Meta::Str(gguf_arch(spec.family).into())),
+        ("general.architecture".into(), Meta::Str(export_arch(&spec).into())),
         ("general.name".into(), Meta::Str(dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| "model".into()))),
         ("general.file_type".into(), Meta::U32(file_type(ty))),
     ];

@@ -18,7 +18,7 @@ use serde_json::{Value as Json, json};
 use super::{GgufFile, Value};
 use crate::error::{ModelError, Result};
 use crate::site::SiteKind;
-use crate::spec::{ArchSpec, Family, NormKind, QkvLayout};
+use crate::spec::{ArchSpec, Family, NormKind, QkvLayout, SUBNET_EXTENSION_KEY};
 use crate::weights::{Dtype, RawTensor, WEIGHTS_FILE, encode_f32, write_atomic, write_safetensors};
 
 /// Bumped when the import's output changes, so cached imports are redone.
@@ -194,21 +194,68 @@ impl GgufFile {
             }
         };
         let hidden = u("embedding_length")?;
-        let heads = u("attention.head_count")?;
-        if heads == 0 {
-            return Err(self.bad(format!("`{}` is 0", key("attention.head_count"))));
+        let layers = u("block_count")?;
+        // A size given once for every block, or (llama.cpp's `deci`) as an array of one per block.
+        let per_block = |k: &str| -> Result<Option<Vec<usize>>> {
+            match self.get(&key(k)) {
+                None => Ok(None),
+                Some(Value::Array(v)) if arch == "deci" => {
+                    let sizes: Option<Vec<usize>> = v.iter().map(|x| x.as_u64().map(|x| x as usize)).collect();
+                    match sizes {
+                        Some(s) if s.len() == layers => Ok(Some(s)),
+                        _ => Err(self.bad(format!("`{}` is not an array of {layers} integers (one per block)", key(k)))),
+                    }
+                }
+                Some(v) => v
+                    .as_u64()
+                    .map(|x| Some(vec![x as usize; layers]))
+                    .ok_or_else(|| self.bad(format!("`{}` is {v:?}, not an integer", key(k)))),
+            }
+        };
+        let heads_per_block =
+            per_block("attention.head_count")?.ok_or_else(|| self.bad(format!("key `{}` is missing", key("attention.head_count"))))?;
+        if let Some(l) = heads_per_block.iter().position(|&h| h == 0) {
+            return Err(self.bad(format!("`{}` is 0 for block {l}: attention-free blocks are not supported", key("attention.head_count"))));
         }
-        let kv_heads = opt_u("attention.head_count_kv")?.unwrap_or(heads);
+        let kv_per_block = per_block("attention.head_count_kv")?.unwrap_or_else(|| heads_per_block.clone());
+        let ffn_per_block =
+            per_block("feed_forward_length")?.ok_or_else(|| self.bad(format!("key `{}` is missing", key("feed_forward_length"))))?;
+        let (heads, kv_heads, ffn) = (
+            heads_per_block.iter().copied().max().unwrap_or(0),
+            kv_per_block.iter().copied().max().unwrap_or(0),
+            ffn_per_block.iter().copied().max().unwrap_or(0),
+        );
+        if heads == 0 {
+            return Err(self.bad(format!("`{}` is 0", key("block_count"))));
+        }
+        // Blocks of differing sizes: the `secateur_subnet` extension of a LLaMA config, whose
+        // blocks keep the super-network's query heads per key/value head.
+        let mut subnet = Json::Null;
+        let uniform = |v: &[usize]| v.iter().all(|x| *x == v[0]);
+        if !(uniform(&heads_per_block) && uniform(&kv_per_block) && uniform(&ffn_per_block)) {
+            let rep = heads / kv_heads.max(1);
+            let mut blocks = Vec::with_capacity(layers);
+            for l in 0..layers {
+                let (h, kv, f) = (heads_per_block[l], kv_per_block[l], ffn_per_block[l]);
+                if kv == 0 || h != kv * rep || f == 0 {
+                    return Err(self.bad(format!(
+                        "block {l}: {h} heads, {kv} key/value heads and a {f}-wide MLP; secateur's sub-networks keep {rep} heads \
+                         per key/value head and a non-empty MLP in every block"
+                    )));
+                }
+                blocks.push(json!({"num_attention_heads": h, "num_key_value_heads": kv, "intermediate_size": f}));
+            }
+            subnet = json!({"hidden_size": hidden, "layers": blocks});
+        }
         let embed = self.tensor("token_embd.weight").ok_or_else(|| self.bad("tensor `token_embd.weight` is missing"))?;
         let vocab = match opt_u("vocab_size")? {
             Some(v) => v,
             None => embed.shape()[0],
         };
-        let (layers, ffn) = (u("block_count")?, u("feed_forward_length")?);
         let tied = self.tensor("output.weight").is_none();
         let context = opt_u("context_length")?;
         let mut config = match arch.as_str() {
-            "llama" => {
+            "llama" | "deci" => {
                 let head_dim = opt_u("attention.key_length")?.unwrap_or(hidden / heads);
                 if let Some(rot) = opt_u("rope.dimension_count")?
                     && rot != head_dim
@@ -309,17 +356,18 @@ impl GgufFile {
             }
             other => {
                 return Err(self.bad(format!(
-                    "architecture `{other}` cannot be imported (secateur imports GGUF `llama`, `gptneox`, `bloom` and `mpt` models)"
+                    "architecture `{other}` cannot be imported (secateur imports GGUF `llama`, `deci`, `gptneox`, `bloom` and `mpt` models)"
                 )));
             }
         };
-        if arch != "llama" && kv_heads != heads {
+        let llama = matches!(arch.as_str(), "llama" | "deci");
+        if !llama && kv_heads != heads {
             return Err(self.bad(format!(
                 "`{}` = {kv_heads} of {heads} heads: grouped key/value heads are not part of secateur's `{arch}` models",
                 key("attention.head_count_kv")
             )));
         }
-        if arch != "llama" && hidden % heads != 0 {
+        if !llama && hidden % heads != 0 {
             return Err(self.bad(format!("{hidden} embedding dimensions do not split into {heads} heads")));
         }
         config["vocab_size"] = json!(vocab);
@@ -327,6 +375,9 @@ impl GgufFile {
             config["hidden_size"] = json!(hidden); // MPT's is `d_model` (`hidden_size` an alias)
         }
         config["tie_word_embeddings"] = json!(tied);
+        if !subnet.is_null() {
+            config[SUBNET_EXTENSION_KEY] = subnet; // only `deci` gives per-block arrays
+        }
         config["torch_dtype"] = json!("float32");
         for (field, k) in [("bos_token_id", "bos_token_id"), ("eos_token_id", "eos_token_id"), ("pad_token_id", "padding_token_id")] {
             if let Some(id) = self.get(&format!("tokenizer.ggml.{k}")).and_then(Value::as_u64) {
