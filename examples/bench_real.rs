@@ -91,6 +91,21 @@ fn main() {
                 let _ = logits.into_data();
                 t0.elapsed().as_secs_f64()
             }
+            "prefill_1x512_bf16" => {
+                if secateur::models::bf16::set_inference(true).is_err() {
+                    say(json!({"row": row, "skip": "this CPU has no AVX-512 BF16"}));
+                    continue;
+                }
+                let x = ids(1, 512, vocab, 1);
+                let mask = vec![vec![true; 512]];
+                // Pack the weights first (a model load does this once), then time a pass.
+                let _ = model.forward(token_tensor::<Cpu>(&x, &device), &mask).expect("forward").into_data();
+                let t = Instant::now();
+                let _ = model.forward(token_tensor::<Cpu>(&x, &device), &mask).expect("forward").into_data();
+                let s = t.elapsed().as_secs_f64();
+                secateur::models::bf16::set_inference(false).expect("off");
+                s
+            }
             "decode_f32" | "decode_int4" | "first_token_f32" | "first_token_int4" => {
                 // `first_token_*`: the prompt and one new token (what decoding pays before its loop).
                 let prompt: Vec<u32> = ids(1, 16, vocab, 2).remove(0);
@@ -158,6 +173,24 @@ fn main() {
                 let t = Instant::now();
                 for _ in 0..reps {
                     let _ = x.clone().matmul(w.clone().transpose()).into_data();
+                }
+                t.elapsed().as_secs_f64() / reps as f64
+            }
+            "matmul_proj_bf16" | "matmul_head_bf16" => {
+                if !secateur::models::bf16::available() {
+                    say(json!({"row": row, "skip": "this CPU has no AVX-512 BF16"}));
+                    continue;
+                }
+                let n = if row == "matmul_proj_bf16" { 1536 } else { vocab };
+                let reps = if row == "matmul_proj_bf16" { 20 } else { 2 };
+                let x: Vec<f32> =
+                    Tensor::<Cpu, 2>::random([512, 576], Distribution::Normal(0.0, 1.0), &device).into_data().to_vec().unwrap();
+                let w: Vec<f32> = Tensor::<Cpu, 2>::random([n, 576], Distribution::Normal(0.0, 1.0), &device).into_data().to_vec().unwrap();
+                let w = secateur::models::bf16::Bf16Weight::pack(&w, n, 576);
+                std::hint::black_box(secateur::models::bf16::matmul(&x, 512, &w));
+                let t = Instant::now();
+                for _ in 0..reps {
+                    std::hint::black_box(secateur::models::bf16::matmul(&x, 512, &w));
                 }
                 t.elapsed().as_secs_f64() / reps as f64
             }

@@ -8,6 +8,8 @@ line `{"row", "seconds", "peak_rss_mb"}` (peak resident memory of the row: the p
 reset before it through /proc/self/clear_refs). The rows, the same work on both sides:
 
 - `prefill_1x512`, `prefill_8x128`: logits of every position (no KV cache), batch x tokens;
+- `prefill_1x512_bf16`: the same in bf16 (PyTorch: CPU autocast to bf16; secateur:
+  `bf16::set_inference`, projections and head in bf16, weights packed before the timed pass);
 - `decode_f32`: greedy decoding of 64 new tokens after a 16-token prompt, batch 1, KV cache;
 - `lora_step`: one optimizer step (mean of 3) of LoRA rank 32, alpha 64, on q, k, v, up and down
   (PEFT), base frozen, batch 8 x 64 tokens, every token a target, AdamW, clipping at 1.0;
@@ -16,6 +18,9 @@ reset before it through /proc/self/clear_refs). The rows, the same work on both 
   the dense block l fed by the pruned blocks before it;
 - `matmul_proj`, `matmul_head`: one f32 matrix product `x·Wᵀ`, x [512, 576], W [1536, 576]
   (an MLP projection) or [vocab, 576] (the head), as each side's model calls it;
+- `matmul_proj_bf16`, `matmul_head_bf16`: the same product in bf16 with f32 accumulation
+  (PyTorch: bf16 tensors, oneDNN's AVX-512 BF16 kernels; secateur: `secateur_models::bf16`,
+  weight packed once beforehand, activations rounded to bf16 in the timed call, f32 output);
 - `quantize_rtn`: round-to-nearest INT4, group 128, asymmetric (GPTQ's zero-inclusive range), of
   every projection; codes, scales and zeros computed (not packed).
 
@@ -59,10 +64,10 @@ def load(args):
     return model.eval()
 
 
-def prefill(model, b, s):
+def prefill(model, b, s, bf16=False):
     x = ids(b, s, model.config.vocab_size, 1)
-    with torch.no_grad():
-        model(x, use_cache=False).logits
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+        model(x, use_cache=False).logits.float()
 
 
 def decode(model):
@@ -177,6 +182,8 @@ def main():
         t0 = time.perf_counter()
         if row == "prefill_1x512":
             prefill(model, 1, 512)
+        elif row == "prefill_1x512_bf16":
+            prefill(model, 1, 512, bf16=True)
         elif row == "prefill_8x128":
             prefill(model, 8, 128)
         elif row == "decode_f32":
@@ -187,9 +194,11 @@ def main():
             seconds = wanda(model)
         elif row == "quantize_rtn":
             quantize_rtn(model)
-        elif row in ("matmul_proj", "matmul_head"):
-            n, reps = (1536, 20) if row == "matmul_proj" else (model.config.vocab_size, 2)
+        elif row in ("matmul_proj", "matmul_head", "matmul_proj_bf16", "matmul_head_bf16"):
+            n, reps = (1536, 20) if row.startswith("matmul_proj") else (model.config.vocab_size, 2)
             x, w = torch.randn(512, 576), torch.randn(n, 576)
+            if row.endswith("bf16"):
+                x, w = x.bfloat16(), w.bfloat16()
             with torch.no_grad():
                 torch.nn.functional.linear(x, w)
                 t = time.perf_counter()
@@ -199,7 +208,7 @@ def main():
         else:
             print(json.dumps({"row": row, "skip": "not a PyTorch row"}), flush=True)
             continue
-        if row not in ("lora_step", "wanda", "matmul_proj", "matmul_head"):
+        if row not in ("lora_step", "wanda") and not row.startswith("matmul"):
             seconds = time.perf_counter() - t0
         print(json.dumps({"row": row, "seconds": seconds, "peak_rss_mb": peak_mb()}), flush=True)
 

@@ -17,11 +17,14 @@ use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
 use serde_json::{Value, json};
 
 /// The rows, in the order they run.
-pub const ROWS: [&str; 11] = [
+pub const ROWS: [&str; 14] = [
     "matmul_proj",
     "matmul_head",
+    "matmul_proj_bf16",
+    "matmul_head_bf16",
     "lora_step",
     "prefill_1x512",
+    "prefill_1x512_bf16",
     "prefill_8x128",
     "wanda",
     "decode_f32",
@@ -125,8 +128,8 @@ fn shown(row: &str, seconds: f64) -> String {
     let gflop = |n: f64| 2.0 * 512.0 * 576.0 * n / seconds / 1e9;
     match row {
         r if r.starts_with("decode") => format!("{:.1} tok/s", 64.0 / seconds),
-        "matmul_proj" => format!("{:.1} ms, {:.0} GFLOP/s", seconds * 1e3, gflop(1536.0)),
-        "matmul_head" => format!("{:.1} ms, {:.0} GFLOP/s", seconds * 1e3, gflop(49152.0)),
+        "matmul_proj" | "matmul_proj_bf16" => format!("{:.1} ms, {:.0} GFLOP/s", seconds * 1e3, gflop(1536.0)),
+        "matmul_head" | "matmul_head_bf16" => format!("{:.1} ms, {:.0} GFLOP/s", seconds * 1e3, gflop(49152.0)),
         _ => format!("{seconds:.3} s"),
     }
 }

@@ -19,6 +19,16 @@ struct Cli {
     command: Command,
 }
 
+/// The arithmetic of the projections and the LM head in inference.
+#[derive(Clone, Copy, PartialEq, ValueEnum, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+enum Precision {
+    /// f32 throughout.
+    F32,
+    /// bf16 products with f32 accumulation (CPUs with AVX-512 BF16), as PyTorch's CPU autocast.
+    Bf16,
+}
+
 #[derive(Clone, Copy, ValueEnum)]
 enum DeviceKind {
     Cpu,
@@ -88,6 +98,10 @@ enum Command {
         /// Replace a non-empty `--out` that is not an earlier `eval` output.
         #[arg(long)]
         force: bool,
+        /// Projection and head arithmetic: `bf16` multiplies in bf16 with f32 sums (CPU with
+        /// AVX-512 BF16; norms, attention and softmax stay f32).
+        #[arg(long, value_enum, default_value = "f32")]
+        precision: Precision,
     },
     /// Print the logits of token-id sequences as JSON: {"logits": [batch][seq][vocab]}.
     Logits {
@@ -506,13 +520,33 @@ fn chat_template(dir: &Path) -> Result<secateur::models::ChatTemplate, CliError>
 
 fn run_on<B: Backend>(cmd: Command, device: B::Device) -> Result<(), CliError> {
     match cmd {
-        Command::Eval { model, adapter, tasks, limit, num_fewshot, batch_size, max_length, max_new_tokens, chat, system, out, force } => {
+        Command::Eval {
+            model,
+            adapter,
+            tasks,
+            limit,
+            num_fewshot,
+            batch_size,
+            max_length,
+            max_new_tokens,
+            chat,
+            system,
+            out,
+            force,
+            precision,
+        } => {
             use secateur::eval::{
                 Chat, Encoder, EvalConfig, TaskSpec, default_max_length, evaluate, markdown, prefix_token, write_results,
             };
             let specs = tasks.iter().map(|t| TaskSpec::parse(t)).collect::<Result<Vec<_>, _>>()?;
             if batch_size == 0 || max_length == Some(0) || limit == Some(0) || max_new_tokens == Some(0) {
                 return Err(CliError::Usage("--batch-size, --max-length, --limit and --max-new-tokens must be at least 1".into()));
+            }
+            if precision == Precision::Bf16 {
+                if !secateur::models::host::enabled::<B>(&device) {
+                    return Err(CliError::Usage("--precision bf16 runs on the CPU (--device cpu)".into()));
+                }
+                secateur::models::bf16::set_inference(true).map_err(|e| CliError::Usage(e.into()))?;
             }
             let m = AnyLm::<B>::load(&model.model, &device)?;
             let m = match (m, &adapter) {
@@ -546,7 +580,7 @@ fn run_on<B: Backend>(cmd: Command, device: B::Device) -> Result<(), CliError> {
                 Some(o) => {
                     let manifest = Manifest::new(
                         "eval",
-                        &json!({"model": model.model, "adapter": adapter, "tasks": tasks, "config": cfg, "chat_template": chat_settings}),
+                        &json!({"model": model.model, "adapter": adapter, "tasks": tasks, "config": cfg, "chat_template": chat_settings, "precision": precision}),
                     );
                     let mut inputs: Vec<&Path> = vec![&model.model];
                     inputs.extend(adapter.as_deref());
@@ -564,7 +598,7 @@ fn run_on<B: Backend>(cmd: Command, device: B::Device) -> Result<(), CliError> {
                 write_results(
                     staged.path(),
                     &results,
-                    &json!({"model": model.model, "adapter": adapter, "config": cfg, "chat_template": chat_settings}),
+                    &json!({"model": model.model, "adapter": adapter, "config": cfg, "chat_template": chat_settings, "precision": precision}),
                 )?;
                 staged.publish()?;
             }

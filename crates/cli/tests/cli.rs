@@ -739,6 +739,35 @@ fn eval_writes_results_and_samples_and_matches_lm_eval() {
 }
 
 #[test]
+fn eval_in_bf16_stays_close_to_f32() {
+    let tmp = tempfile::tempdir().unwrap();
+    let model = fixture("llama_gqa");
+    let ppl = format!("ppl:{}", eval_data("ppl.jsonl"));
+    let run = |precision: &str| {
+        let out = tmp.path().join(precision);
+        let args = ["eval", "--model", model.to_str().unwrap(), "--task", &ppl, "--precision", precision, "--out", out.to_str().unwrap()];
+        let (ok, _, stderr) = secateur(&args);
+        (ok, stderr, out)
+    };
+    let (ok, stderr, f32_out) = run("f32");
+    assert!(ok, "{stderr}");
+    let (ok, stderr, bf16_out) = run("bf16");
+    if !ok && stderr.contains("no AVX-512 BF16") {
+        println!("skipped: {stderr}");
+        return;
+    }
+    assert!(ok, "{stderr}");
+    let read =
+        |dir: &Path| -> serde_json::Value { serde_json::from_str(&std::fs::read_to_string(dir.join("results.json")).unwrap()).unwrap() };
+    let (a, b) = (read(&f32_out), read(&bf16_out));
+    assert_eq!(b["settings"]["precision"], "bf16");
+    let ppl = |r: &serde_json::Value| r["results"][0]["metrics"]["token_perplexity"].as_f64().unwrap();
+    let rel = (ppl(&b) / ppl(&a) - 1.0).abs();
+    // bf16 keeps 8 bits of mantissa: the products move, the perplexity by well under a percent.
+    assert!(rel > 0.0 && rel < 0.01, "token perplexity f32 {} vs bf16 {} ({rel:e})", ppl(&a), ppl(&b));
+}
+
+#[test]
 fn pipelines_refuse_bad_eval_tasks_before_any_work() {
     let tmp = tempfile::tempdir().unwrap();
     let out = tmp.path().join("run");

@@ -6,6 +6,7 @@
 //! [`CausalLm::map_projections`] swaps them for any other [`Projection`] (masked, quantized,
 //! with an adapter), addressed by stable [`Site`] names such as `layers.3.self_attn.q`.
 
+pub mod bf16;
 pub mod bloom;
 pub mod chat;
 pub mod cost;

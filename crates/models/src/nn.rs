@@ -48,9 +48,36 @@ pub fn linear<B: Backend>(x: Tensor<B, 3>, w: Tensor<B, 2>, b: Option<Tensor<B, 
     y.reshape([bs, s, o])
 }
 
+/// [`linear`] with the weight a parameter: in bf16 when [`crate::bf16::set_inference`] is on
+/// and the host kernels serve this backend, using the parameter's packed copy (the first `cols`
+/// inputs of it when `cols` is less than its width).
+pub fn linear_param<B: Backend>(x: Tensor<B, 3>, w: &Param<Tensor<B, 2>>, b: Option<Tensor<B, 1>>) -> Tensor<B, 3> {
+    let device = x.device();
+    let [bs, s, i] = x.dims();
+    if !(crate::bf16::inference() && crate::host::enabled::<B>(&device)) {
+        let w = w.val();
+        let w = if w.dims()[1] > i { w.narrow(1, 0, i) } else { w };
+        return linear(x, w, b);
+    }
+    let packed = crate::bf16::packed(w.id, i, || {
+        let t = w.val();
+        let t = if t.dims()[1] > i { t.narrow(1, 0, i) } else { t };
+        let [o, _] = t.dims();
+        crate::bf16::Bf16Weight::pack(&crate::host::to_host(t), o, i)
+    });
+    let o = packed.out_features;
+    let y = crate::bf16::matmul(&crate::host::to_host(x), bs * s, &packed);
+    let y = Tensor::<B, 2>::from_data(TensorData::new(y, [bs * s, o]), &device);
+    let y = match b {
+        Some(b) => y + b.unsqueeze::<2>(),
+        None => y,
+    };
+    y.reshape([bs, s, o])
+}
+
 impl<B: Backend> Projection<B> for Dense<B> {
     fn forward(&self, x: Tensor<B, 3>) -> Tensor<B, 3> {
-        linear(x, self.weight.val(), self.bias.as_ref().map(|b| b.val()))
+        linear_param(x, &self.weight, self.bias.as_ref().map(|b| b.val()))
     }
 }
 

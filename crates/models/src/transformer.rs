@@ -605,13 +605,7 @@ impl<B: Backend, P: Projection<B>> CausalLm<B, P> {
     }
 
     fn head(&self, h: Tensor<B, 3>) -> Tensor<B, 3> {
-        let e = h.dims()[2];
-        let head = match &self.lm_head {
-            Some(w) => w.val(),
-            None => self.embed.val(),
-        };
-        let head = if e < self.spec.hidden_size { head.narrow(1, 0, e) } else { head };
-        crate::nn::linear(h, head, None)
+        crate::nn::linear_param(h, self.lm_head.as_ref().unwrap_or(&self.embed), None)
     }
 
     /// Keeps an int8 copy of the LM head (the embedding when tied) for decoding: logits of up
