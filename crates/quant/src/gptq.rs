@@ -79,11 +79,17 @@ pub struct Hessian {
     pub sum: Vec<f64>,
     /// Tokens accumulated (padding excluded).
     pub tokens: u64,
+    /// Whether `sum` holds only its upper triangle (blocks on and above the diagonal, from
+    /// [`Self::add_inputs`]); [`Self::matrix`] is always the whole symmetric matrix.
+    pub upper: bool,
 }
+
+/// Rows and columns per block of [`Hessian::add_inputs`]'s products.
+const GRAM_BLOCK: usize = 128;
 
 impl Hessian {
     pub fn new(n: usize) -> Self {
-        Self { n, sum: vec![0.0; n * n], tokens: 0 }
+        Self { n, sum: vec![0.0; n * n], tokens: 0, upper: false }
     }
 
     /// Adds `Σ x xᵀ` of a batch (`xtx`, `[n, n]`) holding `tokens` tokens.
@@ -92,10 +98,77 @@ impl Hessian {
         self.tokens += tokens;
     }
 
+    /// Adds the products of a batch of inputs `x` (`[rows, n]` row-major; rows of padding must be
+    /// zero) holding `tokens` real tokens: `XᵀX` in f32 (each entry one f32 dot product over the
+    /// batch's rows, as a matrix multiply computes it), added into the f64 sum. Only the blocks on
+    /// and above the diagonal are computed (the Hessian is symmetric: half the products of a
+    /// full `XᵀX`), in parallel; [`Self::matrix`] mirrors them.
+    pub fn add_inputs(&mut self, x: &[f32], tokens: u64) {
+        let n = self.n;
+        assert_eq!(x.len() % n.max(1), 0, "inputs are [rows, {n}]");
+        let rows = x.len() / n.max(1);
+        let starts: Vec<usize> = (0..n).step_by(GRAM_BLOCK).collect();
+        let pairs: Vec<(usize, usize)> = (0..starts.len()).flat_map(|i| (i..starts.len()).map(move |j| (i, j))).collect();
+        let blocks: Vec<(usize, usize, Vec<f32>)> = pairs
+            .into_par_iter()
+            .map(|(bi, bj)| {
+                let (i0, j0) = (starts[bi], starts[bj]);
+                let (ni, nj) = (GRAM_BLOCK.min(n - i0), GRAM_BLOCK.min(n - j0));
+                let mut c = vec![0.0f32; ni * nj];
+                // SAFETY: `c` is [ni, nj] row-major; the left operand is Xᵀ[i0.., :] (element (a, t)
+                // at x[t·n + i0 + a]), the right one X[:, j0..] (element (t, b) at x[t·n + j0 + b]),
+                // both inside `x` ([rows, n]).
+                unsafe {
+                    gemm::gemm(
+                        ni,
+                        nj,
+                        rows,
+                        c.as_mut_ptr(),
+                        1,
+                        nj as isize,
+                        false,
+                        x.as_ptr().add(i0),
+                        n as isize,
+                        1,
+                        x.as_ptr().add(j0),
+                        1,
+                        n as isize,
+                        0.0,
+                        1.0,
+                        false,
+                        false,
+                        false,
+                        gemm::Parallelism::None,
+                    );
+                }
+                (i0, j0, c)
+            })
+            .collect();
+        for (i0, j0, c) in blocks {
+            let nj = c.len() / GRAM_BLOCK.min(n - i0);
+            for (a, row) in c.chunks(nj).enumerate() {
+                let dst = &mut self.sum[(i0 + a) * n + j0..(i0 + a) * n + j0 + nj];
+                dst.iter_mut().zip(row).for_each(|(s, &v)| *s += v as f64);
+            }
+        }
+        self.upper = true;
+        self.tokens += tokens;
+    }
+
     /// `H = 2/N · Σ x xᵀ`.
     pub fn matrix(&self) -> Vec<f64> {
         let f = 2.0 / self.tokens.max(1) as f64;
-        self.sum.iter().map(|v| v * f).collect()
+        let mut h: Vec<f64> = self.sum.iter().map(|v| v * f).collect();
+        if self.upper {
+            // Below-diagonal blocks were never accumulated: mirror the upper triangle.
+            let n = self.n;
+            for r in 0..n {
+                for c in 0..r {
+                    h[r * n + c] = h[c * n + r];
+                }
+            }
+        }
+        h
     }
 }
 
@@ -483,6 +556,39 @@ mod tests {
         move || {
             s = s.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
             ((s >> 11) as f64 / (1u64 << 53) as f64) * 2.0 - 1.0
+        }
+    }
+
+    #[test]
+    fn blocked_upper_gram_is_the_whole_symmetric_product() {
+        // n not a multiple of the block (a ragged last block), two batches, one padded row.
+        let (n, rows) = (GRAM_BLOCK * 2 + 37, 50);
+        let mut r = lcg(7);
+        let mut h = Hessian::new(n);
+        let mut exact = vec![0.0f64; n * n];
+        for batch in 0..2 {
+            let mut x: Vec<f32> = (0..rows * n).map(|_| r() as f32).collect();
+            if batch == 1 {
+                x[..n].fill(0.0);
+            }
+            for t in 0..rows {
+                for a in 0..n {
+                    for b in 0..n {
+                        exact[a * n + b] += x[t * n + a] as f64 * x[t * n + b] as f64;
+                    }
+                }
+            }
+            h.add_inputs(&x, if batch == 1 { rows as u64 - 1 } else { rows as u64 });
+        }
+        assert_eq!(h.tokens, 2 * rows as u64 - 1);
+        let m = h.matrix();
+        let f = 2.0 / h.tokens as f64;
+        for a in 0..n {
+            for b in 0..n {
+                let want = exact[a * n + b] * f;
+                assert!((m[a * n + b] - want).abs() <= 1e-5 * (1.0 + want.abs()), "({a}, {b}): {} vs {want}", m[a * n + b]);
+                assert_eq!(m[a * n + b], m[b * n + a], "({a}, {b}) is not symmetric");
+            }
         }
     }
 

@@ -66,9 +66,17 @@ impl<B: Backend> InputObserver<B> for HessianObserver {
             return;
         }
         let n = x.dims()[1];
-        let tokens = rows.clone().sum().into_scalar().elem::<f32>() as u64;
-        let xtx: Vec<f32> = (x.clone() * rows).transpose().matmul(x).into_data().convert::<f32>().to_vec().expect("f32 Hessian");
-        self.hessians.entry(input_of(kind)).or_insert_with(|| Hessian::new(n)).add(&xtx, tokens);
+        let weights = host(rows);
+        let mut x = host(x);
+        let mut tokens = 0u64;
+        for (row, &w) in x.chunks_mut(n).zip(&weights) {
+            if w == 0.0 {
+                row.fill(0.0);
+            } else {
+                tokens += 1;
+            }
+        }
+        self.hessians.entry(input_of(kind)).or_insert_with(|| Hessian::new(n)).add_inputs(&x, tokens);
     }
 }
 
