@@ -251,8 +251,19 @@ def write_markdown(result, path=os.path.join(ROOT, "docs/results/gptq-smollm2.md
                   " samples to fit a session."]
     if result.get("check_act_order"):
         lines += ["", f"`scripts/check_gptq_checkpoint.py` on the act-order checkpoint (AutoGPTQ's reading of `g_idx`): {result['check_act_order']}"]
-    with open(path, "w") as f:
-        f.write("\n".join(lines) + "\n")
+    # Hand-written notes below the marker survive a regeneration.
+    tail = ""
+    if os.path.exists(path):
+        old = open(path).read()
+        if NOTES_MARKER in old:
+            tail = old[old.index(NOTES_MARKER):]
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+        f.write("\n".join(lines) + "\n" + ("\n" + tail if tail else ""))
+    os.replace(tmp, path)
+
+
+NOTES_MARKER = "<!-- notes: kept when the table above is regenerated -->"
 
 
 if __name__ == "__main__":
