@@ -75,13 +75,11 @@ impl GptqConfig {
 pub struct Hessian {
     /// Input features.
     pub n: usize,
-    /// `Σ x xᵀ`, `[n, n]` row-major.
+    /// `Σ x xᵀ`, `[n, n]` row-major, in its blocks on and above the diagonal only (the rest
+    /// stays zero); [`Self::matrix`] is the whole symmetric matrix.
     pub sum: Vec<f64>,
     /// Tokens accumulated (padding excluded).
     pub tokens: u64,
-    /// Whether `sum` holds only its upper triangle (blocks on and above the diagonal, from
-    /// [`Self::add_inputs`]); [`Self::matrix`] is always the whole symmetric matrix.
-    pub upper: bool,
 }
 
 /// Rows and columns per block of [`Hessian::add_inputs`]'s products.
@@ -89,13 +87,7 @@ const GRAM_BLOCK: usize = 128;
 
 impl Hessian {
     pub fn new(n: usize) -> Self {
-        Self { n, sum: vec![0.0; n * n], tokens: 0, upper: false }
-    }
-
-    /// Adds `Σ x xᵀ` of a batch (`xtx`, `[n, n]`) holding `tokens` tokens.
-    pub fn add(&mut self, xtx: &[f32], tokens: u64) {
-        self.sum.iter_mut().zip(xtx).for_each(|(s, &v)| *s += v as f64);
-        self.tokens += tokens;
+        Self { n, sum: vec![0.0; n * n], tokens: 0 }
     }
 
     /// Adds the products of a batch of inputs `x` (`[rows, n]` row-major; rows of padding must be
@@ -151,7 +143,6 @@ impl Hessian {
                 dst.iter_mut().zip(row).for_each(|(s, &v)| *s += v as f64);
             }
         }
-        self.upper = true;
         self.tokens += tokens;
     }
 
@@ -159,13 +150,11 @@ impl Hessian {
     pub fn matrix(&self) -> Vec<f64> {
         let f = 2.0 / self.tokens.max(1) as f64;
         let mut h: Vec<f64> = self.sum.iter().map(|v| v * f).collect();
-        if self.upper {
-            // Below-diagonal blocks were never accumulated: mirror the upper triangle.
-            let n = self.n;
-            for r in 0..n {
-                for c in 0..r {
-                    h[r * n + c] = h[c * n + r];
-                }
+        // Below-diagonal blocks were never accumulated: mirror the upper triangle.
+        let n = self.n;
+        for r in 0..n {
+            for c in 0..r {
+                h[r * n + c] = h[c * n + r];
             }
         }
         h
